@@ -1,0 +1,326 @@
+"""SQLite catalog: the one record of which images exist, where they came from, and what they look like.
+
+Why SQLite (as rclip does): a single file, transactional, WAL lets the UI read while an expansion
+writes, and it needs no pickle. Rows are keyed by the stable 64-bit id from ``imrs.ids`` so the
+catalog, the NPZ caches and the vector index agree without a translation table.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import sqlite3
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from .errors import IMRSError
+from .ids import normalise_relpath, stable_id
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+SOURCES = ("base", "dynamic")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS images (
+    id          INTEGER PRIMARY KEY,
+    relpath     TEXT    NOT NULL UNIQUE,
+    label       TEXT    NOT NULL DEFAULT '',
+    source      TEXT    NOT NULL DEFAULT 'base' CHECK (source IN ('base', 'dynamic')),
+    term        TEXT,
+    slug        TEXT,
+    source_url  TEXT,
+    provider    TEXT,
+    title       TEXT,
+    license     TEXT,
+    author      TEXT,
+    page_url    TEXT,
+    phash       INTEGER,
+    width       INTEGER,
+    height      INTEGER,
+    mtime       REAL,
+    size        INTEGER,
+    added_at    TEXT    NOT NULL
+);
+CREATE INDEX IF NOT EXISTS images_source ON images(source);
+CREATE INDEX IF NOT EXISTS images_slug ON images(slug);
+CREATE INDEX IF NOT EXISTS images_label ON images(label);
+CREATE TABLE IF NOT EXISTS extra (
+    id    INTEGER NOT NULL REFERENCES images(id) ON DELETE CASCADE,
+    key   TEXT    NOT NULL,
+    value TEXT,
+    PRIMARY KEY (id, key)
+);
+CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value TEXT);
+"""
+
+
+def clean_label(folder: str) -> str:
+    """Class folder name -> label: ``001.ak47`` -> ``ak47`` (Caltech-256 style numeric prefixes)."""
+    name = folder.strip()
+    head, sep, tail = name.partition(".")
+    if sep and head.isdigit() and tail:
+        name = tail
+    return name
+
+
+def label_for(relpath: str) -> str:
+    parts = normalise_relpath(relpath).split("/")
+    return clean_label(parts[0]) if len(parts) > 1 else ""
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+@dataclass
+class ImageRecord:
+    id: int
+    relpath: str
+    label: str = ""
+    source: str = "base"
+    term: str | None = None
+    slug: str | None = None
+    source_url: str | None = None
+    provider: str | None = None
+    title: str | None = None
+    license: str | None = None
+    author: str | None = None
+    page_url: str | None = None
+    phash: int | None = None
+    width: int | None = None
+    height: int | None = None
+    mtime: float | None = None
+    size: int | None = None
+    added_at: str = field(default_factory=now_iso)
+    extra: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def for_path(cls, relpath: str, **kw: Any) -> ImageRecord:
+        rel = normalise_relpath(relpath)
+        kw.setdefault("label", label_for(rel))
+        return cls(id=stable_id(rel), relpath=rel, **kw)
+
+
+_COLUMNS = [f.name for f in fields(ImageRecord) if f.name != "extra"]
+
+
+class Catalog:
+    """Thread-safe access to one catalog file; each thread gets its own connection (sqlite3 rule)."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()
+        self._con().executescript(_SCHEMA)  # executescript manages its own transaction
+        with self._tx() as con:
+            con.execute("INSERT OR IGNORE INTO kv(key, value) VALUES ('schema_version', ?)", (SCHEMA_VERSION,))
+
+    # -- connections ---------------------------------------------------------------------------
+    def _con(self) -> sqlite3.Connection:
+        con = getattr(self._local, "con", None)
+        if con is None:
+            try:
+                con = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=False)
+                con.execute("PRAGMA journal_mode=WAL")
+                con.execute("PRAGMA synchronous=NORMAL")
+                con.execute("PRAGMA foreign_keys=ON")
+            except sqlite3.DatabaseError as exc:
+                raise IMRSError(f"catalog {self.path} is not a readable SQLite file: {exc}") from exc
+            con.row_factory = sqlite3.Row
+            self._local.con = con
+        return con
+
+    class _Tx:
+        def __init__(self, con: sqlite3.Connection):
+            self.con = con
+
+        def __enter__(self) -> sqlite3.Connection:
+            self.con.execute("BEGIN IMMEDIATE")
+            return self.con
+
+        def __exit__(self, exc_type: Any, *_: Any) -> None:
+            self.con.execute("ROLLBACK" if exc_type else "COMMIT")
+
+    def _tx(self) -> Catalog._Tx:
+        return Catalog._Tx(self._con())
+
+    def close(self) -> None:
+        con = getattr(self._local, "con", None)
+        if con is not None:
+            con.close()
+            self._local.con = None
+
+    # -- writes --------------------------------------------------------------------------------
+    def upsert(self, records: Iterable[ImageRecord]) -> int:
+        """Insert or replace rows (and their extra metadata) in one transaction."""
+        recs = list(records)
+        if not recs:
+            return 0
+        for r in recs:
+            if r.source not in SOURCES:
+                raise ValueError(f"source must be one of {SOURCES}, not {r.source!r}")
+        placeholders = ",".join("?" for _ in _COLUMNS)
+        update = ",".join(f"{c}=excluded.{c}" for c in _COLUMNS if c != "id")
+        sql = (f"INSERT INTO images({','.join(_COLUMNS)}) VALUES ({placeholders}) "
+               f"ON CONFLICT(id) DO UPDATE SET {update}")
+        with self._tx() as con:
+            con.executemany(sql, [tuple(getattr(r, c) for c in _COLUMNS) for r in recs])
+            extra_rows = [(r.id, k, str(v)) for r in recs for k, v in r.extra.items()]
+            if extra_rows:
+                con.executemany("INSERT OR REPLACE INTO extra(id, key, value) VALUES (?,?,?)", extra_rows)
+        return len(recs)
+
+    def delete(self, ids: Iterable[int], allow_base: bool = False) -> int:
+        """Delete rows. Base rows are refused unless ``allow_base`` (only the folder rescan may do that,
+        after the file itself is gone: the catalog must not outlive the user's files, nor the reverse)."""
+        id_list = [int(i) for i in ids]
+        if not id_list:
+            return 0
+        with self._tx() as con:
+            if not allow_base:
+                base = _chunked_query(con, "SELECT id FROM images WHERE source='base' AND id IN ({})", id_list)
+                if base:
+                    raise IMRSError(f"refusing to remove {len(base)} base image(s); only dynamic images can be removed")
+            n = 0
+            for chunk in _chunks(id_list):
+                cur = con.execute(f"DELETE FROM images WHERE id IN ({','.join('?' * len(chunk))})", chunk)
+                n += cur.rowcount
+        return n
+
+    def set_kv(self, key: str, value: str) -> None:
+        with self._tx() as con:
+            con.execute("INSERT OR REPLACE INTO kv(key, value) VALUES (?, ?)", (key, value))
+
+    def get_kv(self, key: str, default: str | None = None) -> str | None:
+        row = self._con().execute("SELECT value FROM kv WHERE key=?", (key,)).fetchone()
+        return row[0] if row else default
+
+    def set_phash(self, pairs: Iterable[tuple[int, int]]) -> None:
+        with self._tx() as con:
+            con.executemany("UPDATE images SET phash=? WHERE id=?", [(int(h), int(i)) for i, h in pairs])
+
+    def import_metadata_csv(self, csv_path: str | Path, root: str | Path | None = None) -> int:
+        """Attach extra columns (title, caption, ...) from a CSV with a ``path`` column to known images.
+
+        Paths may be relative to the collection root or absolute; unknown paths are skipped and counted
+        in the log, not fatal, because metadata files are often exported from elsewhere.
+        """
+        rows: list[tuple[int, str, str]] = []
+        skipped = 0
+        with open(csv_path, newline="", encoding="utf-8-sig") as fh:
+            reader = csv.DictReader(fh)
+            if not reader.fieldnames or "path" not in reader.fieldnames:
+                raise IMRSError(f"{csv_path}: metadata CSV needs a 'path' column (found {reader.fieldnames})")
+            known = self.ids_set()
+            for row in reader:
+                raw = row.pop("path") or ""
+                try:
+                    rel = normalise_relpath(raw, root) if (root and Path(raw).is_absolute()) else normalise_relpath(raw)
+                except ValueError:
+                    skipped += 1
+                    continue
+                i = stable_id(rel)
+                if i not in known:
+                    skipped += 1
+                    continue
+                rows.extend((i, k, v) for k, v in row.items() if k and v not in (None, ""))
+        with self._tx() as con:
+            con.executemany("INSERT OR REPLACE INTO extra(id, key, value) VALUES (?,?,?)", rows)
+        if skipped:
+            log.warning("metadata CSV %s: %d row(s) did not match an indexed image", csv_path, skipped)
+        return len({r[0] for r in rows})
+
+    # -- reads ---------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return int(self._con().execute("SELECT COUNT(*) FROM images").fetchone()[0])
+
+    def count(self, source: str | None = None) -> int:
+        if source is None:
+            return len(self)
+        return int(self._con().execute("SELECT COUNT(*) FROM images WHERE source=?", (source,)).fetchone()[0])
+
+    def ids_set(self, source: str | None = None) -> set[int]:
+        sql, args = "SELECT id FROM images", ()
+        if source:
+            sql, args = sql + " WHERE source=?", (source,)
+        return {r[0] for r in self._con().execute(sql, args)}
+
+    def get(self, image_id: int) -> ImageRecord | None:
+        found = self.get_many([image_id])
+        return found.get(int(image_id))
+
+    def get_many(self, ids: Sequence[int]) -> dict[int, ImageRecord]:
+        id_list = [int(i) for i in ids]
+        if not id_list:
+            return {}
+        con = self._con()
+        out: dict[int, ImageRecord] = {}
+        for chunk in _chunks(id_list):
+            q = ",".join("?" * len(chunk))
+            for row in con.execute(f"SELECT * FROM images WHERE id IN ({q})", chunk):
+                out[row["id"]] = ImageRecord(**{c: row[c] for c in _COLUMNS})
+            for row in con.execute(f"SELECT id, key, value FROM extra WHERE id IN ({q})", chunk):
+                out[row["id"]].extra[row["key"]] = row["value"]
+        return out
+
+    def iter_records(self, source: str | None = None, slug: str | None = None) -> Iterator[ImageRecord]:
+        sql, args = "SELECT * FROM images WHERE 1=1", []
+        if source:
+            sql += " AND source=?"
+            args.append(source)
+        if slug:
+            sql += " AND slug=?"
+            args.append(slug)
+        for row in self._con().execute(sql + " ORDER BY relpath", args).fetchall():
+            yield ImageRecord(**{c: row[c] for c in _COLUMNS})
+
+    def file_stats(self) -> dict[str, tuple[int, float | None, int | None]]:
+        """relpath -> (id, mtime, size): what an incremental folder scan compares against."""
+        rows = self._con().execute("SELECT relpath, id, mtime, size FROM images WHERE source='base'")
+        return {r[0]: (r[1], r[2], r[3]) for r in rows}
+
+    def labels(self) -> list[str]:
+        rows = self._con().execute("SELECT DISTINCT label FROM images WHERE label != '' ORDER BY label")
+        return [r[0] for r in rows]
+
+    def phashes(self) -> tuple[list[int], list[int]]:
+        rows = self._con().execute("SELECT id, phash FROM images WHERE phash IS NOT NULL").fetchall()
+        return [r[0] for r in rows], [r[1] for r in rows]
+
+    def dynamic_terms(self) -> list[tuple[str, str, int]]:
+        """(slug, term, count) for every dynamic group, largest first."""
+        rows = self._con().execute(
+            "SELECT slug, MAX(term), COUNT(*) AS n FROM images WHERE source='dynamic' "
+            "GROUP BY slug ORDER BY n DESC, slug")
+        return [(r[0], r[1], r[2]) for r in rows]
+
+    def backup_to(self, dest: str | Path) -> None:
+        """Consistent copy while others may be writing (SQLite online backup, not a file copy)."""
+        dest = Path(dest)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        target = sqlite3.connect(dest)
+        try:
+            self._con().backup(target)
+        finally:
+            target.close()
+
+    def as_dicts(self, ids: Sequence[int]) -> list[dict[str, Any]]:
+        recs = self.get_many(ids)
+        return [asdict(recs[i]) for i in ids if i in recs]
+
+
+def _chunks(seq: list[int], size: int = 900) -> Iterator[list[int]]:
+    for i in range(0, len(seq), size):
+        yield seq[i:i + size]
+
+
+def _chunked_query(con: sqlite3.Connection, sql: str, ids: list[int]) -> list[int]:
+    out: list[int] = []
+    for chunk in _chunks(ids):
+        out += [r[0] for r in con.execute(sql.format(",".join("?" * len(chunk))), chunk)]
+    return out

@@ -1,0 +1,572 @@
+"""The facade: one object owns a collection's catalog, embeddings, encoder and live index.
+
+The CLI and the Streamlit app both talk only to ``Collection`` so there is one place where state
+changes, one writer lock, and one definition of "incremental": files are embedded once, vectors
+are added to or removed from the live index in place, and every change is persisted atomically
+(NPZ + snapshot pointer + SQLite transaction).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from . import snapshot as snap
+from .catalog import Catalog, ImageRecord, label_for
+from .config import DEFAULT_INDEXER, state_dir_for
+from .errors import EmptyCollectionError, IMRSError, SnapshotError, StoreError
+from .fsutil import atomic_write_json, read_json
+from .ids import normalise_relpath, stable_id
+from .locking import WriterLock
+from .store import EmbeddingSet, base_name, dynamic_name, merge, merge_files, merged_name
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+    from .encoders import Encoder
+    from .indexes import VectorIndex
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[int, int], None]
+DYNAMIC_PREFIX = "dynamic_"
+
+
+@dataclass
+class SearchHit:
+    id: int
+    score: float
+    relpath: str
+    path: Path
+    label: str
+    source: str
+    record: ImageRecord | None = None
+
+    @property
+    def title(self) -> str:
+        if self.record is None:
+            return ""
+        return self.record.title or self.record.extra.get("title", "") or self.record.extra.get("caption", "")
+
+
+@dataclass
+class SyncReport:
+    scanned: int = 0
+    added: int = 0
+    changed: int = 0
+    removed: int = 0
+    unchanged: int = 0
+    embedded: int = 0
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def summary(self) -> str:
+        return (f"{self.scanned} files: {self.added} new, {self.changed} changed, {self.removed} removed, "
+                f"{self.unchanged} unchanged; embedded {self.embedded}, {len(self.failed)} failed "
+                f"in {self.seconds:.1f}s")
+
+
+@dataclass
+class RemoveReport:
+    removed: int = 0
+    files_deleted: int = 0
+    missing: int = 0
+
+
+def is_dynamic_relpath(relpath: str) -> bool:
+    return relpath.split("/", 1)[0].startswith(DYNAMIC_PREFIX)
+
+
+def scan_folder(root: Path) -> list[tuple[str, float, int]]:
+    """(relpath, mtime, size) of every image under ``root`` except dynamic and hidden folders.
+
+    os.scandir with cached stat keeps a 30k-file rescan well under a second: this runs on every
+    ``imrs index`` and app start, so it must cost far less than embedding even one image.
+    """
+    from .imageio import IMAGE_EXTENSIONS
+
+    out: list[tuple[str, float, int]] = []
+    stack = [(root, "")]
+    while stack:
+        folder, prefix = stack.pop()
+        try:
+            entries = list(os.scandir(folder))
+        except OSError as exc:
+            log.warning("cannot list %s: %s", folder, exc)
+            continue
+        for e in entries:
+            if e.name.startswith("."):
+                continue
+            rel = f"{prefix}{e.name}"
+            if e.is_dir(follow_symlinks=True):
+                if not prefix and e.name.startswith(DYNAMIC_PREFIX):
+                    continue
+                stack.append((Path(e.path), rel + "/"))
+            elif os.path.splitext(e.name)[1].lower() in IMAGE_EXTENSIONS:
+                st = e.stat()
+                out.append((normalise_relpath(rel), st.st_mtime, st.st_size))
+    out.sort()
+    return out
+
+
+class Collection:
+    """A folder of images, indexed with one backbone and one index kind."""
+
+    def __init__(self, root: str | os.PathLike[str], backbone: str, indexer: str = DEFAULT_INDEXER, *,
+                 home: str | os.PathLike[str] | None = None, device: str | None = None,
+                 weights: str = "pretrained", checkpoint: str | None = None,
+                 index_params: dict[str, Any] | None = None, dynamic_root: str | None = None,
+                 encoder: Encoder | None = None):
+        self.root = Path(root).expanduser().resolve()
+        if not self.root.is_dir():
+            raise IMRSError(f"collection folder not found: {root}")
+        from .encoders import backbone_info
+        from .indexes import INDEX_KINDS
+
+        self.backbone_info = backbone_info(backbone)  # unknown backbone: clear error before any work
+        if indexer not in INDEX_KINDS:
+            from .errors import UnknownIndexError
+            raise UnknownIndexError(f"unknown indexer {indexer!r}; choose one of {', '.join(INDEX_KINDS)}")
+        self.backbone = backbone
+        self.indexer = indexer
+        self.index_params = dict(index_params or {})
+        self.device = device
+        self.weights = weights
+        self.checkpoint = checkpoint
+        self.state_dir = state_dir_for(self.root, home)
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.emb_dir = self.state_dir / "emb"
+        self.snap_dir = self.state_dir / "snapshots"
+        self.dynamic_root = Path(dynamic_root) if dynamic_root else self._default_dynamic_root()
+        self.catalog = Catalog(self.state_dir / "catalog.sqlite")
+        self.catalog.set_kv("root", str(self.root))
+        self.writer = WriterLock(self.state_dir / "write.lock")
+        self._index_lock = threading.RLock()
+        self._encoder = encoder
+        self._index: VectorIndex | None = None
+        atomic_write_json(self.state_dir / "collection.json", {"root": str(self.root)})
+
+    # -- paths ---------------------------------------------------------------------------------
+    def _default_dynamic_root(self) -> Path:
+        """Dynamic images live beside the base ones (``<root>/dynamic_<slug>/``) when the folder is
+        writable; a read-only collection (a shared dataset) keeps them in the state folder instead."""
+        if os.access(self.root, os.W_OK):
+            return self.root
+        return self.state_dir / "dynamic"
+
+    def abspath(self, relpath: str, source: str | None = None) -> Path:
+        if source == "dynamic" or (source is None and is_dynamic_relpath(relpath)):
+            return self.dynamic_root / relpath
+        return self.root / relpath
+
+    @property
+    def live_name(self) -> str:
+        return f"live-{self.backbone}-{self.indexer}"
+
+    # -- lazy heavy objects ----------------------------------------------------------------------
+    @property
+    def encoder(self) -> Encoder:
+        if self._encoder is None:
+            from .encoders import get_encoder
+
+            self._encoder = get_encoder(self.backbone, device=self.device, weights=self.weights,
+                                        checkpoint=self.checkpoint)
+        return self._encoder
+
+    @property
+    def dim(self) -> int:
+        return int(self.backbone_info.dim)
+
+    @property
+    def index(self) -> VectorIndex:
+        with self._index_lock:
+            if self._index is None:
+                self._index = self._open_index()
+            return self._index
+
+    def _open_index(self) -> VectorIndex:
+        """Live snapshot if there is a compatible one (fast start, mmap), else rebuilt from the NPZ
+        caches (no embedding), else empty."""
+        if snap.snapshot_exists(self.snap_dir, self.live_name):
+            try:
+                index, manifest, _ = snap.load_snapshot(self.snap_dir, self.live_name,
+                                                        expect_backbone=self.backbone, expect_dim=self.dim)
+                if self.index_params:
+                    index.set_params(**_tunables(self.index_params))
+                log.info("loaded live index %s (%d vectors)", self.live_name, len(index))
+                return index
+            except SnapshotError as exc:
+                log.warning("live snapshot unusable, rebuilding from embeddings: %s", exc)
+        emb = self.all_embeddings()
+        return self._build_index(emb)
+
+    def _build_index(self, emb: EmbeddingSet) -> VectorIndex:
+        from .indexes import make_index
+
+        index = make_index(self.indexer, self.dim, n_hint=max(len(emb), 1), **self.index_params)
+        if len(emb):
+            index.add(emb.ids, emb.vectors)
+        return index
+
+    def rebuild_index(self, indexer: str | None = None, index_params: dict[str, Any] | None = None) -> None:
+        """Build the index again from cached embeddings (new kind or parameters); embeds nothing."""
+        with self.writer.hold():
+            if indexer:
+                self.indexer = indexer
+            if index_params is not None:
+                self.index_params = dict(index_params)
+            with self._index_lock:
+                self._index = self._build_index(self.all_embeddings())
+            self._persist_index()
+
+    def set_search_params(self, **params: Any) -> None:
+        self.index_params.update(params)
+        with self._index_lock:
+            if self._index is not None:
+                self._index.set_params(**_tunables(params))
+
+    # -- embeddings on disk ------------------------------------------------------------------------
+    def base_npz(self) -> Path:
+        return self.emb_dir / base_name(self.backbone)
+
+    def dynamic_npz(self, slug: str) -> Path:
+        return self.emb_dir / dynamic_name(slug, self.backbone)
+
+    def dynamic_npzs(self) -> list[Path]:
+        return sorted(self.emb_dir.glob(f"dyn_emb_*_{self.backbone}.npz"))
+
+    def load_base_embeddings(self) -> EmbeddingSet:
+        path = self.base_npz()
+        if path.exists():
+            try:
+                emb = EmbeddingSet.load(path, backbone=self.backbone)
+                if len(emb) and emb.dim != self.dim:
+                    raise StoreError(f"{path}: {emb.dim}-d vectors but {self.backbone} gives {self.dim}-d")
+                return emb
+            except StoreError as exc:
+                log.warning("ignoring damaged cache (will re-embed): %s", exc)
+        return EmbeddingSet.empty(self.backbone, self.dim)
+
+    def all_embeddings(self, extra_npz: Sequence[str | os.PathLike[str]] = ()) -> EmbeddingSet:
+        """Base cache + dynamic caches (+ any extra files, e.g. benchmark caches), merged by the
+        store's rules: ids deduped (first wins), rows whose image file is gone dropped."""
+        sets = [self.load_base_embeddings()]
+        for p in [*self.dynamic_npzs(), *map(Path, extra_npz)]:
+            try:
+                sets.append(EmbeddingSet.load(p, backbone=self.backbone))
+            except StoreError as exc:
+                log.warning("skipping %s", exc)
+        return merge(sets, exists=lambda rel: self.abspath(rel).exists())
+
+    def merge_caches(self, extra_npz: Sequence[str | os.PathLike[str]] = ()) -> tuple[Path, int, int]:
+        """Write ``emb_merged_<backbone>.npz`` from every cache and add rows the live index lacks.
+
+        Returns (merged file, rows in it, rows newly added to the index)."""
+        with self.writer.hold():
+            paths = [p for p in [self.base_npz(), *self.dynamic_npzs(), *map(Path, extra_npz)] if p.exists()]
+            if not paths:
+                raise StoreError(f"no {self.backbone} embedding caches to merge yet: index the collection first")
+            out = self.emb_dir / merged_name(self.backbone)
+            report = merge_files(paths, self.backbone, out, exists=lambda rel: self.abspath(rel).exists())
+            merged = EmbeddingSet.load(out)
+            added = 0
+            with self._index_lock:
+                have = set(self.index.ids().tolist())
+                new = np.array([i not in have for i in merged.ids.tolist()], dtype=bool)
+                if new.any():
+                    fresh = merged.select(new)
+                    self.index.add(fresh.ids, fresh.vectors)
+                    self.catalog.upsert(_records_for(fresh.relpaths, self.catalog) )
+                    added = int(new.sum())
+            if added:
+                self._persist_index()
+            return out, report.rows_out, added
+
+    # -- indexing a folder ------------------------------------------------------------------------
+    def sync(self, progress: Progress | bool = False, batch_size: int | None = None) -> SyncReport:
+        """Bring catalog, cache and index in line with the folder: embed only new or changed files,
+        drop vanished ones. Re-running on an unchanged folder embeds nothing."""
+        t0 = time.perf_counter()
+        report = SyncReport()
+        with self.writer.hold():
+            files = scan_folder(self.root)
+            report.scanned = len(files)
+            if not files and not len(self.catalog):
+                raise EmptyCollectionError(f"no images found in {self.root} "
+                                           f"(looked for .jpg, .png, .webp, ... in all subfolders)")
+            known = self.catalog.file_stats()
+            base = self.load_base_embeddings()
+            cached = set(base.ids.tolist())
+            todo: list[tuple[str, float, int]] = []
+            on_disk: set[str] = set()
+            for rel, mtime, size in files:
+                on_disk.add(rel)
+                prev = known.get(rel)
+                if prev is None or stable_id(rel) not in cached:
+                    todo.append((rel, mtime, size))
+                    report.added += prev is None
+                    report.changed += prev is not None
+                elif prev[1] != mtime or prev[2] != size:
+                    todo.append((rel, mtime, size))
+                    report.changed += 1
+                else:
+                    report.unchanged += 1
+            gone = [rel for rel in known if rel not in on_disk]
+            report.removed = len(gone)
+            gone_ids = [known[rel][0] for rel in gone]
+            stale_ids = [stable_id(rel) for rel, _, _ in todo]
+
+            new_emb = EmbeddingSet.empty(self.backbone, self.dim)
+            records: list[ImageRecord] = []
+            if todo:
+                paths = [self.root / rel for rel, _, _ in todo]
+                res = self.encoder.embed_paths(paths, batch_size=batch_size, progress=progress)
+                kept = [todo[i] for i in res.kept.tolist()]
+                report.failed = [(todo[i][0], reason) for i, reason in res.failures]
+                report.embedded = len(kept)
+                new_emb = EmbeddingSet(self.backbone, [stable_id(r) for r, _, _ in kept],
+                                       [r for r, _, _ in kept], res.vectors)
+                records = [ImageRecord.for_path(rel, source="base", mtime=mtime, size=size)
+                           for rel, mtime, size in kept]
+                _fill_image_facts(records, self.root)
+            drop = set(gone_ids) | set(stale_ids)
+            if drop or len(new_emb):
+                base = base.without(drop).concat(new_emb)
+                base.save(self.base_npz())
+                self.catalog.delete(gone_ids, allow_base=True)  # files already gone; never touches files
+                self.catalog.upsert(records)
+                with self._index_lock:
+                    index = self.index
+                    if drop:
+                        index.remove(np.fromiter(drop, dtype=np.int64))
+                    if len(new_emb):
+                        index.add(new_emb.ids, new_emb.vectors)
+                self._persist_index()
+            elif not snap.snapshot_exists(self.snap_dir, self.live_name):
+                self._persist_index()
+        report.seconds = time.perf_counter() - t0
+        log.info("sync %s: %s", self.root, report.summary())
+        return report
+
+    def _persist_index(self) -> None:
+        with self._index_lock:
+            snap.save_snapshot(self.snap_dir, self.live_name, self.index, self.backbone,
+                               collection_root=str(self.root))
+
+    # -- dynamic images -----------------------------------------------------------------------------
+    def add_dynamic(self, slug: str, records: Sequence[ImageRecord], vectors: np.ndarray) -> int:
+        """Add already-embedded dynamic images: catalog rows, index vectors, the term's NPZ. The
+        expansion engine calls this after download and dedupe; nothing else is re-embedded."""
+        if not records:
+            return 0
+        vectors = np.asarray(vectors, dtype=np.float32)
+        if vectors.shape != (len(records), self.dim):
+            raise StoreError(f"expected {len(records)}x{self.dim} vectors, got {vectors.shape}")
+        for r in records:
+            if r.source != "dynamic" or not is_dynamic_relpath(r.relpath):
+                raise IMRSError(f"{r.relpath}: dynamic images must live under {DYNAMIC_PREFIX}<term>/")
+        with self.writer.hold():
+            new = EmbeddingSet(self.backbone, [r.id for r in records], [r.relpath for r in records], vectors)
+            path = self.dynamic_npz(slug)
+            old = EmbeddingSet.load(path, self.backbone) if path.exists() else EmbeddingSet.empty(
+                self.backbone, self.dim)
+            old.without(new.ids).concat(new).save(path)
+            self.catalog.upsert(records)
+            with self._index_lock:
+                self.index.add(new.ids, new.vectors)
+            self._persist_index()
+        return len(records)
+
+    def remove_dynamic(self, ids: Iterable[int]) -> RemoveReport:
+        """Remove dynamic images everywhere (file, catalog, index, NPZ). Refuses the whole request if
+        any id is a base image: a user's own files are never deleted by IMRS."""
+        id_list = sorted({int(i) for i in ids})
+        report = RemoveReport()
+        if not id_list:
+            return report
+        with self.writer.hold():
+            recs = self.catalog.get_many(id_list)
+            base = [r.relpath for r in recs.values() if r.source != "dynamic" or not is_dynamic_relpath(r.relpath)]
+            if base:
+                raise IMRSError(f"refusing to remove base image(s): {', '.join(base[:3])}"
+                                f"{' ...' if len(base) > 3 else ''}; only dynamic images can be removed")
+            report.missing = len(id_list) - len(recs)
+            by_slug: dict[str, list[int]] = {}
+            for r in recs.values():
+                by_slug.setdefault(r.relpath.split("/", 1)[0][len(DYNAMIC_PREFIX):], []).append(r.id)
+            self.catalog.delete(recs.keys())
+            with self._index_lock:
+                self.index.remove(np.asarray(list(recs.keys()), dtype=np.int64))
+            for slug_ids in by_slug.values():
+                for npz in self.dynamic_npzs():
+                    emb = EmbeddingSet.load(npz, self.backbone)
+                    if np.isin(emb.ids, slug_ids).any():
+                        emb.without(slug_ids).save(npz)
+            self._persist_index()
+            for r in recs.values():
+                path = self._safe_dynamic_file(r.relpath)
+                if path is not None and path.exists():
+                    path.unlink()
+                    report.files_deleted += 1
+            report.removed = len(recs)
+        return report
+
+    def _safe_dynamic_file(self, relpath: str) -> Path | None:
+        """Resolve a dynamic image's file and prove it sits inside a dynamic_* folder of the dynamic
+        root; anything else (symlink games, '..') is never deleted."""
+        root = self.dynamic_root.resolve()
+        path = (root / relpath).resolve()
+        try:
+            rel = path.relative_to(root)
+        except ValueError:
+            return None
+        if len(rel.parts) < 2 or not rel.parts[0].startswith(DYNAMIC_PREFIX):
+            return None
+        return path
+
+    # -- search -------------------------------------------------------------------------------------
+    def search_vectors(self, queries: np.ndarray, k: int = 10) -> list[list[SearchHit]]:
+        q = np.atleast_2d(np.asarray(queries, dtype=np.float32))
+        with self._index_lock:
+            if len(self.index) == 0:
+                raise EmptyCollectionError("the index is empty: index a folder first (imrs index FOLDER)")
+            scores, ids = self.index.search(q, k)
+        flat = [int(i) for i in ids.ravel() if i != -1]
+        recs = self.catalog.get_many(flat)
+        out = []
+        for srow, irow in zip(scores, ids, strict=True):
+            hits = []
+            for s, i in zip(srow.tolist(), irow.tolist(), strict=True):
+                if i == -1:
+                    continue
+                r = recs.get(i)
+                rel = r.relpath if r else ""
+                hits.append(SearchHit(id=i, score=float(s), relpath=rel,
+                                      path=self.abspath(rel, r.source if r else None),
+                                      label=r.label if r else "", source=r.source if r else "base", record=r))
+            out.append(hits)
+        return out
+
+    def embed_query_text(self, text: str) -> np.ndarray:
+        text = text.strip()
+        if not text:
+            raise IMRSError("empty text query")
+        if self.encoder.supports_text:
+            return self.encoder.embed_texts([text])[0]
+        from .textmap import text_query_vector
+
+        return text_query_vector(self, text)
+
+    def embed_query_image(self, image: str | os.PathLike[str] | bytes | Image.Image) -> np.ndarray:
+        from .imageio import load_image
+
+        return self.encoder.embed_images([load_image(image)])[0]
+
+    def search_text(self, text: str, k: int = 10) -> list[SearchHit]:
+        return self.search_vectors(self.embed_query_text(text), k)[0]
+
+    def search_image(self, image: str | os.PathLike[str] | bytes | Image.Image, k: int = 10) -> list[SearchHit]:
+        return self.search_vectors(self.embed_query_image(image), k)[0]
+
+    # -- snapshots ----------------------------------------------------------------------------------
+    def save_snapshot(self, name: str) -> snap.Manifest:
+        with self.writer.hold(), self._index_lock:
+            return snap.save_snapshot(self.snap_dir, name, self.index, self.backbone, catalog=self.catalog,
+                                      collection_root=str(self.root))
+
+    def load_snapshot(self, name: str) -> snap.Manifest:
+        """Restore index and catalog from a named snapshot (refused if made with another backbone)."""
+        with self.writer.hold():
+            index, manifest, cat_path = snap.load_snapshot(self.snap_dir, name, expect_backbone=self.backbone,
+                                                           expect_dim=self.dim)
+            if cat_path is not None:
+                Catalog(cat_path).backup_to(self.catalog.path)
+                self.catalog.close()
+                self.catalog = Catalog(self.catalog.path)
+            with self._index_lock:
+                self._index = index
+                self.indexer = manifest.indexer
+            self._persist_index()
+            return manifest
+
+    def list_snapshots(self) -> list[snap.Manifest]:
+        return [m for m in snap.list_snapshots(self.snap_dir) if not m.name.startswith("live-")]
+
+    # -- reporting ----------------------------------------------------------------------------------
+    def info(self) -> dict[str, Any]:
+        per_backbone: dict[str, dict[str, Any]] = {}
+        for npz in sorted(self.emb_dir.glob("*.npz")):
+            try:
+                emb = EmbeddingSet.load(npz)
+            except StoreError:
+                continue
+            d = per_backbone.setdefault(emb.backbone, {"rows": 0, "bytes": 0, "files": [], "dim": emb.dim})
+            if not npz.name.startswith("emb_merged_"):
+                d["rows"] += len(emb)
+            d["bytes"] += npz.stat().st_size
+            d["files"].append(npz.name)
+        snaps = snap.list_snapshots(self.snap_dir)
+        return {"root": str(self.root), "state_dir": str(self.state_dir),
+                "images": len(self.catalog), "base": self.catalog.count("base"),
+                "dynamic": self.catalog.count("dynamic"), "labels": len(self.catalog.labels()),
+                "embeddings": per_backbone,
+                "snapshots": [{"name": m.name, "backbone": m.backbone, "indexer": m.indexer, "count": m.count,
+                               "created": m.created} for m in snaps]}
+
+
+def _tunables(params: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in params.items() if k in ("efSearch", "nprobe", "search_k", "k_factor")}
+
+
+def _records_for(relpaths: Iterable[str], catalog: Catalog) -> list[ImageRecord]:
+    """Catalog rows for merged-in cache rows the catalog does not know yet."""
+    rels = [str(r) for r in relpaths]
+    have = catalog.get_many([stable_id(r) for r in rels])
+    out = []
+    for rel in rels:
+        i = stable_id(rel)
+        if i not in have:
+            out.append(ImageRecord.for_path(rel, source="dynamic" if is_dynamic_relpath(rel) else "base",
+                                            label=label_for(rel)))
+    return out
+
+
+def _fill_image_facts(records: list[ImageRecord], root: Path) -> None:
+    """Width, height and pHash for new base images. A header read plus a JPEG draft decode at 1/8
+    scale is a few ms per image, far below embedding cost, and pHash of base images is what lets
+    web expansion drop near-duplicates of what the user already has."""
+    from PIL import Image
+
+    from .dedupe import phash
+
+    for r in records:
+        try:
+            with Image.open(root / r.relpath) as im:
+                r.width, r.height = im.size
+                im.draft("RGB", (64, 64))
+                r.phash = phash(im.convert("RGB"))
+        except Exception as exc:  # noqa: BLE001 - facts are optional; the embedding already succeeded
+            log.debug("no image facts for %s: %s", r.relpath, exc)
+
+
+ACTIVE_FILE = "active.json"
+
+
+def remember_active(home: Path, coll: Collection) -> None:
+    atomic_write_json(home / ACTIVE_FILE, {"root": str(coll.root), "backbone": coll.backbone,
+                                           "indexer": coll.indexer})
+
+
+def read_active(home: Path) -> dict[str, str] | None:
+    try:
+        return read_json(home / ACTIVE_FILE)
+    except (OSError, ValueError):
+        return None

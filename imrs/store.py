@@ -1,0 +1,174 @@
+"""NPZ embedding caches: the expensive part of indexing, kept so nothing is ever embedded twice.
+
+One file per (collection, backbone) for base images, one per (term, backbone) for dynamic images
+(``dyn_emb_<slug>_<backbone>.npz``) so an expansion writes a small file instead of rewriting the
+big one. Arrays only (ids int64, relpaths unicode, vectors float32), loaded with
+``allow_pickle=False``, written atomically.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import StoreError
+from .fsutil import atomic_savez
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+
+
+@dataclass
+class EmbeddingSet:
+    """Rows of one backbone's embeddings; the unit that caches, merges and indexes exchange."""
+
+    backbone: str
+    ids: np.ndarray  # int64 (n,)
+    relpaths: np.ndarray  # unicode (n,)
+    vectors: np.ndarray  # float32 (n, dim)
+
+    def __post_init__(self) -> None:
+        self.ids = np.ascontiguousarray(self.ids, dtype=np.int64).reshape(-1)
+        self.relpaths = np.asarray(self.relpaths, dtype=str).reshape(-1)
+        self.vectors = np.ascontiguousarray(self.vectors, dtype=np.float32)
+        if self.vectors.ndim != 2:
+            self.vectors = self.vectors.reshape(len(self.ids), -1)
+        if not (len(self.ids) == len(self.relpaths) == len(self.vectors)):
+            raise StoreError(
+                f"embedding set rows disagree: {len(self.ids)} ids, {len(self.relpaths)} paths, "
+                f"{len(self.vectors)} vectors")
+
+    @property
+    def dim(self) -> int:
+        return int(self.vectors.shape[1])
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @classmethod
+    def empty(cls, backbone: str, dim: int) -> EmbeddingSet:
+        return cls(backbone, np.zeros(0, np.int64), np.zeros(0, dtype="<U1"), np.zeros((0, dim), np.float32))
+
+    def select(self, mask_or_idx: np.ndarray) -> EmbeddingSet:
+        return EmbeddingSet(self.backbone, self.ids[mask_or_idx], self.relpaths[mask_or_idx],
+                            self.vectors[mask_or_idx])
+
+    def without(self, ids: Iterable[int]) -> EmbeddingSet:
+        drop = np.fromiter((int(i) for i in ids), dtype=np.int64)
+        return self.select(~np.isin(self.ids, drop))
+
+    def concat(self, other: EmbeddingSet) -> EmbeddingSet:
+        if len(other) and len(self) and other.dim != self.dim:
+            raise StoreError(f"cannot combine {self.dim}-d and {other.dim}-d embeddings")
+        vecs = other.vectors if not len(self) else (self.vectors if not len(other)
+                                                    else np.concatenate([self.vectors, other.vectors]))
+        return EmbeddingSet(self.backbone, np.concatenate([self.ids, other.ids]),
+                            np.concatenate([self.relpaths, other.relpaths]), vecs)
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        atomic_savez(path, ids=self.ids, relpaths=self.relpaths, vectors=self.vectors,
+                     backbone=np.asarray(self.backbone), format_version=np.asarray(FORMAT_VERSION))
+        return Path(path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str], backbone: str | None = None) -> EmbeddingSet:
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                keys = set(z.files)
+                paths_key = "relpaths" if "relpaths" in keys else "paths"
+                vec_key = "vectors" if "vectors" in keys else "embeddings"
+                missing = {"ids", paths_key, vec_key} - keys
+                if missing:
+                    raise StoreError(f"{path}: not an IMRS embedding file (missing {sorted(missing)})")
+                file_backbone = str(z["backbone"]) if "backbone" in keys else (backbone or "unknown")
+                out = cls(file_backbone, z["ids"], z[paths_key], z[vec_key])
+        except (OSError, ValueError) as exc:  # truncated zip, or an object array that would need pickle
+            raise StoreError(f"{path}: unreadable embedding file ({exc})") from exc
+        if backbone is not None and file_backbone not in (backbone, "unknown"):
+            raise StoreError(f"{path} holds {file_backbone} embeddings, not {backbone}")
+        return out
+
+
+@dataclass
+class MergeReport:
+    inputs: list[str] = field(default_factory=list)
+    rows_in: int = 0
+    rows_out: int = 0
+    dropped_missing: int = 0
+    dropped_duplicate: int = 0
+    skipped_files: list[str] = field(default_factory=list)
+    output: str | None = None
+
+
+def merge(sets: Sequence[EmbeddingSet], exists: Callable[[str], bool] | None = None,
+          report: MergeReport | None = None) -> EmbeddingSet:
+    """First occurrence of an id wins (so pass the most trusted cache first); rows whose file is gone
+    are dropped so a stale cache can never resurrect a deleted image."""
+    report = report or MergeReport()
+    if not sets:
+        raise StoreError("nothing to merge")
+    backbones = {s.backbone for s in sets} - {"unknown"}
+    if len(backbones) > 1:
+        raise StoreError(f"cannot merge embeddings of different backbones: {sorted(backbones)}")
+    dims = {s.dim for s in sets if len(s)}
+    if len(dims) > 1:
+        raise StoreError(f"cannot merge embeddings of different dims: {sorted(dims)}")
+    backbone = backbones.pop() if backbones else sets[0].backbone
+    combined = sets[0]
+    for s in sets[1:]:
+        combined = combined.concat(s)
+    report.rows_in += len(combined)
+    _, first = np.unique(combined.ids, return_index=True)
+    keep = np.zeros(len(combined), dtype=bool)
+    keep[first] = True
+    report.dropped_duplicate += int(len(combined) - keep.sum())
+    if exists is not None:
+        alive = np.fromiter((exists(str(p)) for p in combined.relpaths), dtype=bool, count=len(combined))
+        report.dropped_missing += int((keep & ~alive).sum())
+        keep &= alive
+    order = np.sort(np.flatnonzero(keep))  # keep input order: stable, diff-friendly output
+    out = combined.select(order)
+    out.backbone = backbone
+    report.rows_out = len(out)
+    return out
+
+
+def merge_files(paths: Sequence[str | os.PathLike[str]], backbone: str, out_path: str | os.PathLike[str],
+                exists: Callable[[str], bool] | None = None) -> MergeReport:
+    """Merge NPZ files of one backbone into ``out_path`` (written atomically). Unreadable inputs are
+    reported and skipped rather than failing the whole merge, since caches come from many places."""
+    report = MergeReport()
+    sets = []
+    for p in paths:
+        try:
+            sets.append(EmbeddingSet.load(p, backbone=backbone))
+            report.inputs.append(str(p))
+        except StoreError as exc:
+            log.warning("skipping %s", exc)
+            report.skipped_files.append(str(p))
+    if not sets:
+        raise StoreError(f"no readable {backbone} embedding files among {len(paths)} input(s)")
+    merged = merge(sets, exists=exists, report=report)
+    merged.save(out_path)
+    report.output = str(out_path)
+    log.info("merged %d file(s): %d rows in, %d out (%d missing, %d duplicate)", len(sets),
+             report.rows_in, report.rows_out, report.dropped_missing, report.dropped_duplicate)
+    return report
+
+
+def merged_name(backbone: str) -> str:
+    return f"emb_merged_{backbone}.npz"
+
+
+def base_name(backbone: str) -> str:
+    return f"emb_{backbone}.npz"
+
+
+def dynamic_name(slug: str, backbone: str) -> str:
+    return f"dyn_emb_{slug}_{backbone}.npz"

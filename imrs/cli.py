@@ -240,7 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
         try:
             module = importlib.import_module(mod)
         except ModuleNotFoundError as exc:
-            if exc.name != mod:
+            if not exc.name or not mod.startswith(exc.name):
                 raise
             continue
         module.register(sub)

@@ -267,7 +267,9 @@ class GuardedAdapter(HTTPAdapter):
         raise BlockedURLError("blocked: proxies are not supported by the guarded downloader")
 
 
-def guarded_session(allow_loopback: bool = False, user_agent: str | None = None, pool_maxsize: int = 10) -> requests.Session:
+def guarded_session(
+    allow_loopback: bool = False, user_agent: str | None = None, pool_maxsize: int = 10
+) -> requests.Session:
     """A Session that ignores environment proxies and can only reach allowed addresses."""
     session = requests.Session()
     session.trust_env = False

@@ -292,6 +292,14 @@ class Catalog:
         rows = self._con().execute("SELECT id, phash FROM images WHERE phash IS NOT NULL").fetchall()
         return [r[0] for r in rows], [r[1] for r in rows]
 
+    def phash_fingerprint(self) -> tuple[int, float, float, float]:
+        """A cheap summary of every (id, pHash) pair (one aggregate query, ~20 ms at 100k rows), so
+        a cached hash index can tell that nothing changed without reading every row."""
+        row = self._con().execute(
+            "SELECT COUNT(*), TOTAL(phash), TOTAL(id), TOTAL((id % 1000003) * (phash % 1000033)) "
+            "FROM images WHERE phash IS NOT NULL").fetchone()
+        return tuple(row)  # type: ignore[return-value]
+
     def dynamic_terms(self) -> list[tuple[str, str, int]]:
         """(slug, term, count) for every dynamic group, largest first."""
         rows = self._con().execute(

@@ -8,11 +8,12 @@ are added to or removed from the live index in place, and every change is persis
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -152,6 +153,7 @@ class Collection:
         self._index_lock = threading.RLock()
         self._encoder = encoder
         self._index: VectorIndex | None = None
+        self._index_version: str | None = None  # live snapshot version our in-memory index matches
         atomic_write_json(self.state_dir / "collection.json", {"root": str(self.root)})
 
     # -- paths ---------------------------------------------------------------------------------
@@ -192,9 +194,27 @@ class Collection:
                 self._index = self._open_index()
             return self._index
 
+    def _disk_version(self) -> str | None:
+        try:
+            return str(read_json(self.snap_dir / f"{self.live_name}.json")["version"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def refresh_if_stale(self) -> bool:
+        """Drop the in-memory index when another writer (another process, or another Collection in
+        this one) has saved a newer live snapshot; adding to a stale copy and saving it would
+        silently lose that writer's vectors. Costs one small JSON read."""
+        with self._index_lock:
+            if self._index is None or self._disk_version() == self._index_version:
+                return False
+            log.info("live index changed on disk: reloading")
+            self._index = None
+            return True
+
     def _open_index(self) -> VectorIndex:
         """Live snapshot if there is a compatible one (fast start, mmap), else rebuilt from the NPZ
         caches (no embedding), else empty."""
+        self._index_version = self._disk_version()
         if snap.snapshot_exists(self.snap_dir, self.live_name):
             try:
                 index, manifest, _ = snap.load_snapshot(self.snap_dir, self.live_name,
@@ -218,7 +238,7 @@ class Collection:
 
     def rebuild_index(self, indexer: str | None = None, index_params: dict[str, Any] | None = None) -> None:
         """Build the index again from cached embeddings (new kind or parameters); embeds nothing."""
-        with self.writer.hold():
+        with self.writing():
             if indexer:
                 self.indexer = indexer
             if index_params is not None:
@@ -270,7 +290,7 @@ class Collection:
         """Write ``emb_merged_<backbone>.npz`` from every cache and add rows the live index lacks.
 
         Returns (merged file, rows in it, rows newly added to the index)."""
-        with self.writer.hold():
+        with self.writing():
             paths = [p for p in [self.base_npz(), *self.dynamic_npzs(), *map(Path, extra_npz)] if p.exists()]
             if not paths:
                 raise StoreError(f"no {self.backbone} embedding caches to merge yet: index the collection first")
@@ -296,7 +316,7 @@ class Collection:
         drop vanished ones. Re-running on an unchanged folder embeds nothing."""
         t0 = time.perf_counter()
         report = SyncReport()
-        with self.writer.hold():
+        with self.writing():
             files = scan_folder(self.root)
             report.scanned = len(files)
             if not files and not len(self.catalog):
@@ -360,6 +380,15 @@ class Collection:
         with self._index_lock:
             snap.save_snapshot(self.snap_dir, self.live_name, self.index, self.backbone,
                                collection_root=str(self.root))
+            self._index_version = self._disk_version()
+
+    @contextlib.contextmanager
+    def writing(self) -> Iterator[None]:
+        """The writer lock, with the in-memory index brought up to date first. Every mutation of
+        the collection happens inside this."""
+        with self.writer.hold():
+            self.refresh_if_stale()
+            yield
 
     # -- dynamic images -----------------------------------------------------------------------------
     def add_dynamic(self, slug: str, records: Sequence[ImageRecord], vectors: np.ndarray) -> int:
@@ -373,7 +402,7 @@ class Collection:
         for r in records:
             if r.source != "dynamic" or not is_dynamic_relpath(r.relpath):
                 raise IMRSError(f"{r.relpath}: dynamic images must live under {DYNAMIC_PREFIX}<term>/")
-        with self.writer.hold():
+        with self.writing():
             new = EmbeddingSet(self.backbone, [r.id for r in records], [r.relpath for r in records], vectors)
             path = self.dynamic_npz(slug)
             old = EmbeddingSet.load(path, self.backbone) if path.exists() else EmbeddingSet.empty(
@@ -392,7 +421,7 @@ class Collection:
         report = RemoveReport()
         if not id_list:
             return report
-        with self.writer.hold():
+        with self.writing():
             recs = self.catalog.get_many(id_list)
             base = [r.relpath for r in recs.values() if r.source != "dynamic" or not is_dynamic_relpath(r.relpath)]
             if base:
@@ -435,6 +464,7 @@ class Collection:
     # -- search -------------------------------------------------------------------------------------
     def search_vectors(self, queries: np.ndarray, k: int = 10) -> list[list[SearchHit]]:
         q = np.atleast_2d(np.asarray(queries, dtype=np.float32))
+        self.refresh_if_stale()  # a long-lived reader (the app) sees other writers' changes
         with self._index_lock:
             if len(self.index) == 0:
                 raise EmptyCollectionError("the index is empty: index a folder first (imrs index FOLDER)")
@@ -478,13 +508,13 @@ class Collection:
 
     # -- snapshots ----------------------------------------------------------------------------------
     def save_snapshot(self, name: str) -> snap.Manifest:
-        with self.writer.hold(), self._index_lock:
+        with self.writing(), self._index_lock:
             return snap.save_snapshot(self.snap_dir, name, self.index, self.backbone, catalog=self.catalog,
                                       collection_root=str(self.root))
 
     def load_snapshot(self, name: str) -> snap.Manifest:
         """Restore index and catalog from a named snapshot (refused if made with another backbone)."""
-        with self.writer.hold():
+        with self.writing():
             index, manifest, cat_path = snap.load_snapshot(self.snap_dir, name, expect_backbone=self.backbone,
                                                            expect_dim=self.dim)
             if cat_path is not None:
@@ -543,16 +573,11 @@ def _fill_image_facts(records: list[ImageRecord], root: Path) -> None:
     """Width, height and pHash for new base images. A header read plus a JPEG draft decode at 1/8
     scale is a few ms per image, far below embedding cost, and pHash of base images is what lets
     web expansion drop near-duplicates of what the user already has."""
-    from PIL import Image
-
-    from .dedupe import phash
+    from .dedupe import phash_file
 
     for r in records:
         try:
-            with Image.open(root / r.relpath) as im:
-                r.width, r.height = im.size
-                im.draft("RGB", (64, 64))
-                r.phash = phash(im.convert("RGB"))
+            r.phash, (r.width, r.height) = phash_file(root / r.relpath, with_size=True)
         except Exception as exc:  # noqa: BLE001 - facts are optional; the embedding already succeeded
             log.debug("no image facts for %s: %s", r.relpath, exc)
 

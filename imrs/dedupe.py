@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 import imagehash
 import numpy as np
@@ -194,3 +195,14 @@ def dedupe_batch(candidate_hashes: Sequence[int] | Iterable[int], index: HashInd
         if not dup:
             batch.add([k], [h])
     return keep
+
+
+def phash_file(path: str | os.PathLike[str], with_size: bool = False) -> Any:
+    """pHash of an image file by the one recipe every caller shares (JPEG draft decode at about
+    1/8 scale, then pHash), so base and downloaded images hash alike. With ``with_size`` also
+    returns the original (width, height), read from the header for free."""
+    with Image.open(path) as im:
+        size = im.size
+        im.draft("RGB", (64, 64))
+        h = phash(im.convert("RGB"))
+    return (h, size) if with_size else h

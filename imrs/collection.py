@@ -151,6 +151,7 @@ class Collection:
         self.catalog.set_kv("root", str(self.root))
         self.writer = WriterLock(self.state_dir / "write.lock")
         self._index_lock = threading.RLock()
+        self._encoder_lock = threading.Lock()  # two UI sessions must not load the model twice
         self._encoder = encoder
         self._index: VectorIndex | None = None
         self._index_version: str | None = None  # live snapshot version our in-memory index matches
@@ -177,10 +178,12 @@ class Collection:
     @property
     def encoder(self) -> Encoder:
         if self._encoder is None:
-            from .encoders import get_encoder
+            with self._encoder_lock:
+                if self._encoder is None:
+                    from .encoders import get_encoder
 
-            self._encoder = get_encoder(self.backbone, device=self.device, weights=self.weights,
-                                        checkpoint=self.checkpoint)
+                    self._encoder = get_encoder(self.backbone, device=self.device, weights=self.weights,
+                                                checkpoint=self.checkpoint)
         return self._encoder
 
     @property

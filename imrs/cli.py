@@ -103,7 +103,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         query = coll.embed_query_text(args.text)
     else:
         query = coll.embed_query_image(load_query_image(args.image))
-    hits = coll.search_vectors(query, args.k)[0]
+    hits = coll.search_vectors(query, args.k, qe=args.qe)[0]
     if getattr(args, "expand", False):
         from .expansion import expand_if_weak
 
@@ -212,6 +212,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--efSearch", type=int)
     p.add_argument("--nprobe", type=int)
     p.add_argument("--search_k", type=int)
+    p.add_argument("--qe", type=int, default=0, metavar="N",
+                   help="alpha query expansion over the top N hits (5 is a good start; 0 = off)")
     p.add_argument("--json", action="store_true")
     p.add_argument("--expand", action="store_true", help="grow the collection from the web when coverage is weak")
     _common_collection_args(p)

@@ -157,3 +157,18 @@ def test_unknown_backbone_is_a_clear_error(small_collection, home):
         Collection(small_collection, "resnet9000", home=home)
     with pytest.raises(EmptyCollectionError):
         Collection(small_collection, BB, "flat_ip", home=home).search_vectors(np.ones((1, 1280), np.float32))
+
+
+def test_query_expansion_switch(small_collection, home, capsys):
+    coll = Collection(small_collection, BB, "hnsw", home=home)
+    coll.sync()
+    emb = EmbeddingSet.load(coll.base_npz())
+    plain = coll.search_vectors(emb.vectors[:4], 6)
+    expanded = coll.search_vectors(emb.vectors[:4], 6, qe=3)
+    # expansion moves the query (scores change) but the image itself stays the best match
+    assert [h[0].id for h in expanded] == [h[0].id for h in plain] == list(emb.ids[:4])
+    assert any(abs(a.score - b.score) > 1e-4 for p, e in zip(plain, expanded, strict=True)
+               for a, b in zip(p, e, strict=True))
+    code, out, _ = run_cli(capsys, "search", "--image", str(coll.abspath(emb.relpaths[0])), "--qe", "3", "--json",
+                           "--root", str(small_collection), "--backbone", BB, "--indexer", "hnsw")
+    assert code == 0 and json.loads(out)[0]["label"] == coll.catalog.get(int(emb.ids[0])).label

@@ -450,3 +450,18 @@ def test_recall_at_10_vs_exact(kind: str, recall_data, record_property) -> None:
     if kind == "ivf_flat":  # the data is hard enough that the parameters matter
         index.set_params(nprobe=1)
         assert recall_at_10(index.search(queries, 10)[1], truth) < 0.85
+
+
+@pytest.mark.parametrize("kind", INDEX_KINDS)
+def test_get_vectors_follows_adds_removes_and_compaction(kind: str) -> None:
+    vecs = clustered(600, 32, seed=7)
+    ids = ids_for(600)
+    idx = small(kind)
+    idx.add(ids, vecs)
+    unit = vecs / np.linalg.norm(vecs, axis=1, keepdims=True)
+    got = idx.get_vectors(ids[[0, 299, 599]])
+    assert np.allclose(got, unit[[0, 299, 599]], atol=1e-5)
+    idx.remove(ids[:300])  # past every compaction threshold
+    got = idx.get_vectors(np.array([ids[0], ids[450], 10**12]))
+    assert not got[0].any() and not got[2].any()
+    assert np.allclose(got[1], unit[450], atol=1e-5)

@@ -421,6 +421,21 @@ class VectorIndex(ABC):
                 "indexed": t.frozen - t.n_dead, "dead": t.n_dead, "loose": t.n_loose,
                 "memory_bytes": self.memory_bytes(), "mapped": self._mapped, **self._extra_state()}
 
+    def get_vectors(self, ids: Any) -> np.ndarray:
+        """Stored (normalised) vectors of ``ids``, zero rows for unknown ids. Query expansion needs
+        the neighbours' vectors, and the index already holds them: no second copy in memory."""
+        ids = _as_ids(ids)
+        slots = self._table.slots_of(ids)
+        out = np.zeros((len(ids), self.dim), np.float32)
+        ok = slots >= 0
+        if ok.any():
+            out[ok] = self._vectors_at(slots[ok])
+        return out
+
+    def _vectors_at(self, slots: np.ndarray) -> np.ndarray:
+        """Kinds whose slot table keeps no vectors override this to read them from the native index."""
+        return self._table.vecs[slots]
+
     def memory_bytes(self) -> int:
         """Approximate resident bytes: slot table (+ raw vectors) + native structure."""
         return self._table.nbytes() + self._native_bytes()

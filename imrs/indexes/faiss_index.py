@@ -108,6 +108,9 @@ class FlatIPIndex(_FaissIndex):
     def _search_frozen(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         return self._index.search(q, min(k, self._index.ntotal))
 
+    def _vectors_at(self, slots: np.ndarray) -> np.ndarray:
+        return np.stack([self._index.reconstruct(int(s)) for s in slots.tolist()])  # labels are slots
+
     def _compact(self) -> None:
         t = self._table
         live = t.live_slots()
@@ -179,6 +182,9 @@ class HNSWIndex(_FaissIndex):
 
         ef = max(int(self._params["efSearch"]), kk)
         return _fill_short_rows(q, kk, ef, max(ef, t.n), run)
+
+    def _vectors_at(self, slots: np.ndarray) -> np.ndarray:
+        return np.stack([self._index.reconstruct(int(s)) for s in slots.tolist()])  # position == slot
 
     def _live_vectors(self) -> np.ndarray:
         live = self._table.live_slots()

@@ -16,7 +16,6 @@ from __future__ import annotations
 import io
 import math
 import os
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -115,22 +114,20 @@ def load_image(src: ImageSource, min_side: int | None = None) -> Image.Image:
     ``min_side`` pixels (no effect on other formats or on already-decoded images).
     """
     name = _describe(src)
+    # No warnings.catch_warnings() here: it swaps process-global state and is not thread-safe,
+    # and images are decoded from several threads at once.
     try:
-        with warnings.catch_warnings():
-            # Pillow warns (rather than fails) on many malformed-but-readable files; the caller
-            # cannot act on those, so they are not worth a line in the log per image.
-            warnings.simplefilter("ignore")
-            img = _open(src)
-            if img is not src:  # never reconfigure a caller's own (lazily loaded) image
-                _draft_for(img, min_side)
-            img.load()
-            out = ImageOps.exif_transpose(img)
-            if out is None:  # very old Pillow returned None for in_place
-                out = img
-            out = _to_rgb(out)
-            if out is src or out is img:
-                out = out.copy()
-            out.load()
+        img = _open(src)
+        if img is not src:  # never reconfigure a caller's own (lazily loaded) image
+            _draft_for(img, min_side)
+        img.load()
+        out = img
+        # exif_transpose parses the EXIF block; a JPEG without one has nothing to rotate.
+        if not (img.format == "JPEG" and "exif" not in img.info):
+            out = ImageOps.exif_transpose(img) or img
+        out = _to_rgb(out)
+        if out is src:  # never hand the caller's own object back (they may mutate either)
+            out = out.copy()
     except ImageDecodeError:
         raise
     except MemoryError as exc:

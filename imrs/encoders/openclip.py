@@ -1,0 +1,131 @@
+"""open_clip models: one embedding space for images and text (text-to-image search).
+
+Adding one is a single :func:`openclip_backbone` call. Weights are looked up in the Hugging Face
+hub cache first (no network needed when present), downloaded through open_clip when
+huggingface.co answers, or read from a local file (``IMRS_CHECKPOINT_<NAME>``, open_clip
+``.safetensors``/``.bin`` state dicts).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .base import (
+    BackboneInfo,
+    BackboneSpec,
+    LoadedBackbone,
+    Preprocess,
+    checkpoint_env_var,
+    host_reachable,
+    register_backbone,
+    weights_unavailable,
+    wrap_download_errors,
+)
+
+HOST = "huggingface.co"
+OPENAI_MEAN = (0.48145466 * 255, 0.4578275 * 255, 0.40821073 * 255)
+OPENAI_STD = (0.26862954 * 255, 0.26130258 * 255, 0.27577711 * 255)
+HF_FILENAMES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
+
+
+def hf_cached_file(repo_id: str, filenames: tuple[str, ...]) -> Path | None:
+    """A file of ``repo_id`` already in the HF hub cache, found without any network request."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:  # pragma: no cover
+        return None
+    for fname in filenames:
+        hit = try_to_load_from_cache(repo_id, fname)
+        if isinstance(hit, str) and os.path.isfile(hit):
+            return Path(hit)
+    return None
+
+
+def hf_cache_dir() -> str:
+    try:
+        from huggingface_hub import constants
+
+        return str(constants.HF_HUB_CACHE)
+    except ImportError:  # pragma: no cover
+        return "~/.cache/huggingface/hub"
+
+
+def openclip_backbone(name: str, model_name: str, pretrained: str, hf_repo: str, dim: int,
+                      preprocess: Preprocess, description: str, *, quick_gelu: bool = False,
+                      cpu_batch_size: int = 32, cuda_batch_size: int = 256,
+                      default_runtime: dict[str, str] | None = None) -> BackboneSpec:
+    """Register open_clip ``model_name`` with weights ``pretrained`` (hosted at ``hf_repo``)."""
+
+    def status() -> tuple[str, str]:
+        if os.environ.get(checkpoint_env_var(name)):
+            return "ready", f"local checkpoint {os.environ[checkpoint_env_var(name)]}"
+        path = hf_cached_file(hf_repo, HF_FILENAMES)
+        if path is not None:
+            return "ready", f"cached at {path}"
+        return "needs download", f"{hf_repo} (~{'600' if dim >= 512 else '300'} MB) will be downloaded from {HOST}"
+
+    def load(which: str, checkpoint: Path | None) -> LoadedBackbone:
+        import open_clip
+        from torch import nn
+
+        label = "random"
+        if which == "pretrained":
+            path = checkpoint or hf_cached_file(hf_repo, HF_FILENAMES)
+            if path is None:
+                if not host_reachable(HOST):
+                    raise weights_unavailable(name, f"open_clip {model_name} {pretrained}", HOST,
+                                              hf_cache_dir(), HF_FILENAMES)
+                with wrap_download_errors(name, HOST, hf_cache_dir(), HF_FILENAMES):
+                    cfg = open_clip.get_pretrained_cfg(model_name, pretrained)
+                    path = Path(open_clip.download_pretrained(cfg))
+            with wrap_download_errors(name, HOST, hf_cache_dir(), HF_FILENAMES):
+                model = open_clip.create_model(model_name, pretrained=str(path), force_quick_gelu=quick_gelu)
+            label = str(path)
+        else:
+            model = open_clip.create_model(model_name, pretrained=None, force_quick_gelu=quick_gelu)
+        model.eval()
+
+        class ClipImage(nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.visual = model.visual
+
+            def forward(self, x):
+                return self.visual(x)
+
+        class ClipText(nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.clip = model
+
+            def forward(self, tokens):
+                return self.clip.encode_text(tokens)
+
+        return LoadedBackbone(
+            image_model=ClipImage().eval(),
+            text_model=ClipText().eval(),
+            tokenizer=open_clip.get_tokenizer(model_name),
+            convnet=False,
+            weights_label=label,
+        )
+
+    return register_backbone(BackboneSpec(
+        info=BackboneInfo(name=name, dim=dim, supports_text=True, family="open_clip",
+                          description=description,
+                          weights=f"open_clip {model_name} '{pretrained}' (hf.co/{hf_repo})",
+                          input_size=preprocess.size),
+        preprocess=preprocess,
+        load=load,
+        status=status,
+        default_runtime=default_runtime or {"cpu": "onnx", "cuda": "eager"},
+        cpu_batch_size=cpu_batch_size,
+        cuda_batch_size=cuda_batch_size,
+        checkpoint_filenames=HF_FILENAMES,
+    ))
+
+
+CLIP_VIT_B32 = openclip_backbone(
+    "clip_vit_b32", "ViT-B-32", "openai", "timm/vit_base_patch32_clip_224.openai", 512,
+    Preprocess(size=224, resize=224, interpolation="bicubic", mean=OPENAI_MEAN, std=OPENAI_STD),
+    "OpenAI CLIP ViT-B/32 (open_clip), 512-d, images and text", quick_gelu=True)

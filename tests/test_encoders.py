@@ -1,0 +1,217 @@
+"""Encoders: registry, offline behaviour, shapes, real EfficientNet-Lite0 retrieval, fast runtimes."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from imrs.encoders import (
+    BackboneInfo,
+    EmbedResult,
+    TextNotSupportedError,
+    backbone_info,
+    backbone_status,
+    default_device,
+    get_encoder,
+    list_backbones,
+)
+from imrs.errors import ImageDecodeError, IMRSError, UnknownBackboneError, WeightsUnavailableError
+from tests.conftest import caltech_subset
+
+EXPECTED_DIMS = {
+    "clip_vit_b32": 512,
+    "resnet50": 2048,
+    "vit_b16": 768,
+    "resnet18": 512,
+    "vgg16": 4096,
+    "vit_base_patch16_224": 768,
+    "efficientnet_lite0": 1280,
+}
+CLASSES = ["Leopards", "Motorbikes", "airplanes", "watch", "sunflower", "chandelier"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """ONNX exports go to a throwaway cache, not the user's."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("IMRS_CACHE_DIR", str(tmp_path_factory.mktemp("imrs-cache")))
+    yield
+    mp.undo()
+
+
+@pytest.fixture(scope="module")
+def small_images(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    d = tmp_path_factory.mktemp("imgs")
+    rng = np.random.default_rng(1)
+    out = []
+    for i, (w, h) in enumerate([(64, 48), (40, 90)]):
+        p = d / f"img{i}.png"
+        Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(p)
+        out.append(p)
+    return out
+
+
+def _unit_rows(v: np.ndarray) -> bool:
+    return np.allclose(np.linalg.norm(v, axis=1), 1.0, atol=1e-4)
+
+
+def test_registry() -> None:
+    names = list_backbones()
+    assert set(EXPECTED_DIMS) <= set(names)
+    for name, dim in EXPECTED_DIMS.items():
+        info = backbone_info(name)
+        assert isinstance(info, BackboneInfo) and info.name == name and info.dim == dim
+        assert info.supports_text == (name == "clip_vit_b32")
+        assert info.family and info.description and info.weights
+    assert default_device() in ("cpu", "cuda")
+    assert backbone_status("efficientnet_lite0")[0] == "ready"
+    for name in names:
+        state, reason = backbone_status(name)
+        assert state in ("ready", "needs download", "failed") and reason
+
+
+def test_unknown_backbone_lists_valid_names() -> None:
+    with pytest.raises(UnknownBackboneError) as ei:
+        get_encoder("resnet5000")
+    msg = str(ei.value)
+    assert "resnet5000" in msg and "efficientnet_lite0" in msg and "clip_vit_b32" in msg
+    with pytest.raises(UnknownBackboneError):
+        backbone_info("nope")
+    with pytest.raises(IMRSError, match="weights"):
+        get_encoder("efficientnet_lite0", weights="imagenet-ish")
+
+
+@pytest.mark.parametrize("name", ["clip_vit_b32", "resnet50", "vit_b16"])
+def test_missing_weights_fail_fast(name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Empty caches + no network (here: really none, and HF_HUB_OFFLINE from conftest) -> one clear
+    error within seconds, never random weights."""
+    import huggingface_hub.constants
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
+    monkeypatch.delenv("IMRS_CHECKPOINT_DIR", raising=False)
+    assert backbone_status(name)[0] == "needs download"
+    t0 = time.perf_counter()
+    with pytest.raises(WeightsUnavailableError) as ei:
+        get_encoder(name)
+    assert time.perf_counter() - t0 < 10
+    msg = str(ei.value)
+    assert "\n" not in msg and "connect to the internet once" in msg
+    assert f"IMRS_CHECKPOINT_{name.upper()}" in msg
+
+
+def test_bad_checkpoint_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(WeightsUnavailableError, match="not a file"):
+        get_encoder("efficientnet_lite0", checkpoint=tmp_path / "missing.pth")
+    monkeypatch.setenv("IMRS_CHECKPOINT_RESNET18", str(tmp_path / "missing.pth"))
+    with pytest.raises(WeightsUnavailableError, match="IMRS_CHECKPOINT_RESNET18"):
+        get_encoder("resnet18")
+    junk = tmp_path / "junk.pth"
+    junk.write_bytes(b"junk")
+    with pytest.raises(WeightsUnavailableError, match="cannot load checkpoint"):
+        get_encoder("resnet18", checkpoint=junk)
+
+
+@pytest.mark.parametrize("name", ["resnet50", "vit_b16", "resnet18"])
+def test_random_init_shapes(name: str, small_images: list[Path]) -> None:
+    enc = get_encoder(name, device="cpu", weights="random", runtime="eager")
+    v = enc.embed_images(small_images, batch_size=2)
+    assert v.shape == (2, EXPECTED_DIMS[name]) and v.dtype == np.float32 and _unit_rows(v)
+    assert enc.dim == EXPECTED_DIMS[name] and enc.name == name and enc.device == "cpu"
+    assert get_encoder(name, device="cpu", weights="random", runtime="eager") is enc  # cached
+    with pytest.raises(TextNotSupportedError) as ei:
+        enc.embed_texts(["a dog"])
+    assert isinstance(ei.value, NotImplementedError) and isinstance(ei.value, IMRSError)
+
+
+def test_clip_random_image_and_text(small_images: list[Path]) -> None:
+    enc = get_encoder("clip_vit_b32", device="cpu", weights="random", runtime="eager")
+    assert enc.supports_text and enc.dim == 512
+    v = enc.embed_images([Image.open(small_images[0]), small_images[1]])
+    t = enc.embed_texts(["a photo of a dog", "a red car"])
+    assert v.shape == (2, 512) and t.shape == (2, 512)
+    assert v.dtype == t.dtype == np.float32 and _unit_rows(v) and _unit_rows(t)
+    assert enc.embed_texts([]).shape == (0, 512)
+
+
+def test_bad_images(small_images: list[Path], tmp_path: Path) -> None:
+    enc = get_encoder("efficientnet_lite0", device="cpu", runtime="eager")
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"definitely not a jpeg")
+    with pytest.raises(ImageDecodeError, match="bad.jpg"):
+        enc.embed_images([small_images[0], bad])
+    seen: list[tuple[int, int]] = []
+    paths = [small_images[0], bad, small_images[1], tmp_path / "gone.png"]
+    res = enc.embed_paths(paths, progress=lambda done, total: seen.append((done, total)))
+    assert isinstance(res, EmbedResult)
+    assert res.kept.tolist() == [0, 2] and res.vectors.shape == (2, 1280) and _unit_rows(res.vectors)
+    assert [i for i, _ in res.failures] == [1, 3]
+    assert all(msg.startswith("cannot read") for _, msg in res.failures)
+    assert seen and seen[-1] == (4, 4)
+    np.testing.assert_allclose(res.vectors, enc.embed_images([small_images[0], small_images[1]]), atol=1e-5)
+    empty = enc.embed_paths([])
+    assert empty.vectors.shape == (0, 1280) and empty.kept.shape == (0,)
+
+
+def test_efficientnet_lite0_real_neighbours() -> None:
+    """Real ImageNet weights: most of each image's 10 nearest neighbours share its class."""
+    paths = caltech_subset(CLASSES, 10)
+    labels = np.array([p.parent.name for p in paths])
+    enc = get_encoder("efficientnet_lite0")  # default runtime
+    res = enc.embed_paths(paths, batch_size=16)
+    assert not res.failures and res.vectors.shape == (len(paths), 1280) and _unit_rows(res.vectors)
+    sims = res.vectors @ res.vectors.T
+    np.fill_diagonal(sims, -np.inf)
+    nn = np.argsort(-sims, axis=1)[:, :10]
+    agreement = (labels[nn] == labels[:, None]).mean()
+    assert agreement >= 0.7, f"kNN class agreement {agreement:.2f}"
+    # ImageNet head for ConSE-style text search: leopards look like leopards/cheetahs/jaguars
+    logits = enc.classify_logits(paths[:10])
+    assert logits.shape == (10, 1000) and len(enc.class_names) == 1000
+    top = {enc.class_names[i] for i in logits.argmax(1)}
+    assert top & {"leopard", "cheetah", "jaguar", "snow leopard"}
+
+
+def test_fast_runtimes_match_eager() -> None:
+    """Every fast path stays within 0.999 cosine of the float32 eager reference, on real images."""
+    paths = caltech_subset(CLASSES, 2)
+    ref = get_encoder("efficientnet_lite0", runtime="eager").embed_images(paths)
+    for runtime in ("fused", "onnx"):
+        enc = get_encoder("efficientnet_lite0", runtime=runtime)
+        assert enc.runtime == runtime
+        v = enc.embed_images(paths)
+        cos = np.sum(ref * v, axis=1)
+        assert cos.min() >= 0.999, (runtime, cos.min())
+
+
+def test_fast_runtimes_random_convnet(small_images: list[Path]) -> None:
+    ref = get_encoder("resnet18", weights="random", runtime="eager").embed_images(small_images)
+    for runtime in ("fused", "onnx"):
+        v = get_encoder("resnet18", weights="random", runtime=runtime).embed_images(small_images)
+        assert np.sum(ref * v, axis=1).min() >= 0.999
+
+
+def test_decode_workers_do_not_touch_callers_threads(small_images: list[Path]) -> None:
+    """Workers resize on one core each; the caller's torch thread count is untouched, and the
+    preprocessed pixels are identical whichever thread made them."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import torch
+
+    from imrs.encoders.base import Preprocess, single_threaded_torch_worker
+
+    before = torch.get_num_threads()
+    pre = Preprocess(size=224, resize=256, interpolation="bilinear")
+    with ThreadPoolExecutor(1, initializer=single_threaded_torch_worker) as pool:
+        inner = pool.submit(torch.get_num_threads).result()
+        theirs = list(pool.map(pre.load, small_images))
+    mine = [pre.load(p) for p in small_images]
+    assert torch.get_num_threads() == before
+    if before > 1:
+        assert inner == 1
+    for a, b in zip(mine, theirs, strict=True):
+        assert a.shape == (224, 224, 3) and a.dtype == np.uint8 and np.array_equal(a, b)

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..errors import IMRSError
-from ..fsutil import atomic_path
+from ..fsutil import atomic_path, atomic_write_text
 from .base import LoadedBackbone, Preprocess, cpu_count, user_cache_dir
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -137,6 +137,8 @@ class OnnxRunner:
         import queue
 
         import onnxruntime as ort
+
+        self.path = path
 
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -372,6 +374,13 @@ def build_runner(loaded: LoadedBackbone, pre: Preprocess, device: str, precision
         return _build_one("eager", loaded, pre, device, dtype, weights, name), "eager"
     try:
         check = os.environ.get("IMRS_SKIP_RUNTIME_CHECK") != "1"
+        if check and runtime == "onnx" and weights == "pretrained":
+            # An export is verified once: its file name already pins weights, preprocessing, torch
+            # and opset, so a marker beside it saves the eager reference pass on every later start.
+            runner = _build_one(runtime, loaded, pre, device, dtype, weights, name)
+            marker = Path(f"{runner.path}.verified")
+            if marker.is_file():
+                return runner, runtime
         if check:  # reference first: building a runtime may move the shared module to the device
             ref = _build_one("eager", loaded, pre, "cpu", _torch().float32, weights, name)
             probe = np.random.default_rng(0).integers(0, 256, size=(2, pre.size, pre.size, 3), dtype=np.uint8)
@@ -382,6 +391,12 @@ def build_runner(loaded: LoadedBackbone, pre: Preprocess, device: str, precision
             tol = VERIFY_MIN_COSINE if dtype == _torch().float32 else 0.99
             if not cos >= tol:
                 raise IMRSError(f"runtime {runtime!r} for {name} disagrees with eager (cosine {cos:.5f})")
+            path = getattr(runner, "path", None)
+            if path is not None and weights == "pretrained":
+                try:
+                    atomic_write_text(f"{path}.verified", f"min cosine vs eager fp32: {cos:.6f}\n")
+                except OSError as exc:
+                    log.debug("cannot record ONNX verification: %s", exc)
         return runner, runtime
     except Exception as exc:
         if explicit:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import io
 import logging
 import os
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -302,20 +301,9 @@ def _known_unobtainable(backbone: str) -> str | None:
     model library: not cached and no local checkpoint (its status), and its download host is not
     reachable. Importing open_clip just to learn that costs seconds on every offline start."""
     try:
-        from .encoders import backbone_status
-        from .encoders.base import checkpoint_env_var, get_spec, host_reachable
+        from .encoders.base import weights_unobtainable
 
-        state, reason = backbone_status(backbone)
-        if state != "needs download" or os.environ.get("IMRS_CHECKPOINT_DIR"):
-            return None
-        spec = get_spec(backbone)
-        host = getattr(sys.modules.get(spec.load.__module__), "HOST", None)
-        if not isinstance(host, str) or host_reachable(host):
-            return None
-        fname = spec.checkpoint_filenames[0] if spec.checkpoint_filenames else f"{backbone}.pth"
-        return (f"pretrained weights for {backbone} are not cached and {host} is unreachable ({reason}): "
-                f"connect to the internet once (they are then cached), or download {fname} elsewhere and set "
-                f"{checkpoint_env_var(backbone)}=/path/to/{fname} (or put it in $IMRS_CHECKPOINT_DIR)")
+        return weights_unobtainable(backbone)
     except Exception as exc:  # noqa: BLE001 - only a shortcut: the real load decides when unsure
         log.debug("weights pre-check for %s failed: %s", backbone, exc)
         return None

@@ -215,3 +215,18 @@ def test_decode_workers_do_not_touch_callers_threads(small_images: list[Path]) -
         assert inner == 1
     for a, b in zip(mine, theirs, strict=True):
         assert a.shape == (224, 224, 3) and a.dtype == np.uint8 and np.array_equal(a, b)
+
+
+def test_weights_unobtainable_is_decided_without_loading(monkeypatch):
+    import sys
+
+    from imrs.encoders.base import weights_unobtainable
+
+    monkeypatch.setenv("IMRS_OFFLINE", "1")
+    monkeypatch.delenv("IMRS_CHECKPOINT_DIR", raising=False)
+    monkeypatch.delenv("IMRS_CHECKPOINT_CLIP_VIT_B32", raising=False)
+    before = "open_clip" in sys.modules
+    why = weights_unobtainable("clip_vit_b32")
+    assert why is not None and "IMRS_CHECKPOINT_CLIP_VIT_B32" in why and "huggingface.co" in why
+    assert ("open_clip" in sys.modules) == before  # the model library was not imported to find out
+    assert weights_unobtainable("efficientnet_lite0") is None  # ships with its package

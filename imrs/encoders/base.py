@@ -205,6 +205,7 @@ class BackboneSpec:
     cpu_batch_size: int = 32
     cuda_batch_size: int = 128
     checkpoint_filenames: tuple[str, ...] = ()  # upstream names also accepted in IMRS_CHECKPOINT_DIR
+    download_host: str = ""  # where pretrained weights come from; "" when they ship with a package
 
 
 _REGISTRY: dict[str, BackboneSpec] = {}
@@ -793,6 +794,23 @@ def get_encoder(name: str, device: str | None = None, weights: str = "pretrained
 def clear_encoder_cache() -> None:
     with _ENCODERS_LOCK:
         _ENCODERS.clear()
+
+
+def weights_unobtainable(name: str) -> str | None:
+    """Why ``name``'s pretrained weights certainly cannot be had right now (not cached, no local
+    checkpoint, download host unreachable), decided without importing the model's library -- the
+    app asks this on every offline start, where importing open_clip alone costs seconds. None
+    when they are ready or might be downloadable: then the real load decides."""
+    spec = get_spec(name)
+    state, reason = spec.status()
+    if state != "needs download" or os.environ.get("IMRS_CHECKPOINT_DIR") or not spec.download_host:
+        return None
+    if host_reachable(spec.download_host):
+        return None
+    fname = spec.checkpoint_filenames[0] if spec.checkpoint_filenames else f"{name}.pth"
+    return (f"pretrained weights for {name} are not cached and {spec.download_host} is unreachable ({reason}): "
+            f"connect to the internet once (they are then cached), or download {fname} elsewhere and set "
+            f"{checkpoint_env_var(name)}=/path/to/{fname} (or put it in $IMRS_CHECKPOINT_DIR)")
 
 
 @functools.cache

@@ -42,6 +42,18 @@ def hf_cached_file(repo_id: str, filenames: tuple[str, ...]) -> Path | None:
     return None
 
 
+def hf_weights_status(name: str, hf_repo: str, filenames: tuple[str, ...], what: str) -> tuple[str, str]:
+    """Status of weights hosted on the Hugging Face hub, without loading anything: a local
+    checkpoint, the normal hub cache, or a download still to come."""
+    local = os.environ.get(checkpoint_env_var(name))
+    if local:
+        return "ready", f"local checkpoint {local}"
+    path = hf_cached_file(hf_repo, filenames)
+    if path is not None:
+        return "ready", f"cached at {path}"
+    return "needs download", f"{what} will be downloaded from {HOST}"
+
+
 def hf_cache_dir() -> str:
     try:
         from huggingface_hub import constants
@@ -58,12 +70,8 @@ def openclip_backbone(name: str, model_name: str, pretrained: str, hf_repo: str,
     """Register open_clip ``model_name`` with weights ``pretrained`` (hosted at ``hf_repo``)."""
 
     def status() -> tuple[str, str]:
-        if os.environ.get(checkpoint_env_var(name)):
-            return "ready", f"local checkpoint {os.environ[checkpoint_env_var(name)]}"
-        path = hf_cached_file(hf_repo, HF_FILENAMES)
-        if path is not None:
-            return "ready", f"cached at {path}"
-        return "needs download", f"{hf_repo} (~{'600' if dim >= 512 else '300'} MB) will be downloaded from {HOST}"
+        size = "600" if dim >= 512 else "300"
+        return hf_weights_status(name, hf_repo, HF_FILENAMES, f"{hf_repo} (~{size} MB)")
 
     def load(which: str, checkpoint: Path | None) -> LoadedBackbone:
         import open_clip
@@ -122,6 +130,7 @@ def openclip_backbone(name: str, model_name: str, pretrained: str, hf_repo: str,
         cpu_batch_size=cpu_batch_size,
         cuda_batch_size=cuda_batch_size,
         checkpoint_filenames=HF_FILENAMES,
+        download_host=HOST,
     ))
 
 

@@ -7,7 +7,6 @@ without network), a download through timm when huggingface.co answers, or a loca
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from .base import (
@@ -15,13 +14,12 @@ from .base import (
     BackboneSpec,
     LoadedBackbone,
     Preprocess,
-    checkpoint_env_var,
     host_reachable,
     register_backbone,
     weights_unavailable,
     wrap_download_errors,
 )
-from .openclip import HOST, hf_cache_dir, hf_cached_file
+from .openclip import HOST, hf_cache_dir, hf_cached_file, hf_weights_status
 
 TIMM_FILENAMES = ("model.safetensors", "pytorch_model.bin")
 
@@ -32,12 +30,7 @@ def timm_backbone(name: str, model_name: str, hf_repo: str, dim: int, preprocess
     """Register ``timm.create_model(model_name, num_classes=0)`` with the weights at ``hf_repo``."""
 
     def status() -> tuple[str, str]:
-        if os.environ.get(checkpoint_env_var(name)):
-            return "ready", f"local checkpoint {os.environ[checkpoint_env_var(name)]}"
-        path = hf_cached_file(hf_repo, TIMM_FILENAMES)
-        if path is not None:
-            return "ready", f"cached at {path}"
-        return "needs download", f"{hf_repo} will be downloaded from {HOST} on first use"
+        return hf_weights_status(name, hf_repo, TIMM_FILENAMES, hf_repo)
 
     def load(which: str, checkpoint: Path | None) -> LoadedBackbone:
         import timm
@@ -66,6 +59,7 @@ def timm_backbone(name: str, model_name: str, hf_repo: str, dim: int, preprocess
         cpu_batch_size=cpu_batch_size,
         cuda_batch_size=cuda_batch_size,
         checkpoint_filenames=TIMM_FILENAMES,
+        download_host=HOST,
     ))
 
 

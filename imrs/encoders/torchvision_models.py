@@ -122,6 +122,7 @@ def torchvision_backbone(name: str, arch: str, weights: str, filename: str, dim:
         cpu_batch_size=cpu_batch_size,
         cuda_batch_size=cuda_batch_size,
         checkpoint_filenames=(filename,),
+        download_host=HOST,
     ))
 
 

@@ -136,5 +136,7 @@ def load_image(src: ImageSource, min_side: int | None = None) -> Image.Image:
         reason = _one_line(exc)
         if isinstance(exc, Image.DecompressionBombError):
             reason = f"image too large ({reason})"
+        elif isinstance(exc, Image.UnidentifiedImageError):
+            reason = "not an image, or an unsupported or corrupt format"  # Pillow's text names a BytesIO
         raise ImageDecodeError(f"cannot read {name}: {reason}") from exc
     return out

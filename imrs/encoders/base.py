@@ -193,6 +193,10 @@ class LoadedBackbone:
     weights_label: str = ""
 
 
+#: Fastest measured runtime per device (scripts/bench_embed.py): ONNX Runtime on CPU, eager fp16 on CUDA.
+DEFAULT_RUNTIMES: dict[str, str] = {"cpu": "onnx", "cuda": "eager"}
+
+
 @dataclass(frozen=True)
 class BackboneSpec:
     """A registry entry. ``load(weights, checkpoint)`` must raise WeightsUnavailableError quickly."""
@@ -201,7 +205,7 @@ class BackboneSpec:
     preprocess: Preprocess
     load: Callable[[str, Path | None], LoadedBackbone]
     status: Callable[[], tuple[str, str]]
-    default_runtime: dict[str, str] = field(default_factory=lambda: {"cpu": "onnx", "cuda": "eager"})
+    default_runtime: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_RUNTIMES))
     cpu_batch_size: int = 32
     cuda_batch_size: int = 128
     checkpoint_filenames: tuple[str, ...] = ()  # upstream names also accepted in IMRS_CHECKPOINT_DIR

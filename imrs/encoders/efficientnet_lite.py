@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from ..errors import WeightsUnavailableError
 from .base import (
+    DEFAULT_RUNTIMES,
     BackboneInfo,
     BackboneSpec,
     LoadedBackbone,
@@ -135,7 +136,7 @@ EFFICIENTNET_LITE0 = register_backbone(BackboneSpec(
                           mean=(127.0, 127.0, 127.0), std=(128.0, 128.0, 128.0)),
     load=_load,
     status=_status,
-    default_runtime={"cpu": "onnx", "cuda": "eager"},
+    default_runtime=dict(DEFAULT_RUNTIMES),
     cpu_batch_size=32,
     cuda_batch_size=256,
     checkpoint_filenames=("efficientnet-lite0-57934424.pth",),

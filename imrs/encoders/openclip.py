@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 
 from .base import (
+    DEFAULT_RUNTIMES,
     BackboneInfo,
     BackboneSpec,
     LoadedBackbone,
@@ -126,7 +127,7 @@ def openclip_backbone(name: str, model_name: str, pretrained: str, hf_repo: str,
         preprocess=preprocess,
         load=load,
         status=status,
-        default_runtime=default_runtime or {"cpu": "onnx", "cuda": "eager"},
+        default_runtime=dict(default_runtime or DEFAULT_RUNTIMES),
         cpu_batch_size=cpu_batch_size,
         cuda_batch_size=cuda_batch_size,
         checkpoint_filenames=HF_FILENAMES,

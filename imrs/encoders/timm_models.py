@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .base import (
+    DEFAULT_RUNTIMES,
     BackboneInfo,
     BackboneSpec,
     LoadedBackbone,
@@ -55,7 +56,7 @@ def timm_backbone(name: str, model_name: str, hf_repo: str, dim: int, preprocess
         preprocess=preprocess,
         load=load,
         status=status,
-        default_runtime=default_runtime or {"cpu": "onnx", "cuda": "eager"},
+        default_runtime=dict(default_runtime or DEFAULT_RUNTIMES),
         cpu_batch_size=cpu_batch_size,
         cuda_batch_size=cuda_batch_size,
         checkpoint_filenames=TIMM_FILENAMES,

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .base import (
+    DEFAULT_RUNTIMES,
     BackboneInfo,
     BackboneSpec,
     LoadedBackbone,
@@ -118,7 +119,7 @@ def torchvision_backbone(name: str, arch: str, weights: str, filename: str, dim:
         preprocess=preprocess,
         load=load,
         status=status,
-        default_runtime=default_runtime or {"cpu": "onnx", "cuda": "eager"},
+        default_runtime=dict(default_runtime or DEFAULT_RUNTIMES),
         cpu_batch_size=cpu_batch_size,
         cuda_batch_size=cuda_batch_size,
         checkpoint_filenames=(filename,),
@@ -142,6 +143,6 @@ VGG16 = torchvision_backbone(
 VIT_B16 = torchvision_backbone(
     "vit_b16", "vit_b_16", "ViT_B_16_Weights.IMAGENET1K_V1", "vit_b_16-c867db91.pth", 768,
     _strip_vit_heads, _imagenet(256), "ViT-B/16 (torchvision), 768-d class token", convnet=False,
-    default_runtime={"cpu": "onnx", "cuda": "eager"}, cpu_batch_size=16, cuda_batch_size=128)
+    default_runtime=dict(DEFAULT_RUNTIMES), cpu_batch_size=16, cuda_batch_size=128)
 
 __all__ = ["RESNET18", "RESNET50", "VGG16", "VIT_B16", "torchvision_backbone", "imagenet_class_names"]

@@ -5,6 +5,7 @@ Loaded for every test through ``pytest_plugins`` in tests/conftest.py; nothing t
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 
 import pytest
@@ -18,26 +19,28 @@ def _need_photos() -> None:
         pytest.skip(f"{PHOTOS_DIR} is absent (the shared photos the loopback server serves)")
 
 
-@pytest.fixture(scope="module")
-def web_server() -> Iterator[LoopbackServer]:
-    """Module-wide loopback server, no added latency; call ``reset_stats()`` before counting."""
+@contextlib.contextmanager
+def _serving(latency: float, max_lifetime: float) -> Iterator[LoopbackServer]:
     _need_photos()
-    server = LoopbackServer(PHOTOS_DIR, latency=0.0, max_lifetime=600.0).start()
+    server = LoopbackServer(PHOTOS_DIR, latency=latency, max_lifetime=max_lifetime).start()
     try:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="module")
+def web_server() -> Iterator[LoopbackServer]:
+    """Module-wide loopback server, no added latency; call ``reset_stats()`` before counting."""
+    with _serving(latency=0.0, max_lifetime=600.0) as server:
+        yield server
 
 
 @pytest.fixture
 def slow_web_server() -> Iterator[LoopbackServer]:
     """A fresh server that waits 100 ms before every response (for concurrency tests)."""
-    _need_photos()
-    server = LoopbackServer(PHOTOS_DIR, latency=0.1, max_lifetime=120.0).start()
-    try:
+    with _serving(latency=0.1, max_lifetime=120.0) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture

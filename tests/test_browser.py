@@ -141,8 +141,8 @@ def _wait_idle(page: Any, timeout_ms: int = STEP_TIMEOUT_MS) -> None:
         " return a && a.dataset.testScriptState === 'notRunning'; }", timeout=timeout_ms)
 
 
-def _result_images_loaded(page: Any, min_count: int) -> list[int]:
-    """naturalWidth of every image in the result grid, after they finished loading."""
+def _result_images_loaded(page: Any, min_count: int) -> None:
+    """Waits for the result grid's images to finish loading; a broken image (naturalWidth 0) fails."""
     sel = "[data-testid='stVerticalBlockBorderWrapper'] [data-testid='stImage'] img, .stImage img"
     page.wait_for_function(
         f"""() => {{
@@ -151,7 +151,7 @@ def _result_images_loaded(page: Any, min_count: int) -> list[int]:
         }}""", timeout=STEP_TIMEOUT_MS)
     widths = page.eval_on_selector_all(sel, "els => els.map(e => e.naturalWidth)")
     assert len(widths) >= min_count
-    return widths
+    assert all(w > 0 for w in widths), widths
 
 
 def _result_labels(page: Any) -> list[str]:
@@ -194,8 +194,7 @@ def test_demo_in_chromium(browser: Any, app_env: dict[str, str], web_server: Any
 
         # text -> image
         _text_search(page, "leopard")
-        widths = _result_images_loaded(page, 15)
-        assert all(w > 0 for w in widths), widths
+        _result_images_loaded(page, 15)
         labels = _result_labels(page)
         assert labels[0] == "Leopards" and labels[:5].count("Leopards") >= 3, labels
         _no_tracebacks(page)
@@ -212,8 +211,7 @@ def test_demo_in_chromium(browser: Any, app_env: dict[str, str], web_server: Any
         page.get_by_text(f"upload: {upload.name}").first.wait_for(timeout=STEP_TIMEOUT_MS)
         page.get_by_text(f"results for upload: {upload.name}").wait_for(timeout=STEP_TIMEOUT_MS)
         _wait_idle(page)
-        widths = _result_images_loaded(page, 15)
-        assert all(w > 0 for w in widths), widths
+        _result_images_loaded(page, 15)
         labels = _result_labels(page)
         assert labels[0] == "sunflower" and labels[:5].count("sunflower") >= 3, labels
         _no_tracebacks(page)
@@ -234,8 +232,7 @@ def test_demo_in_chromium(browser: Any, app_env: dict[str, str], web_server: Any
         page.get_by_role("tab", name="Manage dynamic images").click()
         page.get_by_text("dog · 2 image(s)").wait_for(timeout=STEP_TIMEOUT_MS)
         _wait_idle(page)
-        widths = _result_images_loaded(page, 3)
-        assert all(w > 0 for w in widths), widths
+        _result_images_loaded(page, 3)
         _shot(page, "04-manage-dynamic")
         page.locator("[class*='st-key-all_dog'] label").click()
         _wait_idle(page)
@@ -300,8 +297,7 @@ def test_demo_in_chromium(browser: Any, app_env: dict[str, str], web_server: Any
         t_text0 = time.monotonic()
         _text_search(page, "pizza")
         t_text = time.monotonic()
-        widths = _result_images_loaded(page, 15)
-        assert all(w > 0 for w in widths)
+        _result_images_loaded(page, 15)
         labels = _result_labels(page)
         assert labels[:5].count("pizza") >= 3, labels
         timings.update(restart_process_to_healthy_s=t_health - server.started,

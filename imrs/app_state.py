@@ -28,6 +28,7 @@ import streamlit as st
 
 from .config import DEFAULT_BACKBONE, DEFAULT_INDEXER, OFFLINE_BACKBONE, home_dir, state_dir_for
 from .errors import IMRSError, WeightsUnavailableError
+from .ids import display_path
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -430,7 +431,10 @@ def hit_to_dict(hit: SearchHit) -> dict[str, Any]:
     """A search hit as plain data for ``st.session_state`` (survives reruns, holds no objects)."""
     r = hit.record
     extra = dict(r.extra) if r is not None else {}
-    return {"id": int(hit.id), "score": float(hit.score), "relpath": hit.relpath, "path": str(hit.path),
+    # "relpath" is for people (a non-UTF-8 name must not reach the browser as a lone surrogate);
+    # "path" is what opens the file.
+    return {"id": int(hit.id), "score": float(hit.score), "relpath": display_path(hit.relpath),
+            "path": str(hit.path),
             "label": hit.label, "source": hit.source, "title": hit.title or "",
             "caption": extra.get("caption", ""),
             "url": (r.page_url or r.source_url or "") if r is not None else "",
@@ -451,16 +455,16 @@ def thumbnail(path: str, mtime: float, side: int = 256) -> bytes | None:
     not shown stale."""
     from PIL import Image, ImageOps
 
+    from .imageio import load_image
+
     try:
-        with Image.open(path) as im:
-            im.draft("RGB", (side, side))
-            im = ImageOps.exif_transpose(im).convert("RGB")
-            im = ImageOps.pad(im, (side, side * 3 // 4), method=Image.Resampling.LANCZOS, color=(255, 255, 255))
-            buf = io.BytesIO()
-            im.save(buf, "JPEG", quality=85)
-            return buf.getvalue()
+        im = load_image(path, max_side=side)  # the one decoder: capped read, draft, EXIF once
+        im = ImageOps.pad(im, (side, side * 3 // 4), method=Image.Resampling.LANCZOS, color=(255, 255, 255))
+        buf = io.BytesIO()
+        im.save(buf, "JPEG", quality=85)
+        return buf.getvalue()
     except Exception as exc:  # noqa: BLE001 - one unreadable file must not break the grid
-        log.warning("no thumbnail for %s: %s", path, exc)
+        log.warning("no thumbnail for %s: %s", display_path(path), exc)
         return None
 
 
@@ -562,7 +566,7 @@ class ExpandOptions:
     def providers(self) -> Any:
         from .expansion import make_providers
 
-        return make_providers(self.provider, self.wikimedia_api or None)
+        return make_providers(self.provider, self.wikimedia_api or None, allow_loopback=bool(self.allow_loopback))
 
 
 StageCallback = Callable[[str, int, int], None]

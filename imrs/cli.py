@@ -68,10 +68,10 @@ def cmd_index(args: argparse.Namespace) -> int:
     remember_active(home_dir(args.home), coll)
     print(f"indexed {coll.root} with {coll.backbone}/{coll.indexer}: {report.summary()}")
     print(f"index holds {len(coll.index)} vectors; snapshot in {coll.snap_dir}")
-    for rel, reason in report.failed[:10]:
-        print(f"  skipped {rel}: {reason}")
-    if len(report.failed) > 10:
-        print(f"  ... and {len(report.failed) - 10} more")
+    from .walk import format_skipped  # issue 11: every entry left out, with its one reason
+
+    for line in format_skipped(sorted(report.skipped + report.failed)):
+        print(line)
     return 0
 
 
@@ -88,7 +88,10 @@ def load_query_image(spec: str) -> Any:
 
 def format_hits(hits: Sequence[SearchHit]) -> str:
     rows = [("rank", "score", "label", "source", "path")]
-    rows += [(str(n), f"{h.score:.3f}", h.label or "-", h.source, str(h.path)) for n, h in enumerate(hits, 1)]
+    from .ids import display_path  # a non-UTF-8 file name must not crash print()
+
+    rows += [(str(n), f"{h.score:.3f}", h.label or "-", h.source, display_path(h.path))
+             for n, h in enumerate(hits, 1)]
     widths = [max(len(r[c]) for r in rows) for c in range(4)]
     lines = ["  ".join(r[c].ljust(widths[c]) for c in range(4)) + "  " + r[4] for r in rows]
     lines.insert(1, "-" * min(120, len(lines[0]) + 20))

@@ -26,6 +26,7 @@ from .expansion import (
 )
 from .expansion.prune import select as select_for_prune
 from .expansion.sources import ENV_PROVIDER, ENV_WIKIMEDIA_API
+from .expansion.terms import clean_term
 
 
 def _int_in(lo: int, hi: int, what: str) -> Any:
@@ -48,12 +49,14 @@ def cmd_expand(args: argparse.Namespace) -> int:
         terms += read_terms(args.csv)
     if not terms:
         raise IMRSError("give at least one TERM, or --csv FILE with one term per line")
+    if any(not clean_term(t) for t in terms):
+        raise IMRSError("empty search term: every TERM needs at least one word")
     coll = open_collection(args)
-    providers = make_providers(args.provider or os.environ.get(ENV_PROVIDER, "auto") or "auto",
-                               args.wikimedia_api or os.environ.get(ENV_WIKIMEDIA_API) or None,
-                               args.urls_file)
     policy = policy_from_env(max_side=args.max_side, jpeg_quality=args.quality, workers=args.workers,
                              allow_loopback=True if args.allow_loopback else None)
+    providers = make_providers(args.provider or os.environ.get(ENV_PROVIDER, "auto") or "auto",
+                               args.wikimedia_api or os.environ.get(ENV_WIKIMEDIA_API) or None,
+                               args.urls_file, allow_loopback=policy.allow_loopback)
     show = not args.quiet and not args.json
     outer = None
     if show and len(terms) > 1:

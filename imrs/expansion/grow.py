@@ -352,6 +352,8 @@ def expand(coll: Collection, term: str, n: int = 20, policy: DownloadPolicy | No
     if not 0 <= phash_threshold <= 64:
         raise IMRSError(f"pHash threshold must be between 0 and 64, not {phash_threshold}")
     term = clean_term(term)
+    if not term:
+        raise IMRSError("empty search term: give a word or two to search the web for")
     slug = safe_slug(term)
     folder = dynamic_folder(coll, slug)
     policy = policy or policy_from_env()
@@ -367,6 +369,8 @@ def expand(coll: Collection, term: str, n: int = 20, policy: DownloadPolicy | No
     found, prov_report = chain.search(term, want)
     report.provider_report = [dict(r) for r in prov_report]
     report.candidates = len(found)
+    for r in prov_report:  # unusable entries of a URL list etc.: named in the report, not dropped
+        report.failures.extend((str(what), str(why)) for what, why in r.get("rejected", []))
     if not found:
         errors = [f"{r['provider']}: {r['error']}" for r in prov_report if r.get("error")]
         if errors:

@@ -37,9 +37,10 @@ def _truthy(value: str | None) -> bool:
 
 
 def make_providers(kind: str = "auto", wikimedia_api: str | None = None,
-                   urls_file: str | os.PathLike[str] | None = None) -> ProviderChain:
+                   urls_file: str | os.PathLike[str] | None = None, allow_loopback: bool = False) -> ProviderChain:
     """A provider chain. A custom ``wikimedia_api`` (a mirror, a test server) is used for Commons
-    search only; Wikipedia lead images are asked only of the real Wikipedia."""
+    search only; Wikipedia lead images are asked only of the real Wikipedia. API calls go through
+    the same SSRF guard as downloads: ``allow_loopback`` opens 127.0.0.1 for them too."""
     if urls_file:
         path = Path(urls_file)
         if not path.is_file():
@@ -50,10 +51,10 @@ def make_providers(kind: str = "auto", wikimedia_api: str | None = None,
     commons = wikimedia_api or COMMONS_API
     wikipedia = WIKIPEDIA_API if not wikimedia_api else None
     if kind == "ddg":
-        return ProviderChain([DuckDuckGoProvider()])
+        return ProviderChain([DuckDuckGoProvider(allow_loopback=allow_loopback)])
     if kind == "wikimedia":
-        return ProviderChain([WikimediaProvider(commons, wikipedia)])
-    return default_chain(commons_api_url=commons, wikipedia_api_url=wikipedia)
+        return ProviderChain([WikimediaProvider(commons, wikipedia, allow_loopback=allow_loopback)])
+    return default_chain(commons_api_url=commons, wikipedia_api_url=wikipedia, allow_loopback=allow_loopback)
 
 
 def as_chain(providers: Any) -> ProviderChain:
@@ -71,7 +72,8 @@ def as_chain(providers: Any) -> ProviderChain:
 
 def providers_from_env() -> ProviderChain:
     return make_providers(os.environ.get(ENV_PROVIDER, "auto").strip() or "auto",
-                          os.environ.get(ENV_WIKIMEDIA_API) or None, os.environ.get(ENV_URLS_FILE) or None)
+                          os.environ.get(ENV_WIKIMEDIA_API) or None, os.environ.get(ENV_URLS_FILE) or None,
+                          allow_loopback=_truthy(os.environ.get(ENV_ALLOW_LOOPBACK)))
 
 
 def policy_from_env(**overrides: Any) -> DownloadPolicy:

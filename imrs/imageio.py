@@ -36,9 +36,11 @@ import stat
 import threading
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 from PIL import Image
@@ -58,6 +60,7 @@ IMAGE_EXTENSIONS: frozenset[str] = frozenset(
 IMAGE_FORMATS: tuple[str, ...] = ("JPEG", "MPO", "PNG", "GIF", "WEBP", "BMP", "TIFF", "AVIF")
 
 ImageSource = str | os.PathLike[str] | bytes | bytearray | memoryview | Image.Image
+T = TypeVar("T")
 
 _WHITE = (255, 255, 255)
 _READ_CHUNK = 8 << 20
@@ -170,10 +173,16 @@ def _os_reason(exc: OSError) -> str:
 class DecodeGate:
     """Bounds the decoded bytes in flight in the whole process (all threads together).
 
-    A decode estimates its peak from the header (after JPEG draft) and holds that many bytes of a
-    ``budget`` while it runs; at most ``slots`` decodes run at once (Pillow decodes without the
-    GIL, so more than the cores only adds memory). A decode larger than the whole budget still
-    runs, alone. Small images -- nearly all of them -- never wait.
+    Two mechanisms, because either alone leaks memory with many threads:
+
+    - Every decode runs on one of ``slots`` threads owned by the gate (Pillow decodes without the
+      GIL, so more than the cores only adds memory). glibc keeps freed memory in the arena of the
+      thread that freed it; if eight download threads each decoded a 98 MB picture, eight arenas
+      would each keep ~100 MB after the pictures are gone. With the gate's threads doing all
+      decoding, at most ``slots`` arenas ever hold picture memory.
+    - A decode estimates its peak from the header (after JPEG draft) and holds that many bytes of
+      ``budget`` while it runs. A decode larger than the whole budget still runs, alone. Small
+      images -- nearly all of them -- never wait.
     """
 
     def __init__(self, budget: int, slots: int) -> None:
@@ -183,8 +192,30 @@ class DecodeGate:
         self._used = 0
         self._active = 0
         self._local = threading.local()
+        self._pool: ThreadPoolExecutor | None = None
+        self._pool_lock = threading.Lock()
         self.peak_used = 0
         self.peak_active = 0
+
+    def run(self, fn: Callable[[], T]) -> T:
+        """``fn()`` on one of the gate's threads (inline when already on one)."""
+        if getattr(self._local, "worker", False):
+            return fn()
+        with self._pool_lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(max_workers=self.slots, thread_name_prefix="imrs-image",
+                                                initializer=self._mark_worker)
+            pool = self._pool
+        return pool.submit(fn).result()
+
+    def _mark_worker(self) -> None:
+        self._local.worker = True
+
+    def close(self) -> None:
+        with self._pool_lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=False)
 
     @contextlib.contextmanager
     def hold(self, cost: int) -> Iterator[None]:
@@ -223,10 +254,22 @@ def decode_gate() -> DecodeGate:
         return _GATE
 
 
+def _forget_gate_in_child() -> None:
+    """A forked child has none of the parent's threads: it must build its own gate and pool."""
+    global _GATE
+    _GATE = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_gate_in_child)
+
+
 def set_decode_limits(budget: int | None = None, slots: int | None = None) -> DecodeGate:
     """Replace the process's gate (tests, benchmarks); decodes already running keep the old one."""
     global _GATE
     with _GATE_LOCK:
+        if _GATE is not None:
+            _GATE.close()
         _GATE = DecodeGate(budget if budget is not None else config.decode_memory_bytes(),
                            slots if slots is not None else os.cpu_count() or 2)
         return _GATE
@@ -415,7 +458,7 @@ def _deep_to_l(img: Image.Image) -> Image.Image:
     rows = max(1, _STRIP_PIXELS // max(1, w))
     for y0 in range(0, h, rows):
         y1 = min(h, y0 + rows)
-        strip = np.asarray(img.crop((0, y0, w, y1)), dtype=np.float32)
+        strip = np.asarray(img.crop((0, y0, w, y1))).astype(np.float32)  # a writable copy
         strip -= np.float32(lo)
         strip *= np.float32(scale)
         np.clip(strip, 0, 255, out=strip)
@@ -456,7 +499,7 @@ def open_image(src: ImageSource, *, min_side: int | None = None, max_side: int |
     """
     name = _describe(src)
     try:
-        return _decode(src, min_side, max_side, max_pixels, max_bytes, timeout, formats)
+        return decode_gate().run(lambda: _decode(src, min_side, max_side, max_pixels, max_bytes, timeout, formats))
     except ImageDecodeError as exc:
         raise ImageDecodeError(f"cannot read {name}: {exc.reason}", exc.reason) from None
     except _Bad as exc:

@@ -158,23 +158,25 @@ def _visit_link(e: os.DirEntry[str], rel: str, image_name: bool, mode: str, root
     try:
         st = os.stat(e.path)  # follows the whole chain; ELOOP / ENOENT end here
     except OSError as exc:
-        if image_name or isinstance(exc, OSError) and exc.errno == errno.ELOOP:
+        if image_name or exc.errno == errno.ELOOP:
             skip(Skipped(rel, _link_target_error(exc)))
         return
     target = os.path.realpath(e.path)
     inside = _inside(target, root_real)
     if stat.S_ISDIR(st.st_mode):
-        key = (st.st_dev, st.st_ino)
-        if key in visited or _inside(root_real, target):
-            skip(Skipped(rel, "symbolic link loop: it leads back to a folder already walked"))
+        here = os.path.realpath(os.path.dirname(e.path))
+        if _inside(here, target) or _inside(root_real, target):  # an ancestor: walking it never ends
+            skip(Skipped(rel, "symbolic link loop: it leads back to a folder it is in"))
         elif inside:
             skip(Skipped(rel, "link to a folder inside the collection: not followed (its images are "
                               "indexed under their own path)"))
+        elif (st.st_dev, st.st_ino) in visited:
+            skip(Skipped(rel, "symbolic link loop: it leads to a folder already walked"))
         elif mode != "all":
             skip(Skipped(rel, "link to a folder outside the collection: not followed "
                               "(IMRS_FOLLOW_LINKS=all follows it)"))
         else:
-            visited.add(key)
+            visited.add((st.st_dev, st.st_ino))
             stack.append((e.path, rel + "/"))
         return
     if not image_name:

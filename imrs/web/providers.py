@@ -20,7 +20,7 @@ from dataclasses import dataclass, replace
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any, NotRequired, Protocol, TypedDict, runtime_checkable
-from urllib.parse import urljoin, urlsplit, urlunsplit
+from urllib.parse import parse_qs, urljoin, urlsplit, urlunsplit
 
 import requests
 
@@ -200,9 +200,11 @@ class GuardedDuckDuckGo:
                     raise NetworkError("DuckDuckGo answered an unexpected shape")
                 items = [r for r in (data.get("results") or []) if isinstance(r, dict)]
                 rows += items
-                if len(rows) >= want or not items or not data.get("next"):
+                nxt = data.get("next")
+                if len(rows) >= want or not items or not isinstance(nxt, str):
                     break
-                params["s"] = str(len(rows))
+                offset = parse_qs(urlsplit(nxt).query).get("s", [str(len(rows))])[-1]
+                params["s"] = offset if offset.isdigit() else str(len(rows))
         return rows[:want]
 
 

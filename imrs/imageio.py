@@ -125,6 +125,10 @@ def read_image_file(path: str | os.PathLike[str], max_bytes: int | None = None,
     try:
         fd = os.open(path, flags)
     except OSError as exc:
+        with contextlib.suppress(OSError):  # a socket cannot be opened at all (ENXIO): say what it is
+            mode = os.stat(path).st_mode
+            if not stat.S_ISREG(mode):
+                raise refuse(f"not a regular file: {file_kind(mode)}") from None
         raise refuse(_os_reason(exc)) from None
     try:
         st = os.fstat(fd)
@@ -397,13 +401,14 @@ def _decoded_fraction(img: Image.Image) -> float:
 
 def _load(img: Image.Image, data: bytes | None, formats: tuple[str, ...], min_side: int | None,
           max_side: int | None) -> Image.Image:
+    cut_off = False
     try:
         img.load()
     except OSError as exc:
-        truncated = "truncated" in str(exc)
-        if not (truncated and data is not None and img.format in ("JPEG", "MPO")):
+        if not ("truncated" in str(exc) and data is not None and img.format in ("JPEG", "MPO")):
             raise _Bad(f"corrupt image: {_one_line(exc)}") from None
         # A cut-off JPEG: end it where the data ends and measure how much of it decoded.
+        cut_off = True
         img = _open_bytes(data + _JPEG_EOI, formats)
         _draft(img, min_side, max_side)
         try:
@@ -411,10 +416,12 @@ def _load(img: Image.Image, data: bytes | None, formats: tuple[str, ...], min_si
         except OSError as again:
             raise _Bad(f"corrupt image: {_one_line(again)}") from None
     if img.format in ("JPEG", "MPO"):
+        # The rows above libjpeg's flat-grey fill are what decoded. A fill that is not flat grey
+        # cannot be measured: such a file is kept unless no truncation at all is accepted.
         need = config.min_decoded_fraction()
         got = _decoded_fraction(img)
-        if got < need:
-            raise _Bad(f"corrupt image: truncated, only {got:.0%} of the rows decoded "
+        if got < need or (cut_off and need >= 1.0):
+            raise _Bad(f"corrupt image: truncated, only {min(got, 0.99):.0%} of the rows decoded "
                        f"(at least {need:.0%} needed)")
     return img
 
@@ -499,7 +506,8 @@ def open_image(src: ImageSource, *, min_side: int | None = None, max_side: int |
     """
     name = _describe(src)
     try:
-        return decode_gate().run(lambda: _decode(src, min_side, max_side, max_pixels, max_bytes, timeout, formats))
+        return decode_gate().run(lambda: _decode_then_trim(src, min_side, max_side, max_pixels, max_bytes, timeout,
+                                                           formats))
     except ImageDecodeError as exc:
         raise ImageDecodeError(f"cannot read {name}: {exc.reason}", exc.reason) from None
     except _Bad as exc:
@@ -513,8 +521,40 @@ def open_image(src: ImageSource, *, min_side: int | None = None, max_side: int |
     raise ImageDecodeError(f"cannot read {name}: {reason}", reason)
 
 
+def _heap_trimmer() -> Callable[[], object] | None:
+    """glibc's ``malloc_trim`` (None elsewhere): hands freed heap pages back to the system.
+
+    glibc keeps memory freed by a thread in that thread's arena for reuse; after a 100 MB
+    picture is gone that is 100 MB of RSS per decoding thread that nothing else can use."""
+    try:
+        import ctypes
+        import ctypes.util
+
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        trim = libc.malloc_trim
+        trim.argtypes = [ctypes.c_size_t]
+        return lambda: trim(0)
+    except (OSError, AttributeError):
+        return None
+
+
+_TRIM = _heap_trimmer()
+#: Decodes estimated above this many bytes give their memory back to the system when done.
+TRIM_ABOVE = 32 * 2**20
+
+
+def _decode_then_trim(*args: object) -> Decoded:
+    cost = [0]
+    try:
+        return _decode(*args, cost=cost)  # type: ignore[arg-type]
+    finally:  # the big intermediate images are freed by now (they were _decode's locals)
+        if cost[0] >= TRIM_ABOVE and _TRIM is not None:
+            _TRIM()
+
+
 def _decode(src: ImageSource, min_side: int | None, max_side: int | None, max_pixels: int | None,
-            max_bytes: int | None, timeout: float | None, formats: tuple[str, ...]) -> Decoded:
+            max_bytes: int | None, timeout: float | None, formats: tuple[str, ...],
+            cost: list[int] | None = None) -> Decoded:
     data: bytes | None = None
     if isinstance(src, Image.Image):
         img = src
@@ -533,11 +573,16 @@ def _decode(src: ImageSource, min_side: int | None, max_side: int | None, max_pi
     cap = max_pixels or config.max_image_pixels()
     if width * height > cap:
         raise _Bad(f"decompression bomb: {width}x{height} px > {cap} px")
-    orientation = _orientation(img) if fmt is not None else 1
     if data is not None:
         _draft(img, min_side, max_side)
-    with decode_gate().hold(_cost(img, bool(min_side or max_side))):
+    estimate = _cost(img, bool(min_side or max_side))
+    if cost is not None:
+        cost[0] = estimate
+    with decode_gate().hold(estimate):
         img = _load(img, data, formats, min_side, max_side)
+        # After loading: PNG's getexif() would otherwise decode the whole picture, outside the gate,
+        # to look for an eXIf chunk behind the pixel data.
+        orientation = _orientation(img) if fmt is not None else 1
         if img.mode in _ALPHA_FIRST or "transparency" in img.info:
             out = _shrink(_to_rgb(img), min_side, max_side)
         else:

@@ -126,7 +126,8 @@ def indexed_cli(hostile: tuple[Path, list[Case]], tmp_path_factory: pytest.TempP
 
 
 @pytest.mark.timeout(180)
-def test_imrs_index_indexes_every_good_image_and_lists_every_bad_entry(indexed_cli) -> None:  # type: ignore[no-untyped-def]
+def test_imrs_index_indexes_every_good_image_and_lists_every_bad_entry(indexed_cli,  # type: ignore[no-untyped-def]
+                                                                       capsys: pytest.CaptureFixture[str]) -> None:
     from imrs.collection import Collection
 
     root, built, home, proc = indexed_cli
@@ -146,37 +147,37 @@ def test_imrs_index_indexes_every_good_image_and_lists_every_bad_entry(indexed_c
     assert len(coll.index) == len(good)
     assert len({stable_id(c.relpath) for c in good}) == len(good)
     # A second run is incremental and still lists what it leaves out.
-    again = subprocess.run([sys.executable, "-m", "imrs.cli", "index", str(root), "-q"], cwd=REPO,
-                           capture_output=True, timeout=120,
-                           env={**os.environ, "PYTHONPATH": str(REPO), "IMRS_HOME": str(home)})
-    text = again.stdout.decode("utf-8")
-    assert again.returncode == 0 and f"{len(good)} unchanged" in text and "embedded 0," in text
+    from imrs.cli import main
+
+    assert main(["index", str(root), "-q", "--home", str(home)]) == 0
+    text = capsys.readouterr().out
+    assert f"{len(good)} unchanged" in text and "embedded 0," in text
     assert f"{n_failed} new" in text  # files that did not decode are tried again, nothing else
     assert "skipped special/pipe.jpg: not a regular file" in text
 
 
 @pytest.mark.timeout(120)
-def test_search_with_hostile_query_files(indexed_cli) -> None:  # type: ignore[no-untyped-def]
-    root, _, home, _ = indexed_cli
-    env = {**os.environ, "PYTHONPATH": str(REPO), "IMRS_HOME": str(home)}
+def test_search_with_hostile_query_files(indexed_cli, capsys: pytest.CaptureFixture[str]) -> None:  # type: ignore[no-untyped-def]
+    from imrs.cli import main
 
-    def search(path: Path) -> subprocess.CompletedProcess[bytes]:
-        return subprocess.run([sys.executable, "-m", "imrs.cli", "search", "--image", os.fspath(path), "-k", "40"],
-                              cwd=REPO, capture_output=True, timeout=60, env=env)
+    root, _, home, _ = indexed_cli
+
+    def search(path: Path) -> tuple[int, str, str]:
+        code = main(["search", "--image", os.fspath(path), "-k", "40", "--home", str(home)])
+        out, err = capsys.readouterr()
+        return code, out, err
 
     t0 = time.monotonic()
-    fifo = search(root / "special/pipe.jpg")  # used to hang forever
-    err = fifo.stderr.decode()
-    assert fifo.returncode == 2 and err.startswith("imrs: error: ") and err.count("\n") == 1
+    code, _, err = search(root / "special/pipe.jpg")  # used to hang forever
+    assert code == 2 and err.startswith("imrs: error: ") and err.count("\n") == 1
     assert "FIFO" in err and time.monotonic() - t0 < 30
-    zero = search(root / "special/zero.jpg")  # used to read /dev/zero until the OOM killer came
-    assert zero.returncode == 2 and "character device" in zero.stderr.decode()
-    exif = search(root / "good/exif_garbage.jpg")  # indexed fine, failed as a query before
-    assert exif.returncode == 0, exif.stderr.decode()[-500:]
-    odd = search(root / "names" / BAD_BYTES)  # hits with undecodable names print escaped
-    assert odd.returncode == 0
-    listing = odd.stdout.decode("utf-8")
-    assert "bad\\xff\\xfe.jpg" in listing and "new\\x0aline.jpg" in listing
+    code, _, err = search(root / "special/zero.jpg")  # used to read /dev/zero until the OOM killer came
+    assert code == 2 and "character device" in err
+    code, _, err = search(root / "good/exif_garbage.jpg")  # indexed fine, failed as a query before
+    assert code == 0, err
+    code, out, _ = search(root / "names" / BAD_BYTES)  # hits with undecodable names print escaped
+    assert code == 0 and "bad\\xff\\xfe.jpg" in out and "new\\x0aline.jpg" in out
+    out.encode("utf-8")  # printable: no lone surrogates reach the terminal
 
 
 # -- names, ids and the catalog ------------------------------------------------------------------------
@@ -317,9 +318,9 @@ def test_decode_memory_does_not_scale_with_threads(tmp_path: Path) -> None:
     peak stays that of one thread; with a gate that lets all four run, it does not (the test can
     fail). And no float64 copy: one decode grows RSS by far less than 8 bytes per pixel."""
     paths = []
-    for i in range(4):
+    for i in range(4):  # one picture (made once: ~1 s), four files
         p = tmp_path / f"big{i}.png"
-        p.write_bytes(big16_png(i, 5000))
+        p.write_bytes(big16_png(0, 5000))
         paths.append(str(p))
 
     def peak(threads: int, budget_mb: float) -> tuple[float, float]:

@@ -432,6 +432,9 @@ def fetch(url: str, limits: Limits, session: requests.Session, *, params: Mappin
                                        timeout=(limits.connect_timeout, limits.read_timeout))
                 except (requests.exceptions.RequestException, BlockedURLError, OSError) as e:
                     raise FetchRefused(_request_error(e, end, limits)) from None
+                if time.monotonic() >= end:  # the watchdog cut the headers short: what arrived is not an answer
+                    resp.close()
+                    raise FetchRefused(f"timeout: exceeded {limits.total_timeout:g} s overall")
                 try:
                     if resp.status_code in _REDIRECT_CODES:
                         location = resp.headers.get("Location")

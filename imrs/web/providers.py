@@ -85,6 +85,12 @@ def _is_web_url(url: str) -> bool:
     return parts.scheme in ("http", "https") and bool(parts.hostname)
 
 
+def _dict(value: Any) -> dict[str, Any]:
+    """``value`` if it is a JSON object, else an empty one: API answers are not trusted to have
+    the shape the documentation promises."""
+    return value if isinstance(value, dict) else {}
+
+
 def _web_url_problem(url: str) -> str | None:
     """None for a usable http(s) URL, else why not (one line)."""
     if _is_web_url(url):
@@ -412,16 +418,23 @@ class WikimediaProvider:
 
     @staticmethod
     def _pages(data: dict[str, Any]) -> list[dict[str, Any]]:
-        pages = (data.get("query") or {}).get("pages") or []
+        pages = _dict(data.get("query")).get("pages") or []
         if isinstance(pages, dict):  # formatversion=1 shape
             pages = list(pages.values())
+        if not isinstance(pages, list):
+            return []
         pages = [p for p in pages if isinstance(p, dict)]
-        return sorted(pages, key=lambda p: p.get("index", 1_000_000))
+        return sorted(pages, key=lambda p: p["index"] if isinstance(p.get("index"), int) else 1_000_000)
 
     @staticmethod
     def _meta(info: Mapping[str, Any], key: str) -> str:
-        value = ((info.get("extmetadata") or {}).get(key) or {}).get("value", "")
+        value = _dict(_dict(info.get("extmetadata")).get(key)).get("value", "")
         return strip_html(str(value)) if value else ""
+
+    @staticmethod
+    def _imageinfo(page: Mapping[str, Any]) -> dict[str, Any]:
+        infos = page.get("imageinfo")
+        return _dict(infos[0]) if isinstance(infos, list) and infos else {}
 
     def _commons(self, term: str, n: int) -> list[ImageHit]:
         query = f"{term} {self.commons_filter}".strip() if self.commons_filter else term
@@ -441,7 +454,7 @@ class WikimediaProvider:
         )
         hits = []
         for page in self._pages(data):
-            info = (page.get("imageinfo") or [{}])[0]
+            info = self._imageinfo(page)
             if not str(info.get("mime", "image/")).startswith("image/"):
                 continue  # PDFs, videos and audio live in the File namespace too
             url = info.get("thumburl") or info.get("url")
@@ -477,7 +490,7 @@ class WikimediaProvider:
         )
         out = {}
         for page in self._pages(data):
-            info = (page.get("imageinfo") or [None])[0]
+            info = self._imageinfo(page)
             if info:
                 out[str(page.get("title", "")).replace("_", " ")] = info
         return out
@@ -500,7 +513,7 @@ class WikimediaProvider:
         )
         rows = []
         for page in self._pages(data):
-            thumb = (page.get("thumbnail") or {}).get("source")
+            thumb = _dict(page.get("thumbnail")).get("source")
             if thumb:
                 rows.append((page, urljoin(self.wikipedia_api_url, str(thumb))))
         titles = ["File:" + str(p["pageimage"]) for p, _ in rows if p.get("pageimage")]

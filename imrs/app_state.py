@@ -162,6 +162,9 @@ class Workspace:
     synced: bool = False
     merged: bool = False
     sync_summary: str = ""
+    #: (printable relpath, reason) of every file the last sync left out: not an image, a link it
+    #: does not follow, a FIFO, did not decode, ... (``SyncReport.skipped`` + ``failed``).
+    sync_left_out: list[tuple[str, str]] = field(default_factory=list)
     busy_with: str = ""
     loader: threading.Thread | None = None
     load_error: BaseException | None = None
@@ -344,7 +347,8 @@ def sync_once(ws: Workspace, progress: Callable[[int, int], None] | None = None,
             ws.busy_with = ""
         ws.synced = True
         ws.sync_summary = report.summary()
-        for rel, reason in report.failed[:5]:
+        ws.sync_left_out = [(display_path(rel), reason) for rel, reason in sorted(report.skipped + report.failed)]
+        for rel, reason in ws.sync_left_out[:5]:
             log.warning("not indexed: %s: %s", rel, reason)
         return ws.sync_summary
 
@@ -403,6 +407,14 @@ def decode_query(data: bytes, origin: str = "the query image") -> Image.Image:
         log.info("query image %s not decodable: %s", origin, exc)
         raise ImageDecodeError(f"{origin} is not a readable image ({len(data)} bytes): use a JPEG, PNG, WebP, "
                                f"GIF, BMP or TIFF file") from None
+
+
+def read_query_file(path: str | os.PathLike[str]) -> bytes:
+    """A collection file's bytes for use as a query, with the decoder's caps (regular files only,
+    size and time limits): a file may have changed into anything since it was indexed."""
+    from .imageio import read_image_file
+
+    return read_image_file(path)
 
 
 def crop_percent(img: Image.Image, left: float, top: float, right: float, bottom: float) -> Image.Image:
@@ -725,5 +737,5 @@ __all__ = [
     "benchmark_plots", "benchmark_tables", "check_coverage", "coverage_thresholds", "crop_percent", "decode_query",
     "default_root", "default_tunables", "dynamic_groups", "example_images", "fetch_query_url", "hits_to_dicts",
     "home_dir", "index_kinds", "is_demo", "latest_benchmark", "merge_npz", "needs_first_index", "open_workspace",
-    "parse_terms", "remove_dynamic", "run_batch", "sync_once", "thumb_of",
+    "parse_terms", "read_query_file", "remove_dynamic", "run_batch", "sync_once", "thumb_of",
 ]

@@ -307,8 +307,10 @@ class Collection:
             # -- end issue 11
             report.scanned = len(files)
             if not files and not len(self.catalog):
+                left_out = (f"; {len(walked.skipped)} entries left out, e.g. {walked.skipped[0].display}: "
+                            f"{walked.skipped[0].reason}" if walked.skipped else "")
                 raise EmptyCollectionError(f"no images found in {self.root} "
-                                           f"(looked for .jpg, .png, .webp, ... in all subfolders)")
+                                           f"(looked for .jpg, .png, .webp, ... in all subfolders){left_out}")
             known = self.catalog.file_stats()
             base = self.load_base_embeddings()
             cached = set(base.ids.tolist())

@@ -41,7 +41,9 @@ FILE_READ_TIMEOUT_S = 30.0
 #: Decoded-pixel cap for one image, read from the header before any pixel is decoded.
 MAX_IMAGE_PIXELS = 150_000_000
 #: Bytes of decoded pixels that may be in flight in the whole process at once (all threads).
-#: 0 = automatic: 1/32 of physical memory, between 256 MiB and 1 GiB.
+#: 0 = automatic: 1/64 of physical memory, between 256 and 512 MiB -- two or three 50-megapixel
+#: 16-bit pictures at once, however many download or decode threads there are (a big machine
+#: gets more cores, not a license to hold eight of them).
 DECODE_MEMORY_BYTES = 0
 #: Truncated JPEGs are kept only when at least this fraction of their rows decoded.
 MIN_DECODED_FRACTION = 0.9
@@ -89,7 +91,8 @@ def max_image_pixels() -> int:
 
 
 def decode_memory_bytes() -> int:
-    """``$IMRS_DECODE_MEMORY_MB`` (MiB), else DECODE_MEMORY_BYTES, else sized from physical memory."""
+    """``$IMRS_DECODE_MEMORY_MB`` (MiB), else DECODE_MEMORY_BYTES, else 1/64 of physical memory
+    within 256..512 MiB."""
     mb = _env_number("IMRS_DECODE_MEMORY_MB", DECODE_MEMORY_BYTES / 2**20)
     if mb > 0:
         return int(mb * 2**20)
@@ -97,7 +100,7 @@ def decode_memory_bytes() -> int:
         physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (AttributeError, OSError, ValueError):
         physical = 8 * 2**30
-    return int(min(2**30, max(256 * 2**20, physical // 32)))
+    return int(min(512 * 2**20, max(256 * 2**20, physical // 64)))
 
 
 def min_decoded_fraction() -> float:

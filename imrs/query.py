@@ -316,7 +316,6 @@ def propose_terms(coll: Collection, query: Query, vector: np.ndarray, hits: Sequ
     backbone's ImageNet classifier add their guesses; the person (or ``auto_confirm_term``) picks."""
     if query.kind == "text":
         return [TermCandidate(clean_term(str(query.text)), 1.0, "text")]
-    out: list[TermCandidate] = []
     thr = verdict.thresholds
     good_min = thr.good_min if thr else 1.0
     votes: dict[str, float] = defaultdict(float)
@@ -325,8 +324,11 @@ def propose_terms(coll: Collection, query: Query, vector: np.ndarray, hits: Sequ
         if h.label and h.score >= good_min and not is_clutter_label(h.label) and h.why != ("same image",):
             votes[h.label] += float(h.score)
             n_good[h.label] += 1
-    for label, total in sorted(votes.items(), key=lambda kv: -kv[1]):
-        out.append(TermCandidate(readable_label(label), total / n_good[label], "neighbours"))
+    sizes = coll.catalog.label_counts() if votes else {}
+    neighbours = [TermCandidate(readable_label(label), total / n_good[label], "neighbours")
+                  for label, total in sorted(votes.items(), key=lambda kv: -kv[1])
+                  if n_good[label] >= min(2, sizes.get(label, 2))]  # one lucky look-alike names nothing
+    model: list[TermCandidate] = []
     q = np.asarray(vector, dtype=np.float32).reshape(-1)
     encoder = coll.encoder
     if getattr(encoder, "supports_text", False):
@@ -337,7 +339,7 @@ def propose_terms(coll: Collection, query: Query, vector: np.ndarray, hits: Sequ
         if labels:
             sims = prompt_vectors(coll, labels) @ q
             for i in np.argsort(-sims)[:MAX_TERMS]:
-                out.append(TermCandidate(readable_label(labels[i]), float(sims[i]), "clip"))
+                model.append(TermCandidate(readable_label(labels[i]), float(sims[i]), "clip"))
     elif getattr(encoder, "has_classifier", False) and getattr(encoder, "class_names", None):
         from .textmap import DEFAULT_FEATURE_NORM
 
@@ -346,7 +348,10 @@ def propose_terms(coll: Collection, query: Query, vector: np.ndarray, hits: Sequ
         p = np.exp(logits - logits.max())
         p /= p.sum()
         for i in np.argsort(-p)[:MAX_TERMS]:
-            out.append(TermCandidate(readable_label(encoder.class_names[i]), float(p[i]), "imagenet"))
+            model.append(TermCandidate(readable_label(encoder.class_names[i]), float(p[i]), "imagenet"))
+    # Neighbours lead only when they are likely matches; otherwise the model's guess comes first.
+    strong = bool(neighbours) and thr is not None and neighbours[0].score >= thr.best_min
+    out = neighbours + model if strong else model[:1] + neighbours + model[1:]
     seen: set[str] = set()
     unique = []
     for c in out:

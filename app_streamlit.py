@@ -246,8 +246,8 @@ def wait_for_model(opened: S.Opened) -> None:
 def use_result_as_query(hit: dict[str, Any]) -> None:
     """Callback of "search with this": the result becomes the image query."""
     try:
-        data = Path(hit["path"]).read_bytes()
-    except OSError as exc:
+        data = S.read_query_file(hit["path"])  # bounded read: the file may have become a FIFO since
+    except IMRSError as exc:
         flash("error", f"cannot read {hit['relpath']}: {exc}")
         return
     set_query(data, f"result: {hit['relpath']}")
@@ -329,7 +329,7 @@ def image_query_inputs(root: Path, allow_loopback: bool) -> None:
                 if thumb:
                     st.image(thumb, width="stretch")
                 if st.button(label, key=f"ex_{label}", width="stretch"):
-                    set_query(path.read_bytes(), f"example: {label}")
+                    set_query(S.read_query_file(path), f"example: {label}")
     else:
         if "query_image" not in st.session_state:
             st.info("Press \"Search with this\" under a result to use it as the query.")

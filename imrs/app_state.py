@@ -28,6 +28,7 @@ import streamlit as st
 
 from .config import DEFAULT_BACKBONE, DEFAULT_INDEXER, OFFLINE_BACKBONE, home_dir, state_dir_for
 from .errors import IMRSError, WeightsUnavailableError
+from .ids import display_path
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -162,6 +163,9 @@ class Workspace:
     synced: bool = False
     merged: bool = False
     sync_summary: str = ""
+    #: (printable relpath, reason) of every file the last sync left out: not an image, a link it
+    #: does not follow, a FIFO, did not decode, ... (``SyncReport.skipped`` + ``failed``).
+    sync_left_out: list[tuple[str, str]] = field(default_factory=list)
     busy_with: str = ""
     loader: threading.Thread | None = None
     load_error: BaseException | None = None
@@ -344,7 +348,8 @@ def sync_once(ws: Workspace, progress: Callable[[int, int], None] | None = None,
             ws.busy_with = ""
         ws.synced = True
         ws.sync_summary = report.summary()
-        for rel, reason in report.failed[:5]:
+        ws.sync_left_out = [(display_path(rel), reason) for rel, reason in sorted(report.skipped + report.failed)]
+        for rel, reason in ws.sync_left_out[:5]:
             log.warning("not indexed: %s: %s", rel, reason)
         return ws.sync_summary
 
@@ -405,6 +410,14 @@ def decode_query(data: bytes, origin: str = "the query image") -> Image.Image:
                                f"GIF, BMP or TIFF file") from None
 
 
+def read_query_file(path: str | os.PathLike[str]) -> bytes:
+    """A collection file's bytes for use as a query, with the decoder's caps (regular files only,
+    size and time limits): a file may have changed into anything since it was indexed."""
+    from .imageio import read_image_file
+
+    return read_image_file(path)
+
+
 def crop_percent(img: Image.Image, left: float, top: float, right: float, bottom: float) -> Image.Image:
     """Crop by margins in percent of the width/height (what the sliders give)."""
     w, h = img.size
@@ -431,7 +444,10 @@ def hit_to_dict(hit: SearchHit) -> dict[str, Any]:
     """A search hit as plain data for ``st.session_state`` (survives reruns, holds no objects)."""
     r = hit.record
     extra = dict(r.extra) if r is not None else {}
-    return {"id": int(hit.id), "score": float(hit.score), "relpath": hit.relpath, "path": str(hit.path),
+    # "relpath" is for people (a non-UTF-8 name must not reach the browser as a lone surrogate);
+    # "path" is what opens the file.
+    return {"id": int(hit.id), "score": float(hit.score), "relpath": display_path(hit.relpath),
+            "path": str(hit.path),
             "label": hit.label, "source": hit.source, "title": hit.title or "",
             "caption": extra.get("caption", ""),
             "url": (r.page_url or r.source_url or "") if r is not None else "",
@@ -452,16 +468,16 @@ def thumbnail(path: str, mtime: float, side: int = 256) -> bytes | None:
     not shown stale."""
     from PIL import Image, ImageOps
 
+    from .imageio import load_image
+
     try:
-        with Image.open(path) as im:
-            im.draft("RGB", (side, side))
-            im = ImageOps.exif_transpose(im).convert("RGB")
-            im = ImageOps.pad(im, (side, side * 3 // 4), method=Image.Resampling.LANCZOS, color=(255, 255, 255))
-            buf = io.BytesIO()
-            im.save(buf, "JPEG", quality=85)
-            return buf.getvalue()
+        im = load_image(path, max_side=side)  # the one decoder: capped read, draft, EXIF once
+        im = ImageOps.pad(im, (side, side * 3 // 4), method=Image.Resampling.LANCZOS, color=(255, 255, 255))
+        buf = io.BytesIO()
+        im.save(buf, "JPEG", quality=85)
+        return buf.getvalue()
     except Exception as exc:  # noqa: BLE001 - one unreadable file must not break the grid
-        log.warning("no thumbnail for %s: %s", path, exc)
+        log.warning("no thumbnail for %s: %s", display_path(path), exc)
         return None
 
 
@@ -683,5 +699,6 @@ __all__ = [
     "benchmark_plots", "benchmark_tables", "crop_percent", "decode_query",
     "default_root", "default_tunables", "dynamic_groups", "example_images", "fetch_query_url", "hits_to_dicts",
     "home_dir", "index_kinds", "is_demo", "latest_benchmark", "merge_npz", "needs_first_index", "open_workspace",
-    "parse_terms", "remove_dynamic", "run_batch", "session_settings", "sync_once", "thumb_of",
+    "parse_terms", "read_query_file", "remove_dynamic", "run_batch", "session_settings", "sync_once",
+    "thumb_of",
 ]

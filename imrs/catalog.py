@@ -11,6 +11,7 @@ import csv
 import logging
 import sqlite3
 import threading
+import unicodedata
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import IMRSError
-from .ids import normalise_relpath, stable_id
+from .ids import display_path, from_storage_text, normalise_relpath, stable_id, storage_text
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +70,9 @@ def clean_label(folder: str) -> str:
 
 
 def label_for(relpath: str) -> str:
+    """The first folder's name, printable (a label is shown and compared as text, never opened)."""
     parts = normalise_relpath(relpath).split("/")
-    return clean_label(parts[0]) if len(parts) > 1 else ""
+    return clean_label(display_path(parts[0])) if len(parts) > 1 else ""
 
 
 def now_iso() -> str:
@@ -107,6 +109,33 @@ class ImageRecord:
 
 
 _COLUMNS = [f.name for f in fields(ImageRecord) if f.name != "extra"]
+
+
+def _to_db(column: str, value: Any) -> Any:
+    """SQLite (through sqlite3) only takes valid UTF-8: relpaths get their reversible storage
+    spelling, any other text with undecodable bytes its printable one."""
+    if column == "relpath":
+        return storage_text(value)
+    if isinstance(value, str):
+        return display_path(value) if any(0xDC80 <= ord(c) <= 0xDCFF for c in value) else value
+    return value
+
+
+def _record(row: sqlite3.Row) -> ImageRecord:
+    values = {c: row[c] for c in _COLUMNS}
+    values["relpath"] = from_storage_text(values["relpath"])
+    return ImageRecord(**values)
+
+
+def _relpath_candidates(raw: str) -> list[str]:
+    """Spellings a metadata CSV may use for one file: as written, then NFC / NFD (a list typed or
+    exported on another OS), then with Windows backslashes as separators."""
+    out = [raw]
+    for form in ("NFC", "NFD"):
+        out.append(unicodedata.normalize(form, raw))
+    if "\\" in raw:
+        out.append(raw.replace("\\", "/"))
+    return list(dict.fromkeys(out))
 
 
 class Catalog:
@@ -169,7 +198,7 @@ class Catalog:
         sql = (f"INSERT INTO images({','.join(_COLUMNS)}) VALUES ({placeholders}) "
                f"ON CONFLICT(id) DO UPDATE SET {update}")
         with self._tx() as con:
-            con.executemany(sql, [tuple(getattr(r, c) for c in _COLUMNS) for r in recs])
+            con.executemany(sql, [tuple(_to_db(c, getattr(r, c)) for c in _COLUMNS) for r in recs])
             extra_rows = [(r.id, k, str(v)) for r in recs for k, v in r.extra.items()]
             if extra_rows:
                 con.executemany("INSERT OR REPLACE INTO extra(id, key, value) VALUES (?,?,?)", extra_rows)
@@ -219,13 +248,17 @@ class Catalog:
             known = self.ids_set()
             for row in reader:
                 raw = row.pop("path") or ""
-                try:
-                    rel = normalise_relpath(raw, root) if (root and Path(raw).is_absolute()) else normalise_relpath(raw)
-                except ValueError:
-                    skipped += 1
-                    continue
-                i = stable_id(rel)
-                if i not in known:
+                i = None
+                for cand in _relpath_candidates(raw):
+                    try:
+                        rel = (normalise_relpath(cand, root) if (root and Path(cand).is_absolute())
+                               else normalise_relpath(cand))
+                    except ValueError:
+                        continue
+                    if stable_id(rel) in known:
+                        i = stable_id(rel)
+                        break
+                if i is None:
                     skipped += 1
                     continue
                 rows.extend((i, k, v) for k, v in row.items() if k and v not in (None, ""))
@@ -263,7 +296,7 @@ class Catalog:
         for chunk in _chunks(id_list):
             q = ",".join("?" * len(chunk))
             for row in con.execute(f"SELECT * FROM images WHERE id IN ({q})", chunk):
-                out[row["id"]] = ImageRecord(**{c: row[c] for c in _COLUMNS})
+                out[row["id"]] = _record(row)
             for row in con.execute(f"SELECT id, key, value FROM extra WHERE id IN ({q})", chunk):
                 out[row["id"]].extra[row["key"]] = row["value"]
         return out
@@ -277,12 +310,12 @@ class Catalog:
             sql += " AND slug=?"
             args.append(slug)
         for row in self._con().execute(sql + " ORDER BY relpath", args).fetchall():
-            yield ImageRecord(**{c: row[c] for c in _COLUMNS})
+            yield _record(row)
 
     def file_stats(self) -> dict[str, tuple[int, float | None, int | None]]:
         """relpath -> (id, mtime, size): what an incremental folder scan compares against."""
         rows = self._con().execute("SELECT relpath, id, mtime, size FROM images WHERE source='base'")
-        return {r[0]: (r[1], r[2], r[3]) for r in rows}
+        return {from_storage_text(r[0]): (r[1], r[2], r[3]) for r in rows}
 
     def labels(self) -> list[str]:
         rows = self._con().execute("SELECT DISTINCT label FROM images WHERE label != '' ORDER BY label")

@@ -25,7 +25,7 @@ from .catalog import Catalog, ImageRecord, label_for
 from .config import DEFAULT_INDEXER, state_dir_for
 from .errors import EmptyCollectionError, IMRSError, SnapshotError, StoreError
 from .fsutil import atomic_write_json, read_json
-from .ids import normalise_relpath, stable_id
+from .ids import stable_id
 from .locking import WriterLock
 from .store import EmbeddingSet, base_name, dynamic_name, merge, merge_files, merged_name
 
@@ -70,13 +70,15 @@ class SyncReport:
     removed: int = 0
     unchanged: int = 0
     embedded: int = 0
-    failed: list[tuple[str, str]] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (relpath, why): did not decode
+    #: (relpath, why): left out by the folder walk (links, special files, too large, ...)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
     seconds: float = 0.0
 
     def summary(self) -> str:
         return (f"{self.scanned} files: {self.added} new, {self.changed} changed, {self.removed} removed, "
-                f"{self.unchanged} unchanged; embedded {self.embedded}, {len(self.failed)} failed "
-                f"in {self.seconds:.1f}s")
+                f"{self.unchanged} unchanged; embedded {self.embedded}, {len(self.failed)} failed, "
+                f"{len(self.skipped)} skipped in {self.seconds:.1f}s")
 
 
 @dataclass
@@ -91,35 +93,11 @@ def is_dynamic_relpath(relpath: str) -> bool:
 
 
 def scan_folder(root: Path) -> list[tuple[str, float, int]]:
-    """(relpath, mtime, size) of every image under ``root`` except dynamic and hidden folders.
+    """(relpath, mtime, size) of every image under ``root`` except dynamic and hidden folders
+    (``imrs.walk`` does the walking; what it leaves out is logged)."""
+    from .walk import scan_folder as walk_scan
 
-    os.scandir with cached stat keeps a 30k-file rescan well under a second: this runs on every
-    ``imrs index`` and app start, so it must cost far less than embedding even one image.
-    """
-    from .imageio import IMAGE_EXTENSIONS
-
-    out: list[tuple[str, float, int]] = []
-    stack = [(root, "")]
-    while stack:
-        folder, prefix = stack.pop()
-        try:
-            entries = list(os.scandir(folder))
-        except OSError as exc:
-            log.warning("cannot list %s: %s", folder, exc)
-            continue
-        for e in entries:
-            if e.name.startswith("."):
-                continue
-            rel = f"{prefix}{e.name}"
-            if e.is_dir(follow_symlinks=True):
-                if not prefix and e.name.startswith(DYNAMIC_PREFIX):
-                    continue
-                stack.append((Path(e.path), rel + "/"))
-            elif os.path.splitext(e.name)[1].lower() in IMAGE_EXTENSIONS:
-                st = e.stat()
-                out.append((normalise_relpath(rel), st.st_mtime, st.st_size))
-    out.sort()
-    return out
+    return walk_scan(root, skip_top=lambda name: name.startswith(DYNAMIC_PREFIX))
 
 
 class Collection:
@@ -341,11 +319,19 @@ class Collection:
         t0 = time.perf_counter()
         report = SyncReport()
         with self.writing():
-            files = scan_folder(self.root)
+            # -- issue 11: the hostile-folder-proof walk; everything it leaves out is reported.
+            from .walk import walk_images
+
+            walked = walk_images(self.root, skip_top=lambda name: name.startswith(DYNAMIC_PREFIX))
+            files = [(f.relpath, f.mtime, f.size) for f in walked.files]
+            report.skipped = [(s.relpath, s.reason) for s in walked.skipped]
+            # -- end issue 11
             report.scanned = len(files)
             if not files and not len(self.catalog):
+                left_out = (f"; {len(walked.skipped)} entries left out, e.g. {walked.skipped[0].display}: "
+                            f"{walked.skipped[0].reason}" if walked.skipped else "")
                 raise EmptyCollectionError(f"no images found in {self.root} "
-                                           f"(looked for .jpg, .png, .webp, ... in all subfolders)")
+                                           f"(looked for .jpg, .png, .webp, ... in all subfolders){left_out}")
             known = self.catalog.file_stats()
             base = self.load_base_embeddings()
             cached = set(base.ids.tolist())
@@ -374,7 +360,8 @@ class Collection:
                 paths = [self.root / rel for rel, _, _ in todo]
                 res = self.encoder.embed_paths(paths, batch_size=batch_size, progress=progress)
                 kept = [todo[i] for i in res.kept.tolist()]
-                report.failed = [(todo[i][0], reason) for i, reason in res.failures]
+                report.failed = [(todo[i][0], _strip_name(reason, self.root / todo[i][0]))
+                                 for i, reason in res.failures]
                 report.embedded = len(kept)
                 new_emb = EmbeddingSet(self.backbone, [stable_id(r) for r, _, _ in kept],
                                        [r for r, _, _ in kept], res.vectors)
@@ -604,6 +591,13 @@ def _records_for(relpaths: Iterable[str], catalog: Catalog) -> list[ImageRecord]
             out.append(ImageRecord.for_path(rel, source="dynamic" if is_dynamic_relpath(rel) else "base",
                                             label=label_for(rel)))
     return out
+
+
+def _strip_name(reason: str, path: Path) -> str:
+    """"cannot read /abs/path: why" -> "why": the report already names the file."""
+    from .ids import display_path
+
+    return reason.removeprefix(f"cannot read {display_path(path)}: ")
 
 
 def _fill_image_facts(records: list[ImageRecord], root: Path) -> None:

@@ -294,7 +294,7 @@ def expand(coll: Collection, term: str, n: int = 20, policy: DownloadPolicy | No
         raise IMRSError(f"pHash threshold must be between 0 and 64, not {phash_threshold}")
     term = clean_term(term)
     if not term:
-        raise IMRSError("the expansion term is empty: give a word or phrase to search the web for")
+        raise IMRSError("empty search term: give a word or two to search the web for")
     slug = safe_slug(term)
     folder = dynamic_folder(coll, slug)
     policy = policy or policy_for()
@@ -310,6 +310,8 @@ def expand(coll: Collection, term: str, n: int = 20, policy: DownloadPolicy | No
     found, prov_report = chain.search(term, want)
     report.provider_report = [dict(r) for r in prov_report]
     report.candidates = len(found)
+    for r in prov_report:  # unusable entries of a URL list etc.: named in the report, not dropped
+        report.failures.extend((str(what), str(why)) for what, why in r.get("rejected", []))
     if not found:
         errors = [f"{r['provider']}: {r['error']}" for r in prov_report if r.get("error")]
         if errors:

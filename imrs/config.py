@@ -25,3 +25,11 @@ def state_dir_for(root: str | os.PathLike[str], home: str | os.PathLike[str] | N
     tag = hashlib.sha1(absroot.encode("utf-8")).hexdigest()[:8]
     base = re.sub(r"[^A-Za-z0-9_-]+", "_", os.path.basename(absroot.rstrip("/")) or "root")[:40]
     return home_dir(home) / "collections" / f"{base}-{tag}"
+
+#: Name of a fault point (see ``imrs.faults``) at which the process kills itself: crash tests only.
+FAULT_ENV = "IMRS_FAULT"
+
+
+def fault_point_name() -> str | None:
+    """The armed fault point, or None (the normal case). Read once per process by ``imrs.faults``."""
+    return os.environ.get(FAULT_ENV) or None

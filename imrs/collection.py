@@ -160,7 +160,7 @@ class Collection:
         self._encoder = encoder
         self._index: VectorIndex | None = None
         self._index_version: str | None = None  # live snapshot version our in-memory index matches
-        atomic_write_json(self.state_dir / "collection.json", {"root": str(self.root)})
+        _write_if_changed(self.state_dir / "collection.json", {"root": str(self.root)})
 
     # -- paths ---------------------------------------------------------------------------------
     def _default_dynamic_root(self) -> Path:
@@ -540,6 +540,8 @@ class Collection:
         vectors = np.asarray(vectors, dtype=np.float32)
         if vectors.shape != (len(records), self.dim):
             raise StoreError(f"expected {len(records)}x{self.dim} vectors, got {vectors.shape}")
+        if not np.isfinite(vectors).all():  # checked before any write: the caches must stay indexable
+            raise StoreError("refusing to add NaN or infinite vectors")
         for r in records:
             if r.source != "dynamic" or not is_dynamic_relpath(r.relpath):
                 raise IMRSError(f"{r.relpath}: dynamic images must live under {DYNAMIC_PREFIX}<term>/")
@@ -742,6 +744,16 @@ class Collection:
                 "embeddings": per_backbone,
                 "snapshots": [{"name": m.name, "backbone": m.backbone, "indexer": m.indexer, "count": m.count,
                                "created": m.created} for m in snaps]}
+
+
+def _write_if_changed(path: Path, obj: dict[str, Any]) -> None:
+    """Opening a collection writes nothing unless something changed (a read-only open stays one)."""
+    try:
+        if read_json(path) == obj:
+            return
+    except (OSError, ValueError):
+        pass
+    atomic_write_json(path, obj)
 
 
 def _tunables(params: dict[str, Any]) -> dict[str, Any]:

@@ -281,3 +281,12 @@ def ddg_client() -> str:
     """``$IMRS_DDG_CLIENT`` (guarded | ddgs) or DDG_CLIENT."""
     value = os.environ.get("IMRS_DDG_CLIENT", "").strip().lower() or DDG_CLIENT
     return value if value in ("guarded", "ddgs") else DDG_CLIENT
+
+
+#: Name of a fault point (see ``imrs.faults``) at which the process kills itself: crash tests only.
+FAULT_ENV = "IMRS_FAULT"
+
+
+def fault_point_name() -> str | None:
+    """The armed fault point, or None (the normal case). Read once per process by ``imrs.faults``."""
+    return os.environ.get(FAULT_ENV) or None

@@ -55,8 +55,9 @@ PROVIDERS = ("auto", "ddg", "wikimedia")  # = imrs.expansion.PROVIDER_CHOICES
 
 def default_root() -> str:
     """``$IMRS_ROOT`` if set, else the demo collection shipped in the repository."""
-    env = os.environ.get(ROOT_ENV, "").strip()
-    return env or str(DEMO_ROOT)
+    from .config import Settings
+
+    return Settings.from_env().root or str(DEMO_ROOT)
 
 
 def is_demo(root: str | os.PathLike[str]) -> bool:
@@ -514,107 +515,66 @@ def example_images(root: str | os.PathLike[str], n: int = 4) -> list[tuple[str, 
 # --------------------------------------------------------------------------------------------
 
 
-def coverage_thresholds(backbone: str, kind: str, overrides: dict[str, Any] | None = None) -> Any:
-    from .expansion.coverage import thresholds_for
+def session_settings(cfg: dict[str, Any], **extra: Any) -> Any:
+    """This browser session's settings: the environment's, with the sidebar's choices on top."""
+    from .config import Settings
 
-    t = thresholds_for(backbone, kind)
-    return t.with_overrides(**overrides) if overrides else t
-
-
-def check_coverage(coll: Collection, hits: Sequence[SearchHit], kind: str,
-                   overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Coverage of one result list as plain data (for session_state)."""
-    from .expansion.coverage import check_coverage as _check
-
-    t = coverage_thresholds(coll.backbone, kind, overrides)
-    cov = _check(hits, t)
-    return {"weak": bool(cov.weak), "reason": cov.reason, "best": float(cov.best), "n_good": int(cov.n_good),
-            "thresholds": t.describe()}
-
-
-# The sidebar's provider defaults come from the same environment variables as the CLI's
-# (IMRS_EXPAND_PROVIDER, IMRS_WIKIMEDIA_API, IMRS_EXPAND_ALLOW_LOOPBACK), so a test or a deployment
-# can preset them without clicking.
+    return Settings.from_env(provider=cfg.get("provider") or None, wikimedia_api=cfg.get("wikimedia_api") or None,
+                             allow_loopback=bool(cfg.get("allow_loopback")) or None, **extra)
 
 
 def default_provider() -> str:
-    from .expansion.sources import ENV_PROVIDER
+    from .config import Settings
 
-    value = os.environ.get(ENV_PROVIDER, "").strip().lower()
-    return value if value in PROVIDERS else "auto"
+    return Settings.from_env().provider
 
 
 def default_wikimedia_api() -> str:
-    from .expansion.sources import ENV_WIKIMEDIA_API
+    from .config import Settings
 
-    return os.environ.get(ENV_WIKIMEDIA_API, "").strip()
+    return Settings.from_env().wikimedia_api or ""
 
 
 def default_allow_loopback() -> bool:
     """Test-only switch; off unless IMRS_EXPAND_ALLOW_LOOPBACK is set."""
-    from .expansion.sources import ENV_ALLOW_LOOPBACK
+    from .config import Settings
 
-    return os.environ.get(ENV_ALLOW_LOOPBACK, "").strip().lower() in ("1", "true", "yes", "on")
+    return Settings.from_env().allow_loopback
 
 
 @dataclass(frozen=True)
 class ExpandOptions:
-    """The sidebar's provider settings plus the batch form's download settings."""
+    """The sidebar's provider settings plus the batch form's download settings; what is left
+    unset comes from ``Settings`` (the same defaults as ``imrs expand``)."""
 
-    provider: str = "auto"
-    wikimedia_api: str = ""
-    allow_loopback: bool = False
-    n: int = 8
-    max_side: int = 512
-    jpeg_quality: int = 85
-    phash_threshold: int = 6
+    provider: str | None = None
+    wikimedia_api: str | None = None
+    allow_loopback: bool | None = None
+    n: int | None = None
+    max_side: int | None = None
+    jpeg_quality: int | None = None
+    phash_threshold: int | None = None
+
+    def settings(self) -> Any:
+        from .config import Settings
+
+        return Settings.from_env(provider=self.provider or None, wikimedia_api=self.wikimedia_api or None,
+                                 allow_loopback=self.allow_loopback or None, expand_n=self.n,
+                                 expand_max_side=self.max_side, expand_jpeg_quality=self.jpeg_quality,
+                                 expand_phash_distance=self.phash_threshold)
 
     def policy(self) -> Any:
-        from .web.download import DownloadPolicy
+        from .expansion import policy_for
 
-        return DownloadPolicy(max_side=int(self.max_side), jpeg_quality=int(self.jpeg_quality),
-                              allow_loopback=bool(self.allow_loopback))
+        return policy_for(self.settings())
 
     def providers(self) -> Any:
-        from .expansion import make_providers
+        from .expansion import providers_for
 
-        return make_providers(self.provider, self.wikimedia_api or None, allow_loopback=bool(self.allow_loopback))
+        return providers_for(self.settings())
 
 
 StageCallback = Callable[[str, int, int], None]
-
-
-def auto_expand(ws: Workspace, query_text: str | None, query_vector: Any, hits: Sequence[SearchHit], k: int,
-                opts: ExpandOptions, overrides: dict[str, Any] | None,
-                progress: StageCallback | None = None) -> dict[str, Any] | None:
-    """Expand when the results are weak (None when they are not); the answer is plain data.
-
-    A failed expansion (offline, nothing found) comes back in ``error`` rather than raised, so the
-    page keeps showing the results it had."""
-    from .expansion import expand_if_weak
-
-    kind = "text" if query_text else "image"
-    thr = coverage_thresholds(ws.coll.backbone, kind, overrides)
-    ws.ensure_encoder()
-    with ws.job_lock:
-        ws.busy_with = "expanding the collection"
-        try:
-            out = expand_if_weak(ws.coll, query_text=query_text, query_vector=query_vector, hits=hits, k=k,
-                                 progress=progress, thresholds=thr, n=opts.n, policy=opts.policy(),
-                                 providers=opts.providers(), phash_threshold=opts.phash_threshold)
-        finally:
-            ws.busy_with = ""
-    if out is None:
-        return None
-    rep = out.report
-    return {"term": out.term or "", "method": out.guess.method if out.guess else "",
-            "error": out.error, "summary": out.summary(),
-            "added": rep.kept if rep else 0, "duplicates": len(rep.duplicates) if rep else 0,
-            "failed": len(rep.failures) if rep else 0,
-            "best_before": rep.best_before if rep else None, "best_after": rep.best_after if rep else None,
-            "hits_after": hits_to_dicts(out.hits_after),
-            "coverage_after": None if out.coverage_after is None else
-            {"weak": out.coverage_after.weak, "reason": out.coverage_after.reason}}
 
 
 def run_batch(ws: Workspace, terms: Sequence[str], opts: ExpandOptions,
@@ -629,8 +589,10 @@ def run_batch(ws: Workspace, terms: Sequence[str], opts: ExpandOptions,
     with ws.job_lock:
         ws.busy_with = "running a batch expansion"
         try:
-            rep = expand_batch(ws.coll, terms, n=opts.n, policy=opts.policy(), phash_threshold=opts.phash_threshold,
-                               providers=opts.providers(), progress=on_term, term_progress=on_stage)
+            s = opts.settings()
+            rep = expand_batch(ws.coll, terms, n=s.expand_n, policy=opts.policy(),
+                               phash_threshold=s.expand_phash_distance, providers=opts.providers(),
+                               progress=on_term, term_progress=on_stage)
         finally:
             ws.busy_with = ""
     rows = []
@@ -733,9 +695,10 @@ def benchmark_plots(run: dict[str, Any]) -> list[Path]:
 
 __all__ = [
     "BENCH_COMMAND", "DEFAULT_BACKBONE", "DEFAULT_INDEXER", "DEMO_ROOT", "OFFLINE_BACKBONE", "PROVIDERS",
-    "ExpandOptions", "Opened", "Workspace", "auto_expand", "available_devices", "backbone_choices",
-    "benchmark_plots", "benchmark_tables", "check_coverage", "coverage_thresholds", "crop_percent", "decode_query",
+    "ExpandOptions", "Opened", "Workspace", "available_devices", "backbone_choices",
+    "benchmark_plots", "benchmark_tables", "crop_percent", "decode_query",
     "default_root", "default_tunables", "dynamic_groups", "example_images", "fetch_query_url", "hits_to_dicts",
     "home_dir", "index_kinds", "is_demo", "latest_benchmark", "merge_npz", "needs_first_index", "open_workspace",
-    "parse_terms", "read_query_file", "remove_dynamic", "run_batch", "sync_once", "thumb_of",
+    "parse_terms", "read_query_file", "remove_dynamic", "run_batch", "session_settings", "sync_once",
+    "thumb_of",
 ]

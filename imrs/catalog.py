@@ -12,6 +12,7 @@ import logging
 import sqlite3
 import threading
 import unicodedata
+import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
@@ -25,6 +26,9 @@ log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 SOURCES = ("base", "dynamic")
+#: kv key of a random token replaced in the same transaction as every change to the set of images:
+#: ``imrs.reconcile`` compares it with the token its commit record saw, one query instead of O(n).
+GENERATION_KEY = "generation"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS images (
@@ -199,6 +203,7 @@ class Catalog:
                f"ON CONFLICT(id) DO UPDATE SET {update}")
         with self._tx() as con:
             con.executemany(sql, [tuple(_to_db(c, getattr(r, c)) for c in _COLUMNS) for r in recs])
+            _bump_generation(con)
             extra_rows = [(r.id, k, str(v)) for r in recs for k, v in r.extra.items()]
             if extra_rows:
                 con.executemany("INSERT OR REPLACE INTO extra(id, key, value) VALUES (?,?,?)", extra_rows)
@@ -219,15 +224,23 @@ class Catalog:
             for chunk in _chunks(id_list):
                 cur = con.execute(f"DELETE FROM images WHERE id IN ({','.join('?' * len(chunk))})", chunk)
                 n += cur.rowcount
+            if n:
+                _bump_generation(con)
         return n
 
     def set_kv(self, key: str, value: str) -> None:
         with self._tx() as con:
             con.execute("INSERT OR REPLACE INTO kv(key, value) VALUES (?, ?)", (key, value))
 
-    def get_kv(self, key: str, default: str | None = None) -> str | None:
-        row = self._con().execute("SELECT value FROM kv WHERE key=?", (key,)).fetchone()
-        return row[0] if row else default
+    def generation(self) -> str:
+        """The token of the current set of images ('' for a catalog never written)."""
+        row = self._con().execute("SELECT value FROM kv WHERE key=?", (GENERATION_KEY,)).fetchone()
+        return str(row[0]) if row and row[0] is not None else ""
+
+    def new_generation(self) -> None:
+        """Mark the image set as changed by other means than upsert/delete (a restored copy)."""
+        with self._tx() as con:
+            _bump_generation(con)
 
     def set_phash(self, pairs: Iterable[tuple[int, int]]) -> None:
         with self._tx() as con:
@@ -277,6 +290,10 @@ class Catalog:
             return len(self)
         return int(self._con().execute("SELECT COUNT(*) FROM images WHERE source=?", (source,)).fetchone()[0])
 
+    def relpaths_by_id(self) -> dict[int, str]:
+        """id -> relpath of every image: what reconciliation compares caches and index against."""
+        return {r[0]: r[1] for r in self._con().execute("SELECT id, relpath FROM images")}
+
     def ids_set(self, source: str | None = None) -> set[int]:
         sql, args = "SELECT id FROM images", ()
         if source:
@@ -321,6 +338,17 @@ class Catalog:
         rows = self._con().execute("SELECT DISTINCT label FROM images WHERE label != '' ORDER BY label")
         return [r[0] for r in rows]
 
+    def label_counts(self) -> dict[str, int]:
+        """label -> number of images: how big a concept the collection holds (coverage needs it)."""
+        rows = self._con().execute("SELECT label, COUNT(*) FROM images WHERE label != '' GROUP BY label")
+        return {r[0]: int(r[1]) for r in rows}
+
+    def ids_by_label(self) -> dict[str, list[int]]:
+        out: dict[str, list[int]] = {}
+        for i, label in self._con().execute("SELECT id, label FROM images WHERE label != ''"):
+            out.setdefault(label, []).append(int(i))
+        return out
+
     def phashes(self) -> tuple[list[int], list[int]]:
         rows = self._con().execute("SELECT id, phash FROM images WHERE phash IS NOT NULL").fetchall()
         return [r[0] for r in rows], [r[1] for r in rows]
@@ -353,6 +381,10 @@ class Catalog:
     def as_dicts(self, ids: Sequence[int]) -> list[dict[str, Any]]:
         recs = self.get_many(ids)
         return [asdict(recs[i]) for i in ids if i in recs]
+
+
+def _bump_generation(con: sqlite3.Connection) -> None:
+    con.execute("INSERT OR REPLACE INTO kv(key, value) VALUES (?, ?)", (GENERATION_KEY, uuid.uuid4().hex))
 
 
 def _chunks(seq: list[int], size: int = 900) -> Iterator[list[int]]:

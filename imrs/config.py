@@ -241,8 +241,9 @@ def max_image_pixels() -> int:
 
 
 def decode_memory_bytes() -> int:
-    """Decoded bytes in flight in the whole process (``IMRS_DECODE_MEMORY_MB``); 0 = 1/32 of
-    physical memory, between 256 MiB and 1 GiB."""
+    """Decoded bytes in flight in the whole process (``IMRS_DECODE_MEMORY_MB``); 0 = 1/64 of
+    physical memory, between 256 and 512 MiB: two or three 50-megapixel 16-bit pictures at once
+    however many threads decode (a big machine gets more cores, not a license to hold eight)."""
     mb = Settings.from_env().decode_memory_mb
     if mb > 0:
         return int(mb * 2**20)
@@ -250,7 +251,7 @@ def decode_memory_bytes() -> int:
         physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (AttributeError, OSError, ValueError):
         physical = 8 * 2**30
-    return int(min(2**30, max(256 * 2**20, physical // 32)))
+    return int(min(512 * 2**20, max(256 * 2**20, physical // 64)))
 
 
 def min_decoded_fraction() -> float:

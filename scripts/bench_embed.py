@@ -38,8 +38,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from imrs.encoders import get_encoder  # noqa: E402
-from imrs.encoders.base import Encoder, cpu_count, get_spec  # noqa: E402
+from imrs.encoders import Encoder, cpu_count, get_encoder, get_spec  # noqa: E402
 from imrs.encoders.runtime import TorchRunner  # noqa: E402
 
 DEFAULT_BACKBONES = ["efficientnet_lite0", "resnet18", "resnet50", "vit_b16", "clip_vit_b32"]

@@ -33,7 +33,10 @@ import numpy as np
 
 from ..errors import IMRSError
 from ..fsutil import atomic_path, atomic_write_text
-from .base import LoadedBackbone, Preprocess, cpu_count, user_cache_dir
+from .pipeline import Runner, cpu_count
+from .preprocess import Preprocess
+from .registry import LoadedBackbone
+from .weights import user_cache_dir
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -41,7 +44,6 @@ if TYPE_CHECKING:  # pragma: no cover
 
 log = logging.getLogger(__name__)
 
-Runner = Callable[[np.ndarray], np.ndarray]
 ONNX_OPSET = 17
 _ADAPTER_VERSION = "uint8-nhwc-v1"  # bump when InputAdapter's graph changes: invalidates caches
 VERIFY_MIN_COSINE = 0.999

@@ -55,7 +55,14 @@ def open_collection(args: argparse.Namespace, root: str | None = None) -> Collec
         if val is not None:
             params[key] = val
     return Collection(root, backbone, indexer, home=home, device=args.device, weights=args.weights,
-                      checkpoint=args.checkpoint, index_params=params)
+                      checkpoint=args.checkpoint, index_params=params, runtime=getattr(args, "runtime", None) or "auto")
+
+
+def _runtime_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--runtime", default="auto", choices=["auto", "fp32", "int8"],
+                   help="auto (default): int8 on CPU for collections of 1000+ images when its quality gate "
+                        "passes, else fp32 (an indexed collection keeps the runtime its vectors were made with); "
+                        "int8/fp32: force one (indexing re-embeds when the runtime changes)")
 
 
 # -- commands ----------------------------------------------------------------------------------------
@@ -67,6 +74,8 @@ def cmd_index(args: argparse.Namespace) -> int:
         print(f"metadata: {n} image(s) annotated from {args.metadata}")
     remember_active(home_dir(args.home), coll)
     print(f"indexed {coll.root} with {coll.backbone}/{coll.indexer}: {report.summary()}")
+    print(f"vectors: {report.runtime}" + (f" (re-embedded, were {report.restamped})" if report.restamped else "")
+          + (f"; {report.runtime_note}" if report.runtime_note else ""))
     print(f"index holds {len(coll.index)} vectors; snapshot in {coll.snap_dir}")
     for rel, reason in report.failed[:10]:
         print(f"  skipped {rel}: {reason}")
@@ -203,6 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--metadata", help="CSV with a 'path' column and extra columns (title, caption, ...)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    _runtime_arg(p)
     p.set_defaults(func=cmd_index)
 
     p = sub.add_parser("search", help="search by text or by an example image")
@@ -217,6 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.add_argument("--expand", action="store_true", help="grow the collection from the web when coverage is weak")
     _common_collection_args(p)
+    _runtime_arg(p)
     p.set_defaults(func=cmd_search)
 
     p = sub.add_parser("info", help="what is indexed, per backbone")

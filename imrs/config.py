@@ -25,3 +25,17 @@ def state_dir_for(root: str | os.PathLike[str], home: str | os.PathLike[str] | N
     tag = hashlib.sha1(absroot.encode("utf-8")).hexdigest()[:8]
     base = re.sub(r"[^A-Za-z0-9_-]+", "_", os.path.basename(absroot.rstrip("/")) or "root")[:40]
     return home_dir(home) / "collections" / f"{base}-{tag}"
+
+
+#: Collections smaller than this stay on fp32 under ``--runtime auto``: calibrating and gating an
+#: int8 model costs about as much CPU as embedding this many images in fp32, so below it int8
+#: cannot pay for itself on the first index. ``--runtime int8`` builds it regardless.
+INT8_AUTO_MIN_IMAGES = 1000
+
+
+def int8_auto_min_images() -> int:
+    """``$IMRS_INT8_MIN_IMAGES`` or :data:`INT8_AUTO_MIN_IMAGES`."""
+    try:
+        return max(0, int(os.environ.get("IMRS_INT8_MIN_IMAGES", INT8_AUTO_MIN_IMAGES)))
+    except ValueError:
+        return INT8_AUTO_MIN_IMAGES

@@ -4,6 +4,10 @@ One file per (collection, backbone) for base images, one per (term, backbone) fo
 (``dyn_emb_<slug>_<backbone>.npz``) so an expansion writes a small file instead of rewriting the
 big one. Arrays only (ids int64, relpaths unicode, vectors float32), loaded with
 ``allow_pickle=False``, written atomically.
+
+Each file also names the runtime tag its vectors came from ("fp32" for every float runtime, or
+"int8-<model key>", see :mod:`imrs.encoders.int8`; files from before the tag existed are fp32).
+Sets of different tags are never combined: their vectors are close but not interchangeable.
 """
 
 from __future__ import annotations
@@ -22,6 +26,16 @@ from .fsutil import atomic_savez
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
+FP32 = "fp32"
+
+
+def check_same_runtime(sets: Sequence[EmbeddingSet]) -> str:
+    """The one runtime tag of ``sets`` (empty sets do not count); StoreError if they differ."""
+    tags = {s.runtime for s in sets if len(s)} or {s.runtime for s in sets}
+    if len(tags) > 1:
+        raise StoreError(f"refusing to mix embeddings of different runtimes: {sorted(tags)} "
+                         "(re-embed with one runtime: `imrs index --runtime ...`)")
+    return tags.pop() if tags else FP32
 
 
 @dataclass
@@ -32,6 +46,7 @@ class EmbeddingSet:
     ids: np.ndarray  # int64 (n,)
     relpaths: np.ndarray  # unicode (n,)
     vectors: np.ndarray  # float32 (n, dim)
+    runtime: str = FP32  # the encoder's runtime tag: which numerics made these vectors
 
     def __post_init__(self) -> None:
         self.ids = np.ascontiguousarray(self.ids, dtype=np.int64).reshape(-1)
@@ -52,12 +67,13 @@ class EmbeddingSet:
         return len(self.ids)
 
     @classmethod
-    def empty(cls, backbone: str, dim: int) -> EmbeddingSet:
-        return cls(backbone, np.zeros(0, np.int64), np.zeros(0, dtype="<U1"), np.zeros((0, dim), np.float32))
+    def empty(cls, backbone: str, dim: int, runtime: str = FP32) -> EmbeddingSet:
+        return cls(backbone, np.zeros(0, np.int64), np.zeros(0, dtype="<U1"), np.zeros((0, dim), np.float32),
+                   runtime)
 
     def select(self, mask_or_idx: np.ndarray) -> EmbeddingSet:
         return EmbeddingSet(self.backbone, self.ids[mask_or_idx], self.relpaths[mask_or_idx],
-                            self.vectors[mask_or_idx])
+                            self.vectors[mask_or_idx], self.runtime)
 
     def without(self, ids: Iterable[int]) -> EmbeddingSet:
         drop = np.fromiter((int(i) for i in ids), dtype=np.int64)
@@ -66,18 +82,22 @@ class EmbeddingSet:
     def concat(self, other: EmbeddingSet) -> EmbeddingSet:
         if len(other) and len(self) and other.dim != self.dim:
             raise StoreError(f"cannot combine {self.dim}-d and {other.dim}-d embeddings")
+        runtime = check_same_runtime([self, other])
         vecs = other.vectors if not len(self) else (self.vectors if not len(other)
                                                     else np.concatenate([self.vectors, other.vectors]))
         return EmbeddingSet(self.backbone, np.concatenate([self.ids, other.ids]),
-                            np.concatenate([self.relpaths, other.relpaths]), vecs)
+                            np.concatenate([self.relpaths, other.relpaths]), vecs, runtime)
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         atomic_savez(path, ids=self.ids, relpaths=self.relpaths, vectors=self.vectors,
-                     backbone=np.asarray(self.backbone), format_version=np.asarray(FORMAT_VERSION))
+                     backbone=np.asarray(self.backbone), runtime=np.asarray(self.runtime),
+                     format_version=np.asarray(FORMAT_VERSION))
         return Path(path)
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str], backbone: str | None = None) -> EmbeddingSet:
+    def load(cls, path: str | os.PathLike[str], backbone: str | None = None,
+             runtime: str | None = None) -> EmbeddingSet:
+        """``backbone``/``runtime``: what the caller expects; another one in the file is an error."""
         try:
             with np.load(path, allow_pickle=False) as z:
                 keys = set(z.files)
@@ -87,12 +107,28 @@ class EmbeddingSet:
                 if missing:
                     raise StoreError(f"{path}: not an IMRS embedding file (missing {sorted(missing)})")
                 file_backbone = str(z["backbone"]) if "backbone" in keys else (backbone or "unknown")
-                out = cls(file_backbone, z["ids"], z[paths_key], z[vec_key])
+                file_runtime = str(z["runtime"]) if "runtime" in keys else FP32
+                out = cls(file_backbone, z["ids"], z[paths_key], z[vec_key], file_runtime)
         except (OSError, ValueError) as exc:  # truncated zip, or an object array that would need pickle
             raise StoreError(f"{path}: unreadable embedding file ({exc})") from exc
         if backbone is not None and file_backbone not in (backbone, "unknown"):
             raise StoreError(f"{path} holds {file_backbone} embeddings, not {backbone}")
+        if runtime is not None and file_runtime != runtime and len(out):
+            raise RuntimeMismatchError(f"{path} holds {file_runtime} embeddings, not {runtime}")
         return out
+
+
+class RuntimeMismatchError(StoreError):
+    """An embedding file made by another runtime than the one expected: re-embed, never mix."""
+
+
+def read_runtime(path: str | os.PathLike[str]) -> str | None:
+    """The runtime tag of a cache file without reading its vectors (None if unreadable)."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return str(z["runtime"]) if "runtime" in z.files else FP32
+    except (OSError, ValueError):
+        return None
 
 
 @dataclass
@@ -116,6 +152,7 @@ def merge(sets: Sequence[EmbeddingSet], exists: Callable[[str], bool] | None = N
     backbones = {s.backbone for s in sets} - {"unknown"}
     if len(backbones) > 1:
         raise StoreError(f"cannot merge embeddings of different backbones: {sorted(backbones)}")
+    check_same_runtime(sets)
     dims = {s.dim for s in sets if len(s)}
     if len(dims) > 1:
         raise StoreError(f"cannot merge embeddings of different dims: {sorted(dims)}")

@@ -27,7 +27,10 @@ from .weights import checkpoint_env_var, find_local_checkpoint
 log = logging.getLogger(__name__)
 
 WEIGHT_CHOICES = ("pretrained", "random")
-RUNTIME_CHOICES = ("auto", "eager", "fused", "onnx", "compile")
+#: "fp32": the fastest float runtime for the device; "int8": ONNX Runtime int8 (CPU); "auto": int8
+#: when calibration images are given and its quality gate passes, else fp32. The rest name one
+#: float runtime (see :mod:`.runtime`).
+RUNTIME_CHOICES = ("auto", "fp32", "int8", "eager", "fused", "onnx", "compile")
 PRECISION_CHOICES = ("auto", "fp32", "fp16", "bf16")
 
 
@@ -46,10 +49,15 @@ class Encoder:
 
     ``runtime``/``precision`` say what actually runs (after "auto" was resolved, and after a fast
     runtime that failed to build or to match eager fell back to eager, with a log line).
+    ``runtime_tag`` names the vector space the encoder writes: "fp32" for every float runtime
+    (they agree with eager to cosine >= 0.999) or "int8-<model key>"; caches of one tag are never
+    mixed with another's. ``int8_gate`` holds the int8 quality gate's result when one was measured,
+    ``int8_note`` why int8 is not in use when it was considered.
     """
 
     def __init__(self, spec: BackboneSpec, loaded: LoadedBackbone, device: str, weights: str,
-                 runtime: str = "auto", precision: str = "auto") -> None:
+                 runtime: str = "auto", precision: str = "auto", *,
+                 calibration: Sequence[str | os.PathLike[str]] | None = None, int8_tag: str | None = None) -> None:
         import torch
 
         info = spec.info
@@ -78,17 +86,52 @@ class Encoder:
         if runtime not in RUNTIME_CHOICES:
             raise IMRSError(f"unknown runtime {runtime!r}; choose one of: {', '.join(RUNTIME_CHOICES)}")
         requested = runtime
-        if runtime == "auto":
-            runtime = spec.default_runtime.get(dev.type, "eager")
+        consider_int8 = runtime == "int8" or (runtime == "auto" and dev.type == "cpu" and precision == "fp32"
+                                              and bool(calibration or int8_tag))
+        if runtime == "int8" and (dev.type != "cpu" or precision != "fp32"):
+            raise IMRSError("runtime 'int8' runs on CPU in fp32 precision (ONNX Runtime); use device='cpu'")
+        if runtime in ("auto", "fp32", "int8"):
+            runtime = "onnx" if consider_int8 else spec.default_runtime.get(dev.type, "eager")
             if runtime == "onnx" and precision != "fp32":  # ONNX Runtime CPU path is float32 only
                 runtime = "fused"
         self._runner, self.runtime = rt.build_runner(
             loaded, spec.preprocess, device, precision, runtime, weights=weights, name=info.name,
-            explicit=requested != "auto")
+            explicit=requested not in ("auto", "fp32"))
+        self.runtime_tag = "fp32"
+        self.int8_gate: Any = None
+        self.int8_note = ""
+        if consider_int8:
+            self._use_int8(requested == "int8", loaded.convnet, calibration, int8_tag)
         self._head = loaded.head.to(dev).eval() if loaded.head is not None else None
         self._text = loaded.text_model.to(dev).eval() if loaded.text_model is not None else None
         if self._text is not None and self._is_cuda and precision == "fp16":
             self._text = self._text.half()
+
+    def _use_int8(self, explicit: bool, convnet: bool, calibration: Sequence[str | os.PathLike[str]] | None,
+                  tag: str | None) -> None:
+        """Switch to the int8 model when it was asked for, or when it passes its gate."""
+        from . import int8
+
+        try:
+            if self.runtime != "onnx":
+                raise IMRSError("the fp32 ONNX export it is derived from is not available")
+            runner, gate, new_tag = int8.int8_runner(self.name, self._runner, self.preprocess, convnet,
+                                                     calibration=calibration, tag=tag)
+        except Exception as exc:
+            why = exc if isinstance(exc, IMRSError) else f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
+            if explicit:
+                raise IMRSError(f"runtime 'int8' is not available for {self.name}: {why}") from exc
+            self.int8_note = f"int8 unavailable ({why})"
+            log.warning("%s: %s; staying on %s", self.name, self.int8_note, self.runtime)
+            return
+        self.int8_gate = gate
+        if not gate.passed and not explicit and tag is None:
+            self.int8_note = gate.summary()
+            log.warning("%s: %s; staying on fp32 (%s)", self.name, self.int8_note, self.runtime)
+            return
+        if not gate.passed:
+            log.warning("%s: %s; using it because it was asked for", self.name, gate.summary())
+        self._runner, self.runtime, self.runtime_tag = runner, "int8", new_tag
 
     def __repr__(self) -> str:
         return (f"Encoder({self.name!r}, dim={self.dim}, device={self.device!r}, "
@@ -195,12 +238,17 @@ def _normalise_device(device: str | None) -> str:
 
 def get_encoder(name: str, device: str | None = None, weights: str = "pretrained",
                 checkpoint: str | os.PathLike[str] | None = None, *, runtime: str = "auto",
-                precision: str = "auto") -> Encoder:
+                precision: str = "auto", calibration: Sequence[str | os.PathLike[str]] | None = None,
+                int8_tag: str | None = None) -> Encoder:
     """The encoder for ``name``, built once per process per (name, device, weights, checkpoint,
-    runtime, precision).
+    runtime, precision, calibration images, int8 tag).
 
     ``weights="random"`` is for tests and benchmarks only; missing pretrained weights raise
     WeightsUnavailableError and are never replaced by random ones.
+
+    int8 (CPU): ``calibration`` is a sample of the collection's own images (half calibrate the
+    model, half are held out for its quality gate); ``int8_tag`` reopens the cached int8 model a
+    collection's vectors were made with. ``runtime="auto"`` takes int8 only when its gate passes.
     """
     spec = get_spec(name)
     if weights not in WEIGHT_CHOICES:
@@ -208,7 +256,18 @@ def get_encoder(name: str, device: str | None = None, weights: str = "pretrained
     dev = _normalise_device(device)
     ckpt = None if checkpoint is None else str(Path(checkpoint).expanduser().resolve())
     env_ckpt = os.environ.get(checkpoint_env_var(name)) if weights == "pretrained" else None
-    key = (name, dev, weights, ckpt, env_ckpt, os.environ.get("IMRS_CHECKPOINT_DIR"), runtime, precision)
+    if runtime not in RUNTIME_CHOICES:
+        raise IMRSError(f"unknown runtime {runtime!r}; choose one of: {', '.join(RUNTIME_CHOICES)}")
+    calib = [str(p) for p in calibration] if calibration else None
+    if runtime not in ("auto", "int8"):
+        calib, int8_tag = None, None  # a float runtime was named: the int8 inputs change nothing
+    calib_key = None
+    if calib:
+        from .int8 import calibration_identity
+
+        calib_key = calibration_identity(calib)
+    key = (name, dev, weights, ckpt, env_ckpt, os.environ.get("IMRS_CHECKPOINT_DIR"), runtime, precision,
+           calib_key, int8_tag)
     with _ENCODERS_LOCK:
         enc = _ENCODERS.get(key)
         if enc is not None:
@@ -227,7 +286,8 @@ def get_encoder(name: str, device: str | None = None, weights: str = "pretrained
             loaded = spec.load(weights, None)
     else:
         loaded = spec.load(weights, ckpt_path)
-    enc = Encoder(spec, loaded, dev, weights, runtime=runtime, precision=precision)
+    enc = Encoder(spec, loaded, dev, weights, runtime=runtime, precision=precision, calibration=calib,
+                  int8_tag=int8_tag)
     log.info("loaded %r in %.1fs", enc, time.perf_counter() - t0)
     with _ENCODERS_LOCK:
         return _ENCODERS.setdefault(key, enc)

@@ -16,7 +16,7 @@ from typing import Any
 from ..collection import SearchHit
 from ..errors import IMRSError
 from ..query import Query, QueryOutcome, run_query
-from .common import collection_args, int_in, open_collection, settings_from
+from .common import collection_args, int_in, open_collection, runtime_arg, settings_from
 
 
 def query_image_arg(spec: str) -> Any:
@@ -129,6 +129,7 @@ def register(sub: Any) -> None:
     p.add_argument("-n", type=int_in(1, 500, "-n"), default=None, help="web images to add when growing")
     p.add_argument("--allow-loopback", action="store_true", help=argparse.SUPPRESS)
     collection_args(p)
+    runtime_arg(p)
     p.set_defaults(func=cmd_search)
 
     p = sub.add_parser("calibrate", help="measure coverage thresholds on this collection (held-out classes)",

@@ -25,3 +25,24 @@ def state_dir_for(root: str | os.PathLike[str], home: str | os.PathLike[str] | N
     tag = hashlib.sha1(absroot.encode("utf-8")).hexdigest()[:8]
     base = re.sub(r"[^A-Za-z0-9_-]+", "_", os.path.basename(absroot.rstrip("/")) or "root")[:40]
     return home_dir(home) / "collections" / f"{base}-{tag}"
+
+# -- scale-out (issue 12): Milvus and Ray. Module-level names + one reader each, for Settings to fold in.
+#: Milvus server URI (``http://host:19530``) or a Milvus Lite ``.db`` path; unset = a Lite file in
+#: the collection's state folder.
+MILVUS_URI_ENV = "IMRS_MILVUS_URI"
+#: Milvus token (``user:password`` or an API key); never written to any state file.
+MILVUS_TOKEN_ENV = "IMRS_MILVUS_TOKEN"
+#: Ray cluster address for ``imrs index --engine ray`` (``auto``, ``ray://host:10001``); unset = local Ray.
+RAY_ADDRESS_ENV = "IMRS_RAY_ADDRESS"
+
+
+def milvus_uri() -> str | None:
+    return os.environ.get(MILVUS_URI_ENV) or None
+
+
+def milvus_token() -> str:
+    return os.environ.get(MILVUS_TOKEN_ENV, "")
+
+
+def ray_address() -> str | None:
+    return os.environ.get(RAY_ADDRESS_ENV) or None

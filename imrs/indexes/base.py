@@ -27,7 +27,7 @@ import logging
 import time
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import faiss
 import numpy as np
@@ -36,6 +36,9 @@ from ..errors import SnapshotError
 from ..fsutil import atomic_path, atomic_write_json, read_json
 from .params import BUILD_PARAMS, KIND_PARAMS, auto_params, validate_params
 
+if TYPE_CHECKING:
+    from ..filters import Where as WhereLike
+
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
@@ -43,6 +46,9 @@ META_FILE = "meta.json"
 
 #: Queries per block in exact re-ranking, sized so a block's gathered candidates stay ~64 MiB.
 _RERANK_BLOCK_FLOATS = 16 * 1024 * 1024
+#: A filter allowing at most this many floats of vectors (64 MiB) is answered by exact search over
+#: just those vectors; a larger one by the native structure with a slot mask.
+FILTER_EXACT_FLOATS = 16 * 1024 * 1024
 
 
 class _SlotTable:
@@ -441,11 +447,13 @@ class VectorIndex(ABC):
         return self._table.nbytes() + self._native_bytes()
 
     # -- search ---------------------------------------------------------------------------------------
-    def search(self, queries: Any, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def search(self, queries: Any, k: int, where: WhereLike | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` cosine scores (float32) and ids (int64), best first, each (n, k).
 
         A single (dim,) query gives (1, k). Rows are padded with -inf / -1 when fewer than ``k``
         live vectors exist; an empty index gives fully padded rows rather than an error.
+        ``where`` (an ``imrs.filters.Where``) restricts results to the ids it allows; rows are
+        then padded only when fewer than ``k`` allowed vectors exist.
         """
         q = self._as_matrix(queries, "queries", allow_1d=True)
         if isinstance(k, bool) or int(k) != k or k < 1:
@@ -457,18 +465,48 @@ class VectorIndex(ABC):
         if nq == 0 or len(self) == 0:
             return scores, ids
         t = self._table
-        parts = []
-        if t.frozen - t.n_dead > 0:
-            parts.append(self._search_frozen(q, k))
-        if t.n_loose:
-            d, i = exact_search(q, t.vecs[t.frozen :], k)
-            parts.append((d, np.where(i >= 0, i + t.frozen, -1)))
-        D, S = merge_topk(parts, k)
+        if where is not None:
+            D, S = self._search_where(q, k, np.asarray(where.allowed_ids(), dtype=np.int64))
+        else:
+            parts = []
+            if t.frozen - t.n_dead > 0:
+                parts.append(self._search_frozen(q, k))
+            if t.n_loose:
+                d, i = exact_search(q, t.vecs[t.frozen :], k)
+                parts.append((d, np.where(i >= 0, i + t.frozen, -1)))
+            D, S = merge_topk(parts, k)
         valid = S >= 0
         w = D.shape[1]
         scores[:, :w] = np.where(valid, D, -np.inf)
         ids[:, :w] = np.where(valid, t.ids[np.where(valid, S, 0)], -1)
         return scores, ids
+
+    def _search_where(self, q: np.ndarray, k: int, allowed_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(scores, slots) among the allowed ids only.
+
+        A small allowed set (the usual case: one label, the dynamic images) is searched exactly over
+        its gathered vectors, which is both exact and cheaper than steering an ANN structure; a
+        large one is searched by the native structure with a slot mask (FAISS ``IDSelector``, Annoy
+        over-fetch), whose retries keep rows full whenever ``k`` allowed vectors exist.
+        """
+        t = self._table
+        slots = t.slots_of(allowed_ids)
+        slots = np.unique(slots[slots >= 0])
+        if not len(slots):
+            return np.full((len(q), 0), -np.inf, np.float32), np.full((len(q), 0), -1, np.int64)
+        if len(slots) * self.dim <= FILTER_EXACT_FLOATS:
+            d, rows = exact_search(q, np.ascontiguousarray(self._vectors_at(slots), dtype=np.float32), k)
+            return d, np.where(rows >= 0, slots[np.where(rows >= 0, rows, 0)], -1)
+        mask = np.zeros(t.n, bool)
+        mask[slots] = True
+        parts = []
+        if t.frozen and mask[: t.frozen].any():
+            parts.append(self._search_frozen(q, k, mask[: t.frozen]))
+        loose = t.frozen + np.flatnonzero(mask[t.frozen :])
+        if len(loose):
+            d, rows = exact_search(q, t.vecs[loose], k)
+            parts.append((d, np.where(rows >= 0, loose[np.where(rows >= 0, rows, 0)], -1)))
+        return merge_topk(parts, k)
 
     # -- persistence ----------------------------------------------------------------------------------
     def save(self, directory: str | Path) -> None:
@@ -518,8 +556,10 @@ class VectorIndex(ABC):
         """Frozen ``slots`` died: remove natively, or leave as tombstones that search filters."""
 
     @abstractmethod
-    def _search_frozen(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """(scores, slots) of the native structure, best first, never returning dead slots."""
+    def _search_frozen(self, q: np.ndarray, k: int, mask: np.ndarray | None = None
+                       ) -> tuple[np.ndarray, np.ndarray]:
+        """(scores, slots) of the native structure, best first, never returning dead slots, nor
+        (when ``mask``, a bool per frozen slot, is given) slots outside the mask."""
 
     @abstractmethod
     def _compact(self) -> None:

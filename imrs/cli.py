@@ -20,6 +20,7 @@ from typing import Any
 from .collection import Collection, SearchHit, read_active, remember_active
 from .config import DEFAULT_BACKBONE, DEFAULT_INDEXER, home_dir
 from .errors import IMRSError
+from .scale_cli import add_engine_args, add_milvus_arg, add_where_arg, engine_from_args, milvus_params
 
 log = logging.getLogger("imrs")
 
@@ -37,6 +38,7 @@ def _common_collection_args(p: argparse.ArgumentParser, with_root: bool = True) 
                    help="'random' is for tests only: results are meaningless")
     p.add_argument("--checkpoint", help="local weights file for the backbone (else IMRS_CHECKPOINT_* env vars)")
     p.add_argument("--home", help="state folder (default: $IMRS_HOME or ./runs)")
+    add_milvus_arg(p)
 
 
 def open_collection(args: argparse.Namespace, root: str | None = None) -> Collection:
@@ -54,6 +56,7 @@ def open_collection(args: argparse.Namespace, root: str | None = None) -> Collec
         val = getattr(args, key, None)
         if val is not None:
             params[key] = val
+    params.update(milvus_params(args))
     return Collection(root, backbone, indexer, home=home, device=args.device, weights=args.weights,
                       checkpoint=args.checkpoint, index_params=params)
 
@@ -61,7 +64,7 @@ def open_collection(args: argparse.Namespace, root: str | None = None) -> Collec
 # -- commands ----------------------------------------------------------------------------------------
 def cmd_index(args: argparse.Namespace) -> int:
     coll = open_collection(args, root=args.folder)
-    report = coll.sync(progress=not args.quiet, batch_size=args.batch_size)
+    report = coll.sync(progress=not args.quiet, batch_size=args.batch_size, engine=engine_from_args(args, coll))
     if args.metadata:
         n = coll.catalog.import_metadata_csv(args.metadata, root=coll.root)
         print(f"metadata: {n} image(s) annotated from {args.metadata}")
@@ -103,7 +106,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         query = coll.embed_query_text(args.text)
     else:
         query = coll.embed_query_image(load_query_image(args.image))
-    hits = coll.search_vectors(query, args.k, qe=args.qe)[0]
+    hits = coll.search_vectors(query, args.k, qe=args.qe, where=args.where)[0]
     if getattr(args, "expand", False):
         from .expansion import expand_if_weak
 
@@ -203,6 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--metadata", help="CSV with a 'path' column and extra columns (title, caption, ...)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    add_engine_args(p)
     p.set_defaults(func=cmd_index)
 
     p = sub.add_parser("search", help="search by text or by an example image")
@@ -216,6 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="alpha query expansion over the top N hits (5 is a good start; 0 = off)")
     p.add_argument("--json", action="store_true")
     p.add_argument("--expand", action="store_true", help="grow the collection from the web when coverage is weak")
+    add_where_arg(p)
     _common_collection_args(p)
     p.set_defaults(func=cmd_search)
 

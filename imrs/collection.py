@@ -24,6 +24,7 @@ from . import snapshot as snap
 from .catalog import Catalog, ImageRecord, label_for
 from .config import DEFAULT_INDEXER, state_dir_for
 from .errors import EmptyCollectionError, IMRSError, SnapshotError, StoreError
+from .filters import attributes_of
 from .fsutil import atomic_write_json, read_json
 from .ids import normalise_relpath, stable_id
 from .locking import WriterLock
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
     from PIL import Image
 
     from .encoders import Encoder
+    from .engines import Embedder
     from .indexes import VectorIndex
 
 log = logging.getLogger(__name__)
@@ -222,6 +224,7 @@ class Collection:
             try:
                 index, manifest, _ = snap.load_snapshot(self.snap_dir, self.live_name,
                                                         expect_backbone=self.backbone, expect_dim=self.dim)
+                self._wire_index(index)  # scale-out (issue 12): filter fields, Milvus location
                 if self.index_params:
                     index.set_params(**_tunables(self.index_params))
                 log.info("loaded live index %s (%d vectors)", self.live_name, len(index))
@@ -234,10 +237,30 @@ class Collection:
     def _build_index(self, emb: EmbeddingSet) -> VectorIndex:
         from .indexes import make_index
 
-        index = make_index(self.indexer, self.dim, n_hint=max(len(emb), 1), **self.index_params)
+        index = make_index(self.indexer, self.dim, n_hint=max(len(emb), 1), **self._index_build_params())
+        self._wire_index(index)
         if len(emb):
             index.add(emb.ids, emb.vectors)
         return index
+
+    # -- scale-out (issue 12): where a Milvus index lives and what it stores beside each vector ----------
+    def _index_build_params(self) -> dict[str, Any]:
+        if self.indexer != "milvus":
+            return self.index_params
+        from .indexes.milvus_index import connection_params
+
+        return connection_params(self.state_dir, self.backbone, self.index_params)
+
+    def _wire_index(self, index: VectorIndex) -> None:
+        """Let the index read filter fields from the catalog, and refuse (SnapshotError: the caller
+        rebuilds from the caches) a Milvus index that lives elsewhere than now asked for."""
+        index.set_attribute_source(lambda ids: attributes_of(self.catalog, ids))
+        loc = index.location()
+        if loc is not None and self.indexer == "milvus":
+            want = self._index_build_params()
+            if (loc["uri"], loc["collection"]) != (want["uri"], want["collection"]):
+                raise SnapshotError(f"the index lives in {loc['collection']} at {loc['uri']}, "
+                                    f"not {want['collection']} at {want['uri']}")
 
     def rebuild_index(self, indexer: str | None = None, index_params: dict[str, Any] | None = None) -> None:
         """Build the index again from cached embeddings (new kind or parameters); embeds nothing."""
@@ -306,17 +329,20 @@ class Collection:
                 new = np.array([i not in have for i in merged.ids.tolist()], dtype=bool)
                 if new.any():
                     fresh = merged.select(new)
+                    self.catalog.upsert(_records_for(fresh.relpaths, self.catalog))
                     self.index.add(fresh.ids, fresh.vectors)
-                    self.catalog.upsert(_records_for(fresh.relpaths, self.catalog) )
                     added = int(new.sum())
             if added:
                 self._persist_index()
             return out, report.rows_out, added
 
     # -- indexing a folder ------------------------------------------------------------------------
-    def sync(self, progress: Progress | bool = False, batch_size: int | None = None) -> SyncReport:
+    def sync(self, progress: Progress | bool = False, batch_size: int | None = None,
+             engine: Embedder | None = None) -> SyncReport:
         """Bring catalog, cache and index in line with the folder: embed only new or changed files,
-        drop vanished ones. Re-running on an unchanged folder embeds nothing."""
+        drop vanished ones. Re-running on an unchanged folder embeds nothing. ``engine`` embeds the
+        paths (default: this process's encoder; ``imrs.engines.ray_engine.RayEngine`` for a Ray
+        cluster): anything with the encoder's ``embed_paths`` signature."""
         t0 = time.perf_counter()
         report = SyncReport()
         with self.writing():
@@ -351,7 +377,7 @@ class Collection:
             records: list[ImageRecord] = []
             if todo:
                 paths = [self.root / rel for rel, _, _ in todo]
-                res = self.encoder.embed_paths(paths, batch_size=batch_size, progress=progress)
+                res = (engine or self.encoder).embed_paths(paths, batch_size=batch_size, progress=progress)
                 kept = [todo[i] for i in res.kept.tolist()]
                 report.failed = [(todo[i][0], reason) for i, reason in res.failures]
                 report.embedded = len(kept)
@@ -466,10 +492,15 @@ class Collection:
 
     # -- search -------------------------------------------------------------------------------------
     def search_vectors(self, queries: np.ndarray, k: int = 10, qe: int = 0,
-                       qe_alpha: float = 3.0) -> list[list[SearchHit]]:
+                       qe_alpha: float = 3.0, where: str | None = None) -> list[list[SearchHit]]:
         """k nearest images per query. ``qe`` > 0 turns on alpha query expansion: the query is
         re-issued as the alpha-weighted mean of itself and its top ``qe`` hits (measured by
-        ``imrs bench``: +0.012 P@10 and +0.04 full mAP on Caltech-101 with qe=5, alpha=3)."""
+        ``imrs bench``: +0.012 P@10 and +0.04 full mAP on Caltech-101 with qe=5, alpha=3).
+        ``where`` (``source == 'dynamic'``, see ``imrs.filters``) keeps only matching images, and
+        still returns k hits whenever k images match."""
+        from .filters import Where
+
+        cond = Where(where, self.catalog) if where else None
         q = np.atleast_2d(np.asarray(queries, dtype=np.float32))
         self.refresh_if_stale()  # a long-lived reader (the app) sees other writers' changes
         with self._index_lock:
@@ -478,12 +509,12 @@ class Collection:
             if qe > 0:
                 from .retrieval.qe import expand_queries
 
-                sims, nn = self.index.search(q, qe)
+                sims, nn = self.index.search(q, qe, where=cond)
                 flat_nn = nn.ravel()
                 vecs = self.index.get_vectors(np.where(flat_nn == -1, 0, flat_nn))
                 rows = np.where(nn == -1, -1, np.arange(nn.size).reshape(nn.shape))
                 q = expand_queries(q, vecs, sims, rows, qe, alpha=qe_alpha)
-            scores, ids = self.index.search(q, k)
+            scores, ids = self.index.search(q, k, where=cond)
         flat = [int(i) for i in ids.ravel() if i != -1]
         recs = self.catalog.get_many(flat)
         out = []
@@ -533,6 +564,7 @@ class Collection:
         with self.writing():
             index, manifest, cat_path = snap.load_snapshot(self.snap_dir, name, expect_backbone=self.backbone,
                                                            expect_dim=self.dim)
+            index.set_attribute_source(lambda ids: attributes_of(self.catalog, ids))
             if cat_path is not None:
                 Catalog(cat_path).backup_to(self.catalog.path)
                 self.catalog.close()

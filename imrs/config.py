@@ -46,3 +46,12 @@ def milvus_token() -> str:
 
 def ray_address() -> str | None:
     return os.environ.get(RAY_ADDRESS_ENV) or None
+
+#: Folder for IVF-PQ compressed mode's mapped raw vectors (unlinked files: nothing is left behind).
+SPILL_DIR_ENV = "IMRS_SPILL_DIR"
+
+
+def spill_dir() -> Path:
+    import tempfile
+
+    return Path(os.environ.get(SPILL_DIR_ENV) or tempfile.gettempdir()).expanduser()

@@ -290,17 +290,13 @@ def catalog_ids(catalog: Catalog, sql: str, args: Sequence[str]) -> np.ndarray:
     return np.fromiter((r[0] for r in rows), dtype=np.int64)
 
 
-def catalog_attributes(catalog: Catalog) -> Callable[[np.ndarray], dict[str, list[str]]]:
-    """ids -> {field: values} from the catalog, for kinds that store the filter fields with the
+def attributes_of(catalog: Catalog, ids: np.ndarray) -> dict[str, list[str]]:
+    """{field: values} of ``ids`` from the catalog, for kinds that store the filter fields with the
     vectors (Milvus). Unknown ids get '' in every field."""
-
-    def attrs(ids: np.ndarray) -> dict[str, list[str]]:
-        recs = catalog.get_many([int(i) for i in ids.tolist()])
-        out: dict[str, list[str]] = {f: [] for f in FIELDS}
-        for i in ids.tolist():
-            r = recs.get(int(i))
-            for f in FIELDS:
-                out[f].append(((getattr(r, f) or "") if r is not None else "")[:MAX_VALUE_CHARS])
-        return out
-
-    return attrs
+    recs = catalog.get_many([int(i) for i in ids.tolist()])
+    out: dict[str, list[str]] = {f: [] for f in FIELDS}
+    for i in ids.tolist():
+        r = recs.get(int(i))
+        for f in FIELDS:
+            out[f].append(((getattr(r, f) or "") if r is not None else "")[:MAX_VALUE_CHARS])
+    return out

@@ -307,6 +307,34 @@ def test_ivf_exact_buffer_then_trains_once(kind: str) -> None:
     assert (top1(index, x[1100:]) == ids[1100:]).all()
 
 
+def test_ivf_pq_compressed_mode_keeps_only_codes_resident(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """compressed=1: the raw vectors for the exact re-rank live in an unlinked mapped file, so the
+    index's resident memory is codes + ids, and answers are the same as the in-memory mode's."""
+    monkeypatch.setenv("IMRS_SPILL_DIR", str(tmp_path / "spill"))
+    x = clustered(2000, 64, seed=21)
+    ids = ids_for(2000)
+    plain = make_index("ivf_pq", 64, n_hint=2000)
+    packed = make_index("ivf_pq", 64, n_hint=2000, compressed=1)
+    for index in (plain, packed):
+        index.add(ids[:1500], x[:1500])
+        index.remove(ids[:100])
+        index.add(ids[1500:], x[1500:])
+    assert isinstance(packed._table._vecs, np.memmap) and not isinstance(plain._table._vecs, np.memmap)
+    assert not list((tmp_path / "spill").iterdir()), "spill files are unlinked at once"
+    assert packed.memory_bytes() < plain.memory_bytes() - 1900 * 64 * 4 + 1
+    q = clustered(40, 64, seed=22)
+    s0, i0 = plain.search(q, 10)
+    s1, i1 = packed.search(q, 10)
+    np.testing.assert_array_equal(i1, i0)
+    np.testing.assert_allclose(s1, s0, atol=1e-6)
+    packed.save(tmp_path / "pq")
+    loaded = load_index(tmp_path / "pq")
+    assert loaded.get_params()["compressed"] == 1 and isinstance(loaded._table._vecs, np.memmap)
+    np.testing.assert_array_equal(loaded.search(q, 10)[1], i0)
+    loaded.remove(ids[200:300])
+    assert not set(loaded.search(x[200:300], 5)[1].ravel().tolist()) & set(ids[200:300].tolist())
+
+
 def test_ivf_explicit_nlist_waits_for_enough_points() -> None:
     index = make_index("ivf_flat", DIM, nlist=64, exact_below=10)
     x = clustered(64 * 39 + 10, DIM, seed=8)

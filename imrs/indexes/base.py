@@ -24,8 +24,11 @@ per removal.
 from __future__ import annotations
 
 import logging
+import os
+import tempfile
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -59,12 +62,15 @@ class _SlotTable:
     the memory of the biggest kinds for nothing.
     """
 
-    def __init__(self, dim: int, keep_vectors: bool) -> None:
+    def __init__(self, dim: int, keep_vectors: bool, spill: bool = False) -> None:
         self.dim = dim
         self.keep_vectors = keep_vectors
+        #: Raw vectors in an unlinked file mapped into memory (IVF-PQ's compressed mode): the kernel
+        #: pages them in for re-ranking and drops them under pressure, so only codes stay resident.
+        self.spill = spill
         self._ids = np.empty(0, np.int64)
         self._live = np.empty(0, bool)
-        self._vecs: np.ndarray | None = np.empty((0, dim), np.float32) if keep_vectors else None
+        self._vecs: np.ndarray | None = self._new_vecs(0) if keep_vectors else None
         self.n = 0
         self.frozen = 0
         self.n_dead = 0
@@ -99,16 +105,24 @@ class _SlotTable:
         get = self.slot_of.get
         return np.fromiter((get(i, -1) for i in ids.tolist()), dtype=np.int64, count=len(ids))
 
+    def _new_vecs(self, rows: int) -> np.ndarray:
+        if not self.spill:
+            return np.empty((rows, self.dim), np.float32)
+        return spill_array(rows, self.dim)
+
     def nbytes(self) -> int:
-        # A dict entry with its two int objects costs ~100 bytes in CPython.
-        vec = 0 if self._vecs is None else self._vecs.nbytes
+        # A dict entry with its two int objects costs ~100 bytes in CPython. Spilled or mapped
+        # vectors are file pages the kernel may drop, not resident memory of this process.
+        vec = 0 if self._vecs is None or self.spill or isinstance(self._vecs, np.memmap) else self._vecs.nbytes
         return int(self._ids.nbytes + self._live.nbytes + vec + 100 * len(self.slot_of))
 
     # -- mutation -------------------------------------------------------------------------------------
     def ensure_writable(self) -> None:
         """Copy memory-mapped (read-only) arrays into owned memory before the first in-place write."""
         if self._vecs is not None and not self._vecs.flags.writeable:
-            self._vecs = np.array(self._vecs, dtype=np.float32)
+            vecs = self._new_vecs(len(self._vecs))
+            vecs[:] = self._vecs
+            self._vecs = vecs
         if not self._ids.flags.writeable:
             self._ids = np.array(self._ids)
         if not self._live.flags.writeable:
@@ -125,7 +139,7 @@ class _SlotTable:
         live[: self.n] = self._live[: self.n]
         self._ids, self._live = ids, live
         if self._vecs is not None:
-            vecs = np.empty((new_cap, self.dim), np.float32)
+            vecs = self._new_vecs(new_cap)
             vecs[: self.n] = self._vecs[: self.n]
             self._vecs = vecs
 
@@ -178,7 +192,9 @@ class _SlotTable:
         self._live = np.ones(len(ids), bool)
         if self.keep_vectors:
             assert vecs is not None
-            self._vecs = np.ascontiguousarray(vecs, dtype=np.float32).copy()
+            fresh = self._new_vecs(len(ids))
+            fresh[:] = vecs
+            self._vecs = fresh
         self.n = len(ids)
         self.frozen = 0
         self.n_dead = 0
@@ -198,15 +214,36 @@ class _SlotTable:
             raise SnapshotError(f"index files in {directory} disagree with meta.json: re-save the index")
         self._ids, self._live = ids, live
         if self.keep_vectors:
-            vecs = np.load(directory / "vectors.npy", mmap_mode="r" if mmap else None, allow_pickle=False)
+            vecs = np.load(directory / "vectors.npy", mmap_mode="r" if mmap or self.spill else None,
+                           allow_pickle=False)
             if vecs.dtype != np.float32 or vecs.shape != (n, self.dim):
                 raise SnapshotError(f"vectors.npy in {directory} has shape {vecs.shape}, expected {(n, self.dim)}")
+            if self.spill and not mmap:  # a private copy, still out of anonymous memory
+                owned = self._new_vecs(n)
+                owned[:] = vecs
+                vecs = owned
             self._vecs = vecs
         self.n = n
         self.frozen = frozen
         self.n_dead = int(frozen - np.count_nonzero(live[:frozen]))
         slots = np.flatnonzero(live)
         self.slot_of = dict(zip(ids[slots].tolist(), slots.tolist(), strict=True))
+
+
+def spill_array(rows: int, dim: int) -> np.ndarray:
+    """A writable (rows, dim) float32 array backed by an already-unlinked file in the spill folder
+    (IMRS_SPILL_DIR, else the temp folder): it lives exactly as long as the array, even after a crash."""
+    from ..config import spill_dir
+
+    folder = spill_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, path = tempfile.mkstemp(prefix="imrs-vectors-", suffix=".f32", dir=folder)
+    try:
+        os.close(fd)
+        arr = np.memmap(path, dtype=np.float32, mode="w+", shape=(max(rows, 1), dim))
+    finally:
+        os.unlink(path)
+    return arr[:rows]
 
 
 def _save_npy(path: Path, arr: np.ndarray) -> None:
@@ -291,7 +328,7 @@ class VectorIndex(ABC):
         self.dim = int(dim)
         self._params: dict[str, Any] = dict(params)
         self._explicit: set[str] = set(explicit)
-        self._table = _SlotTable(self.dim, self.keeps_vectors)
+        self._table = _SlotTable(self.dim, self.keeps_vectors, spill=bool(self._params.get("compressed", 0)))
         #: True while native structures / arrays are memory-mapped read-only views of saved files.
         self._mapped = False
 
@@ -441,6 +478,14 @@ class VectorIndex(ABC):
     def _vectors_at(self, slots: np.ndarray) -> np.ndarray:
         """Kinds whose slot table keeps no vectors override this to read them from the native index."""
         return self._table.vecs[slots]
+
+    def set_attribute_source(self, source: Callable[[np.ndarray], dict[str, list[str]]] | None) -> None:  # noqa: B027
+        """Hook for kinds that store filter fields beside each vector (Milvus); the in-process kinds
+        filter through the catalog at query time instead, so they ignore it."""
+
+    def location(self) -> dict[str, Any] | None:
+        """Where the vectors live when not in this process (Milvus: URI and collection), else None."""
+        return None
 
     def memory_bytes(self) -> int:
         """Approximate resident bytes: slot table (+ raw vectors) + native structure."""

@@ -424,6 +424,9 @@ class MilvusIndex(VectorIndex):
                                 f"the snapshot recorded {meta['count']}: it changed since; rebuild the index")
         return obj
 
+    def location(self) -> dict[str, Any] | None:
+        return {"uri": self.uri, "collection": self.collection, "index_type": self.native_type}
+
     def close(self) -> None:
         """Release the client (Milvus Lite keeps its file locked while any client of it is open)."""
         self._client.close()

@@ -25,7 +25,7 @@ from ..errors import UnknownIndexError
 
 INDEX_KINDS: tuple[str, ...] = ("flat_ip", "hnsw", "ivf_flat", "ivf_pq", "annoy", "milvus")
 
-BUILD_PARAMS = frozenset({"M", "efConstruction", "nlist", "m", "nbits", "n_trees", "index_type"})
+BUILD_PARAMS = frozenset({"M", "efConstruction", "nlist", "m", "nbits", "n_trees", "index_type", "compressed"})
 SEARCH_PARAMS = frozenset({"efSearch", "nprobe", "k_factor", "search_k"})
 POLICY_PARAMS = frozenset({"exact_below", "delta_fraction", "compact_fraction"})
 #: Where a kind's data lives rather than how it is shaped (Milvus): settable at creation only.
@@ -40,7 +40,8 @@ KIND_PARAMS: dict[str, frozenset[str]] = {
     "flat_ip": frozenset({"compact_fraction"}),
     "hnsw": frozenset({"M", "efConstruction", "efSearch", "compact_fraction"}),
     "ivf_flat": frozenset({"nlist", "nprobe", "exact_below", "compact_fraction"}),
-    "ivf_pq": frozenset({"nlist", "nprobe", "m", "nbits", "k_factor", "exact_below", "compact_fraction"}),
+    "ivf_pq": frozenset({"nlist", "nprobe", "m", "nbits", "k_factor", "exact_below", "compact_fraction",
+                         "compressed"}),
     "annoy": frozenset({"n_trees", "search_k", "exact_below", "delta_fraction", "compact_fraction"}),
     "milvus": frozenset({"index_type", "M", "efConstruction", "efSearch", "nlist", "nprobe", "m", "nbits",
                          "uri", "collection"}),
@@ -123,14 +124,15 @@ def auto_params(kind: str, n: int, dim: int) -> dict[str, Any]:
         nlist = auto_nlist(n)
         p.update(nlist=nlist, nprobe=auto_nprobe(nlist), exact_below=DEFAULT_EXACT_BELOW)
         if kind == "ivf_pq":
-            p.update(m=auto_pq_m(dim), nbits=auto_nbits(n), k_factor=8)
+            # compressed=1: raw vectors (for the exact re-rank) in a mapped file, only codes in memory
+            p.update(m=auto_pq_m(dim), nbits=auto_nbits(n), k_factor=8, compressed=0)
     elif kind == "annoy":
         p.update(n_trees=auto_n_trees(n), search_k=-1, exact_below=DEFAULT_EXACT_BELOW,
                  delta_fraction=DEFAULT_DELTA_FRACTION)
     elif kind == "milvus":
         # Milvus compacts by itself; the graph / list / code parameters follow the FAISS kinds' rules
         p = {"index_type": "AUTO", **auto_params("hnsw", n, dim), **auto_params("ivf_pq", n, dim)}
-        for key in ("compact_fraction", "exact_below", "k_factor"):
+        for key in ("compact_fraction", "exact_below", "k_factor", "compressed"):
             p.pop(key, None)
         p["nbits"] = 8  # Milvus trains its PQ on the whole segment: 8-bit codes, as its docs advise
     return p
@@ -194,6 +196,8 @@ def validate_params(kind: str, dim: int, params: dict[str, Any]) -> dict[str, An
             if dim % v:
                 raise ValueError(f"index parameter m={v} must divide the dimension {dim}")
             out[name] = v
+        elif name == "compressed":
+            out[name] = _int(name, value, 0, 1)
         elif name == "M":
             out[name] = _int(name, value, 2, 512)
         elif name == "exact_below":

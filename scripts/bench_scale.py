@@ -5,6 +5,8 @@ Run by hand (not in CI); about 40 minutes on 2 cores:
 
     .venv/bin/python scripts/bench_scale.py                          # N=1,000,000, all kinds
     .venv/bin/python scripts/bench_scale.py --n 200000 --kinds flat_ip,ivf_pq_compressed
+    .venv/bin/python scripts/bench_scale.py --kinds milvus     # re-measure one kind; the table
+                                                               # shows every kind measured at this N
 
 Data: Caltech-101 (9,143 images) embedded once with the project's EfficientNet-Lite0 encoder
 (cached in runs/bench_scale/), then N perturbed copies: each row mixes one real embedding with a
@@ -157,7 +159,8 @@ def child(kind_name: str, base: Path, n: int, qpath: Path, tpath: Path, budget: 
     index = make_index(kind, DIM, n_hint=n, **params)
     t0 = time.perf_counter()
     built = 0
-    first = 256 * int(params.get("nlist", 0)) if kind == "ivf_pq" else CHUNK
+    # IVF trains on the first add: 64 points per list (FAISS wants >= 39) keeps k-means affordable
+    first = 64 * int(params.get("nlist", 0)) if kind == "ivf_pq" else CHUNK
     chunk = 10_000 if kind == "hnsw" else CHUNK
     while built < n:
         hi = min(n, built + (first if built == 0 else chunk))
@@ -212,6 +215,7 @@ def run_child(kind: str, args: argparse.Namespace, base: Path, qpath: Path, tpat
         return None
     res = json.loads(proc.stdout.strip().splitlines()[-1])
     print(f"{kind}: done: {json.dumps(res)}", flush=True)
+    (Path(args.data) / f"result_{kind}_{args.n}.json").write_text(json.dumps(res, indent=2))
     return res
 
 
@@ -257,7 +261,10 @@ def main() -> None:
     data = Path(args.data)
     data.mkdir(parents=True, exist_ok=True)
     base, qpath, tpath = make_data(data, args.n, args.queries, Path(args.caltech))
-    results = [r for kind in args.kinds.split(",") if (r := run_child(kind.strip(), args, base, qpath, tpath))]
+    for kind in args.kinds.split(","):
+        run_child(kind.strip(), args, base, qpath, tpath)
+    # every kind measured at this N so far (also by earlier runs of a subset of kinds), in table order
+    results = [json.loads(p.read_text()) for kind in KINDS if (p := data / f"result_{kind}_{args.n}.json").exists()]
     out = table(results)
     print(f"\nN={args.n:,} x {DIM}-d, {args.queries} queries, k=10; load average {os.getloadavg()[0]:.1f} "
           f"(the 2 cores are shared)\n{out}")

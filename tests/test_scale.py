@@ -197,17 +197,19 @@ def test_where_on_every_kind_through_the_facade(subset: Path, milvus_home: Path,
 # -- the Ray engine ----------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def local_ray():
-    """One local Ray for the module (starting one costs ~12 s), 2 CPUs, torn down after."""
+    """One local Ray for the module (starting one costs ~12 s), torn down after. 3 logical CPUs:
+    the encoder actor takes one, read tasks must always find one (the machine's 2 cores are
+    shared by all of them anyway)."""
     ray = pytest.importorskip("ray")
     from imrs.engines.ray_engine import ensure_ray
 
-    ensure_ray(num_cpus=2)
+    ensure_ray(num_cpus=3)
     yield ray
     ray.shutdown()
 
 
 @pytest.mark.slow
-def test_ray_engine_matches_local_and_is_incremental(subset: Path, milvus_home: Path, local_ray, tmp_path: Path,
+def test_ray_engine_matches_local_and_is_incremental(local_ray, subset: Path, milvus_home: Path, tmp_path: Path,
                                                      capsys, photos: Path) -> None:
     root = tmp_path / "with_bad"
     shutil.copytree(subset, root, symlinks=True)

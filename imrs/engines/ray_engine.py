@@ -20,6 +20,7 @@ returns plus one batch, and updates the same progress bar as the local engine.
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -58,12 +59,20 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> bool:
         kw["address"] = address
     else:
         kw["object_store_memory"] = LOCAL_OBJECT_STORE_BYTES
+        # Ray nices its workers (15) by default; on a machine it shares with the driver and other
+        # programs that starves the encoder actors, which are the whole point of this run
+        kw["_system_config"] = {"worker_niceness": 0}
         if num_cpus:
             kw["num_cpus"] = num_cpus
-    try:
-        ray.init(**kw)
-    except Exception as exc:  # noqa: BLE001 - ConnectionError, RuntimeError, ... all mean "no Ray here"
-        raise IMRSError(f"cannot start or join Ray{f' at {address}' if address else ''}: {exc}") from exc
+    for attempt in (1, 2):
+        try:
+            ray.init(**kw)
+            return True
+        except Exception as exc:  # noqa: BLE001 - ConnectionError, RuntimeError, ... all mean "no Ray here"
+            ray.shutdown()  # a local start that timed out (a busy machine) leaves a half-made session
+            if address or attempt == 2:
+                raise IMRSError(f"cannot start or join Ray{f' at {address}' if address else ''}: {exc}") from exc
+            log.warning("starting a local Ray failed (%s); trying once more", str(exc).splitlines()[0][:200])
     return True
 
 
@@ -124,7 +133,9 @@ class RayEngine:
         dim = _backbone_dim(self.backbone)
         if not n:
             return EmbedResult(np.zeros((0, dim), np.float32), np.zeros(0, np.int64), [])
-        ensure_ray(self.address)
+        # a local Ray gets one logical CPU more than the actors take, so read tasks always run
+        # (with every CPU held by an encoder actor the reads would wait forever)
+        ensure_ray(self.address, num_cpus=max(os.cpu_count() or 1, math.ceil(self.concurrency * self.num_cpus) + 1))
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False  # the driver shows one bar, the same as the local engine
         logging.getLogger("ray.data").setLevel(logging.WARNING)  # no per-dataset execution banners
@@ -132,10 +143,11 @@ class RayEngine:
         index_of = {os.path.abspath(p): i for i, p in enumerate(strs)}
         bs = int(batch_size or self.batch_size or DEFAULT_BATCH_SIZE)
         device = self.device or ("cuda" if self.num_gpus > 0 else "cpu")
-        ds = ray.data.read_binary_files(strs, include_paths=True, ignore_missing_paths=True)
+        # reads are I/O: a quarter CPU each, so they are never starved by the encoder actors
+        ds = ray.data.read_binary_files(strs, include_paths=True, ignore_missing_paths=True, num_cpus=0.25)
         ds = ds.map_batches(EmbedActor, batch_size=bs, batch_format="numpy",
                             compute=ray.data.ActorPoolStrategy(size=self.concurrency),
-                            num_cpus=self.num_cpus, num_gpus=self.num_gpus, max_restarts=0,
+                            num_cpus=self.num_cpus, num_gpus=self.num_gpus,
                             fn_constructor_kwargs={"backbone": self.backbone, "device": device,
                                                    "weights": self.weights, "checkpoint": self.checkpoint,
                                                    "threads": max(1, int(self.num_cpus))})

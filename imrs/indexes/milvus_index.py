@@ -128,9 +128,10 @@ class MilvusIndex(VectorIndex):
     def __init__(self, dim: int, params: dict[str, Any], explicit: frozenset[str] = frozenset(),
                  *, _create: bool = True) -> None:
         super().__init__(dim, params, explicit)
-        from ..config import milvus_uri
+        from ..config import home_dir, milvus_uri
 
-        self.uri: str = str(self._params.pop("uri", None) or milvus_uri() or "milvus.db")
+        # without a collection to own it (imrs bench, scripts): one Lite file under the IMRS home
+        self.uri: str = str(self._params.pop("uri", None) or milvus_uri() or home_dir() / "milvus" / "milvus.db")
         self.collection: str = str(self._params.pop("collection", None) or "imrs_vectors")
         self._explicit -= {"uri", "collection"}
         self._client = _client(self.uri)
@@ -184,19 +185,24 @@ class MilvusIndex(VectorIndex):
             schema.add_field(name, DataType.VARCHAR, max_length=ATTRIBUTE_MAX_CHARS)
         self.native_type = self._choose_type(len_hint)
         try:
-            self._client.create_collection(self.collection, schema=schema,
-                                           index_params=self._index_params(self.native_type),
-                                           consistency_level="Strong")
+            self._client.create_collection(self.collection, schema=schema, consistency_level="Strong")
+        except Exception as exc:  # noqa: BLE001 - permissions, quota, a name taken by another schema
+            raise IMRSError(f"Milvus at {self.uri} refused collection {self.collection}: {_reason(exc)}") from exc
+        try:
+            self._create_index()
         except Exception as exc:  # noqa: BLE001 - a server without DISKANN (no local NVMe configured)
             if self.native_type == "HNSW":
-                raise IMRSError(f"Milvus at {self.uri} refused collection {self.collection}: {_reason(exc)}") from exc
+                raise IMRSError(f"Milvus at {self.uri} refused an HNSW index: {_reason(exc)}") from exc
             log.warning("milvus: server refused %s (%s); using HNSW", self.native_type, _reason(exc))
-            if self._client.has_collection(self.collection):
-                self._client.drop_collection(self.collection)
             self.native_type = "HNSW"
-            self._client.create_collection(self.collection, schema=schema, index_params=self._index_params("HNSW"),
-                                           consistency_level="Strong")
+            self._create_index()
+        self._client.load_collection(self.collection)
         self._count = 0
+
+    def _create_index(self) -> None:
+        # sync=False: Milvus Lite cannot allocate the timestamp pymilvus's wait uses (it logs a server
+        # error); load_collection waits for the index instead
+        self._client.create_index(self.collection, self._index_params(self.native_type), sync=False)
 
     def _refresh_count(self) -> int:
         res = self._client.query(self.collection, filter="", output_fields=["count(*)"])
@@ -286,8 +292,7 @@ class MilvusIndex(VectorIndex):
         self._client.release_collection(self.collection)
         for name in self._client.list_indexes(self.collection):
             self._client.drop_index(self.collection, name)
-        # sync=False: Lite cannot allocate the timestamp the wait uses; load_collection waits instead
-        self._client.create_index(self.collection, self._index_params(self.native_type), sync=False)
+        self._create_index()
         self._client.load_collection(self.collection)
         log.info("milvus: rebuilt %s as %s over %d vectors", self.collection, self.native_type, len(self))
 

@@ -143,17 +143,17 @@ class _Parser:
         return node
 
     def expr(self) -> Node:
-        node = self.and_expr()
-        while (tok := self.peek()) and tok[:2] == ("kw", "or"):
-            self.i += 1
-            node = BoolOp("or", node, self.and_expr())
-        return node
+        return self._chain("or", self.and_expr)
 
     def and_expr(self) -> Node:
-        node = self.unary()
-        while (tok := self.peek()) and tok[:2] == ("kw", "and"):
+        return self._chain("and", self.unary)
+
+    def _chain(self, op: str, operand: Callable[[], Node]) -> Node:
+        """operand (op operand)*, left-associative."""
+        node = operand()
+        while (tok := self.peek()) and tok[:2] == ("kw", op):
             self.i += 1
-            node = BoolOp("and", node, self.unary())
+            node = BoolOp(op, node, operand())
         return node
 
     def unary(self) -> Node:

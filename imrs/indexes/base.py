@@ -367,20 +367,26 @@ class VectorIndex(ABC):
         return np.ascontiguousarray(arr / np.maximum(norms, np.float32(1e-12)), dtype=np.float32)
 
     # -- public mutation ------------------------------------------------------------------------------
-    def add(self, ids: Any, vecs: Any) -> None:
-        """Upsert: an id already present is replaced; within one batch the last occurrence wins."""
+    def _upsert_batch(self, ids: Any, vecs: Any) -> tuple[np.ndarray, np.ndarray]:
+        """Checked int64 ids and normalised vectors for an upsert, duplicates resolved (the last
+        occurrence in the batch wins); empty arrays when there is nothing to add."""
         ids = _as_ids(ids)
         vecs = self._as_matrix(vecs, "vectors", allow_1d=False) if len(ids) else np.zeros((0, self.dim), np.float32)
         if len(ids) != len(vecs):
             raise ValueError(f"add() got {len(ids)} ids but {len(vecs)} vectors")
-        if not len(ids):
-            return
         if (ids == -1).any():
             raise ValueError("id -1 is reserved as the 'no result' marker")
         _, first_of_reversed = np.unique(ids[::-1], return_index=True)
         if len(first_of_reversed) != len(ids):
             keep = np.sort(len(ids) - 1 - first_of_reversed)
             ids, vecs = ids[keep], vecs[keep]
+        return ids, vecs
+
+    def add(self, ids: Any, vecs: Any) -> None:
+        """Upsert: an id already present is replaced; within one batch the last occurrence wins."""
+        ids, vecs = self._upsert_batch(ids, vecs)
+        if not len(ids):
+            return
         self._materialize()
         old = self._table.slots_of(ids)
         old = old[old >= 0]
@@ -500,10 +506,7 @@ class VectorIndex(ABC):
         ``where`` (an ``imrs.filters.Where``) restricts results to the ids it allows; rows are
         then padded only when fewer than ``k`` allowed vectors exist.
         """
-        q = self._as_matrix(queries, "queries", allow_1d=True)
-        if isinstance(k, bool) or int(k) != k or k < 1:
-            raise ValueError(f"k must be a positive integer, got {k!r}")
-        k = int(k)
+        q, k = self._query_args(queries, k)
         nq = len(q)
         scores = np.full((nq, k), -np.inf, np.float32)
         ids = np.full((nq, k), -1, np.int64)
@@ -525,6 +528,12 @@ class VectorIndex(ABC):
         scores[:, :w] = np.where(valid, D, -np.inf)
         ids[:, :w] = np.where(valid, t.ids[np.where(valid, S, 0)], -1)
         return scores, ids
+
+    def _query_args(self, queries: Any, k: Any) -> tuple[np.ndarray, int]:
+        q = self._as_matrix(queries, "queries", allow_1d=True)
+        if isinstance(k, bool) or int(k) != k or k < 1:
+            raise ValueError(f"k must be a positive integer, got {k!r}")
+        return q, int(k)
 
     def _search_where(self, q: np.ndarray, k: int, allowed_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(scores, slots) among the allowed ids only.

@@ -247,18 +247,9 @@ class MilvusIndex(VectorIndex):
     # -- mutation -----------------------------------------------------------------------------------
     def add(self, ids: Any, vecs: Any) -> None:
         """Upsert (Milvus replaces rows with the same primary key); last occurrence in a batch wins."""
-        ids = _as_ids(ids)
-        vecs = self._as_matrix(vecs, "vectors", allow_1d=False) if len(ids) else np.zeros((0, self.dim), np.float32)
-        if len(ids) != len(vecs):
-            raise ValueError(f"add() got {len(ids)} ids but {len(vecs)} vectors")
+        ids, vecs = self._upsert_batch(ids, vecs)
         if not len(ids):
             return
-        if (ids == -1).any():
-            raise ValueError("id -1 is reserved as the 'no result' marker")
-        _, first_of_reversed = np.unique(ids[::-1], return_index=True)
-        if len(first_of_reversed) != len(ids):
-            keep = np.sort(len(ids) - 1 - first_of_reversed)
-            ids, vecs = ids[keep], vecs[keep]
         attrs = self._attributes(ids) if self._attributes is not None else {}
         step = max(1, REQUEST_BYTES // (4 * self.dim))
         for lo in range(0, len(ids), step):
@@ -298,12 +289,6 @@ class MilvusIndex(VectorIndex):
 
     retrain = rebuild
 
-    def _reresolve(self, n: int) -> None:
-        fresh = auto_params(self.kind, n, self.dim)
-        for key, value in fresh.items():
-            if key not in self._explicit:
-                self._params[key] = value
-
     # -- reads --------------------------------------------------------------------------------------
     def get_vectors(self, ids: Any) -> np.ndarray:
         ids = _as_ids(ids)
@@ -341,10 +326,7 @@ class MilvusIndex(VectorIndex):
         return 1
 
     def search(self, queries: Any, k: int, where: Where | None = None) -> tuple[np.ndarray, np.ndarray]:
-        q = self._as_matrix(queries, "queries", allow_1d=True)
-        if isinstance(k, bool) or int(k) != k or k < 1:
-            raise ValueError(f"k must be a positive integer, got {k!r}")
-        k = int(k)
+        q, k = self._query_args(queries, k)
         scores = np.full((len(q), k), -np.inf, np.float32)
         ids = np.full((len(q), k), -1, np.int64)
         if not len(q) or not self._count:

@@ -157,6 +157,7 @@ class Collection:
         self._encoder = encoder
         self._index: VectorIndex | None = None
         self._index_version: str | None = None  # live snapshot version our in-memory index matches
+        self._snapshot_stale = False  # the live snapshot could not be used and the index was rebuilt
         atomic_write_json(self.state_dir / "collection.json", {"root": str(self.root)})
 
     # -- paths ---------------------------------------------------------------------------------
@@ -231,6 +232,7 @@ class Collection:
                 return index
             except SnapshotError as exc:
                 log.warning("live snapshot unusable, rebuilding from embeddings: %s", exc)
+                self._snapshot_stale = True
         emb = self.all_embeddings()
         return self._build_index(emb)
 
@@ -261,6 +263,9 @@ class Collection:
             if (loc["uri"], loc["collection"]) != (want["uri"], want["collection"]):
                 raise SnapshotError(f"the index lives in {loc['collection']} at {loc['uri']}, "
                                     f"not {want['collection']} at {want['uri']}")
+            asked = want.get("index_type")
+            if asked and asked.upper() != index.get_params().get("index_type"):
+                raise SnapshotError(f"the index is a {index.get_params().get('index_type')} index, {asked} was asked")
 
     def rebuild_index(self, indexer: str | None = None, index_params: dict[str, Any] | None = None) -> None:
         """Build the index again from cached embeddings (new kind or parameters); embeds nothing."""
@@ -399,13 +404,21 @@ class Collection:
                     if len(new_emb):
                         index.add(new_emb.ids, new_emb.vectors)
                 self._persist_index()
-            elif not snap.snapshot_exists(self.snap_dir, self.live_name):
+            elif not snap.snapshot_exists(self.snap_dir, self.live_name) or self._rebuilt_on_open():
                 self._persist_index()
         report.seconds = time.perf_counter() - t0
         log.info("sync %s: %s", self.root, report.summary())
         return report
 
+    def _rebuilt_on_open(self) -> bool:
+        """Whether opening the index had to rebuild it from the caches (a damaged live snapshot, a
+        Milvus collection that moved or changed): then an unchanged folder still re-saves it."""
+        with self._index_lock:
+            _ = self.index
+            return self._snapshot_stale
+
     def _persist_index(self) -> None:
+        self._snapshot_stale = False
         with self._index_lock:
             snap.save_snapshot(self.snap_dir, self.live_name, self.index, self.backbone,
                                collection_root=str(self.root))

@@ -15,9 +15,14 @@ if TYPE_CHECKING:
 
 
 def add_milvus_arg(p: argparse.ArgumentParser) -> None:
+    from .indexes.params import MILVUS_INDEX_TYPES
+
     p.add_argument("--milvus-uri", help="Milvus server (http://host:19530) or Milvus Lite .db path for "
                                         "--indexer milvus (default: $IMRS_MILVUS_URI, else a Lite file in "
                                         "the state folder; token in $IMRS_MILVUS_TOKEN)")
+    p.add_argument("--milvus-index", type=str.upper, choices=MILVUS_INDEX_TYPES,
+                   help="Milvus index type (default AUTO: HNSW, DISKANN above 10M vectors on a server); "
+                        "changing it rebuilds the Milvus index from the caches, embedding nothing")
 
 
 def add_engine_args(p: argparse.ArgumentParser) -> None:
@@ -39,8 +44,12 @@ def add_where_arg(p: argparse.ArgumentParser) -> None:
 
 
 def milvus_params(args: argparse.Namespace) -> dict[str, Any]:
-    uri = getattr(args, "milvus_uri", None)
-    return {"uri": uri} if uri else {}
+    out: dict[str, Any] = {}
+    if getattr(args, "milvus_uri", None):
+        out["uri"] = args.milvus_uri
+    if getattr(args, "milvus_index", None):
+        out["index_type"] = args.milvus_index
+    return out
 
 
 def engine_from_args(args: argparse.Namespace, coll: Collection) -> Embedder | None:

@@ -162,6 +162,23 @@ def test_milvus_index_search_rerun_snapshot(subset: Path, milvus_home: Path, cap
     assert coll.base_npz().stat().st_mtime_ns == npz_mtime
     hits = hits_of(capsys, "--image", sunflower, "-k", "3", "--home", home)
     assert sum(h["label"] == "sunflower" for h in hits) >= 2
+    # moving the vectors to another Milvus (here another Lite file, as a server would be given):
+    # the index is refilled from the NPZ cache, nothing is embedded, the old store is untouched
+    other = milvus_home / "elsewhere.db"
+    code, out, _ = run_cli(capsys, "index", str(subset), "--home", home, "--milvus-uri", str(other), "-q")
+    assert code == 0 and "embedded 0" in out and "index holds 50 vectors" in out
+    moved = Collection(subset, BB, "milvus", home=milvus_home, index_params={"uri": str(other)})
+    assert moved.index.location()["uri"] == str(other) and len(moved.index) == 50
+    live = json.loads(next(coll.snap_dir.glob(f"{coll.live_name}@*/manifest.json")).read_text())
+    assert live["extra"]["vectors_at"]["uri"] == str(other), "the move is saved, not redone on every open"
+    hits = hits_of(capsys, "--image", sunflower, "-k", "5", "--home", home, "--milvus-uri", str(other))
+    assert sum(h["label"] == "sunflower" for h in hits) >= 4
+    # another index type: rebuilt from the caches, saved, used by the next command
+    code, out, _ = run_cli(capsys, "index", str(subset), "--home", home, "--milvus-uri", str(other),
+                           "--milvus-index", "ivf_flat", "-q")
+    assert code == 0 and "embedded 0" in out
+    again = Collection(subset, BB, "milvus", home=milvus_home, index_params={"uri": str(other)})
+    assert again.index.stats()["index_type"] == "IVF_FLAT" and len(again.index) == 50
 
 
 @pytest.mark.slow

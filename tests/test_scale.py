@@ -248,3 +248,14 @@ def test_ray_engine_matches_local_and_is_incremental(local_ray, subset: Path, mi
     cos = np.array([float(v @ local_by_rel[r]) for r, v in zip(ray_emb.relpaths.tolist(), ray_emb.vectors,
                                                                  strict=True)])
     assert cos.min() >= 0.999, cos.min()
+
+
+def test_unreachable_ray_cluster_is_one_line_in_seconds() -> None:
+    """ray.init retries an absent cluster for minutes; the engine checks the port first."""
+    pytest.importorskip("ray")
+    from imrs.engines.ray_engine import _check_reachable
+    from imrs.errors import IMRSError
+
+    with pytest.raises(IMRSError, match="cannot reach the Ray cluster at ray://127.0.0.1:1"):
+        _check_reachable("ray://127.0.0.1:1")
+    _check_reachable("auto")  # not a host:port: left to Ray

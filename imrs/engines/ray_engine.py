@@ -22,6 +22,8 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
+import socket
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -54,6 +56,8 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> bool:
     ray = _ray()
     if ray.is_initialized():
         return False
+    if address:
+        _check_reachable(address)
     kw: dict[str, Any] = {"include_dashboard": False, "logging_level": logging.WARNING, "log_to_driver": False}
     if address:
         kw["address"] = address
@@ -74,6 +78,22 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> bool:
                 raise IMRSError(f"cannot start or join Ray{f' at {address}' if address else ''}: {exc}") from exc
             log.warning("starting a local Ray failed (%s); trying once more", str(exc).splitlines()[0][:200])
     return True
+
+
+#: Seconds to wait for a Ray cluster's port to accept a connection before giving up.
+CONNECT_TIMEOUT_S = 5.0
+
+
+def _check_reachable(address: str) -> None:
+    """Fail in seconds, with one line, when a ``host:port`` / ``ray://host:port`` address does not
+    answer: ``ray.init`` would otherwise retry for minutes. ``auto`` and other forms go to Ray as is."""
+    m = re.fullmatch(r"(?:ray://)?\[?([^\]/]+?)\]?:(\d+)", address.strip())
+    if m is None:
+        return
+    try:
+        socket.create_connection((m.group(1), int(m.group(2))), timeout=CONNECT_TIMEOUT_S).close()
+    except OSError as exc:
+        raise IMRSError(f"cannot reach the Ray cluster at {address}: {exc.strerror or exc}") from exc
 
 
 class EmbedActor:

@@ -221,7 +221,7 @@ def run_child(kind: str, args: argparse.Namespace, base: Path, qpath: Path, tpat
 
 def table(results: list[dict]) -> str:
     flat = next((r for r in results if r["kind"] == "flat_ip"), None)
-    head = ("kind", "N", "build s", "memory MB", "vs flat", "p50 ms", "p95 ms", "batch QPS", "recall@10",
+    head = ("kind", "N", "build s", "memory MiB", "vs flat", "p50 ms", "p95 ms", "batch QPS", "recall@10",
             "remove 10k s", "add 10k s")
     rows = [head]
     for r in results:

@@ -28,6 +28,7 @@ from .catalog import Catalog, ImageRecord, label_for
 from .config import DEFAULT_INDEXER, state_dir_for
 from .errors import EmptyCollectionError, IMRSError, SnapshotError, StoreError
 from .faults import fault_point
+from .filters import attributes_of
 from .fsutil import atomic_write_json, read_json
 from .ids import stable_id
 from .locking import WriterLock
@@ -46,6 +47,7 @@ if TYPE_CHECKING:
     from PIL import Image
 
     from .encoders import Encoder
+    from .engines import Embedder
     from .indexes import VectorIndex
 
 log = logging.getLogger(__name__)
@@ -159,6 +161,7 @@ class Collection:
         self._index_version: str | None = None  # live snapshot version our in-memory index matches
         self._caches: dict[str, Any] = {}  # per-collection derived state (see ``cache``)
         self._caches_lock = threading.Lock()
+        self._snapshot_stale = False  # the live snapshot could not be used and the index was rebuilt
         _write_if_changed(self.state_dir / "collection.json", {"root": str(self.root)})
 
     # -- per-collection caches --------------------------------------------------------------------
@@ -348,21 +351,46 @@ class Collection:
                 if cached is not None and manifest.extra.get("runtime", "fp32") != cached:
                     raise SnapshotError(f"live index holds {manifest.extra.get('runtime', 'fp32')} vectors, "
                                         f"the caches {cached}")
+                self._wire_index(index)  # scale-out: filter fields, Milvus location
                 if self.index_params:
                     index.set_params(**_tunables(self.index_params))
                 log.info("loaded live index %s (%d vectors)", self.live_name, len(index))
                 return index
             except SnapshotError as exc:
                 log.warning("live snapshot unusable, rebuilding from embeddings: %s", exc)
+                self._snapshot_stale = True
         return None
 
     def _build_index(self, emb: EmbeddingSet) -> VectorIndex:
         from .indexes import make_index
 
-        index = make_index(self.indexer, self.dim, n_hint=max(len(emb), 1), **self.index_params)
+        index = make_index(self.indexer, self.dim, n_hint=max(len(emb), 1), **self._index_build_params())
+        self._wire_index(index)
         if len(emb):
             index.add(emb.ids, emb.vectors)
         return index
+
+    # -- scale-out (issue 12): where a Milvus index lives and what it stores beside each vector ----------
+    def _index_build_params(self) -> dict[str, Any]:
+        if self.indexer != "milvus":
+            return self.index_params
+        from .indexes.milvus_index import connection_params
+
+        return connection_params(self.state_dir, self.backbone, self.index_params)
+
+    def _wire_index(self, index: VectorIndex) -> None:
+        """Let the index read filter fields from the catalog, and refuse (SnapshotError: the caller
+        rebuilds from the caches) a Milvus index that lives elsewhere than now asked for."""
+        index.set_attribute_source(lambda ids: attributes_of(self._catalog, ids))
+        loc = index.location()
+        if loc is not None and self.indexer == "milvus":
+            want = self._index_build_params()
+            if (loc["uri"], loc["collection"]) != (want["uri"], want["collection"]):
+                raise SnapshotError(f"the index lives in {loc['collection']} at {loc['uri']}, "
+                                    f"not {want['collection']} at {want['uri']}")
+            asked = want.get("index_type")
+            if asked and asked.upper() != index.get_params().get("index_type"):
+                raise SnapshotError(f"the index is a {index.get_params().get('index_type')} index, {asked} was asked")
 
     def rebuild_index(self, indexer: str | None = None, index_params: dict[str, Any] | None = None) -> None:
         """Build the index again from cached embeddings (new kind or parameters); embeds nothing."""
@@ -481,9 +509,12 @@ class Collection:
             old.without(part.ids).concat(part).save(path)
 
     # -- indexing a folder ------------------------------------------------------------------------
-    def sync(self, progress: Progress | bool = False, batch_size: int | None = None) -> SyncReport:
+    def sync(self, progress: Progress | bool = False, batch_size: int | None = None,
+             engine: Embedder | None = None) -> SyncReport:
         """Bring catalog, cache and index in line with the folder: embed only new or changed files,
-        drop vanished ones. Re-running on an unchanged folder embeds nothing."""
+        drop vanished ones. Re-running on an unchanged folder embeds nothing. ``engine`` embeds the
+        paths (default: this process's encoder; ``imrs.engines.ray_engine.RayEngine`` for a Ray
+        cluster): anything with the encoder's ``embed_paths`` signature."""
         t0 = time.perf_counter()
         report = SyncReport()
         with self.writing("sync"):
@@ -506,7 +537,8 @@ class Collection:
             tag = base.runtime
             restamp = False
             if todo or self._runtime_may_change(base):
-                encoder = self._sync_encoder([self.root / rel for rel, _, _ in files])
+                # another engine (a Ray cluster) embeds with its own model: its tag is the truth
+                encoder = engine or self._sync_encoder([self.root / rel for rel, _, _ in files])
                 tag = getattr(encoder, "runtime_tag", "fp32")
                 if len(base) and base.runtime != tag:
                     log.warning("re-embedding %d images: the cache holds %s vectors, the encoder writes %s",
@@ -562,7 +594,7 @@ class Collection:
                             index.add(new_emb.ids, new_emb.vectors)
                 self._persist_index()
                 fault_point("sync.after_index")
-            elif not snap.snapshot_exists(self.snap_dir, self.live_name):
+            elif not snap.snapshot_exists(self.snap_dir, self.live_name) or self._rebuilt_on_open():
                 self.begin_changes()
                 self._persist_index()
         report.seconds = time.perf_counter() - t0
@@ -608,8 +640,15 @@ class Collection:
             emb.save(npz)
             changed = True
         return changed
+    def _rebuilt_on_open(self) -> bool:
+        """Whether opening the index had to rebuild it from the caches (a damaged live snapshot, a
+        Milvus collection that moved or changed): then an unchanged folder still re-saves it."""
+        with self._index_lock:
+            _ = self.index
+            return self._snapshot_stale
 
     def _persist_index(self) -> None:
+        self._snapshot_stale = False
         with self._index_lock:
             snap.save_snapshot(self.snap_dir, self.live_name, self._index_unchecked(), self.backbone,
                                collection_root=str(self.root), extra={"runtime": self.cached_runtime() or "fp32"})
@@ -743,10 +782,15 @@ class Collection:
 
     # -- search -------------------------------------------------------------------------------------
     def search_vectors(self, queries: np.ndarray, k: int = 10, qe: int = 0,
-                       qe_alpha: float = 3.0) -> list[list[SearchHit]]:
+                       qe_alpha: float = 3.0, where: str | None = None) -> list[list[SearchHit]]:
         """k nearest images per query. ``qe`` > 0 turns on alpha query expansion: the query is
         re-issued as the alpha-weighted mean of itself and its top ``qe`` hits (measured by
-        ``imrs bench``: +0.012 P@10 and +0.04 full mAP on Caltech-101 with qe=5, alpha=3)."""
+        ``imrs bench``: +0.012 P@10 and +0.04 full mAP on Caltech-101 with qe=5, alpha=3).
+        ``where`` (``source == 'dynamic'``, see ``imrs.filters``) keeps only matching images, and
+        still returns k hits whenever k images match."""
+        from .filters import Where
+
+        cond = Where(where, self.catalog) if where else None
         q = np.atleast_2d(np.asarray(queries, dtype=np.float32))
         self.refresh_if_stale()  # a long-lived reader (the app) sees other writers' changes
         with self._index_lock:
@@ -755,12 +799,12 @@ class Collection:
             if qe > 0:
                 from .retrieval.qe import expand_queries
 
-                sims, nn = self.index.search(q, qe)
+                sims, nn = self.index.search(q, qe, where=cond)
                 flat_nn = nn.ravel()
                 vecs = self.index.get_vectors(np.where(flat_nn == -1, 0, flat_nn))
                 rows = np.where(nn == -1, -1, np.arange(nn.size).reshape(nn.shape))
                 q = expand_queries(q, vecs, sims, rows, qe, alpha=qe_alpha)
-            scores, ids = self.index.search(q, k)
+            scores, ids = self.index.search(q, k, where=cond)
         flat = [int(i) for i in ids.ravel() if i != -1]
         recs = self.catalog.get_many(flat)
         out = []
@@ -820,6 +864,7 @@ class Collection:
             index, manifest, cat_path = snap.load_snapshot(self.snap_dir, name, expect_backbone=self.backbone,
                                                            expect_dim=self.dim)
             self.begin_changes()
+            index.set_attribute_source(lambda ids: attributes_of(self._catalog, ids))
             if cat_path is not None:
                 saved = Catalog(cat_path)
                 try:

@@ -117,6 +117,11 @@ class Settings:
     follow_links: str = "files"  # "none" | "inside" | "files" | "all"
     ddg_client: str = "guarded"  # "guarded" | "ddgs"
     int8_min_images: int = 1000  # --runtime auto considers int8 from this collection size on
+    # scale-out
+    milvus_uri: str | None = None
+    milvus_token: str = ""
+    ray_address: str | None = None
+    spill_dir: Path | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -163,6 +168,10 @@ class Settings:
             follow_links=_choice(e, "IMRS_FOLLOW_LINKS", _FOLLOW_CHOICES, cls.follow_links),
             ddg_client=_choice(e, "IMRS_DDG_CLIENT", ("guarded", "ddgs"), cls.ddg_client),
             int8_min_images=_number(e, "IMRS_INT8_MIN_IMAGES", int, cls.int8_min_images, 0),
+            milvus_uri=_get(e, "IMRS_MILVUS_URI") or None,
+            milvus_token=_get(e, "IMRS_MILVUS_TOKEN"),
+            ray_address=_get(e, "IMRS_RAY_ADDRESS") or None,
+            spill_dir=Path(_get(e, "IMRS_SPILL_DIR")).expanduser() if _get(e, "IMRS_SPILL_DIR") else None,
         )
         return s.replace(**overrides)
 
@@ -287,3 +296,32 @@ INT8_AUTO_MIN_IMAGES = Settings.int8_min_images
 def int8_auto_min_images() -> int:
     """``IMRS_INT8_MIN_IMAGES``: the smallest collection ``--runtime auto`` considers int8 for."""
     return Settings.from_env().int8_min_images
+
+# -- scale-out: Milvus and Ray ---------------------------------------------------------------------
+MILVUS_URI_ENV = "IMRS_MILVUS_URI"
+MILVUS_TOKEN_ENV = "IMRS_MILVUS_TOKEN"
+RAY_ADDRESS_ENV = "IMRS_RAY_ADDRESS"
+SPILL_DIR_ENV = "IMRS_SPILL_DIR"
+
+
+def milvus_uri() -> str | None:
+    """Milvus server URI (``http://host:19530``) or a Milvus Lite ``.db`` path; None = a Lite file
+    in the collection's state folder."""
+    return Settings.from_env().milvus_uri
+
+
+def milvus_token() -> str:
+    """Milvus token (``user:password`` or an API key); never written to any state file."""
+    return Settings.from_env().milvus_token
+
+
+def ray_address() -> str | None:
+    """Ray cluster for ``imrs index --engine ray`` (``auto``, ``ray://host:10001``); None = local Ray."""
+    return Settings.from_env().ray_address
+
+
+def spill_dir() -> Path:
+    """Folder for IVF-PQ compressed mode's mapped raw vectors (unlinked files: nothing is left)."""
+    import tempfile
+
+    return Settings.from_env().spill_dir or Path(tempfile.gettempdir())

@@ -73,6 +73,7 @@ class Query:
     term: str | None = None  # confirmed web search term (image queries grow only with one)
     n_images: int | None = None  # None: settings.expand_n
     exclude_ids: tuple[int, ...] = ()
+    where: str | None = None  # filter: source == 'dynamic', label in ['a', 'b'], ... (imrs.filters)
 
     def validate(self) -> None:
         if (self.text is None or not str(self.text).strip()) == (self.image is None):
@@ -255,8 +256,8 @@ def answer(coll: Collection, query: Query, vector: np.ndarray, settings: Setting
     stages = stages_for(coll)
     depth = max(query.k, JUDGE_DEPTH, stages.pool if stages.active else 0) + len(own) + 1
     t0 = time.perf_counter()
-    hits = coll.search_vectors(vector, depth, qe=qe)[0]
-    plain = hits if qe == 0 else coll.search_vectors(vector, depth)[0]  # judged without QE, as calibrated
+    hits = coll.search_vectors(vector, depth, qe=qe, where=query.where)[0]
+    plain = hits if qe == 0 else coll.search_vectors(vector, depth, where=query.where)[0]  # judged without QE
     if stages.active:  # re-ranked in the improved space; scores stay the plain ones the verdict reads
         order, _ = stages.rerank(coll, vector, np.asarray([h.id for h in hits], dtype=np.int64))
         pos = {int(i): n for n, i in enumerate(order.tolist())}

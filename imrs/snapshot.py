@@ -66,14 +66,16 @@ def save_snapshot(snap_dir: str | Path, name: str, index: VectorIndex, backbone:
     vdir.mkdir()
     try:
         index.save(vdir / "index")
-        ids = np.asarray(index.ids(), dtype=np.int64)
-        np.save(vdir / "ids.npy", ids, allow_pickle=False)
+        location = index.location()  # vectors held by a server (Milvus): record where, copy nothing
+        if location is None or catalog is not None:  # a live Milvus pointer skips the O(n) id dump
+            np.save(vdir / "ids.npy", np.asarray(index.ids(), dtype=np.int64), allow_pickle=False)
+        extra = {**(extra or {}), **({"vectors_at": location} if location else {})}
+        manifest = Manifest(name=name, backbone=backbone, dim=int(index.dim), indexer=index.kind,
+                            params=_jsonable(index.get_params()), count=int(len(index)),
+                            created=time.strftime("%Y-%m-%dT%H:%M:%S%z"), collection_root=collection_root,
+                            has_catalog=catalog is not None, extra=extra)
         if catalog is not None:
             catalog.backup_to(vdir / "catalog.sqlite")
-        manifest = Manifest(name=name, backbone=backbone, dim=int(index.dim), indexer=index.kind,
-                            params=_jsonable(index.get_params()), count=int(len(ids)),
-                            created=time.strftime("%Y-%m-%dT%H:%M:%S%z"), collection_root=collection_root,
-                            has_catalog=catalog is not None, extra=extra or {})
         atomic_write_json(vdir / "manifest.json", asdict(manifest))
     except BaseException:
         shutil.rmtree(vdir, ignore_errors=True)

@@ -1,4 +1,4 @@
-"""Behaviour of the five index kinds against real FAISS and Annoy.
+"""Behaviour of the six index kinds against real FAISS, Annoy and Milvus Lite.
 
 Small collections (a few hundred 32-d vectors, with ``exact_below`` lowered so the approximate
 structures are really built) check semantics after every change; one 5k x 128-d clustered
@@ -7,6 +7,7 @@ collection checks recall of each approximate kind, with auto parameters, against
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -18,10 +19,22 @@ from imrs.errors import IMRSError, UnknownIndexError
 from imrs.indexes import INDEX_KINDS, VectorIndex, auto_params, load_index, make_index
 
 ANN_KINDS = [k for k in INDEX_KINDS if k != "flat_ip"]
+#: Kinds whose index lives in this process (files, mmap, native structures); milvus is a pointer.
+LOCAL_KINDS = [k for k in INDEX_KINDS if k != "milvus"]
+_collection_names = (f"t{n}" for n in itertools.count())
 DIM = 32
 N = 800  # > 39 * 16: enough for IVF-PQ's smallest (4-bit) codebooks
 # exact_below lowered so IVF trains and Annoy builds a forest in these small tests
 SMALL_PARAMS = {"ivf_flat": {"exact_below": 100}, "ivf_pq": {"exact_below": 100}, "annoy": {"exact_below": 100}}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def milvus_lite_file(tmp_path_factory: pytest.TempPathFactory):
+    """Milvus indexes of this module live in one Milvus Lite file (its default is the state folder)."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("IMRS_MILVUS_URI", str(tmp_path_factory.mktemp("milvus") / "lite.db"))
+    yield
+    mp.undo()
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -52,6 +65,8 @@ def ids_for(n: int, start: int = 0) -> np.ndarray:
 
 
 def small(kind: str, **params) -> VectorIndex:
+    if kind == "milvus":  # a collection of its own, so indexes of one test never share rows
+        params.setdefault("collection", next(_collection_names))
     return make_index(kind, DIM, **{**SMALL_PARAMS.get(kind, {}), **params})
 
 
@@ -174,7 +189,7 @@ def test_rows_full_even_with_weak_params_and_tombstones(kind: str) -> None:
     index.add(ids, x)
     index.remove(ids[::8])  # 100 tombstones / dead slots, under the compaction threshold
     index.set_params(**{"hnsw": {"efSearch": 4}, "ivf_flat": {"nprobe": 1}, "ivf_pq": {"nprobe": 1, "k_factor": 1},
-                        "annoy": {"search_k": 5}}[kind])
+                        "annoy": {"search_k": 5}, "milvus": {"efSearch": 4}}[kind])
     scores, found = index.search(x[:20], 300)
     assert (found != -1).all()
     assert all(len(set(row.tolist())) == 300 for row in found)
@@ -247,7 +262,7 @@ def test_params_checks() -> None:
 
 
 def test_auto_params() -> None:
-    assert set(INDEX_KINDS) == {"flat_ip", "hnsw", "ivf_flat", "ivf_pq", "annoy"}
+    assert set(INDEX_KINDS) == {"flat_ip", "hnsw", "ivf_flat", "ivf_pq", "annoy", "milvus"}
     p = auto_params("ivf_pq", 1_000_000, 768)
     assert p["nlist"] == 4000 and 768 % p["m"] == 0 and p["nbits"] == 8 and 1 <= p["nprobe"] <= p["nlist"]
     small_p = auto_params("ivf_flat", 2000, 128)
@@ -290,6 +305,34 @@ def test_ivf_exact_buffer_then_trains_once(kind: str) -> None:
     index.rebuild(nlist=8)  # explicit retrain with a new list count
     assert index.get_params()["nlist"] == 8 and index.stats()["indexed"] == 1350
     assert (top1(index, x[1100:]) == ids[1100:]).all()
+
+
+def test_ivf_pq_compressed_mode_keeps_only_codes_resident(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """compressed=1: the raw vectors for the exact re-rank live in an unlinked mapped file, so the
+    index's resident memory is codes + ids, and answers are the same as the in-memory mode's."""
+    monkeypatch.setenv("IMRS_SPILL_DIR", str(tmp_path / "spill"))
+    x = clustered(2000, 64, seed=21)
+    ids = ids_for(2000)
+    plain = make_index("ivf_pq", 64, n_hint=2000)
+    packed = make_index("ivf_pq", 64, n_hint=2000, compressed=1)
+    for index in (plain, packed):
+        index.add(ids[:1500], x[:1500])
+        index.remove(ids[:100])
+        index.add(ids[1500:], x[1500:])
+    assert isinstance(packed._table._vecs, np.memmap) and not isinstance(plain._table._vecs, np.memmap)
+    assert not list((tmp_path / "spill").iterdir()), "spill files are unlinked at once"
+    assert packed.memory_bytes() < plain.memory_bytes() - 1900 * 64 * 4 + 1
+    q = clustered(40, 64, seed=22)
+    s0, i0 = plain.search(q, 10)
+    s1, i1 = packed.search(q, 10)
+    np.testing.assert_array_equal(i1, i0)
+    np.testing.assert_allclose(s1, s0, atol=1e-6)
+    packed.save(tmp_path / "pq")
+    loaded = load_index(tmp_path / "pq")
+    assert loaded.get_params()["compressed"] == 1 and isinstance(loaded._table._vecs, np.memmap)
+    np.testing.assert_array_equal(loaded.search(q, 10)[1], i0)
+    loaded.remove(ids[200:300])
+    assert not set(loaded.search(x[200:300], 5)[1].ravel().tolist()) & set(ids[200:300].tolist())
 
 
 def test_ivf_explicit_nlist_waits_for_enough_points() -> None:
@@ -342,7 +385,7 @@ def test_many_small_adds_do_not_rebuild() -> None:
     """Incremental cost: 100 more vectors into a built index touch no existing structure."""
     x = clustered(3100, DIM, seed=11)
     ids = ids_for(3100)
-    for kind in ANN_KINDS:
+    for kind in [k for k in ANN_KINDS if k in LOCAL_KINDS]:
         index = make_index(kind, DIM, n_hint=3000)
         index.add(ids[:3000], x[:3000])
         native = index._forest if kind == "annoy" else index._index
@@ -353,7 +396,7 @@ def test_many_small_adds_do_not_rebuild() -> None:
 
 
 # -- persistence -------------------------------------------------------------------------------------
-@pytest.mark.parametrize("kind", INDEX_KINDS)
+@pytest.mark.parametrize("kind", LOCAL_KINDS)
 def test_save_load_roundtrip_with_state(kind: str, tmp_path: Path) -> None:
     x = clustered(N, DIM, seed=12)
     ids = ids_for(N)
@@ -393,9 +436,49 @@ def test_save_load_roundtrip_with_state(kind: str, tmp_path: Path) -> None:
     np.testing.assert_array_equal(load_index(tmp_path / "idx2").search(q, 12)[1], i0)
 
 
+def test_milvus_save_is_a_pointer_that_reopens(tmp_path: Path) -> None:
+    """A saved milvus index is meta.json naming URI + collection (never the token): loading it
+    reconnects to the same rows without re-adding anything, and a save the server has moved past
+    is refused rather than silently serving other rows."""
+    x = clustered(N, DIM, seed=12)
+    ids = ids_for(N)
+    index = small("milvus", index_type="IVF_FLAT", nlist=16, nprobe=16)
+    index.add(ids[:700], x[:700])
+    index.remove(ids[:40])
+    index.add(ids[100:110], x[760:770])  # upserts
+    q = clustered(30, DIM, seed=13)
+    s0, i0 = index.search(q, 12)
+    index.save(tmp_path / "idx")
+    assert {p.name for p in (tmp_path / "idx").iterdir()} == {"meta.json"}
+    meta = json.loads((tmp_path / "idx" / "meta.json").read_text())
+    assert meta["state"]["collection"] == index.collection and meta["state"]["uri"] == index.uri
+    assert meta["state"]["index_type"] == "IVF_FLAT" and "token" not in json.dumps(meta)
+    loaded = load_index(tmp_path / "idx")
+    assert loaded.kind == "milvus" and len(loaded) == 660 and loaded.get_params()["nlist"] == 16
+    s1, i1 = loaded.search(q, 12)
+    np.testing.assert_array_equal(i1, i0)
+    np.testing.assert_allclose(s1, s0, atol=1e-5)
+    assert ids[50] in loaded and ids[0] not in loaded
+    loaded.add(ids[770:], x[770:])  # the server moves on: the old pointer no longer describes it
+    assert (top1(loaded, x[770:]) == ids[770:]).all()
+    with pytest.raises(IMRSError, match="changed since"):
+        load_index(tmp_path / "idx")
+    loaded.rebuild(index_type="HNSW")  # a new native index over the same rows
+    assert loaded.stats()["index_type"] == "HNSW" and len(loaded) == 690
+    assert (top1(loaded, x[770:]) == ids[770:]).all()
+
+
+def test_milvus_lite_falls_back_for_types_it_cannot_build(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level("INFO", logger="imrs.indexes.milvus_index"):
+        index = small("milvus", index_type="IVF_PQ")
+    assert index.stats()["index_type"] == "IVF_SQ8" and "cannot build IVF_PQ" in caplog.text
+    index.add(ids_for(N), clustered(N, DIM, seed=3))
+    assert (top1(index, clustered(N, DIM, seed=3)[:20]) == ids_for(20)).all()
+
+
 def test_mmap_maps_files(tmp_path: Path) -> None:
     x = clustered(N, DIM, seed=14)
-    for kind in INDEX_KINDS:
+    for kind in LOCAL_KINDS:
         index = small(kind)
         index.add(ids_for(N), x)
         index.save(tmp_path / kind)

@@ -9,11 +9,12 @@ from typing import Any
 
 from ..collection import read_active, remember_active
 from .common import collection_args, open_collection, runtime_arg, settings_from
+from .scale import add_engine_args, engine_from_args
 
 
 def cmd_index(args: argparse.Namespace) -> int:
     coll = open_collection(args, root=args.folder)
-    report = coll.sync(progress=not args.quiet, batch_size=args.batch_size)
+    report = coll.sync(progress=not args.quiet, batch_size=args.batch_size, engine=engine_from_args(args, coll))
     if args.metadata:
         n = coll.catalog.import_metadata_csv(args.metadata, root=coll.root)
         print(f"metadata: {n} image(s) annotated from {args.metadata}")
@@ -109,6 +110,7 @@ def register(sub: Any) -> None:
     p.add_argument("--metadata", help="CSV with a 'path' column and extra columns (title, caption, ...)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     runtime_arg(p)
+    add_engine_args(p)
     p.set_defaults(func=cmd_index)
 
     p = sub.add_parser("info", help="what is indexed, per backbone")

@@ -10,6 +10,7 @@ from typing import Any
 from ..collection import Collection, read_active
 from ..config import Settings
 from ..errors import IMRSError
+from .scale import add_milvus_arg, milvus_params
 
 
 def collection_args(p: argparse.ArgumentParser, with_root: bool = True) -> None:
@@ -24,6 +25,7 @@ def collection_args(p: argparse.ArgumentParser, with_root: bool = True) -> None:
                    help="'random' is for tests only: results are meaningless")
     p.add_argument("--checkpoint", help="local weights file for the backbone (else IMRS_CHECKPOINT_* env vars)")
     p.add_argument("--home", help="state folder (default: $IMRS_HOME or ./runs)")
+    add_milvus_arg(p)
 
 
 def int_in(lo: int, hi: int, what: str) -> Any:
@@ -70,6 +72,7 @@ def open_collection(args: argparse.Namespace, root: str | None = None,
         val = getattr(args, key, None)
         if val is not None:
             params[key] = val
+    params.update(milvus_params(args))
     return Collection(root, backbone, indexer, home=s.home, device=s.device, weights=args.weights,
                       checkpoint=args.checkpoint, index_params=params, runtime=getattr(args, "runtime", None) or "auto")
 

@@ -17,6 +17,7 @@ from ..collection import SearchHit
 from ..errors import IMRSError
 from ..query import Query, QueryOutcome, run_query
 from .common import collection_args, int_in, open_collection, runtime_arg, settings_from
+from .scale import add_where_arg
 
 
 def query_image_arg(spec: str) -> Any:
@@ -60,7 +61,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     s = settings_from(args)
     coll = open_collection(args, settings=s)
     query = Query(text=args.text, image=query_image_arg(args.image) if args.image else None, k=args.k, qe=args.qe,
-                  expand=args.expand, term=args.term, n_images=args.n)
+                  expand=args.expand, term=args.term, n_images=args.n, where=args.where)
     outcome = run_query(coll, query, s, progress=bool(args.expand and not args.json))
     if args.json:
         print(json.dumps(outcome.to_dict(), indent=2))
@@ -130,6 +131,7 @@ def register(sub: Any) -> None:
     p.add_argument("--allow-loopback", action="store_true", help=argparse.SUPPRESS)
     collection_args(p)
     runtime_arg(p)
+    add_where_arg(p)
     p.set_defaults(func=cmd_search)
 
     p = sub.add_parser("calibrate", help="measure coverage thresholds on this collection (held-out classes)",

@@ -1,6 +1,7 @@
-"""ID-mapped cosine indexes over L2-normalised float32 vectors, one API for five kinds.
+"""ID-mapped cosine indexes over L2-normalised float32 vectors, one API for six kinds.
 
-``flat_ip`` is exact; ``hnsw``, ``ivf_flat``, ``ivf_pq`` and ``annoy`` are approximate. All of
+``flat_ip`` is exact; ``hnsw``, ``ivf_flat``, ``ivf_pq`` and ``annoy`` are approximate, in this
+process; ``milvus`` keeps the vectors in a Milvus collection (Milvus Lite file or a server). All of
 them take incremental ``add`` (upsert) and ``remove`` with results correct right after the call,
 report cosine scores, and save to / load from a directory (native file + ``.npy`` + ``meta.json``,
 never pickle). See ``base`` for the slot design, ``faiss_index`` / ``annoy_index`` for how each
@@ -20,14 +21,30 @@ from .base import VectorIndex, load_meta
 from .faiss_index import FlatIPIndex, HNSWIndex, IVFFlatIndex, IVFPQIndex
 from .params import INDEX_KINDS, auto_params, check_kind, validate_params
 
+
+def _milvus_class() -> type[VectorIndex]:
+    """Imported lazily: pymilvus is an optional extra (``imrs[scale]``) and costs ~0.5 s to import."""
+    from .milvus_index import MilvusIndex
+
+    return MilvusIndex
+
+
 log = logging.getLogger(__name__)
 
 __all__ = ["INDEX_KINDS", "VectorIndex", "auto_params", "load_index", "make_index"]
 
-_REGISTRY: dict[str, type[VectorIndex]] = {
-    cls.kind: cls for cls in (FlatIPIndex, HNSWIndex, IVFFlatIndex, IVFPQIndex, AnnoyForestIndex)
+_REGISTRY: dict[str, type[VectorIndex] | None] = {
+    **{cls.kind: cls for cls in (FlatIPIndex, HNSWIndex, IVFFlatIndex, IVFPQIndex, AnnoyForestIndex)},
+    "milvus": None,  # resolved on first use by _index_class
 }
 assert tuple(_REGISTRY) == INDEX_KINDS
+
+
+def _index_class(kind: str) -> type[VectorIndex]:
+    cls = _REGISTRY[kind]
+    if cls is None:
+        cls = _REGISTRY[kind] = _milvus_class()
+    return cls
 
 
 def make_index(kind: str, dim: int, n_hint: int | None = None, **params: Any) -> VectorIndex:
@@ -45,7 +62,7 @@ def make_index(kind: str, dim: int, n_hint: int | None = None, **params: Any) ->
     if ignored:
         log.debug("%s ignores parameters for other kinds: %s", kind, ", ".join(ignored))
     full = {**auto_params(kind, n_hint or 0, dim), **given}
-    return _REGISTRY[kind](dim, full, frozenset(given))
+    return _index_class(kind)(dim, full, frozenset(given))
 
 
 def load_index(directory: str | Path, mmap: bool = False) -> VectorIndex:
@@ -58,4 +75,4 @@ def load_index(directory: str | Path, mmap: bool = False) -> VectorIndex:
     if kind not in _REGISTRY:
         raise UnknownIndexError(f"index in {directory} is of unknown kind {kind!r}; this IMRS knows "
                                 f"{', '.join(INDEX_KINDS)}")
-    return _REGISTRY[kind]._load(directory, meta, mmap)
+    return _index_class(kind)._load(directory, meta, mmap)

@@ -93,16 +93,20 @@ class AnnoyForestIndex(VectorIndex):
         self._maybe_compact()
 
     # -- search ---------------------------------------------------------------------------------------
-    def _search_frozen(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def _search_frozen(self, q: np.ndarray, k: int, mask: np.ndarray | None = None
+                       ) -> tuple[np.ndarray, np.ndarray]:
         t = self._table
         forest = self._forest
         assert forest is not None
-        want = min(k, t.frozen - t.n_dead)
-        margin = int(np.ceil(2 * want * t.n_dead / t.frozen)) + 2 if t.n_dead else 0
+        live = t.live if mask is None else t.live[: t.frozen] & mask
+        usable = t.frozen - t.n_dead if mask is None else int(np.count_nonzero(live))
+        filtered = bool(t.n_dead) or mask is not None
+        want = min(k, usable)
+        # over-fetch in proportion to what filtering (tombstones, a where-mask) will drop
+        margin = int(np.ceil(2 * want * (t.frozen - usable) / max(usable, 1))) + 2 if filtered else 0
         first_fetch = min(t.frozen, want + margin)
         n_trees = forest.get_n_trees()
         search_k = int(self._params["search_k"])
-        live = t.live
         scores = np.full((len(q), want), -np.inf, np.float32)
         slots = np.full((len(q), want), -1, np.int64)
         exhaustive = t.frozen * n_trees  # search_k at which Annoy visits every leaf of every tree
@@ -113,7 +117,7 @@ class AnnoyForestIndex(VectorIndex):
                 items, dists = forest.get_nns_by_vector(vec, fetch, search_k=sk, include_distances=True)
                 got = np.asarray(items, np.int64)
                 dist = np.asarray(dists, np.float32)
-                if t.n_dead and len(got):
+                if filtered and len(got):
                     keep = live[got]
                     got, dist = got[keep], dist[keep]
                 if len(got) >= want or (fetch >= t.frozen and sk >= exhaustive):

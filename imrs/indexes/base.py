@@ -24,10 +24,13 @@ per removal.
 from __future__ import annotations
 
 import logging
+import os
+import tempfile
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import faiss
 import numpy as np
@@ -36,6 +39,9 @@ from ..errors import SnapshotError
 from ..fsutil import atomic_path, atomic_write_json, read_json
 from .params import BUILD_PARAMS, KIND_PARAMS, auto_params, validate_params
 
+if TYPE_CHECKING:
+    from ..filters import Where as WhereLike
+
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
@@ -43,6 +49,9 @@ META_FILE = "meta.json"
 
 #: Queries per block in exact re-ranking, sized so a block's gathered candidates stay ~64 MiB.
 _RERANK_BLOCK_FLOATS = 16 * 1024 * 1024
+#: A filter allowing at most this many floats of vectors (64 MiB) is answered by exact search over
+#: just those vectors; a larger one by the native structure with a slot mask.
+FILTER_EXACT_FLOATS = 16 * 1024 * 1024
 
 
 class _SlotTable:
@@ -53,12 +62,15 @@ class _SlotTable:
     the memory of the biggest kinds for nothing.
     """
 
-    def __init__(self, dim: int, keep_vectors: bool) -> None:
+    def __init__(self, dim: int, keep_vectors: bool, spill: bool = False) -> None:
         self.dim = dim
         self.keep_vectors = keep_vectors
+        #: Raw vectors in an unlinked file mapped into memory (IVF-PQ's compressed mode): the kernel
+        #: pages them in for re-ranking and drops them under pressure, so only codes stay resident.
+        self.spill = spill
         self._ids = np.empty(0, np.int64)
         self._live = np.empty(0, bool)
-        self._vecs: np.ndarray | None = np.empty((0, dim), np.float32) if keep_vectors else None
+        self._vecs: np.ndarray | None = self._new_vecs(0) if keep_vectors else None
         self.n = 0
         self.frozen = 0
         self.n_dead = 0
@@ -93,16 +105,24 @@ class _SlotTable:
         get = self.slot_of.get
         return np.fromiter((get(i, -1) for i in ids.tolist()), dtype=np.int64, count=len(ids))
 
+    def _new_vecs(self, rows: int) -> np.ndarray:
+        if not self.spill:
+            return np.empty((rows, self.dim), np.float32)
+        return spill_array(rows, self.dim)
+
     def nbytes(self) -> int:
-        # A dict entry with its two int objects costs ~100 bytes in CPython.
-        vec = 0 if self._vecs is None else self._vecs.nbytes
+        # A dict entry with its two int objects costs ~100 bytes in CPython. Spilled or mapped
+        # vectors are file pages the kernel may drop, not resident memory of this process.
+        vec = 0 if self._vecs is None or self.spill or isinstance(self._vecs, np.memmap) else self._vecs.nbytes
         return int(self._ids.nbytes + self._live.nbytes + vec + 100 * len(self.slot_of))
 
     # -- mutation -------------------------------------------------------------------------------------
     def ensure_writable(self) -> None:
         """Copy memory-mapped (read-only) arrays into owned memory before the first in-place write."""
         if self._vecs is not None and not self._vecs.flags.writeable:
-            self._vecs = np.array(self._vecs, dtype=np.float32)
+            vecs = self._new_vecs(len(self._vecs))
+            vecs[:] = self._vecs
+            self._vecs = vecs
         if not self._ids.flags.writeable:
             self._ids = np.array(self._ids)
         if not self._live.flags.writeable:
@@ -119,7 +139,7 @@ class _SlotTable:
         live[: self.n] = self._live[: self.n]
         self._ids, self._live = ids, live
         if self._vecs is not None:
-            vecs = np.empty((new_cap, self.dim), np.float32)
+            vecs = self._new_vecs(new_cap)
             vecs[: self.n] = self._vecs[: self.n]
             self._vecs = vecs
 
@@ -172,7 +192,9 @@ class _SlotTable:
         self._live = np.ones(len(ids), bool)
         if self.keep_vectors:
             assert vecs is not None
-            self._vecs = np.ascontiguousarray(vecs, dtype=np.float32).copy()
+            fresh = self._new_vecs(len(ids))
+            fresh[:] = vecs
+            self._vecs = fresh
         self.n = len(ids)
         self.frozen = 0
         self.n_dead = 0
@@ -192,15 +214,36 @@ class _SlotTable:
             raise SnapshotError(f"index files in {directory} disagree with meta.json: re-save the index")
         self._ids, self._live = ids, live
         if self.keep_vectors:
-            vecs = np.load(directory / "vectors.npy", mmap_mode="r" if mmap else None, allow_pickle=False)
+            vecs = np.load(directory / "vectors.npy", mmap_mode="r" if mmap or self.spill else None,
+                           allow_pickle=False)
             if vecs.dtype != np.float32 or vecs.shape != (n, self.dim):
                 raise SnapshotError(f"vectors.npy in {directory} has shape {vecs.shape}, expected {(n, self.dim)}")
+            if self.spill and not mmap:  # a private copy, still out of anonymous memory
+                owned = self._new_vecs(n)
+                owned[:] = vecs
+                vecs = owned
             self._vecs = vecs
         self.n = n
         self.frozen = frozen
         self.n_dead = int(frozen - np.count_nonzero(live[:frozen]))
         slots = np.flatnonzero(live)
         self.slot_of = dict(zip(ids[slots].tolist(), slots.tolist(), strict=True))
+
+
+def spill_array(rows: int, dim: int) -> np.ndarray:
+    """A writable (rows, dim) float32 array backed by an already-unlinked file in the spill folder
+    (IMRS_SPILL_DIR, else the temp folder): it lives exactly as long as the array, even after a crash."""
+    from ..config import spill_dir
+
+    folder = spill_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, path = tempfile.mkstemp(prefix="imrs-vectors-", suffix=".f32", dir=folder)
+    try:
+        os.close(fd)
+        arr = np.memmap(path, dtype=np.float32, mode="w+", shape=(max(rows, 1), dim))
+    finally:
+        os.unlink(path)
+    return arr[:rows]
 
 
 def _save_npy(path: Path, arr: np.ndarray) -> None:
@@ -285,7 +328,7 @@ class VectorIndex(ABC):
         self.dim = int(dim)
         self._params: dict[str, Any] = dict(params)
         self._explicit: set[str] = set(explicit)
-        self._table = _SlotTable(self.dim, self.keeps_vectors)
+        self._table = _SlotTable(self.dim, self.keeps_vectors, spill=bool(self._params.get("compressed", 0)))
         #: True while native structures / arrays are memory-mapped read-only views of saved files.
         self._mapped = False
 
@@ -324,20 +367,26 @@ class VectorIndex(ABC):
         return np.ascontiguousarray(arr / np.maximum(norms, np.float32(1e-12)), dtype=np.float32)
 
     # -- public mutation ------------------------------------------------------------------------------
-    def add(self, ids: Any, vecs: Any) -> None:
-        """Upsert: an id already present is replaced; within one batch the last occurrence wins."""
+    def _upsert_batch(self, ids: Any, vecs: Any) -> tuple[np.ndarray, np.ndarray]:
+        """Checked int64 ids and normalised vectors for an upsert, duplicates resolved (the last
+        occurrence in the batch wins); empty arrays when there is nothing to add."""
         ids = _as_ids(ids)
         vecs = self._as_matrix(vecs, "vectors", allow_1d=False) if len(ids) else np.zeros((0, self.dim), np.float32)
         if len(ids) != len(vecs):
             raise ValueError(f"add() got {len(ids)} ids but {len(vecs)} vectors")
-        if not len(ids):
-            return
         if (ids == -1).any():
             raise ValueError("id -1 is reserved as the 'no result' marker")
         _, first_of_reversed = np.unique(ids[::-1], return_index=True)
         if len(first_of_reversed) != len(ids):
             keep = np.sort(len(ids) - 1 - first_of_reversed)
             ids, vecs = ids[keep], vecs[keep]
+        return ids, vecs
+
+    def add(self, ids: Any, vecs: Any) -> None:
+        """Upsert: an id already present is replaced; within one batch the last occurrence wins."""
+        ids, vecs = self._upsert_batch(ids, vecs)
+        if not len(ids):
+            return
         self._materialize()
         old = self._table.slots_of(ids)
         old = old[old >= 0]
@@ -436,39 +485,82 @@ class VectorIndex(ABC):
         """Kinds whose slot table keeps no vectors override this to read them from the native index."""
         return self._table.vecs[slots]
 
+    def set_attribute_source(self, source: Callable[[np.ndarray], dict[str, list[str]]] | None) -> None:  # noqa: B027
+        """Hook for kinds that store filter fields beside each vector (Milvus); the in-process kinds
+        filter through the catalog at query time instead, so they ignore it."""
+
+    def location(self) -> dict[str, Any] | None:
+        """Where the vectors live when not in this process (Milvus: URI and collection), else None."""
+        return None
+
     def memory_bytes(self) -> int:
         """Approximate resident bytes: slot table (+ raw vectors) + native structure."""
         return self._table.nbytes() + self._native_bytes()
 
     # -- search ---------------------------------------------------------------------------------------
-    def search(self, queries: Any, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def search(self, queries: Any, k: int, where: WhereLike | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` cosine scores (float32) and ids (int64), best first, each (n, k).
 
         A single (dim,) query gives (1, k). Rows are padded with -inf / -1 when fewer than ``k``
         live vectors exist; an empty index gives fully padded rows rather than an error.
+        ``where`` (an ``imrs.filters.Where``) restricts results to the ids it allows; rows are
+        then padded only when fewer than ``k`` allowed vectors exist.
         """
-        q = self._as_matrix(queries, "queries", allow_1d=True)
-        if isinstance(k, bool) or int(k) != k or k < 1:
-            raise ValueError(f"k must be a positive integer, got {k!r}")
-        k = int(k)
+        q, k = self._query_args(queries, k)
         nq = len(q)
         scores = np.full((nq, k), -np.inf, np.float32)
         ids = np.full((nq, k), -1, np.int64)
         if nq == 0 or len(self) == 0:
             return scores, ids
         t = self._table
-        parts = []
-        if t.frozen - t.n_dead > 0:
-            parts.append(self._search_frozen(q, k))
-        if t.n_loose:
-            d, i = exact_search(q, t.vecs[t.frozen :], k)
-            parts.append((d, np.where(i >= 0, i + t.frozen, -1)))
-        D, S = merge_topk(parts, k)
+        if where is not None:
+            D, S = self._search_where(q, k, np.asarray(where.allowed_ids(), dtype=np.int64))
+        else:
+            parts = []
+            if t.frozen - t.n_dead > 0:
+                parts.append(self._search_frozen(q, k))
+            if t.n_loose:
+                d, i = exact_search(q, t.vecs[t.frozen :], k)
+                parts.append((d, np.where(i >= 0, i + t.frozen, -1)))
+            D, S = merge_topk(parts, k)
         valid = S >= 0
         w = D.shape[1]
         scores[:, :w] = np.where(valid, D, -np.inf)
         ids[:, :w] = np.where(valid, t.ids[np.where(valid, S, 0)], -1)
         return scores, ids
+
+    def _query_args(self, queries: Any, k: Any) -> tuple[np.ndarray, int]:
+        q = self._as_matrix(queries, "queries", allow_1d=True)
+        if isinstance(k, bool) or int(k) != k or k < 1:
+            raise ValueError(f"k must be a positive integer, got {k!r}")
+        return q, int(k)
+
+    def _search_where(self, q: np.ndarray, k: int, allowed_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(scores, slots) among the allowed ids only.
+
+        A small allowed set (the usual case: one label, the dynamic images) is searched exactly over
+        its gathered vectors, which is both exact and cheaper than steering an ANN structure; a
+        large one is searched by the native structure with a slot mask (FAISS ``IDSelector``, Annoy
+        over-fetch), whose retries keep rows full whenever ``k`` allowed vectors exist.
+        """
+        t = self._table
+        slots = t.slots_of(allowed_ids)
+        slots = np.unique(slots[slots >= 0])
+        if not len(slots):
+            return np.full((len(q), 0), -np.inf, np.float32), np.full((len(q), 0), -1, np.int64)
+        if len(slots) * self.dim <= FILTER_EXACT_FLOATS:
+            d, rows = exact_search(q, np.ascontiguousarray(self._vectors_at(slots), dtype=np.float32), k)
+            return d, np.where(rows >= 0, slots[np.where(rows >= 0, rows, 0)], -1)
+        mask = np.zeros(t.n, bool)
+        mask[slots] = True
+        parts = []
+        if t.frozen and mask[: t.frozen].any():
+            parts.append(self._search_frozen(q, k, mask[: t.frozen]))
+        loose = t.frozen + np.flatnonzero(mask[t.frozen :])
+        if len(loose):
+            d, rows = exact_search(q, t.vecs[loose], k)
+            parts.append((d, np.where(rows >= 0, loose[np.where(rows >= 0, rows, 0)], -1)))
+        return merge_topk(parts, k)
 
     # -- persistence ----------------------------------------------------------------------------------
     def save(self, directory: str | Path) -> None:
@@ -518,8 +610,10 @@ class VectorIndex(ABC):
         """Frozen ``slots`` died: remove natively, or leave as tombstones that search filters."""
 
     @abstractmethod
-    def _search_frozen(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """(scores, slots) of the native structure, best first, never returning dead slots."""
+    def _search_frozen(self, q: np.ndarray, k: int, mask: np.ndarray | None = None
+                       ) -> tuple[np.ndarray, np.ndarray]:
+        """(scores, slots) of the native structure, best first, never returning dead slots, nor
+        (when ``mask``, a bool per frozen slot, is given) slots outside the mask."""
 
     @abstractmethod
     def _compact(self) -> None:

@@ -60,6 +60,13 @@ def _fill_short_rows(q: np.ndarray, want: int, effort: int, max_effort: int,
     return D, L
 
 
+def _bitmap_selector(bits: np.ndarray) -> tuple[faiss.IDSelector, np.ndarray]:
+    """An ``IDSelectorBitmap`` over slot labels, and the packed array it points into (the caller
+    keeps that alive for as long as the selector is used)."""
+    packed = np.packbits(bits, bitorder="little")
+    return faiss.IDSelectorBitmap(len(bits), faiss.swig_ptr(packed)), packed
+
+
 def _owned_copy(index: faiss.Index) -> faiss.Index:
     """A deep copy in owned memory: the way out of a mapped index before any mutation."""
     return faiss.deserialize_index(faiss.serialize_index(index))
@@ -105,8 +112,12 @@ class FlatIPIndex(_FaissIndex):
     def _on_dead(self, slots: np.ndarray) -> None:
         self._index.remove_ids(faiss.IDSelectorBatch(slots))
 
-    def _search_frozen(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        return self._index.search(q, min(k, self._index.ntotal))
+    def _search_frozen(self, q: np.ndarray, k: int, mask: np.ndarray | None = None
+                       ) -> tuple[np.ndarray, np.ndarray]:
+        if mask is None:
+            return self._index.search(q, min(k, self._index.ntotal))
+        sel, _packed = _bitmap_selector(mask)  # IndexIDMap2 translates positions to slot labels
+        return self._index.search(q, min(k, int(np.count_nonzero(mask))), params=faiss.SearchParameters(sel=sel))
 
     def _vectors_at(self, slots: np.ndarray) -> np.ndarray:
         return np.stack([self._index.reconstruct(int(s)) for s in slots.tolist()])  # labels are slots
@@ -164,14 +175,20 @@ class HNSWIndex(_FaissIndex):
     def _on_dead(self, slots: np.ndarray) -> None:
         self._bitmap = None  # tombstones live in table.live; search filters them
 
-    def _search_frozen(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def _search_frozen(self, q: np.ndarray, k: int, mask: np.ndarray | None = None
+                       ) -> tuple[np.ndarray, np.ndarray]:
         t = self._table
         sel = None
-        if t.n_dead:
+        kk = min(k, len(self))
+        if mask is not None:
+            keep = t.live[: t.frozen] & mask
+            sel, _packed = _bitmap_selector(keep)
+            kk_allowed = int(np.count_nonzero(keep))
+            kk = min(k, kk_allowed)
+        elif t.n_dead:
             if self._bitmap is None:
                 self._bitmap = np.packbits(t.live, bitorder="little")
             sel = faiss.IDSelectorBitmap(t.n, faiss.swig_ptr(self._bitmap))
-        kk = min(k, len(self))
 
         def run(queries: np.ndarray, ef: int) -> tuple[np.ndarray, np.ndarray]:
             params = faiss.SearchParametersHNSW()
@@ -181,6 +198,8 @@ class HNSWIndex(_FaissIndex):
             return self._index.search(queries, kk, params=params)
 
         ef = max(int(self._params["efSearch"]), kk)
+        if mask is not None:  # a graph walk meets allowed nodes in proportion to the filter's share
+            ef = max(kk, min(t.n, int(ef * min(8.0, t.frozen / max(1, kk_allowed)))))
         return _fill_short_rows(q, kk, ef, max(ef, t.n), run)
 
     def _vectors_at(self, slots: np.ndarray) -> np.ndarray:
@@ -309,8 +328,13 @@ class IVFIndex(_FaissIndex):
     def _on_dead(self, slots: np.ndarray) -> None:
         self._index.remove_ids(faiss.IDSelectorBatch(slots))
 
-    def _search_frozen(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def _search_frozen(self, q: np.ndarray, k: int, mask: np.ndarray | None = None
+                       ) -> tuple[np.ndarray, np.ndarray]:
         live_indexed = self._index.ntotal
+        sel = None
+        if mask is not None:  # dead slots are removed natively, so the mask alone decides
+            sel, _packed = _bitmap_selector(mask)
+            live_indexed = min(live_indexed, int(np.count_nonzero(mask)))
         kk = min(k, live_indexed)
         # PQ ranking errors do not shrink with k, so even a top-1 query re-ranks a real shortlist
         kc = kk if self.kind != "ivf_pq" else min(max(k * int(self._params["k_factor"]),
@@ -319,10 +343,15 @@ class IVFIndex(_FaissIndex):
         def run(queries: np.ndarray, nprobe: int) -> tuple[np.ndarray, np.ndarray]:
             params = faiss.SearchParametersIVF()
             params.nprobe = nprobe
+            if sel is not None:
+                params.sel = sel
             return self._index.search(queries, kc, params=params)
 
         nlist = self._index.nlist
-        D, labels = _fill_short_rows(q, kk, min(int(self._params["nprobe"]), nlist), nlist, run)
+        nprobe = int(self._params["nprobe"])
+        if mask is not None:  # probed lists hold allowed vectors in proportion to the filter's share
+            nprobe = int(np.ceil(nprobe * self._index.ntotal / max(live_indexed, 1)))
+        D, labels = _fill_short_rows(q, kk, min(nprobe, nlist), nlist, run)
         if self.kind != "ivf_pq":
             return D, labels
         return rerank(q, self._table.vecs, labels, k)

@@ -18,23 +18,33 @@ vectors whenever the structure is (re)built, so an IVF index trained on 5k vecto
 from __future__ import annotations
 
 import math
+import re
 from typing import Any
 
 from ..errors import UnknownIndexError
 
-INDEX_KINDS: tuple[str, ...] = ("flat_ip", "hnsw", "ivf_flat", "ivf_pq", "annoy")
+INDEX_KINDS: tuple[str, ...] = ("flat_ip", "hnsw", "ivf_flat", "ivf_pq", "annoy", "milvus")
 
-BUILD_PARAMS = frozenset({"M", "efConstruction", "nlist", "m", "nbits", "n_trees"})
+BUILD_PARAMS = frozenset({"M", "efConstruction", "nlist", "m", "nbits", "n_trees", "index_type", "compressed"})
 SEARCH_PARAMS = frozenset({"efSearch", "nprobe", "k_factor", "search_k"})
 POLICY_PARAMS = frozenset({"exact_below", "delta_fraction", "compact_fraction"})
-ALL_PARAMS = BUILD_PARAMS | SEARCH_PARAMS | POLICY_PARAMS
+#: Where a kind's data lives rather than how it is shaped (Milvus): settable at creation only.
+CONNECTION_PARAMS = frozenset({"uri", "collection"})
+ALL_PARAMS = BUILD_PARAMS | SEARCH_PARAMS | POLICY_PARAMS | CONNECTION_PARAMS
+
+#: Milvus index types IMRS knows how to configure; AUTO picks one from the size and the server.
+MILVUS_INDEX_TYPES: tuple[str, ...] = ("AUTO", "FLAT", "HNSW", "IVF_FLAT", "IVF_SQ8", "IVF_PQ", "DISKANN")
+_MILVUS_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,254}$")
 
 KIND_PARAMS: dict[str, frozenset[str]] = {
     "flat_ip": frozenset({"compact_fraction"}),
     "hnsw": frozenset({"M", "efConstruction", "efSearch", "compact_fraction"}),
     "ivf_flat": frozenset({"nlist", "nprobe", "exact_below", "compact_fraction"}),
-    "ivf_pq": frozenset({"nlist", "nprobe", "m", "nbits", "k_factor", "exact_below", "compact_fraction"}),
+    "ivf_pq": frozenset({"nlist", "nprobe", "m", "nbits", "k_factor", "exact_below", "compact_fraction",
+                         "compressed"}),
     "annoy": frozenset({"n_trees", "search_k", "exact_below", "delta_fraction", "compact_fraction"}),
+    "milvus": frozenset({"index_type", "M", "efConstruction", "efSearch", "nlist", "nprobe", "m", "nbits",
+                         "uri", "collection"}),
 }
 
 #: k-means (IVF coarse quantizer and each PQ sub-quantizer) wants this many points per centroid;
@@ -114,10 +124,17 @@ def auto_params(kind: str, n: int, dim: int) -> dict[str, Any]:
         nlist = auto_nlist(n)
         p.update(nlist=nlist, nprobe=auto_nprobe(nlist), exact_below=DEFAULT_EXACT_BELOW)
         if kind == "ivf_pq":
-            p.update(m=auto_pq_m(dim), nbits=auto_nbits(n), k_factor=8)
+            # compressed=1: raw vectors (for the exact re-rank) in a mapped file, only codes in memory
+            p.update(m=auto_pq_m(dim), nbits=auto_nbits(n), k_factor=8, compressed=0)
     elif kind == "annoy":
         p.update(n_trees=auto_n_trees(n), search_k=-1, exact_below=DEFAULT_EXACT_BELOW,
                  delta_fraction=DEFAULT_DELTA_FRACTION)
+    elif kind == "milvus":
+        # Milvus compacts by itself; the graph / list / code parameters follow the FAISS kinds' rules
+        p = {"index_type": "AUTO", **auto_params("hnsw", n, dim), **auto_params("ivf_pq", n, dim)}
+        for key in ("compact_fraction", "exact_below", "k_factor", "compressed"):
+            p.pop(key, None)
+        p["nbits"] = 8  # Milvus trains its PQ on the whole segment: 8-bit codes, as its docs advise
     return p
 
 
@@ -151,7 +168,21 @@ def validate_params(kind: str, dim: int, params: dict[str, Any]) -> dict[str, An
             if name in ALL_PARAMS:
                 continue
             raise ValueError(f"unknown index parameter {name!r} for {kind}; it takes {', '.join(sorted(allowed))}")
-        if name in ("compact_fraction", "delta_fraction"):
+        if name == "index_type":
+            if not isinstance(value, str) or value.upper() not in MILVUS_INDEX_TYPES:
+                raise ValueError(f"index parameter index_type must be one of {', '.join(MILVUS_INDEX_TYPES)}, "
+                                 f"got {value!r}")
+            out[name] = value.upper()
+        elif name == "uri":
+            if not isinstance(value, str) or not value.strip():
+                raise ValueError(f"index parameter uri must be a Milvus URI or a local .db path, got {value!r}")
+            out[name] = value.strip()
+        elif name == "collection":
+            if not isinstance(value, str) or not _MILVUS_NAME.match(value):
+                raise ValueError(f"index parameter collection must be letters, digits and '_' (not starting "
+                                 f"with a digit, at most 255), got {value!r}")
+            out[name] = value
+        elif name in ("compact_fraction", "delta_fraction"):
             out[name] = _fraction(name, value)
         elif name == "search_k":
             v = _int(name, value, -1)
@@ -165,6 +196,8 @@ def validate_params(kind: str, dim: int, params: dict[str, Any]) -> dict[str, An
             if dim % v:
                 raise ValueError(f"index parameter m={v} must divide the dimension {dim}")
             out[name] = v
+        elif name == "compressed":
+            out[name] = _int(name, value, 0, 1)
         elif name == "M":
             out[name] = _int(name, value, 2, 512)
         elif name == "exact_below":

@@ -34,6 +34,24 @@ class WriterLock:
             self._tlock = _thread_locks.setdefault(key, threading.RLock())
         self._local = threading.local()
 
+    def busy(self) -> bool:
+        """Whether another thread or process holds the lock right now: a probe that never waits
+        (the app uses it to say "another session is writing"). The holder's own thread sees False."""
+        if not self._tlock.acquire(blocking=False):
+            return True
+        try:
+            if getattr(self._local, "depth", 0) or fcntl is None or not self.path.exists():
+                return False
+            with open(self.path, "a+") as fh:
+                try:
+                    fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    return True
+                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+                return False
+        finally:
+            self._tlock.release()
+
     @contextlib.contextmanager
     def hold(self) -> Iterator[None]:
         if not self._tlock.acquire(timeout=self.timeout):

@@ -165,7 +165,7 @@ def write_report(results: dict[str, Any], out: Path, home: str | os.PathLike[str
                         "summary": str(out / "summary.md"), "tables": tables, "plots": plot_files}
     if config is not None:
         cfg = asdict(config) if is_dataclass(config) else dict(config)
-        results["config"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in cfg.items()}
+        results["config"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in cfg.items() if not callable(v)}
     atomic_write_text(out / "summary.md", summary_markdown(results))
     serialisable = {k: v for k, v in results.items() if k != "maps"}
     dump_json(out / "results.json", serialisable)

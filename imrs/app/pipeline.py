@@ -1,0 +1,27 @@
+"""The app's only door into the search-and-grow pipeline and the settings.
+
+Every search, verdict, term proposal and growth the page shows comes from ``run_query`` /
+``grow_term`` (imrs.query) and every default from ``Settings`` (imrs.config): the app decides
+nothing about coverage or expansion itself. Keeping the imports in this one module means the rest
+of ``imrs.app`` never names the pipeline's modules directly.
+"""
+
+from __future__ import annotations
+
+try:  # the pipeline on main
+    from ..config import Settings
+    from ..progress import Progress
+    from ..query import Query, QueryOutcome, TermCandidate, Verdict, grow_term, run_query
+except ImportError:  # pragma: no cover - until main's pipeline is merged (see _interim's docstring)
+    from ._interim import (  # type: ignore[assignment]
+        Progress,
+        Query,
+        QueryOutcome,
+        Settings,
+        TermCandidate,
+        Verdict,
+        grow_term,
+        run_query,
+    )
+
+__all__ = ["Progress", "Query", "QueryOutcome", "Settings", "TermCandidate", "Verdict", "grow_term", "run_query"]

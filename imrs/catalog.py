@@ -288,6 +288,17 @@ class Catalog:
         rows = self._con().execute("SELECT DISTINCT label FROM images WHERE label != '' ORDER BY label")
         return [r[0] for r in rows]
 
+    def label_counts(self) -> dict[str, int]:
+        """label -> number of images: how big a concept the collection holds (coverage needs it)."""
+        rows = self._con().execute("SELECT label, COUNT(*) FROM images WHERE label != '' GROUP BY label")
+        return {r[0]: int(r[1]) for r in rows}
+
+    def ids_by_label(self) -> dict[str, list[int]]:
+        out: dict[str, list[int]] = {}
+        for i, label in self._con().execute("SELECT id, label FROM images WHERE label != ''"):
+            out.setdefault(label, []).append(int(i))
+        return out
+
     def phashes(self) -> tuple[list[int], list[int]]:
         rows = self._con().execute("SELECT id, phash FROM images WHERE phash IS NOT NULL").fetchall()
         return [r[0] for r in rows], [r[1] for r in rows]

@@ -51,6 +51,10 @@ class SearchHit:
     label: str
     source: str
     record: ImageRecord | None = None
+    #: "likely match" | "uncertain" | "no match", from the collection's coverage thresholds
+    confidence: str = ""
+    #: why it matched: ("visual",), ("visual", "label"), ("same image",) ...
+    why: tuple[str, ...] = ("visual",)
 
     @property
     def title(self) -> str:
@@ -175,7 +179,24 @@ class Collection:
         self._encoder = encoder
         self._index: VectorIndex | None = None
         self._index_version: str | None = None  # live snapshot version our in-memory index matches
+        self._caches: dict[str, Any] = {}  # per-collection derived state (see ``cache``)
+        self._caches_lock = threading.Lock()
         atomic_write_json(self.state_dir / "collection.json", {"root": str(self.root)})
+
+    # -- per-collection caches --------------------------------------------------------------------
+    def cache(self, key: str, factory: Callable[[], Any]) -> Any:
+        """Derived state that belongs to this collection (pHash index, prompt embeddings, the text
+        map, calibration): built once by ``factory`` and kept on the object, so two collections in
+        one process (two app sessions on different folders, a test) never share it, and it goes
+        away with the collection instead of living in a module global."""
+        with self._caches_lock:
+            if key not in self._caches:
+                self._caches[key] = factory()
+            return self._caches[key]
+
+    def forget(self, key: str) -> None:
+        with self._caches_lock:
+            self._caches.pop(key, None)
 
     # -- paths ---------------------------------------------------------------------------------
     def _default_dynamic_root(self) -> Path:

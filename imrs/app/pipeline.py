@@ -8,20 +8,9 @@ of ``imrs.app`` never names the pipeline's modules directly.
 
 from __future__ import annotations
 
-try:  # the pipeline on main
-    from ..config import Settings
-    from ..progress import Progress
-    from ..query import Query, QueryOutcome, TermCandidate, Verdict, grow_term, run_query
-except ImportError:  # pragma: no cover - until main's pipeline is merged (see _interim's docstring)
-    from ._interim import (  # type: ignore[assignment]
-        Progress,
-        Query,
-        QueryOutcome,
-        Settings,
-        TermCandidate,
-        Verdict,
-        grow_term,
-        run_query,
-    )
+from ..config import OFFLINE_BACKBONE, PROVIDER_CHOICES, Settings
+from ..progress import Progress
+from ..query import SAME_IMAGE, Query, QueryOutcome, TermCandidate, Verdict, grow_term, run_query
 
-__all__ = ["Progress", "Query", "QueryOutcome", "Settings", "TermCandidate", "Verdict", "grow_term", "run_query"]
+__all__ = ["OFFLINE_BACKBONE", "PROVIDER_CHOICES", "SAME_IMAGE", "Progress", "Query", "QueryOutcome", "Settings",
+           "TermCandidate", "Verdict", "grow_term", "run_query"]

@@ -9,6 +9,7 @@ from typing import Any
 import streamlit as st
 
 from . import workspace as W
+from .pipeline import PROVIDER_CHOICES
 from .widgets import flash, shown_errors
 
 #: Search-time tunables per index kind (build parameters need a rebuild).
@@ -109,8 +110,6 @@ def expansion_settings() -> None:
               help="grow with the best proposed term without asking (otherwise you pick it)")
     sb.number_input("Images per growth", 1, 200, key="expand_n")
     with sb.expander("Image sources"):
-        from ..expansion import PROVIDER_CHOICES
-
         st.selectbox("Provider", PROVIDER_CHOICES, key="provider",
                      help="auto: DuckDuckGo, then Wikimedia when DuckDuckGo fails or finds too few")
         st.text_input("Wikimedia API URL", key="wikimedia_api", placeholder="https://commons.wikimedia.org/w/api.php",

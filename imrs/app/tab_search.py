@@ -202,8 +202,10 @@ def build_query(kind: str, pending: S.Pending) -> tuple[Query, dict[str, Any]]:
     exclude: tuple[int, ...] = ()
     if iq["ref"].startswith("c:") and ss.get("hide_query", True):
         exclude = (int(iq["ref"][2:]),)
-    query = Query(image=iq["image"], k=k, expand=pending.expand and not pending.restored, term=pending.term,
-                  exclude_ids=exclude)
+    # growth for an image needs a confirmed term (or the auto-confirm setting); without one the
+    # pipeline's proposed terms are offered instead
+    grow = pending.expand and not pending.restored and (pending.term is not None or bool(ss.get("auto_confirm")))
+    query = Query(image=iq["image"], k=k, expand=grow, term=pending.term, exclude_ids=exclude)
     return query, {"mode": "Image", "desc": iq["desc"], "digest": iq["digest"], "ref": iq["ref"], "box": iq["box"]}
 
 
@@ -242,12 +244,9 @@ def outcome_to_state(out: QueryOutcome, meta: dict[str, Any], asked_to_grow: boo
     rep = out.report
     report = None
     if rep is not None:
-        report = {"term": getattr(rep, "term", ""), "added": int(getattr(rep, "kept", 0) or 0),
-                  "duplicates": len(getattr(rep, "duplicates", []) or []),
-                  "failed": len(getattr(rep, "failures", []) or []),
-                  "dropped": getattr(rep, "dropped", None), "summary": rep.summary() if hasattr(rep, "summary") else ""}
-        if isinstance(report["dropped"], list | tuple):
-            report["dropped"] = len(report["dropped"])
+        report = {"term": rep.term, "added": int(rep.kept), "duplicates": len(rep.duplicates),
+                  "failed": len(rep.failures), "off_topic": len(rep.off_topic), "candidates": int(rep.candidates),
+                  "summary": rep.summary()}
     return {**meta, "hits": [media.hit_to_dict(h) for h in out.hits], "verdict": verdict_dict(out.verdict),
             "terms": [{"term": t.term, "score": float(t.score), "method": t.method} for t in out.terms],
             "before": None if out.hits_before is None else [media.hit_to_dict(h) for h in out.hits_before],
@@ -288,25 +287,25 @@ def _current_digest() -> str | None:
 
 def show_results(ctx: dict[str, Any], res: dict[str, Any], cols: int, timed: bool) -> None:
     verdict, rep = res["verdict"], res.get("report")
-    if res.get("before") is not None and rep is not None:
-        vb = res.get("verdict_before") or {}
-        extra = f", {rep['dropped']} dropped as off-topic" if rep.get("dropped") else ""
+    if rep is not None:
+        vb = res.get("verdict_before") or verdict
+        dropped = f", {rep['off_topic']} off-topic left out" if rep["off_topic"] else ""
+        what = (f"{rep['added']} web image(s) for “{rep['term']}” were added" if rep["added"] else
+                f"no new image for “{rep['term']}” could be added (of {rep['candidates']} found)")
         say = st.success if rep["added"] else st.warning
-        say(f"Coverage was weak ({vb.get('reason', '?')}), so the collection grew: {rep['added']} web image(s) for "
-            f"“{rep['term']}” ({rep['duplicates']} duplicate(s), {rep['failed']} failed download(s){extra}). "
-            f"Best score {vb.get('best', 0.0):.3f} → {verdict['best']:.3f}.", icon=":material/trending_up:")
-        if verdict["weak"]:
+        say(f"Coverage was weak ({vb.get('reason', '?')}), so the collection grew: {what} ({rep['duplicates']} "
+            f"duplicate(s), {rep['failed']} failed download(s){dropped}). Best score {vb.get('best', 0.0):.3f} → "
+            f"{verdict['best']:.3f}; now: {verdict['label']}.", icon=":material/trending_up:")
+        if verdict["weak"] and rep["added"]:
             st.info(f"Still weak after growing: {verdict['reason']}")
     elif verdict["weak"]:
         st.warning(f"Weak coverage — {verdict['label']}: {verdict['reason']}.", icon=":material/search_off:")
     if res.get("error"):
         st.error(f"Growing the collection failed: {res['error']}", icon=":material/cloud_off:")
-    if verdict["weak"] and res.get("before") is None:
+    if verdict["weak"] and rep is None:
         propose_terms(res)
     caption = st.empty()
-    marks = {h["id"] for h in res["hits"] if h["score"] >= 0.9995}
-    if res.get("ref", "").startswith("c:"):
-        marks.add(int(res["ref"][2:]))
+    marks = {h["id"] for h in res["hits"] if "same image" in h["why"]}
     render_grid(res["hits"], "res", cols, on_search_with=use_hit_as_query, query_marks=marks)
     if res.get("before") is not None:
         with st.expander(f"Results before growing ({len(res['before'])})"):

@@ -28,16 +28,12 @@ import streamlit as st
 
 from ..errors import IMRSError, WeightsUnavailableError
 from .media import is_demo
+from .pipeline import OFFLINE_BACKBONE
 
 if TYPE_CHECKING:
     from ..collection import Collection
 
 log = logging.getLogger(__name__)
-
-try:
-    from ..config import OFFLINE_BACKBONE
-except ImportError:  # pragma: no cover - the constant moved into Settings
-    OFFLINE_BACKBONE = "efficientnet_lite0"
 
 
 # --------------------------------------------------------------------------------------------

@@ -26,9 +26,9 @@ MODES = ("Text", "Image")
 IMAGE_SOURCES = ("Upload", "URL", "Webcam", "Example", "Result")
 
 
-@st.cache_resource(show_spinner=False)
 def base_settings() -> Settings:
-    """The environment's settings, read once per process (every default lives in Settings)."""
+    """The environment's settings (every default lives in Settings); read per page run, which is
+    a few dictionary look-ups, so a changed environment is never served stale."""
     return Settings.from_env()
 
 

@@ -62,6 +62,7 @@ def run(opened: W.Opened, home: Path, indexers: list[str], improvements: list[st
         try:
             cfg = BenchConfig(data_root=coll.root, out=home / "bench" / coll.root.name, backbones=[coll.backbone],
                               indexers=indexers, improvements=tuple(improvements), sample_queries=queries,
+                              topk=max(10, min(50, coll.catalog.count("base") - 1)),
                               latency_queries=min(200, queries), tune=tune, map2d=map2d, home=home,
                               device=coll.device, progress=False, stage_progress=bar)
             results = run_bench(cfg)

@@ -176,7 +176,9 @@ def crop_box(img: Any) -> media.Box:
     rect = st_cropper(preview, realtime_update=True, default_coords=coords, box_color="#ff4b4b",
                       return_type="box", should_resize_image=False, key=f"cropper_{ss.get('crop_gen', 0)}",
                       stroke_width=2)
-    box = media.box_from_rect(rect, pw, ph) if rect else box
+    given = {"left": coords[0], "top": coords[2], "width": coords[1] - coords[0], "height": coords[3] - coords[2]}
+    if rect and any(abs(float(rect[k]) - given[k]) > 1 for k in given):  # moved: not just pixel rounding
+        box = media.box_from_rect(rect, pw, ph)
     ss["crop_box"] = box
     return box
 

@@ -95,6 +95,17 @@ class EmbeddingSet:
         return out
 
 
+def concat_all(sets: Sequence[EmbeddingSet]) -> EmbeddingSet:
+    """All rows in one copy (pairwise ``concat`` in a loop copies the big base cache once per term)."""
+    full = [s for s in sets if len(s)] or list(sets[:1])
+    if len(full) == 1:
+        return full[0]
+    if len({s.dim for s in full}) > 1:
+        raise StoreError(f"cannot combine embeddings of dims {sorted({s.dim for s in full})}")
+    return EmbeddingSet(full[0].backbone, np.concatenate([s.ids for s in full]),
+                        np.concatenate([s.relpaths for s in full]), np.concatenate([s.vectors for s in full]))
+
+
 @dataclass
 class MergeReport:
     inputs: list[str] = field(default_factory=list)
@@ -120,9 +131,7 @@ def merge(sets: Sequence[EmbeddingSet], exists: Callable[[str], bool] | None = N
     if len(dims) > 1:
         raise StoreError(f"cannot merge embeddings of different dims: {sorted(dims)}")
     backbone = backbones.pop() if backbones else sets[0].backbone
-    combined = sets[0]
-    for s in sets[1:]:
-        combined = combined.concat(s)
+    combined = concat_all(sets)
     report.rows_in += len(combined)
     _, first = np.unique(combined.ids, return_index=True)
     keep = np.zeros(len(combined), dtype=bool)

@@ -96,8 +96,9 @@ def test_corrupt_files_are_skipped_with_a_reason(copy_collection, home):
     coll = Collection(copy_collection, BB, "flat_ip", home=home)
     report = coll.sync()
     assert report.embedded == 24
-    assert sorted(r for r, _ in report.failed) == ["watch/broken.jpg", "watch/empty.png"]
-    assert all(reason for _, reason in report.failed)
+    assert [r for r, _ in report.failed] == ["watch/broken.jpg"]  # did not decode
+    assert report.skipped == [("watch/empty.png", "empty file")]  # left out by the walk, never read
+    assert all(reason and "cannot read" not in reason for _, reason in report.failed)
     assert len(coll.index) == 24
 
 

@@ -163,10 +163,14 @@ def test_expand_cli_errors(indexed: Path, capsys: pytest.CaptureFixture[str]) ->
     rc, _, err = run(capsys, "expand")
     assert rc == 2 and "give at least one TERM" in err
     rc, _, err = run(capsys, "expand", "x", "--provider", "wikimedia", "--wikimedia-api",
-                     "http://127.0.0.1:9/w/api.php", "-q")
+                     "http://127.0.0.1:9/w/api.php", "-q", "--allow-loopback")
     assert rc == 2
     assert err.startswith("imrs: error: no image provider answered for 'x': wikimedia: Wikimedia API at "
                           "127.0.0.1:9 unreachable") and err.count("\n") == 1
+    # The API call goes through the same SSRF guard as downloads: loopback only when allowed.
+    rc, _, err = run(capsys, "expand", "x", "--provider", "wikimedia", "--wikimedia-api",
+                     "http://127.0.0.1:9/w/api.php", "-q")
+    assert rc == 2 and "refused: blocked: loopback address 127.0.0.1" in err and err.count("\n") == 1
     rc, _, err = run(capsys, "expand", "x", "--urls-file", "/nonexistent/urls.txt")
     assert rc == 2 and "URL list /nonexistent/urls.txt not found" in err
     for bad in (["-n", "0"], ["--quality", "101"], ["--phash", "-1"]):

@@ -20,10 +20,10 @@ def cmd_index(args: argparse.Namespace) -> int:
     remember_active(settings_from(args).home, coll)
     print(f"indexed {coll.root} with {coll.backbone}/{coll.indexer}: {report.summary()}")
     print(f"index holds {len(coll.index)} vectors; snapshot in {coll.snap_dir}")
-    for rel, reason in report.failed[:10]:
-        print(f"  skipped {rel}: {reason}")
-    if len(report.failed) > 10:
-        print(f"  ... and {len(report.failed) - 10} more")
+    from ..walk import format_skipped  # every entry left out, with its one reason
+
+    for line in format_skipped(sorted(report.skipped + report.failed)):
+        print(line)
     return 0
 
 

@@ -14,6 +14,7 @@ from ..config import PROVIDER_CHOICES, Settings
 from ..errors import IMRSError
 from ..expansion import dynamic_groups, expand_batch, list_dynamic, policy_for, providers_for, prune, read_terms
 from ..expansion.prune import select as select_for_prune
+from ..expansion.terms import clean_term
 from .common import collection_args, int_in, open_collection, settings_from
 
 
@@ -24,6 +25,8 @@ def cmd_expand(args: argparse.Namespace) -> int:
         terms += read_terms(args.csv)
     if not terms:
         raise IMRSError("give at least one TERM, or --csv FILE with one term per line")
+    if any(not clean_term(t) for t in terms):
+        raise IMRSError("empty search term: every TERM needs at least one word")
     s = settings_from(args)
     coll = open_collection(args, settings=s)
     providers = providers_for(s)

@@ -31,9 +31,11 @@ def query_image_arg(spec: str) -> Any:
 
 
 def format_hits(hits: Sequence[SearchHit]) -> str:
+    from ..ids import display_path  # a non-UTF-8 file name must not crash print()
+
     rows = [("rank", "score", "confidence", "label", "source", "path")]
     rows += [(str(n), f"{h.score:.3f}", h.confidence or "-", h.label or "-",
-              h.source + (" (same image)" if h.why == ("same image",) else ""), str(h.path))
+              h.source + (" (same image)" if h.why == ("same image",) else ""), display_path(h.path))
              for n, h in enumerate(hits, 1)]
     widths = [max(len(r[c]) for r in rows) for c in range(5)]
     lines = ["  ".join(r[c].ljust(widths[c]) for c in range(5)) + "  " + r[5] for r in rows]

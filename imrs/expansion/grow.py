@@ -6,7 +6,10 @@ embedding -- all the slow parts -- run outside it, into a private staging folder
 network and model time and can never see or delete each other's half-finished files. Under the
 lock the batch is checked once more against the catalog (another expansion may have just added the
 same picture), kept files are moved to their final names (a hash of the URL) and
-``Collection.add_dynamic`` writes catalog rows, index vectors and the term's NPZ.
+``Collection.add_dynamic`` writes catalog rows, index vectors and the term's NPZ. The staging folder
+is guarded by a lock its expansion holds (``reconcile.staging_folder``), so one killed mid-download
+is cleaned up on the next open, and the commit runs as one op of the commit protocol: a kill after
+the files moved but before they were recorded leaves an intent record, and the repair deletes them.
 """
 
 from __future__ import annotations
@@ -17,10 +20,8 @@ import logging
 import math
 import os
 import re
-import shutil
 import threading
 import time
-import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,8 +33,10 @@ from ..catalog import ImageRecord
 from ..collection import DYNAMIC_PREFIX, SearchHit
 from ..dedupe import HashIndex, phash_file
 from ..errors import IMRSError, NetworkError
+from ..faults import fault_point
 from ..ids import stable_id
 from ..progress import ProgressArg, Reporter
+from ..reconcile import staging_folder
 from ..slug import safe_slug
 from ..web.download import DownloadPolicy, fetch_many
 from ..web.providers import ImageHit, url_key
@@ -48,7 +51,6 @@ log = logging.getLogger(__name__)
 #: ``vectors -> (keep mask, scores, floor)``: the check that downloaded images show the query.
 AcceptFn = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray, float]]
 _SLUG_RE = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*$")
-STAGING_PREFIX = ".staging-"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -294,7 +296,7 @@ def expand(coll: Collection, term: str, n: int = 20, policy: DownloadPolicy | No
         raise IMRSError(f"pHash threshold must be between 0 and 64, not {phash_threshold}")
     term = clean_term(term)
     if not term:
-        raise IMRSError("the expansion term is empty: give a word or phrase to search the web for")
+        raise IMRSError("empty search term: give a word or two to search the web for")
     slug = safe_slug(term)
     folder = dynamic_folder(coll, slug)
     policy = policy or policy_for()
@@ -310,6 +312,8 @@ def expand(coll: Collection, term: str, n: int = 20, policy: DownloadPolicy | No
     found, prov_report = chain.search(term, want)
     report.provider_report = [dict(r) for r in prov_report]
     report.candidates = len(found)
+    for r in prov_report:  # unusable entries of a URL list etc.: named in the report, not dropped
+        report.failures.extend((str(what), str(why)) for what, why in r.get("rejected", []))
     if not found:
         errors = [f"{r['provider']}: {r['error']}" for r in prov_report if r.get("error")]
         if errors:
@@ -331,16 +335,15 @@ def expand(coll: Collection, term: str, n: int = 20, policy: DownloadPolicy | No
             queue.append(hit)
 
     folder.mkdir(parents=True, exist_ok=True)
-    staging = folder / f"{STAGING_PREFIX}{uuid.uuid4().hex[:12]}"
-    staging.mkdir(parents=True)  # parents: a concurrent expansion of the term may have just rmdir'ed it
     try:
-        staged = _download_and_dedupe(coll, queue, n, staging, policy, phash_threshold, report, stage)
-        stage.close()  # before the encoder draws its own bar
-        staged, vectors = _embed(coll, staged, report, progress, accept)
-        _commit(coll, slug, term, label, staged, vectors, phash_threshold, report)
+        with staging_folder(coll, folder) as staging:
+            staged = _download_and_dedupe(coll, queue, n, staging, policy, phash_threshold, report, stage)
+            fault_point("expand.after_download")
+            stage.close()  # before the encoder draws its own bar
+            staged, vectors = _embed(coll, staged, report, progress, accept)
+            _commit(coll, slug, term, label, staged, vectors, phash_threshold, report)
     finally:
         stage.close()
-        shutil.rmtree(staging, ignore_errors=True)
         with contextlib.suppress(OSError):
             folder.rmdir()  # only succeeds when nothing was added (ever)
 
@@ -425,7 +428,7 @@ def _commit(coll: Collection, slug: str, term: str, label: str | None, staged: l
     if not staged:
         return
     folder = dynamic_folder(coll, slug)
-    with coll.writing():
+    with coll.writing("expand"):
         # Another expansion may have added the same picture while we were downloading.
         ref = catalog_hash_index(coll)
         rels = [f"{DYNAMIC_PREFIX}{slug}/{s.final_name}" for s in staged]
@@ -442,6 +445,7 @@ def _commit(coll: Collection, slug: str, term: str, label: str | None, staged: l
                 report.duplicates.append((s.hit.url, _describe_match(coll, match, dist)))
                 continue
             final = folder / s.final_name
+            coll.begin_changes()  # the intent record, before the first file lands
             os.replace(s.path, final)
             moved.append(final)
             st = final.stat()
@@ -451,6 +455,8 @@ def _commit(coll: Collection, slug: str, term: str, label: str | None, staged: l
                 license=s.hit.license or None, author=s.hit.author or None, page_url=s.hit.page_url or None,
                 phash=s.phash, width=s.width, height=s.height, mtime=st.st_mtime, size=st.st_size))
             rows.append(i)
+        if moved:
+            fault_point("expand.after_move")
         try:
             coll.add_dynamic(slug, records, vectors[rows] if rows else vectors[:0])
         except BaseException:

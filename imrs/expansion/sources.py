@@ -31,9 +31,10 @@ PROVIDER_CHOICES = _CHOICES
 
 
 def make_providers(kind: str = "auto", wikimedia_api: str | None = None,
-                   urls_file: str | os.PathLike[str] | None = None) -> ProviderChain:
+                   urls_file: str | os.PathLike[str] | None = None, allow_loopback: bool = False) -> ProviderChain:
     """A provider chain. A custom ``wikimedia_api`` (a mirror, a test server) is used for Commons
-    search only; Wikipedia lead images are asked only of the real Wikipedia."""
+    search only; Wikipedia lead images are asked only of the real Wikipedia. API calls go through
+    the same SSRF guard as downloads: ``allow_loopback`` opens 127.0.0.1 for them too."""
     if urls_file:
         path = Path(urls_file)
         if not path.is_file():
@@ -44,10 +45,10 @@ def make_providers(kind: str = "auto", wikimedia_api: str | None = None,
     commons = wikimedia_api or COMMONS_API
     wikipedia = WIKIPEDIA_API if not wikimedia_api else None
     if kind == "ddg":
-        return ProviderChain([DuckDuckGoProvider()])
+        return ProviderChain([DuckDuckGoProvider(allow_loopback=allow_loopback)])
     if kind == "wikimedia":
-        return ProviderChain([WikimediaProvider(commons, wikipedia)])
-    return default_chain(commons_api_url=commons, wikipedia_api_url=wikipedia)
+        return ProviderChain([WikimediaProvider(commons, wikipedia, allow_loopback=allow_loopback)])
+    return default_chain(commons_api_url=commons, wikipedia_api_url=wikipedia, allow_loopback=allow_loopback)
 
 
 def as_chain(providers: Any) -> ProviderChain:
@@ -65,7 +66,7 @@ def as_chain(providers: Any) -> ProviderChain:
 
 def providers_for(settings: Settings | None = None) -> ProviderChain:
     s = settings or Settings.from_env()
-    return make_providers(s.provider, s.wikimedia_api, s.urls_file)
+    return make_providers(s.provider, s.wikimedia_api, s.urls_file, allow_loopback=s.allow_loopback)
 
 
 def policy_for(settings: Settings | None = None, **overrides: Any) -> DownloadPolicy:

@@ -69,22 +69,30 @@ class WriterLock:
         return self._shared.scratch
 
     def busy(self) -> bool:
-        """Whether another thread or process holds the lock right now: a probe that never waits
-        (the app uses it to say "another session is writing"). The holder's own thread sees False."""
-        if not self._tlock.acquire(blocking=False):
-            return True
+        """Whether another thread or process holds the lock right now: a probe that never waits and
+        never takes the lock (the app uses it to say "someone else is writing"). The holder's own
+        thread sees False. Probes take a shared ``flock`` for an instant, so two probes never see
+        each other; on a platform without ``fcntl`` only this process's writers are seen."""
+        owner = self._shared.owner
+        if owner is not None:
+            return owner != threading.get_ident()
         try:
-            if getattr(self._local, "depth", 0) or fcntl is None or not self.path.exists():
-                return False
-            with open(self.path, "a+") as fh:
-                try:
-                    fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    return True
-                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
-                return False
+            import fcntl
+        except ImportError:  # pragma: no cover - Windows
+            return False
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
+        except OSError:  # no lock file yet: nobody has written
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            return True
+        else:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            return False
         finally:
-            self._tlock.release()
+            os.close(fd)
 
     @contextlib.contextmanager
     def hold(self, timeout: float | None = None) -> Iterator[None]:

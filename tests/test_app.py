@@ -232,6 +232,21 @@ def test_upload_crop_webcam_and_search_with_a_result(app_env: Path, home: Path) 
     assert any(":blue-badge[query image]" in m for m in scores_line(at)[:1]), scores_line(at)[:2]
 
 
+def test_example_query_is_left_out_of_its_own_results(app_env: Path) -> None:
+    from imrs.ids import stable_id
+
+    at = to_image_mode(start())
+    at.session_state["img_src"] = "Example"
+    at.run()
+    at.button(key="ex_watch").click().run()
+    assert_clean(at)
+    first = sorted((app_env / "watch").iterdir())[0]  # a symbolic link: its id is of the path under the root
+    own = stable_id(first.relative_to(app_env).as_posix())
+    assert at.query_params["img"] == f"c:{own}"
+    assert labels(at)[0] == "watch"
+    assert f"use_res_{own}" not in [b.key for b in at.button] and not any("query image" in m for m in scores_line(at))
+
+
 def test_enlarge_shows_the_original_and_its_facts(app_env: Path) -> None:
     at = search_text(start(), "a leopard")
     view = next(b for b in at.button if b.key and b.key.startswith("view_res_"))
@@ -259,11 +274,11 @@ def test_url_query_through_safe_downloader(app_env: Path, web_server: Any) -> No
 def test_weak_text_query_grows_from_the_web_with_auto_expand(app_env: Path, web_server: Any) -> None:
     at = use_loopback_provider(start(), web_server)
     at.toggle(key="auto_expand").set_value(True).run()
-    search_text(at, "a parrot")
+    search_text(at, "parrot")
     assert_clean(at)
     grew = " ".join(s.value for s in at.success)
-    assert "the collection grew" in grew and "for “a parrot” were added" in grew, (grew, [w.value for w in at.warning])
-    assert cards(at)[0].endswith("a parrot") and ":violet-badge[web]" in scores_line(at)[0]
+    assert "the collection grew" in grew and "for “parrot” were added" in grew, (grew, [w.value for w in at.warning])
+    assert cards(at)[0].endswith("parrot") and ":violet-badge[web]" in scores_line(at)[0]
     assert "from the web" in header(at) and "+ 0 from the web" not in header(at)
     assert any(e.label.startswith("Results before growing") for e in at.expander)
 

@@ -38,8 +38,13 @@ TABS = ["Search", "Batch expansion", "Manage web images", "Benchmarks"]
 WATCH_EVERY_S = 3.0
 
 
+#: Less empty space above the title, so a 1000-px window shows more of the results.
+STYLE = "<style>[data-testid='stMainBlockContainer'] {padding-top: 2.5rem;}</style>"
+
+
 def main() -> None:
     st.set_page_config(page_title="IMRS — image search", page_icon=":material/image_search:", layout="wide")
+    st.html(STYLE)
     ss = st.session_state
     ss["_t_run"] = time.perf_counter()  # a click starts a run: "answered in" is measured from here
     ss["_full_run"] = True
@@ -124,7 +129,11 @@ def watcher(opened: W.Opened) -> None:
 
     @st.fragment(run_every=WATCH_EVERY_S)
     def _watch() -> None:
-        others = opened.ws.activity.others(W.session_id())
+        ws = opened.ws
+        if ws.load_error is None and not (ws.encoder_ready and ws.text_ready.is_set()):
+            st.caption(f":material/hourglass_top: Loading {opened.backbone} and the text search model in the "
+                       f"background — the first query after a start waits for them.")
+        others = ws.activity.others(W.session_id())
         busy = [j for j in others if j.kind != "searching"]
         if busy:
             st.info("Another session is " + "; ".join(j.describe() for j in busy) + ". The counts refresh when it "

@@ -21,6 +21,7 @@ import streamlit as st
 
 from ..errors import ImageDecodeError, IMRSError
 from ..fsutil import atomic_write_bytes
+from ..ids import display_path
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -162,8 +163,10 @@ def hit_to_dict(hit: SearchHit) -> dict[str, Any]:
     r = hit.record
     extra = dict(r.extra) if r is not None else {}
     conf = getattr(hit, "confidence", "") or ""
+    # "relpath" is for people (a non-UTF-8 name must not reach the browser as a lone surrogate);
+    # "path" is what opens the file.
     return {"id": int(hit.id), "score": float(hit.score), "confidence": str(conf),
-            "why": list(getattr(hit, "why", ()) or ()), "relpath": hit.relpath, "path": str(hit.path),
+            "why": list(getattr(hit, "why", ()) or ()), "relpath": display_path(hit.relpath), "path": str(hit.path),
             "label": hit.label, "source": hit.source, "title": hit.title or "",
             "caption": extra.get("caption", ""),
             "url": (r.page_url or r.source_url or "") if r is not None else "",
@@ -188,16 +191,16 @@ def thumbnail(path: str, mtime: float, side: int = THUMB_SIDE) -> bytes | None:
     so an edited file is not shown stale."""
     from PIL import Image, ImageOps
 
+    from ..imageio import load_image
+
     try:
-        with Image.open(path) as im:
-            im.draft("RGB", (side, side))
-            im = ImageOps.exif_transpose(im).convert("RGB")
-            im = ImageOps.pad(im, (side, side * 3 // 4), method=Image.Resampling.LANCZOS, color=(246, 246, 248))
-            buf = io.BytesIO()
-            im.save(buf, "JPEG", quality=85)
-            return buf.getvalue()
+        im = load_image(path, max_side=side)  # the one decoder: capped read, draft, EXIF once
+        im = ImageOps.pad(im, (side, side * 3 // 4), method=Image.Resampling.LANCZOS, color=(246, 246, 248))
+        buf = io.BytesIO()
+        im.save(buf, "JPEG", quality=85)
+        return buf.getvalue()
     except Exception as exc:  # noqa: BLE001 - one unreadable file must not break the grid
-        log.warning("no thumbnail for %s: %s", path, exc)
+        log.warning("no thumbnail for %s: %s", display_path(path), exc)
         return None
 
 
@@ -221,20 +224,23 @@ class ImageView:
 
 
 def view_image(path: str | os.PathLike[str]) -> ImageView:
-    from PIL import Image, ImageOps
+    from ..imageio import open_image
 
     p = Path(path)
     try:
         size = p.stat().st_size
-        with Image.open(p) as im:
-            fmt = im.format or p.suffix.lstrip(".").upper()
-            w, h = im.size
-            im.draft("RGB", (VIEW_MAX_SIDE, VIEW_MAX_SIDE))
-            shown = ImageOps.exif_transpose(im).convert("RGB")
-            shown.thumbnail((VIEW_MAX_SIDE, VIEW_MAX_SIDE))
-    except OSError as exc:
-        raise IMRSError(f"cannot open {p.name}: {exc}") from None
-    return ImageView(shown, w, h, size, fmt)
+        dec = open_image(p, max_side=VIEW_MAX_SIDE)
+    except (OSError, ImageDecodeError) as exc:
+        raise IMRSError(f"cannot open {display_path(p.name)}: {exc}") from None
+    return ImageView(dec.image, dec.width, dec.height, size, dec.format or p.suffix.lstrip(".").upper())
+
+
+def read_query_file(path: str | os.PathLike[str]) -> bytes:
+    """A collection file's bytes for use as a query, with the decoder's caps (regular files only,
+    size and time limits): a file may have changed into anything since it was indexed."""
+    from ..imageio import read_image_file
+
+    return read_image_file(path)
 
 
 def example_images(root: str | os.PathLike[str], n: int = 4) -> list[tuple[str, Path]]:

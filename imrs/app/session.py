@@ -6,7 +6,8 @@ other's top-k, indexer or providers), seeded once per session from ``Settings.fr
 back into a ``Settings`` for every pipeline call (``session_settings``). The query, the query mode
 and the tab are in the URL: ``?q=...`` for text, ``?img=c:<id>`` (a collection image) or
 ``?img=u:<digest>`` (an upload kept on this server) plus ``&crop=l,t,r,b`` for images; ``mode`` and
-``tab`` are bound widgets. A reload, or the link sent to someone else, shows the same search.
+``tab`` (and top-k, query expansion and the growth switches) are bound widgets. A reload, or the
+link sent to someone else, shows the same search with the same settings.
 """
 
 from __future__ import annotations
@@ -148,7 +149,7 @@ def resolve_url_image(coll: Any, home: Path) -> str | None:
         if found is None:
             return "the linked image is no longer in this collection"
         path, rel = found
-        set_query_image(path.read_bytes(), f"collection: {rel}", ref)
+        set_query_image(media.read_query_file(path), f"collection: {rel}", ref)
     elif kind == "u":
         data = media.load_stored(home, value)
         if data is None:

@@ -79,14 +79,15 @@ def backbone_status(slot: Any, opened: W.Opened, choices: dict[str, W.BackboneCh
 
 
 def search_settings(opened: W.Opened) -> dict[str, Any]:
-    """Top-k, query expansion and this session's own index search settings."""
+    """Top-k, query expansion and this session's own index search settings. The harmless ones are
+    bound to the URL, so a reload or a shared link keeps them; sources and folders never are."""
     coll = opened.coll
     sb = st.sidebar
     sb.header("Search")
-    sb.slider("Results (top-k)", 1, 60, key="top_k")
-    sb.number_input("Query expansion (top N)", min_value=0, max_value=20, key="qe",
+    sb.slider("Results (top-k)", 1, 60, key="top_k", bind="query-params")
+    sb.number_input("Query expansion (top N)", min_value=0, max_value=20, key="qe", bind="query-params",
                     help="alpha query expansion: re-search with the query blended with its top N hits; 0 = off")
-    sb.toggle("Hide the query image from results", key="hide_query",
+    sb.toggle("Hide the query image from results", key="hide_query", bind="query-params",
               help="when the query is an image of this collection, leave it out of its own results")
     params: dict[str, int] = {}
     shared = coll.index.get_params() if opened.ws.synced else {}
@@ -104,9 +105,9 @@ def search_settings(opened: W.Opened) -> dict[str, Any]:
 def expansion_settings() -> None:
     sb = st.sidebar
     sb.header("Web expansion")
-    sb.toggle("Auto-expand on weak coverage", key="auto_expand",
+    sb.toggle("Auto-expand on weak coverage", key="auto_expand", bind="query-params",
               help="when the answer is weak, fetch web images for the query, add them, and search again")
-    sb.toggle("Auto-confirm the term for image queries", key="auto_confirm",
+    sb.toggle("Auto-confirm the term for image queries", key="auto_confirm", bind="query-params",
               help="grow with the best proposed term without asking (otherwise you pick it)")
     sb.number_input("Images per growth", 1, 200, key="expand_n")
     with sb.expander("Image sources"):
@@ -141,6 +142,9 @@ def collection_tools(opened: W.Opened, home: Path) -> None:
                 bar.empty()
                 flash("success", f"{summary}; {W.merge_npz(ws, home, override)}")
                 st.rerun()
+        if ws.sync_left_out:
+            with st.popover(f"{len(ws.sync_left_out)} file(s) left out of the index"):
+                st.dataframe([{"file": rel, "why": why} for rel, why in ws.sync_left_out], hide_index=True)
         if st.session_state.get("auto_merge", True) and not ws.merged:
             with shown_errors("Merging embedding caches"):
                 W.merge_npz(ws, home, override, once=True)

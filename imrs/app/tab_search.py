@@ -8,6 +8,7 @@ results area, where the eye already is. Nothing here judges coverage or picks a 
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ from .widgets import ProgressBar, flash, render_grid, short, shown_errors
 
 IMAGE_TYPES = ["jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff"]
 TEXT_BOX = "Describe what you are looking for"
-PREVIEW_SIDE = 280  # the crop box is drawn on a preview this large (the crop applies to the original)
+PREVIEW_SIDE = 220  # the crop box is drawn on a preview this large (the crop applies to the original)
 
 
 # --------------------------------------------------------------------------------------------
@@ -70,8 +71,8 @@ def text_inputs(coll: Any) -> None:
 def use_hit_as_query(h: dict[str, Any]) -> None:
     """"Similar" on a result (a callback): the result becomes the image query."""
     try:
-        data = Path(h["path"]).read_bytes()
-    except OSError as exc:
+        data = media.read_query_file(h["path"])  # bounded read: the file may have become a FIFO since
+    except IMRSError as exc:
         flash("error", f"cannot read {h['relpath']}: {exc}")
         return
     S.set_query_image(data, f"result: {h['relpath']}", f"c:{h['id']}")
@@ -80,12 +81,14 @@ def use_hit_as_query(h: dict[str, Any]) -> None:
 
 
 def _collection_ref(coll: Any, path: Path) -> str:
-    """``c:<id>`` for a file of this collection (its id is a function of its relative path)."""
-    try:
-        rel = normalise_relpath(str(path.resolve().relative_to(coll.root)))
-    except ValueError:
-        return ""
-    return f"c:{stable_id(rel)}"
+    """``c:<id>`` for a file of this collection (its id is a function of its relative path): the
+    path as found under the root first (a collection of symbolic links resolves elsewhere)."""
+    for candidate in (Path(os.path.abspath(path)), path.resolve()):
+        try:
+            return f"c:{stable_id(normalise_relpath(candidate.relative_to(coll.root).as_posix()))}"
+        except ValueError:
+            continue
+    return ""
 
 
 def image_inputs(ctx: dict[str, Any]) -> None:
@@ -130,7 +133,8 @@ def image_inputs(ctx: dict[str, Any]) -> None:
                     if thumb:
                         st.image(thumb, width="stretch")
                     if st.button(label, key=f"ex_{label}", width="stretch"):
-                        S.set_query_image(path.read_bytes(), f"example: {label}", _collection_ref(coll, path))
+                        S.set_query_image(media.read_query_file(path), f"example: {label}",
+                                          _collection_ref(coll, path))
                         S.request_search("image")
     elif "query_image" not in st.session_state:
         st.info("Press “Similar” under a result to search with it.")

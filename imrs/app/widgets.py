@@ -144,8 +144,7 @@ def render_grid(hits: Sequence[dict[str, Any]], key: str, cols: int = 4, *, acti
                 st.markdown(f"**#{rank}** · {h['label'] or '—'}")
                 src = ":violet-badge[web]" if h["source"] == "dynamic" else ":gray-badge[yours]"
                 mark = " :blue-badge[query image]" if query_marks and h["id"] in query_marks else ""
-                st.markdown(f"{confidence_badge(h.get('confidence', ''))} `{h['score']:.3f}` {src}{mark}",
-                            help="calibrated confidence, raw similarity score, and where the image came from")
+                st.markdown(f"{confidence_badge(h.get('confidence', ''))} `{h['score']:.3f}` {src}{mark}")
                 st.caption(card_name(h))
                 if actions:
                     with st.container(horizontal=True, gap="small"):
@@ -165,7 +164,8 @@ def image_dialog(h: dict[str, Any], on_search_with: Callable[[dict[str, Any]], N
     except IMRSError as exc:
         st.error(str(exc))
         return
-    st.image(view.image, width="stretch")
+    pic, about = st.columns([3, 2], gap="medium")
+    pic.image(view.image, width="content")  # never blown up past its own pixels
     kb = view.file_size / 1024
     facts = [f"**{h['label'] or '—'}** · {confidence_badge(h.get('confidence', ''))} score `{h['score']:.3f}`",
              f"Original: {view.width}×{view.height} px, {view.format}, {kb:,.0f} kB",
@@ -187,8 +187,8 @@ def image_dialog(h: dict[str, Any], on_search_with: Callable[[dict[str, Any]], N
         facts.append(f"Matched on: {', '.join(h['why'])}")
     if h.get("added"):
         facts.append(f"Added: {h['added'][:19].replace('T', ' ')}")
-    st.markdown("  \n".join(facts))
-    if on_search_with is not None and st.button("Search with this image", key=f"dlg_use_{h['id']}",
-                                                 icon=":material/image_search:", type="primary"):
+    about.markdown("  \n".join(facts))
+    if on_search_with is not None and about.button("Search with this image", key=f"dlg_use_{h['id']}",
+                                                   icon=":material/image_search:", type="primary"):
         on_search_with(h)
         st.rerun()

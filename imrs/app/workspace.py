@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import streamlit as st
 
 from ..errors import IMRSError, WeightsUnavailableError
+from ..ids import display_path
 from .media import is_demo
 from .pipeline import OFFLINE_BACKBONE
 
@@ -296,6 +297,9 @@ class Workspace:
     merged: bool = False
     sync_summary: str = ""
     sync_progress: tuple[int, int] = (0, 0)
+    #: (printable relpath, reason) of every file the last sync left out: not an image, a link it
+    #: does not follow, a FIFO, did not decode, ... (``SyncReport.skipped`` + ``failed``).
+    sync_left_out: list[tuple[str, str]] = field(default_factory=list)
     loader: threading.Thread | None = None
     load_error: BaseException | None = None
     load_s: float = 0.0
@@ -466,7 +470,8 @@ def sync_once(ws: Workspace, progress: Callable[[int, int], None] | None = None,
             ws.synced_event.set()  # the text warm-up waits for this, success or not
         ws.synced = True
         ws.sync_summary = report.summary()
-        for rel, reason in report.failed[:5]:
+        ws.sync_left_out = [(display_path(rel), reason) for rel, reason in sorted(report.skipped + report.failed)]
+        for rel, reason in ws.sync_left_out[:5]:
             log.warning("not indexed: %s: %s", rel, reason)
         return ws.sync_summary
 

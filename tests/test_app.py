@@ -131,6 +131,7 @@ def test_offline_default_indexes_and_text_search(app_env: Path, home: Path) -> N
     cap = result_caption(at)
     assert "coverage: likely match" in cap and "answered in" in cap and "from your click" in cap, cap
     assert at.query_params["q"] == "a leopard"
+    assert len(list((home / "app" / "thumbs").rglob("*.jpg"))) >= 12  # kept for the next start
 
 
 def test_weak_text_query_offers_growth_and_empty_text_is_readable(app_env: Path, tmp_path: Path) -> None:
@@ -407,3 +408,21 @@ def test_benchmark_runs_from_the_tab(app_env: Path, home: Path) -> None:
     indexes = next(d.value for d in at.dataframe if "indexer" in d.value.columns)
     assert sorted(indexes["indexer"]) == ["flat_ip", "hnsw"]
     assert len(at.image) >= 2  # the quality plot and the collection map
+
+
+def test_coverage_thresholds_calibrate_and_session_override(app_env: Path) -> None:
+    at = start()
+    shown = " ".join(c.value for c in at.caption if "queries: best" in c.value)
+    assert "image queries: best" in shown and "(default)" in shown, shown
+    at.button(key="calibrate").click().run()
+    assert_clean(at)
+    assert any(s.value.startswith("Calibrated: ") and "balanced accuracy" in s.value for s in at.success)
+    assert "(calibrated)" in " ".join(c.value for c in at.caption if "queries: best" in c.value)
+    search_text(at, "a sunflower")
+    assert not any("Weak coverage" in w.value for w in at.warning)
+    at.toggle(key="cov_override").set_value(True).run()
+    at.slider(key="cov_best").set_value(1.0).run()  # this session only: nothing can be that good
+    search_text(at, "a sunflower")
+    assert any("Weak coverage" in w.value for w in at.warning), [w.value for w in at.warning]
+    other = search_text(start(), "a sunflower")
+    assert not any("Weak coverage" in w.value for w in other.warning)

@@ -407,6 +407,14 @@ def test_app_in_chromium(browser: Any, app_env: dict[str, str]) -> None:  # noqa
         _images_loaded(page, 2)
         _no_tracebacks(page)
         _shots(page, "13-benchmark-results")
+
+        # the two web images, grouped by the term that brought them, with their source
+        page.get_by_role("tab", name="Manage web images").click()
+        page.get_by_text("dragonfly · 1 image(s)").wait_for()
+        _wait_idle(page)
+        assert page.get_by_text("parrot · 1 image(s)").count() == 1
+        _images_loaded(page, 2)
+        _shots(page, "15-manage-web-images")
     except BaseException:
         for i, pg in enumerate(p for p in (page, other) if p is not None):
             pg.screenshot(path=str(ARTIFACTS / f"failure-{i}.png"))

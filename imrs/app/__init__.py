@@ -29,7 +29,7 @@ from ..errors import IMRSError
 from . import session as S
 from . import sidebar
 from . import workspace as W
-from .media import DEMO_ROOT, is_demo
+from .media import DEMO_ROOT, is_demo, set_thumb_dir
 from .widgets import ProgressBar, counting, flash, show_flashes, shown_errors
 
 log = logging.getLogger("imrs.app")
@@ -57,6 +57,7 @@ def main() -> None:
 def _page() -> None:
     base = S.base_settings()
     home = Path(base.home).expanduser().resolve()
+    set_thumb_dir(home / "app" / "thumbs")
     S.init_session(base, lambda: W.default_backbone(base.backbone), base.root or str(DEMO_ROOT))
     cfg = sidebar.collection_settings()
     choice = cfg["choices"].get(cfg["backbone"])
@@ -80,6 +81,7 @@ def _page() -> None:
         return
     tunables = sidebar.search_settings(opened)
     sidebar.expansion_settings()
+    sidebar.coverage_settings(opened, S.session_settings(base))
     sidebar.collection_tools(opened, home)
     with shown_errors("Opening the linked image"):
         missing = S.resolve_url_image(opened.coll, home)

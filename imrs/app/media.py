@@ -182,26 +182,48 @@ def hit_to_dict(hit: SearchHit) -> dict[str, Any]:
 # -- thumbnails and the enlarged view ----------------------------------------------------------------
 
 THUMB_SIDE = 384  # 4:3 letterbox: every card's image has the same height
+#: Thumbnails persist here (``<home>/app/thumbs``, set by the page), so a restart does not decode
+#: every result image again; None: memory only.
+_THUMB_DIR: list[Path | None] = [None]
+
+
+def set_thumb_dir(folder: Path | None) -> None:
+    _THUMB_DIR[0] = folder
 
 
 @st.cache_data(max_entries=4000, show_spinner=False)
-def thumbnail(path: str, mtime: float, side: int = THUMB_SIDE) -> bytes | None:
+def thumbnail(path: str, mtime: float, side: int = THUMB_SIDE, folder: str | None = None) -> bytes | None:
     """A small JPEG of an image file for the result grid (the browser gets ~20 kB, not the original),
     letterboxed to 4:3 so every card in a row is the same height. ``mtime`` is part of the cache key
-    so an edited file is not shown stale."""
+    so an edited file is not shown stale; ``folder`` keeps them on disk across restarts."""
     from PIL import Image, ImageOps
 
     from ..imageio import load_image
 
+    disk = None
+    if folder:
+        key = hashlib.sha1(f"{path}\0{mtime}\0{side}".encode("utf-8", "surrogateescape")).hexdigest()[:24]
+        disk = Path(folder) / key[:2] / f"{key}.jpg"
+        try:
+            return disk.read_bytes()
+        except OSError:
+            pass
     try:
         im = load_image(path, max_side=side)  # the one decoder: capped read, draft, EXIF once
         im = ImageOps.pad(im, (side, side * 3 // 4), method=Image.Resampling.LANCZOS, color=(246, 246, 248))
         buf = io.BytesIO()
         im.save(buf, "JPEG", quality=85)
-        return buf.getvalue()
     except Exception as exc:  # noqa: BLE001 - one unreadable file must not break the grid
         log.warning("no thumbnail for %s: %s", display_path(path), exc)
         return None
+    data = buf.getvalue()
+    if disk is not None:
+        try:
+            disk.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(disk, data)
+        except OSError as exc:
+            log.debug("thumbnail not kept on disk: %s", exc)
+    return data
 
 
 def thumb_of(path: str | os.PathLike[str], side: int = THUMB_SIDE) -> bytes | None:
@@ -209,7 +231,8 @@ def thumb_of(path: str | os.PathLike[str], side: int = THUMB_SIDE) -> bytes | No
         mtime = os.stat(path).st_mtime
     except OSError:
         return None
-    return thumbnail(str(path), mtime, side)
+    folder = _THUMB_DIR[0]
+    return thumbnail(str(path), mtime, side, str(folder) if folder else None)
 
 
 @dataclass

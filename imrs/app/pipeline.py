@@ -9,8 +9,9 @@ of ``imrs.app`` never names the pipeline's modules directly.
 from __future__ import annotations
 
 from ..config import OFFLINE_BACKBONE, PROVIDER_CHOICES, Settings
+from ..expansion.calibrate import calibrate
 from ..progress import Progress
-from ..query import SAME_IMAGE, Query, QueryOutcome, TermCandidate, Verdict, grow_term, run_query
+from ..query import Query, QueryOutcome, TermCandidate, Verdict, collection_thresholds, grow_term, run_query
 
-__all__ = ["OFFLINE_BACKBONE", "PROVIDER_CHOICES", "SAME_IMAGE", "Progress", "Query", "QueryOutcome", "Settings",
-           "TermCandidate", "Verdict", "grow_term", "run_query"]
+__all__ = ["OFFLINE_BACKBONE", "PROVIDER_CHOICES", "Progress", "Query", "QueryOutcome", "Settings",
+           "TermCandidate", "Verdict", "calibrate", "collection_thresholds", "grow_term", "run_query"]

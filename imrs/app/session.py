@@ -59,6 +59,9 @@ def init_session(base: Settings, default_backbone: Callable[[], str], default_ro
 def session_settings(base: Settings) -> Settings:
     """This session's settings for a pipeline call."""
     ss = st.session_state
+    if ss.get("cov_override"):
+        base = base.replace(coverage_best_min=ss.get("cov_best"), coverage_good_min=ss.get("cov_good"),
+                            coverage_min_good=ss.get("cov_n_good"))
     return base.replace(qe=int(ss.get("qe", base.qe)), auto_confirm_term=bool(ss.get("auto_confirm")),
                         expand_n=int(ss.get("expand_n", base.expand_n)), provider=str(ss.get("provider")),
                         wikimedia_api=(str(ss.get("wikimedia_api") or "").strip() or None),

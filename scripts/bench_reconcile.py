@@ -2,7 +2,7 @@
 
     python scripts/bench_reconcile.py [--n 9144] [--dynamic 100] [--indexer hnsw] [--runs 7]
 
-Builds a state folder like ``imrs index`` leaves for Caltech-101 (9,144 base images, 1280-d
+Builds a state folder like ``imrs index`` leaves for Caltech-101 (9,143 base images, 1280-d
 EfficientNet-Lite0 caches, a live index) plus dynamic images in 10 terms, with random unit vectors:
 what the check costs does not depend on what the vectors mean, and embedding 9k images would only
 cost time. Prints medians of ``--runs``:
@@ -78,7 +78,7 @@ def median_ms(fn: Callable[[], object], runs: int, setup: Callable[[], object] |
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--n", type=int, default=9144, help="base images (Caltech-101 has 9,144)")
+    ap.add_argument("--n", type=int, default=9143, help="base images (Caltech-101 has 9,143)")
     ap.add_argument("--dynamic", type=int, default=100, help="dynamic images, over 10 terms")
     ap.add_argument("--indexer", default="hnsw")
     ap.add_argument("--runs", type=int, default=7)

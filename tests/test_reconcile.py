@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import shutil
 import threading
 from pathlib import Path
@@ -138,9 +139,17 @@ def test_repair_deletes_only_unrecorded_files_it_named(root: Path, tmp_path: Pat
     shutil.copy(coll.abspath(recs[0].relpath), orphan)  # moved in by a commit killed before recording it
     mine = coll.dynamic_root / "dynamic_x" / "holiday.jpg"  # not a name IMRS gives: never deleted
     shutil.copy(coll.abspath(recs[0].relpath), mine)
+    temps = [coll.emb_dir / ".emb_x.npz.k3j.npz.tmp", coll.state_dir / ".commit-x.json.a1.tmp",
+             coll.state_dir / ".textmap_x.npz.b2.npz.tmp"]  # killed atomic writes; the last is a lockless one
+    for t in temps:
+        t.write_bytes(b"partial")
+    young = coll.state_dir / ".textmap_y.npz.c3.npz.tmp"  # may be another process writing right now
+    young.write_bytes(b"partial")
+    os.utime(temps[2], (1e9, 1e9))
     reconcile.begin(coll, "expand")
     report = reconcile.repair(coll)
     assert report.orphan_files == 1 and not orphan.exists()
+    assert report.garbage_removed == 3 and not any(t.exists() for t in temps) and young.exists()
     assert mine.exists() and (root / "base" / "mine.jpg").exists()
     assert all(coll.abspath(r.relpath).exists() for r in recs)
 

@@ -44,7 +44,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"imrs: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("imrs: interrupted; state on disk is unchanged or complete", file=sys.stderr)
+        print("imrs: interrupted; the next command finishes or undoes the interrupted change", file=sys.stderr)
         return 130
 
 

@@ -103,6 +103,14 @@ def cmd_improve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _measurement_args(p: argparse.ArgumentParser, keeps: str) -> None:
+    """What ``calibrate`` and ``improve`` share: they measure on the collection, then store."""
+    p.add_argument("--seed", type=int, default=0, help="which classes and images are held out")
+    p.add_argument("--dry-run", action="store_true", help=f"measure and print, but keep {keeps}")
+    p.add_argument("--json", action="store_true")
+    collection_args(p)
+
+
 def register(sub: Any) -> None:
     p = sub.add_parser("search", help="search by text or by an example image; grow from the web with --expand")
     p.add_argument("--text")
@@ -130,10 +138,7 @@ def register(sub: Any) -> None:
     p.add_argument("--kind", choices=["image", "text", "both"], default="both")
     p.add_argument("--per-class", type=int_in(1, 50, "--per-class"), default=3, help="image queries per class")
     p.add_argument("--max-classes", type=int_in(4, 10000, "--max-classes"), default=120)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--dry-run", action="store_true", help="measure and print, but keep the current thresholds")
-    p.add_argument("--json", action="store_true")
-    collection_args(p)
+    _measurement_args(p, keeps="the current thresholds")
     p.set_defaults(func=cmd_calibrate)
 
     p = sub.add_parser("improve", help="measure DBA, whitening and a label-trained head on this collection; "
@@ -143,8 +148,5 @@ def register(sub: Any) -> None:
                                    "for live search only when it beats plain nearest neighbours.")
     p.add_argument("--per-class", type=int_in(1, 100, "--per-class"), default=5, help="held-out queries per class")
     p.add_argument("--max-queries", type=int_in(10, 100000, "--max-queries"), default=600)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--dry-run", action="store_true", help="measure and print, keep the current choice")
-    p.add_argument("--json", action="store_true")
-    collection_args(p)
+    _measurement_args(p, keeps="the current choice")
     p.set_defaults(func=cmd_improve)

@@ -426,3 +426,25 @@ def test_coverage_thresholds_calibrate_and_session_override(app_env: Path) -> No
     assert any("Weak coverage" in w.value for w in at.warning), [w.value for w in at.warning]
     other = search_text(start(), "a sunflower")
     assert not any("Weak coverage" in w.value for w in other.warning)
+
+
+def test_query_store_and_thumbnail_folder_stay_bounded(tmp_path: Path) -> None:
+    import time
+
+    from PIL import Image
+
+    from imrs.app import media
+
+    home = tmp_path / "home"
+    digests = [media.store_query(home, bytes([i]) * 64) for i in range(media.STORE_KEEP + 5)]
+    kept = list(media.store_dir(home).glob("*.bin"))
+    assert len(kept) == media.STORE_KEEP and media.load_stored(home, digests[-1]) == bytes([media.STORE_KEEP + 4]) * 64
+    assert media.load_stored(home, "../../etc/passwd") is None  # only our own digests are names
+    thumbs = tmp_path / "thumbs"
+    for i in range(5):
+        src = tmp_path / f"{i}.jpg"
+        Image.new("RGB", (40 + i, 30), (i * 40, 0, 0)).save(src)
+        assert media.thumbnail(str(src), src.stat().st_mtime, 64, str(thumbs))
+        time.sleep(0.01)
+    assert len(list(thumbs.rglob("*.jpg"))) == 5
+    assert media.prune_thumbs(thumbs, keep=2) == 3 and len(list(thumbs.rglob("*.jpg"))) == 2

@@ -221,9 +221,28 @@ def thumbnail(path: str, mtime: float, side: int = THUMB_SIDE, folder: str | Non
         try:
             disk.parent.mkdir(parents=True, exist_ok=True)
             atomic_write_bytes(disk, data)
+            _WRITES[0] += 1
+            if _WRITES[0] % 500 == 0:
+                prune_thumbs(Path(folder))
         except OSError as exc:
             log.debug("thumbnail not kept on disk: %s", exc)
     return data
+
+
+#: The thumbnail folder keeps at most this many files (~20 kB each); the oldest go first.
+THUMBS_KEEP = 20_000
+_WRITES = [0]
+
+
+def prune_thumbs(folder: Path, keep: int = THUMBS_KEEP) -> int:
+    """Remove the oldest thumbnails beyond ``keep`` (checked every 500 writes); how many went."""
+    try:
+        files = sorted(folder.rglob("*.jpg"), key=lambda p: p.stat().st_mtime)
+    except OSError:
+        return 0
+    for old in files[: max(0, len(files) - keep)]:
+        old.unlink(missing_ok=True)
+    return max(0, len(files) - keep)
 
 
 def thumb_of(path: str | os.PathLike[str], side: int = THUMB_SIDE) -> bytes | None:

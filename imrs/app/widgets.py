@@ -165,7 +165,8 @@ def image_dialog(h: dict[str, Any], on_search_with: Callable[[dict[str, Any]], N
         st.error(str(exc))
         return
     pic, about = st.columns([3, 2], gap="medium")
-    pic.image(view.image, width="content")  # never blown up past its own pixels
+    # small originals (the demo's are ~300 px) are shown at twice their size, large ones fill the column
+    pic.image(view.image, width=min(2 * view.image.width, 900) if view.image.width < 450 else "stretch")
     kb = view.file_size / 1024
     facts = [f"**{h['label'] or '—'}** · {confidence_badge(h.get('confidence', ''))} score `{h['score']:.3f}`",
              f"Original: {view.width}×{view.height} px, {view.format}, {kb:,.0f} kB",

@@ -306,11 +306,13 @@ def test_busy_notice_when_another_session_or_process_writes(app_env: Path) -> No
     from imrs.collection import Collection
 
     coll = Collection(app_env, OFFLINE)
-    with activity_for(coll).job("another-session", "expanding the collection for", "“a parrot”") as job:
-        job.stage, job.done, job.total = "download", 3, 8
+    with activity_for(coll).job("another-session", "searching", "“a parrot”") as job:
+        at.run()
+        assert not any("Another" in i.value for i in at.info)  # a plain search is nobody's business
+        job.stage, job.done, job.total = "download", 3, 8  # ... until it grows the collection
         at.run()
         notes = " ".join(i.value for i in at.info)
-        assert "Another session is expanding the collection for “a parrot” — download 3/8" in notes, notes
+        assert "Another session is growing the collection for “a parrot” — download 3/8" in notes, notes
     held, release = threading.Event(), threading.Event()
 
     def hold() -> None:

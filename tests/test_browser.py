@@ -323,7 +323,7 @@ def test_app_in_chromium(browser: Any, app_env: dict[str, str]) -> None:  # noqa
         assert len(_labels(other)) == 5 and "top_k=5" in other.url
         _text_search(page, "a watch")
         assert len(_labels(page)) == 12 and "top_k" not in page.url
-        _shots(other, "05-second-session-top5", phone=False)
+        _shots(other, "05-second-session-top5")
 
         # a weak text query with auto-expand grows from the loopback server, progress in view
         _toggle(page, "auto_expand")

@@ -136,7 +136,7 @@ def watcher(opened: W.Opened) -> None:
             st.caption(f":material/hourglass_top: Loading {opened.backbone} and the text search model in the "
                        f"background — the first query after a start waits for them.")
         others = ws.activity.others(W.session_id())
-        busy = [j for j in others if j.kind != "searching"]
+        busy = [j for j in others if j.visible]
         if busy:
             st.info("Another session is " + "; ".join(j.describe() for j in busy) + ". The counts refresh when it "
                     "ends.", icon=":material/sync:")

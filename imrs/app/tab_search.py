@@ -233,8 +233,7 @@ def run_search(ctx: dict[str, Any], pending: S.Pending, progress_slot: Any) -> N
         S.set_text_url(meta["text"])
     else:
         S.set_image_url(meta["ref"], meta["box"])
-    kind = "expanding the collection for" if query.expand else "searching"
-    with ws.activity.job(W.session_id(), kind, meta["desc"]) as job:
+    with ws.activity.job(W.session_id(), "searching", meta["desc"]) as job:
         bar = ProgressBar(progress_slot, "searching ..." if not query.expand else "searching, growing if weak ...",
                           job=job)
         try:

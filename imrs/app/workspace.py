@@ -53,10 +53,17 @@ class Job:
     done: int = 0
     total: int = 0
 
+    @property
+    def visible(self) -> bool:
+        """Worth telling other sessions about: anything but a search, and a search once it grows
+        (the pipeline reports progress only while growing)."""
+        return self.kind != "searching" or bool(self.stage)
+
     def describe(self) -> str:
         step = f" — {self.stage} {self.done}/{self.total}" if self.stage and self.total else (
             f" — {self.stage}" if self.stage else "")
-        return f"{self.kind} {self.label}{step} ({time.monotonic() - self.started:.0f}s)"
+        kind = "growing the collection for" if self.kind == "searching" else self.kind
+        return f"{kind} {self.label}{step} ({time.monotonic() - self.started:.0f}s)"
 
 
 class Activity:

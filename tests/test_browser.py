@@ -250,6 +250,12 @@ def _progress_in_view(page: Any, name: str) -> None:
     box = bar.bounding_box()
     page.screenshot(path=str(ARTIFACTS / f"{name}-desktop.png"))
     assert box is not None and 0 <= box["y"] and box["y"] + box["height"] <= DESKTOP["height"], box
+    try:  # best effort: a later frame that names its stage ("download: 1/4")
+        page.locator("[data-testid='stMainBlockContainer']").get_by_text(re.compile(r"^\S.*: \d+/\d+$")).first.wait_for(
+            timeout=10_000)
+        page.screenshot(path=str(ARTIFACTS / f"{name}-desktop.png"))
+    except Exception:  # noqa: BLE001 - the stage passed before it could be caught: the first frame stays
+        pass
 
 
 def _median(xs: list[float]) -> float:

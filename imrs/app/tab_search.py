@@ -304,7 +304,7 @@ def show_results(ctx: dict[str, Any], res: dict[str, Any], cols: int, timed: boo
         if verdict["weak"] and rep["added"]:
             st.info(f"Still weak after growing: {verdict['reason']}")
     elif verdict["weak"]:
-        st.warning(f"Weak coverage — {verdict['label']}: {verdict['reason']}.", icon=":material/search_off:")
+        st.warning(f"Weak coverage: {verdict['reason']}.", icon=":material/search_off:")
     if res.get("error"):
         st.error(f"Growing the collection failed: {res['error']}", icon=":material/cloud_off:")
     if verdict["weak"] and rep is None:

@@ -11,6 +11,7 @@ index checks that the last writer finished, repairing under the writer lock when
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import logging
 import os
 import threading
@@ -116,6 +117,25 @@ def scan_folder(root: Path) -> list[tuple[str, float, int]]:
     from .walk import scan_folder as walk_scan
 
     return walk_scan(root, skip_top=lambda name: name.startswith(DYNAMIC_PREFIX))
+
+
+# -- per-caller search settings (issue 10) -----------------------------------------------------------
+#: Search-time index tunables for searches made in this context only (an app session): sessions share
+#: one in-memory index, so one session's efSearch must not become everyone's.
+_CALLER_SEARCH_PARAMS: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
+    "imrs_caller_search_params", default=None)
+
+
+@contextlib.contextmanager
+def caller_search_params(**params: Any) -> Iterator[None]:
+    """Within this block, searches in this thread use ``params`` (efSearch, nprobe, search_k,
+    k_factor) and the shared index keeps its own settings for everyone else."""
+    token = _CALLER_SEARCH_PARAMS.set(_tunables(params) or None)
+    try:
+        yield
+    finally:
+        _CALLER_SEARCH_PARAMS.reset(token)
+# -- end per-caller search settings -------------------------------------------------------------------
 
 
 class Collection:
@@ -804,7 +824,19 @@ class Collection:
                 vecs = self.index.get_vectors(np.where(flat_nn == -1, 0, flat_nn))
                 rows = np.where(nn == -1, -1, np.arange(nn.size).reshape(nn.shape))
                 q = expand_queries(q, vecs, sims, rows, qe, alpha=qe_alpha)
-            scores, ids = self.index.search(q, k, where=cond)
+            shared = _tunables(self.index.get_params())
+            own = {p: v for p, v in (_CALLER_SEARCH_PARAMS.get() or {}).items() if p in shared and shared[p] != v}
+            if own:  # this caller's tunables for this one search, then the shared ones again
+                explicit = set(getattr(self.index, "_explicit", set()))
+                self.index.set_params(**own)
+                try:
+                    scores, ids = self.index.search(q, k, where=cond)
+                finally:
+                    self.index.set_params(**{p: shared[p] for p in own})
+                    if hasattr(self.index, "_explicit"):
+                        self.index._explicit = explicit
+            else:
+                scores, ids = self.index.search(q, k, where=cond)
         flat = [int(i) for i in ids.ravel() if i != -1]
         recs = self.catalog.get_many(flat)
         out = []

@@ -89,9 +89,18 @@ _MODEL_LOCK = threading.Lock()
 
 @functools.cache
 def _sentence_model() -> Any:
-    """MiniLM from the offline package, never from the hub. The offline switches are set only
-    while it loads: left on, they would also stop a later CLIP download in the same process."""
+    """MiniLM from the offline package, never from the hub: run directly (``imrs.minilm``, under a
+    second to load), else through sentence-transformers (seconds of imports). The offline switches
+    are set only while the latter loads: left on, they would also stop a later CLIP download."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        from .minilm import MiniLM
+
+        return MiniLM()
+    except ImportError as exc:
+        log.debug("direct MiniLM unavailable (%s); loading it through sentence-transformers", exc)
+    except (OSError, ValueError, KeyError) as exc:
+        log.warning("direct MiniLM failed to load (%s); loading it through sentence-transformers", exc)
     saved = {k: os.environ.get(k) for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
     os.environ.update({k: "1" for k in saved})
     try:

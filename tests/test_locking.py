@@ -115,3 +115,31 @@ def test_killed_holder_frees_the_lock(tmp_path: Path) -> None:
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_busy_probe_sees_other_holders_never_itself_or_other_probes(tmp_path: Path) -> None:
+    """``busy()`` (the app's "someone else is writing" notice) is True while another thread or
+    process holds the lock, False for the holder itself, and two probes at once never see each other."""
+    lock = WriterLock(tmp_path / "write.lock")
+    assert not lock.busy()  # no lock file yet
+    seen: list[bool] = []
+    with lock.hold():
+        assert not lock.busy()
+        t = threading.Thread(target=lambda: seen.append(lock.busy()))
+        t.start()
+        t.join()
+    assert seen == [True] and not lock.busy()
+    results: list[bool] = []
+    probes = [threading.Thread(target=lambda: results.extend(lock.busy() for _ in range(200))) for _ in range(4)]
+    for p in probes:
+        p.start()
+    for p in probes:
+        p.join()
+    assert results and not any(results)
+    proc = _holder(tmp_path / "write.lock", hold_s=2.0)
+    try:
+        _wait_held(proc)
+        assert lock.busy()
+    finally:
+        proc.wait(10)
+    assert not lock.busy()

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -138,7 +139,7 @@ class EmbeddingReport:
 
 def load_embeddings(data: BenchData, backbone: str, *, cache_dir: Path, home: str | os.PathLike[str] | None,
                     extra: tuple[Path, ...] = (), weights: str = "pretrained", device: str | None = None,
-                    batch_size: int | None = None, progress: bool = True,
+                    batch_size: int | None = None, progress: bool | Callable[[int, int], None] = True,
                     ) -> tuple[np.ndarray, np.ndarray, EmbeddingReport]:
     """(vectors of the rows that have one, those row numbers, report)."""
     import time

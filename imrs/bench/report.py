@@ -23,7 +23,7 @@ import json
 import logging
 import math
 import os
-from dataclasses import asdict, is_dataclass
+from dataclasses import fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -164,8 +164,9 @@ def write_report(results: dict[str, Any], out: Path, home: str | os.PathLike[str
     results["files"] = {"run_dir": str(out.resolve()), "results": str(out / "results.json"),
                         "summary": str(out / "summary.md"), "tables": tables, "plots": plot_files}
     if config is not None:
-        cfg = asdict(config) if is_dataclass(config) else dict(config)
-        results["config"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in cfg.items()}
+        # shallow: asdict() deep-copies, and a progress callback (a page's bar) cannot be copied
+        cfg = {f.name: getattr(config, f.name) for f in fields(config)} if is_dataclass(config) else dict(config)
+        results["config"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in cfg.items() if not callable(v)}
     atomic_write_text(out / "summary.md", summary_markdown(results))
     serialisable = {k: v for k, v in results.items() if k != "maps"}
     dump_json(out / "results.json", serialisable)

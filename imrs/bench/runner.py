@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import platform
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -65,6 +66,8 @@ class BenchConfig:
     index_params: dict[str, dict[str, Any]] = field(default_factory=dict)
     map2d: str = "tsne"  # tsne | pca | none
     progress: bool = True
+    #: (stage, done, total) after each step, for a page's progress bar (imrs.progress.Progress shape)
+    stage_progress: Callable[[str, int, int], None] | None = None
     holdout_fraction: float = 0.5
     # improvement settings (defaults chosen on Caltech-101, see docs/benchmarks.md)
     qe_n: int = 5
@@ -125,7 +128,8 @@ def bench_indexes(backbone: str, db: np.ndarray, labels: np.ndarray, qrows: np.n
     tq = qrows[: cfg.tune_queries] if cfg.tune_queries > 0 else qrows
     truth10 = truth[: len(tq), :10]
     rows, curve_rows, tuned_rows = [], [], []
-    for kind in cfg.indexers:
+    for i, kind in enumerate(cfg.indexers):
+        _stage(cfg, f"{backbone}: index {kind}", i, len(cfg.indexers))
         params = dict(cfg.index_params.get(kind, {}))
         t0 = time.perf_counter()
         index = make_index(kind, dim, n_hint=n, **params)
@@ -390,9 +394,14 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     row_sets: dict[str, np.ndarray] = {}
     emb_reports = []
     for b in cfg.backbones:
+        _stage(cfg, f"{b}: embeddings", 0, len(data))
+        embed_progress: Any = cfg.progress
+        if cfg.stage_progress is not None:
+            def embed_progress(done: int, total: int, b: str = b) -> None:
+                _stage(cfg, f"{b}: embedding images", done, total)
         v, rows, rep = load_embeddings(data, b, cache_dir=cache_dir, home=cfg.home, extra=tuple(cfg.emb_files),
                                        weights=cfg.weights, device=cfg.device, batch_size=cfg.batch_size,
-                                       progress=cfg.progress)
+                                       progress=embed_progress)
         vectors[b], row_sets[b] = v, rows
         emb_reports.append(asdict(rep))
     common = row_sets[cfg.backbones[0]]
@@ -429,11 +438,14 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
         results["indexes"] += idx_rows
         results["tuning"] += curve
         results["tuned"] += tuned
+        _stage(cfg, f"{b}: retrieval quality", 0, 0)
         results["quality"] += bench_improvements(b, db, labels, qrows, cfg, plain)
+        _stage(cfg, f"{b}: text queries", 0, 0)
         summary, per_class = bench_text(b, db, data, cfg)
         results["text"] += summary
         results["text_per_class"] += per_class
         if cfg.map2d != "none":
+            _stage(cfg, f"{b}: collection map ({cfg.map2d})", 0, 0)
             dyn = dynamic_vectors(data, b, cfg.home)
             xy = map2d(db, dyn if dyn.size else np.zeros((0, db.shape[1]), np.float32), cfg.map2d, cfg.seed)
             results["maps"][b] = {"xy": xy, "labels": data.labels, "dynamic": len(dyn) if dyn.size else 0}
@@ -444,8 +456,15 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
             results["meta"]["fusion_skipped"] = "only one backbone given (--backbones a b to fuse)"
     mark_kept(results["quality"])
     results["meta"]["seconds"] = time.perf_counter() - t_start
+    _stage(cfg, "writing the report", 0, 0)
     report.write_report(results, Path(cfg.out), cfg.home, config=cfg)
+    _stage(cfg, "done", 1, 1)
     return results
+
+
+def _stage(cfg: BenchConfig, stage: str, done: int, total: int) -> None:
+    if cfg.stage_progress is not None:
+        cfg.stage_progress(stage, done, total)
 
 
 def mark_kept(rows: list[dict[str, Any]]) -> None:

@@ -208,7 +208,7 @@ class Workspace:
         log.info("loaded %s (%s) in %.2fs", self.coll.backbone, getattr(enc, "device", "?"), self.load_s)
         if not enc.supports_text:
             # Text queries on an image-only backbone go through a sentence model and a class map
-            # (imrs.textmap): load them next, so the first text query does not pay for them. Not in
+            # (imrs.textsearch): load them next, so the first text query does not pay for them. Not in
             # parallel with the image model: on a small CPU that delays the first image search.
             self.warmup = threading.Thread(target=self._warm_text, name="imrs-textmap-warmup", daemon=True)
             self.warmup.start()
@@ -216,11 +216,11 @@ class Workspace:
     def _warm_text(self) -> None:
         """Sentence model, then the collection's class map (after the image model has loaded)."""
         try:
-            from . import textmap
+            from .textsearch.minilm import model
 
-            textmap.embed_sentences(["warm up"])
+            model().encode(["warm up"])
             if len(self.coll.catalog):
-                textmap.mapper_for(self.coll)
+                self.coll.text_index.conse()
         except Exception as exc:  # noqa: BLE001 - a failed warm-up only means a slower first query
             log.info("text bridge warm-up skipped: %s", exc)
 

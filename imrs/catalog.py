@@ -173,6 +173,7 @@ class Catalog:
             extra_rows = [(r.id, k, str(v)) for r in recs for k, v in r.extra.items()]
             if extra_rows:
                 con.executemany("INSERT OR REPLACE INTO extra(id, key, value) VALUES (?,?,?)", extra_rows)
+            _bump_version(con)
         return len(recs)
 
     def delete(self, ids: Iterable[int], allow_base: bool = False) -> int:
@@ -190,6 +191,7 @@ class Catalog:
             for chunk in _chunks(id_list):
                 cur = con.execute(f"DELETE FROM images WHERE id IN ({','.join('?' * len(chunk))})", chunk)
                 n += cur.rowcount
+            _bump_version(con)
         return n
 
     def set_kv(self, key: str, value: str) -> None:
@@ -231,6 +233,7 @@ class Catalog:
                 rows.extend((i, k, v) for k, v in row.items() if k and v not in (None, ""))
         with self._tx() as con:
             con.executemany("INSERT OR REPLACE INTO extra(id, key, value) VALUES (?,?,?)", rows)
+            _bump_version(con)
         if skipped:
             log.warning("metadata CSV %s: %d row(s) did not match an indexed image", csv_path, skipped)
         return len({r[0] for r in rows})
@@ -300,6 +303,20 @@ class Catalog:
             "FROM images WHERE phash IS NOT NULL").fetchone()
         return tuple(row)  # type: ignore[return-value]
 
+    def content_fingerprint(self) -> str:
+        """Changes whenever rows or their texts change (a write counter bumped by every upsert,
+        delete and metadata import, plus row aggregates for a catalog restored from a snapshot):
+        cheap enough for a cache of the catalog's texts to check on every query."""
+        con = self._con()
+        version = self.get_kv("content_version", "0")
+        a = con.execute(
+            "SELECT COUNT(*), TOTAL(id % 1000003), TOTAL(length(relpath) + length(label) + "
+            "length(coalesce(title, '')) + length(coalesce(term, ''))), TOTAL(coalesce(mtime, 0)) "
+            "FROM images").fetchone()
+        b = con.execute("SELECT COUNT(*), TOTAL(length(key) + length(coalesce(value, ''))), "
+                        "TOTAL(id % 1000033) FROM extra").fetchone()
+        return "-".join(f"{x:.6g}" if isinstance(x, float) else str(x) for x in (version, *a, *b))
+
     def dynamic_terms(self) -> list[tuple[str, str, int]]:
         """(slug, term, count) for every dynamic group, largest first."""
         rows = self._con().execute(
@@ -320,6 +337,12 @@ class Catalog:
     def as_dicts(self, ids: Sequence[int]) -> list[dict[str, Any]]:
         recs = self.get_many(ids)
         return [asdict(recs[i]) for i in ids if i in recs]
+
+
+def _bump_version(con: sqlite3.Connection) -> None:
+    """Inside a write transaction: count one more change of the catalog's contents."""
+    con.execute("INSERT INTO kv(key, value) VALUES ('content_version', '1') "
+                "ON CONFLICT(key) DO UPDATE SET value = CAST(value AS INTEGER) + 1")
 
 
 def _chunks(seq: list[int], size: int = 900) -> Iterator[list[int]]:

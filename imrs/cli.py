@@ -87,10 +87,13 @@ def load_query_image(spec: str) -> Any:
 
 
 def format_hits(hits: Sequence[SearchHit]) -> str:
-    rows = [("rank", "score", "label", "source", "path")]
-    rows += [(str(n), f"{h.score:.3f}", h.label or "-", h.source, str(h.path)) for n, h in enumerate(hits, 1)]
-    widths = [max(len(r[c]) for r in rows) for c in range(4)]
-    lines = ["  ".join(r[c].ljust(widths[c]) for c in range(4)) + "  " + r[4] for r in rows]
+    why = any(h.why for h in hits)  # text search says why each hit is there
+    rows = [("rank", "score", "label", "source", *(("why",) if why else ()), "path")]
+    rows += [(str(n), f"{h.score:.3f}", h.label or "-", h.source, *(("+".join(h.why) or "-",) if why else ()),
+              str(h.path)) for n, h in enumerate(hits, 1)]
+    n = len(rows[0]) - 1
+    widths = [max(len(r[c]) for r in rows) for c in range(n)]
+    lines = ["  ".join(r[c].ljust(widths[c]) for c in range(n)) + "  " + r[n] for r in rows]
     lines.insert(1, "-" * min(120, len(lines[0]) + 20))
     return "\n".join(lines)
 
@@ -100,10 +103,16 @@ def cmd_search(args: argparse.Namespace) -> int:
         raise IMRSError("give exactly one of --text or --image")
     coll = open_collection(args)
     if args.text:
-        query = coll.embed_query_text(args.text)
+        from .textsearch import text_search
+
+        res = text_search(coll, args.text, args.k, use_metadata=not args.no_metadata, qe=args.qe,
+                          web_exemplars=args.web_exemplars)
+        query, hits = res.query_vector, res.hits
+        if res.exemplars is not None:
+            print(res.exemplars.summary(), file=sys.stderr)
     else:
         query = coll.embed_query_image(load_query_image(args.image))
-    hits = coll.search_vectors(query, args.k, qe=args.qe)[0]
+        hits = coll.search_vectors(query, args.k, qe=args.qe)[0]
     if getattr(args, "expand", False):
         from .expansion import expand_if_weak
 
@@ -114,7 +123,7 @@ def cmd_search(args: argparse.Namespace) -> int:
             hits = outcome.hits_after
     if args.json:
         print(json.dumps([{"rank": n, "score": h.score, "id": h.id, "label": h.label, "source": h.source,
-                           "path": str(h.path)} for n, h in enumerate(hits, 1)], indent=2))
+                           "why": list(h.why), "path": str(h.path)} for n, h in enumerate(hits, 1)], indent=2))
     else:
         print(format_hits(hits))
     return 0
@@ -216,6 +225,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="alpha query expansion over the top N hits (5 is a good start; 0 = off)")
     p.add_argument("--json", action="store_true")
     p.add_argument("--expand", action="store_true", help="grow the collection from the web when coverage is weak")
+    p.add_argument("--no-metadata", action="store_true",
+                   help="text search by pixels only (ignore folder labels, file names, captions, terms)")
+    p.add_argument("--web-exemplars", action="store_true",
+                   help="also search with a few web images for the text (downloaded, used, not kept)")
     _common_collection_args(p)
     p.set_defaults(func=cmd_search)
 

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 
     from .encoders import Encoder
     from .indexes import VectorIndex
+    from .textsearch import TextIndex
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,7 @@ class SearchHit:
     label: str
     source: str
     record: ImageRecord | None = None
+    why: tuple[str, ...] = ()  # text search: "visual", "label", "filename", "caption", "term", "web"
 
     @property
     def title(self) -> str:
@@ -155,6 +157,7 @@ class Collection:
         self._encoder = encoder
         self._index: VectorIndex | None = None
         self._index_version: str | None = None  # live snapshot version our in-memory index matches
+        self._text_index: TextIndex | None = None  # imrs.textsearch state, built on first text query
         atomic_write_json(self.state_dir / "collection.json", {"root": str(self.root)})
 
     # -- paths ---------------------------------------------------------------------------------
@@ -484,29 +487,38 @@ class Collection:
                 rows = np.where(nn == -1, -1, np.arange(nn.size).reshape(nn.shape))
                 q = expand_queries(q, vecs, sims, rows, qe, alpha=qe_alpha)
             scores, ids = self.index.search(q, k)
-        flat = [int(i) for i in ids.ravel() if i != -1]
-        recs = self.catalog.get_many(flat)
-        out = []
-        for srow, irow in zip(scores, ids, strict=True):
-            hits = []
-            for s, i in zip(srow.tolist(), irow.tolist(), strict=True):
-                if i == -1:
-                    continue
-                r = recs.get(i)
-                rel = r.relpath if r else ""
-                hits.append(SearchHit(id=i, score=float(s), relpath=rel,
-                                      path=self.abspath(rel, r.source if r else None),
-                                      label=r.label if r else "", source=r.source if r else "base", record=r))
-            out.append(hits)
-        return out
+        return [self.hits_for([i for i in irow.tolist() if i != -1],
+                              [s for s, i in zip(srow.tolist(), irow.tolist(), strict=True) if i != -1])
+                for srow, irow in zip(scores, ids, strict=True)]
+
+    def hits_for(self, ids: Sequence[int], scores: Sequence[float]) -> list[SearchHit]:
+        """SearchHits for image ids (catalog rows attached), in the given order."""
+        recs = self.catalog.get_many([int(i) for i in ids])
+        hits = []
+        for s, i in zip(scores, ids, strict=True):
+            r = recs.get(int(i))
+            rel = r.relpath if r else ""
+            hits.append(SearchHit(id=int(i), score=float(s), relpath=rel,
+                                  path=self.abspath(rel, r.source if r else None),
+                                  label=r.label if r else "", source=r.source if r else "base", record=r))
+        return hits
+
+    # -- text search (imrs.textsearch) -----------------------------------------------------------------
+    @property
+    def text_index(self) -> TextIndex:
+        """This collection's text-search state (class space, query plans, metadata index)."""
+        if self._text_index is None:
+            with self._encoder_lock:
+                if self._text_index is None:
+                    from .textsearch import TextIndex
+
+                    self._text_index = TextIndex(self)
+        return self._text_index
 
     def embed_query_text(self, text: str) -> np.ndarray:
-        text = text.strip()
-        if not text:
-            raise IMRSError("empty text query")
-        if self.encoder.supports_text:
-            return self.encoder.embed_texts([text])[0]
-        from .textmap import text_query_vector
+        """The visual query vector of ``text`` (text tower, else hierarchy-aware ConSE); the full
+        text search with metadata and fusion is ``imrs.textsearch.text_search``."""
+        from .textsearch import text_query_vector
 
         return text_query_vector(self, text)
 

@@ -25,3 +25,11 @@ def state_dir_for(root: str | os.PathLike[str], home: str | os.PathLike[str] | N
     tag = hashlib.sha1(absroot.encode("utf-8")).hexdigest()[:8]
     base = re.sub(r"[^A-Za-z0-9_-]+", "_", os.path.basename(absroot.rstrip("/")) or "root")[:40]
     return home_dir(home) / "collections" / f"{base}-{tag}"
+
+
+# Web image providers for expansion (and text search's web exemplars). Here rather than in
+# imrs.expansion.sources so that registering CLI options does not import the HTTP stack (~0.4 s of
+# every `imrs` start).
+PROVIDER_CHOICES = ("auto", "ddg", "wikimedia")
+ENV_PROVIDER = "IMRS_EXPAND_PROVIDER"
+ENV_WIKIMEDIA_API = "IMRS_WIKIMEDIA_API"

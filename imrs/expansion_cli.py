@@ -13,19 +13,11 @@ import sys
 from typing import Any
 
 from .cli import _common_collection_args, open_collection
+from .config import ENV_PROVIDER, ENV_WIKIMEDIA_API, PROVIDER_CHOICES
 from .errors import IMRSError
-from .expansion import (
-    PROVIDER_CHOICES,
-    dynamic_groups,
-    expand_batch,
-    list_dynamic,
-    make_providers,
-    policy_from_env,
-    prune,
-    read_terms,
-)
-from .expansion.prune import select as select_for_prune
-from .expansion.sources import ENV_PROVIDER, ENV_WIKIMEDIA_API
+
+# imrs.expansion (and with it the HTTP stack) is imported by the commands, not at registration:
+# every `imrs` command registers these options, only expansion commands need the machinery.
 
 
 def _int_in(lo: int, hi: int, what: str) -> Any:
@@ -43,6 +35,8 @@ def _int_in(lo: int, hi: int, what: str) -> Any:
 
 # -- imrs expand ------------------------------------------------------------------------------------
 def cmd_expand(args: argparse.Namespace) -> int:
+    from .expansion import expand_batch, make_providers, policy_from_env, read_terms
+
     terms = list(args.terms or [])
     if args.csv:
         terms += read_terms(args.csv)
@@ -95,6 +89,8 @@ def cmd_expand(args: argparse.Namespace) -> int:
 
 # -- imrs dynamic list ------------------------------------------------------------------------------
 def cmd_dynamic(args: argparse.Namespace) -> int:
+    from .expansion import dynamic_groups, list_dynamic
+
     coll = open_collection(args)
     if args.term:
         recs = list_dynamic(coll, args.term)
@@ -128,6 +124,9 @@ def cmd_dynamic(args: argparse.Namespace) -> int:
 
 # -- imrs prune -------------------------------------------------------------------------------------
 def cmd_prune(args: argparse.Namespace) -> int:
+    from .expansion import prune
+    from .expansion.prune import select as select_for_prune
+
     coll = open_collection(args)
     if args.dry_run:
         found, missing = select_for_prune(coll, term=args.term, ids=args.ids)

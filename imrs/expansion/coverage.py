@@ -23,8 +23,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from ..errors import IMRSError
 
 if TYPE_CHECKING:
@@ -32,7 +30,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-QUERY_KINDS = ("text", "image", "textmap")
+QUERY_KINDS = ("text", "image", "textmap", "metadata")
 
 
 @dataclass(frozen=True)
@@ -80,7 +78,11 @@ DEFAULT_THRESHOLDS: dict[tuple[str, str], CoverageThresholds] = {
 }
 #: For backbones not measured here (ResNet/VGG/ViT weights are not available offline): their pooled
 #: features behave like EfficientNet's, so its numbers are the starting point. Override as needed.
-GENERIC_THRESHOLDS = {"image": _EFFNET_IMAGE, "text": _CLIP_TEXT, "textmap": _TEXTMAP}
+#: Text answered by the collection's own words (``imrs.textsearch.hybrid``): the judged scores are
+#: match strengths in [0, 1] (1 = every query word in a label or caption, 0.9 = a label naming a
+#: kind of the query); two strong matches are coverage whatever the backbone.
+_METADATA = CoverageThresholds(best_min=0.8, good_min=0.8, min_good=2)
+GENERIC_THRESHOLDS = {"image": _EFFNET_IMAGE, "text": _CLIP_TEXT, "textmap": _TEXTMAP, "metadata": _METADATA}
 
 ENV_BEST_MIN = "IMRS_COVERAGE_BEST_MIN"
 ENV_GOOD_MIN = "IMRS_COVERAGE_GOOD_MIN"
@@ -157,15 +159,12 @@ def check_coverage(hits: Sequence[Any], thresholds: CoverageThresholds, what: st
 
 
 def textmap_scores(coll: Collection, text: str, k: int = 10) -> list[float]:
-    """The ``k`` best class-space (ConSE) scores of ``text`` over the collection (image-only
-    backbones; see ``imrs.textmap``)."""
-    from ..textmap import mapper_for
+    """The ``k`` best class-space scores of ``text`` over the collection, times how close ImageNet's
+    vocabulary is to the query (image-only backbones; see ``imrs.textsearch.conse``)."""
+    from ..textsearch.search import conse_scores, judged_textmap
 
-    mapper, _ = mapper_for(coll)
-    classes, weights = mapper.class_weights(text)
-    scores = mapper.class_space_scores(classes, weights)
-    top = np.sort(np.asarray(scores, dtype=np.float64))[::-1][:k]
-    return [float(x) for x in top]
+    scores, _, plan = conse_scores(coll, text)
+    return judged_textmap(scores, plan, k)
 
 
 def query_coverage(coll: Collection, hits: Sequence[Any], query_text: str | None = None,
@@ -173,7 +172,7 @@ def query_coverage(coll: Collection, hits: Sequence[Any], query_text: str | None
     """Coverage of one query's results, judged on the scores that mean something for the
     collection's backbone: cosine for image queries and CLIP text, class-space scores for text on
     an image-only backbone (falling back to cosine when that mapping is unavailable)."""
-    if query_text and not getattr(coll.encoder, "supports_text", False):
+    if query_text and not coll.backbone_info.supports_text:
         try:
             scores = textmap_scores(coll, query_text, max(k, len(hits)))
             return check_coverage(scores, thresholds or thresholds_for(coll.backbone, "textmap"),

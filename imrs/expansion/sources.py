@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ..config import ENV_PROVIDER, ENV_WIKIMEDIA_API, PROVIDER_CHOICES
 from ..errors import IMRSError
 from ..web.download import DownloadPolicy
 from ..web.providers import (
@@ -25,10 +26,9 @@ from ..web.providers import (
     default_chain,
 )
 
-PROVIDER_CHOICES = ("auto", "ddg", "wikimedia")
-ENV_PROVIDER = "IMRS_EXPAND_PROVIDER"
-ENV_WIKIMEDIA_API = "IMRS_WIKIMEDIA_API"
 ENV_URLS_FILE = "IMRS_EXPAND_URLS_FILE"
+__all__ = ["ENV_PROVIDER", "ENV_WIKIMEDIA_API", "PROVIDER_CHOICES", "as_chain", "make_providers", "policy_from_env",
+           "providers_from_env"]
 ENV_ALLOW_LOOPBACK = "IMRS_EXPAND_ALLOW_LOOPBACK"
 
 

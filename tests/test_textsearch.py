@@ -203,10 +203,17 @@ def test_text_search_hybrid_and_metadata_switch(indexed) -> None:
     hits, judged, kind = text_search(coll, "chronometer", 3, use_metadata=False)
     assert all("caption" not in h.why for h in hits) and kind == "textmap"
 
-    # judged scores: high where the classifier sees the concept, ~0 where it is absent or abstract
-    assert text_search(coll, "big cat", 5, use_metadata=False).judged[0] > 0.5
+    # judged scores: high where the classifier sees the concept, ~0 where it is absent or abstract,
+    # and the coverage verdict reads them so
+    from imrs.expansion.coverage import check_coverage, thresholds_for
+
+    t = thresholds_for("efficientnet_lite0", "text")  # an image-only backbone: the textmap thresholds
+    big_cat = text_search(coll, "big cat", 10, use_metadata=False)
+    assert big_cat.judged[0] > 0.5 and not check_coverage(big_cat.judged, t).weak
     for absent in ("freedom", "pizza", "a photo of a dog"):
-        assert text_search(coll, absent, 5, use_metadata=False).judged[0] < 0.05, absent
+        judged = text_search(coll, absent, 10, use_metadata=False).judged
+        assert judged[0] < 0.05 and check_coverage(judged, t).weak, absent
+    assert not check_coverage(hybrid.judged, thresholds_for("efficientnet_lite0", "metadata")).weak
 
 
 @pytest.mark.slow

@@ -174,10 +174,12 @@ def sidebar_expansion(opened: S.Opened) -> dict[str, Any]:
     overrides: dict[str, Any] | None = None
     with sb.expander("Coverage thresholds"):
         with shown_errors("Reading coverage thresholds"):
-            t_text = S.coverage_thresholds(opened.backbone, "text")
-            t_img = S.coverage_thresholds(opened.backbone, "image")
-            st.caption(f"Defaults for {opened.backbone} — text queries: {t_text.describe()}; "
-                       f"image queries: {t_img.describe()}")
+            from imrs.query import collection_thresholds
+
+            t_text, src_text = collection_thresholds(opened.coll, "text")
+            t_img, src_img = collection_thresholds(opened.coll, "image")
+            st.caption(f"{opened.backbone} — text queries: {t_text.describe()} ({src_text}); "
+                       f"image queries: {t_img.describe()} ({src_img})")
             if st.toggle("Override the defaults", value=False, key="cov_override"):
                 best = st.slider("Best score at least", 0.0, 1.0, float(t_img.best_min), 0.01, key="cov_best")
                 good = st.slider("“Good” score at least", 0.0, 1.0, float(t_img.good_min), 0.01, key="cov_good")
@@ -244,8 +246,8 @@ def wait_for_model(opened: S.Opened) -> None:
 def use_result_as_query(hit: dict[str, Any]) -> None:
     """Callback of "search with this": the result becomes the image query."""
     try:
-        data = Path(hit["path"]).read_bytes()
-    except OSError as exc:
+        data = S.read_query_file(hit["path"])  # bounded read: the file may have become a FIFO since
+    except IMRSError as exc:
         flash("error", f"cannot read {hit['relpath']}: {exc}")
         return
     set_query(data, f"result: {hit['relpath']}")
@@ -327,7 +329,7 @@ def image_query_inputs(root: Path, allow_loopback: bool) -> None:
                 if thumb:
                     st.image(thumb, width="stretch")
                 if st.button(label, key=f"ex_{label}", width="stretch"):
-                    set_query(path.read_bytes(), f"example: {label}")
+                    set_query(S.read_query_file(path), f"example: {label}")
     else:
         if "query_image" not in st.session_state:
             st.info("Press \"Search with this\" under a result to use it as the query.")
@@ -372,41 +374,38 @@ def expand_options(cfg: dict[str, Any], **kw: Any) -> S.ExpandOptions:
 
 
 def run_search(opened: S.Opened, query: dict[str, Any], cfg: dict[str, Any]) -> None:
-    """Search, check coverage, and (if on) expand and search again; results go to session_state."""
+    """One call into the pipeline (``imrs.query.run_query``); the answer goes to session_state."""
+    from imrs.query import Query, run_query
+
     coll = opened.coll
-    k = cfg["top_k"]
-    text = query.get("text")
-    wait_for_model(opened)
-    if query["kind"] == "text":
-        if opened.ws.warmup is not None and opened.ws.warmup.is_alive():
-            with st.spinner("Loading the text model (first text query only) ..."):
-                opened.ws.wait_warm()
-        vec = coll.embed_query_text(text)
-    else:
-        vec = coll.embed_query_image(query["image"])
     t0 = time.perf_counter()
-    hits = coll.search_vectors(vec, k, qe=cfg.get("qe", 0))[0]
-    res: dict[str, Any] = {"query": query["desc"], "kind": query["kind"], "hits": S.hits_to_dicts(hits),
-                           "ms": (time.perf_counter() - t0) * 1000.0, "backbone": coll.backbone}
-    cov = S.check_coverage(coll, hits, query["kind"], cfg["coverage_overrides"])
-    res["coverage"] = cov
-    if cov["weak"] and cfg["auto_expand"]:
-        with st.status("Coverage is weak — growing the collection from the web ...", expanded=True) as status:
-            bar = st.progress(0.0, text="asking image providers ...")
-            out = S.auto_expand(opened.ws, text, vec, hits, k, expand_options(cfg), cfg["coverage_overrides"],
-                                progress=stage_callback(bar))
-            if out is None:
-                status.update(label="Coverage is fine now (another session expanded meanwhile)", state="complete",
-                              expanded=False)
-            elif out["error"]:
-                res["expand_error"] = out["error"]
-                status.update(label=f"Expansion failed: {out['error']}", state="error", expanded=False)
-            else:
-                res["before"] = res["hits"]
-                res["hits"] = out["hits_after"]
-                res["expansion"] = out
-                status.update(label=f"Added {out['added']} web image(s) for “{out['term']}”", state="complete",
-                              expanded=False)
+    wait_for_model(opened)
+    if query["kind"] == "text" and opened.ws.warmup is not None and opened.ws.warmup.is_alive():
+        with st.spinner("Loading the text model (first text query only) ..."):
+            opened.ws.wait_warm()
+    ov = cfg["coverage_overrides"] or {}
+    # auto-expand on: the person asked for growth, so the best proposed term is taken
+    settings = S.session_settings(cfg, coverage_best_min=ov.get("best_min"), coverage_good_min=ov.get("good_min"),
+                                  coverage_min_good=ov.get("min_good"), auto_confirm_term=bool(cfg["auto_expand"]))
+    q = Query(text=query.get("text"), image=query.get("image"), k=cfg["top_k"], qe=cfg.get("qe", 0),
+              expand=bool(cfg["auto_expand"]))
+    with st.status("Searching ...", expanded=True) as status:
+        bar = st.progress(0.0, text="searching ...")
+        with opened.ws.job_lock:
+            out = run_query(coll, q, settings, progress=stage_callback(bar))
+        label = "Coverage was weak — grew the collection from the web" if out.grew else "Done"
+        status.update(label=label, state="error" if out.error else "complete", expanded=False)
+    res: dict[str, Any] = {"query": query["desc"], "kind": query["kind"], "hits": S.hits_to_dicts(out.hits),
+                           "ms": (time.perf_counter() - t0) * 1000.0, "backbone": coll.backbone,
+                           "coverage": out.verdict.as_dict()}
+    if out.error:
+        res["expand_error"] = out.error
+    if out.grew and out.report is not None:
+        rep = out.report
+        res["before"] = S.hits_to_dicts(out.hits_before or [])
+        res["before_coverage"] = out.verdict_before.as_dict() if out.verdict_before else None
+        res["expansion"] = {"term": rep.term, "added": rep.kept, "duplicates": len(rep.duplicates),
+                            "failed": len(rep.failures), "off_topic": len(rep.off_topic)}
     st.session_state["results"] = res
 
 
@@ -418,20 +417,22 @@ def show_results(res: dict[str, Any]) -> None:
         a1 = after[0]["score"] if after else 0.0
         rep = res.get("expansion") or {}
         say = st.success if rep.get("added") else st.warning
-        say(f"Coverage was weak ({cov['reason'] if cov else '?'}), so {rep.get('added', 0)} web image(s) "
+        was = res.get("before_coverage") or {}
+        say(f"Coverage was weak ({was.get('reason', '?')}), so {rep.get('added', 0)} web image(s) "
                    f"for “{rep.get('term', '')}” were added ({rep.get('duplicates', 0)} duplicates, "
                    f"{rep.get('failed', 0)} failed downloads). Top score {b1:.3f} → {a1:.3f}; mean of the top "
                    f"{len(after)} {_mean(before):.3f} → {_mean(after):.3f}.")
-        after_cov = rep.get("coverage_after")
-        if after_cov and after_cov["weak"]:
-            st.info(f"Still weak after expanding: {after_cov['reason']}")
+        if cov and cov["weak"]:
+            st.info(f"Still weak after expanding: {cov['reason']}")
     elif cov is not None and cov["weak"]:
         hint = "" if st.session_state.get("auto_expand") else " Turn on “Auto-expand on weak coverage” in the " \
                                                                "sidebar, or use the Batch expansion tab."
         st.warning(f"Weak coverage: {cov['reason']}.{hint}")
     if res.get("expand_error"):
         st.error(f"Expansion failed: {res['expand_error']}")
-    st.caption(f"{len(res['hits'])} results for {res['query']} · {res['backbone']} · search {res['ms']:.1f} ms")
+    if cov is not None:
+        st.caption(f"Verdict: {cov['label']} ({cov['reason']})")
+    st.caption(f"{len(res['hits'])} results for {res['query']} · {res['backbone']} · {res['ms']:.0f} ms from the click")
     render_grid(res["hits"], "res")
     if res.get("before") is not None:
         with st.expander("Results before expansion"):
@@ -498,10 +499,11 @@ def tab_batch(opened: S.Opened, cfg: dict[str, Any]) -> None:
         csv_file = c2.file_uploader("…or a CSV (a 'term' column, else the first column)",
                                     type=["csv", "txt", "tsv"], key="batch_csv")
         a, b, c, d = st.columns(4)
-        per_term = a.number_input("Images per term", 1, 200, 8, key="batch_n")
-        max_side = b.number_input("Max side (px)", 64, 2048, 512, step=64, key="batch_side")
-        quality = c.number_input("JPEG quality", 50, 95, 85, key="batch_q")
-        phash_thr = d.number_input("pHash threshold", 0, 64, 6, key="batch_phash",
+        dflt = S.session_settings(cfg)
+        per_term = a.number_input("Images per term", 1, 200, dflt.expand_n, key="batch_n")
+        max_side = b.number_input("Max side (px)", 64, 2048, dflt.expand_max_side, step=64, key="batch_side")
+        quality = c.number_input("JPEG quality", 50, 95, dflt.expand_jpeg_quality, key="batch_q")
+        phash_thr = d.number_input("pHash threshold", 0, 64, dflt.expand_phash_distance, key="batch_phash",
                                    help="Hamming distance (of 64 bits) at or under which a download counts as a "
                                         "duplicate of an image already in the collection")
         go = st.form_submit_button("Run expansion", type="primary")

@@ -28,6 +28,7 @@ import streamlit as st
 
 from .config import DEFAULT_BACKBONE, DEFAULT_INDEXER, OFFLINE_BACKBONE, home_dir, state_dir_for
 from .errors import IMRSError, WeightsUnavailableError
+from .ids import display_path
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -54,8 +55,9 @@ PROVIDERS = ("auto", "ddg", "wikimedia")  # = imrs.expansion.PROVIDER_CHOICES
 
 def default_root() -> str:
     """``$IMRS_ROOT`` if set, else the demo collection shipped in the repository."""
-    env = os.environ.get(ROOT_ENV, "").strip()
-    return env or str(DEMO_ROOT)
+    from .config import Settings
+
+    return Settings.from_env().root or str(DEMO_ROOT)
 
 
 def is_demo(root: str | os.PathLike[str]) -> bool:
@@ -161,6 +163,9 @@ class Workspace:
     synced: bool = False
     merged: bool = False
     sync_summary: str = ""
+    #: (printable relpath, reason) of every file the last sync left out: not an image, a link it
+    #: does not follow, a FIFO, did not decode, ... (``SyncReport.skipped`` + ``failed``).
+    sync_left_out: list[tuple[str, str]] = field(default_factory=list)
     busy_with: str = ""
     loader: threading.Thread | None = None
     load_error: BaseException | None = None
@@ -343,7 +348,8 @@ def sync_once(ws: Workspace, progress: Callable[[int, int], None] | None = None,
             ws.busy_with = ""
         ws.synced = True
         ws.sync_summary = report.summary()
-        for rel, reason in report.failed[:5]:
+        ws.sync_left_out = [(display_path(rel), reason) for rel, reason in sorted(report.skipped + report.failed)]
+        for rel, reason in ws.sync_left_out[:5]:
             log.warning("not indexed: %s: %s", rel, reason)
         return ws.sync_summary
 
@@ -404,6 +410,14 @@ def decode_query(data: bytes, origin: str = "the query image") -> Image.Image:
                                f"GIF, BMP or TIFF file") from None
 
 
+def read_query_file(path: str | os.PathLike[str]) -> bytes:
+    """A collection file's bytes for use as a query, with the decoder's caps (regular files only,
+    size and time limits): a file may have changed into anything since it was indexed."""
+    from .imageio import read_image_file
+
+    return read_image_file(path)
+
+
 def crop_percent(img: Image.Image, left: float, top: float, right: float, bottom: float) -> Image.Image:
     """Crop by margins in percent of the width/height (what the sliders give)."""
     w, h = img.size
@@ -430,7 +444,10 @@ def hit_to_dict(hit: SearchHit) -> dict[str, Any]:
     """A search hit as plain data for ``st.session_state`` (survives reruns, holds no objects)."""
     r = hit.record
     extra = dict(r.extra) if r is not None else {}
-    return {"id": int(hit.id), "score": float(hit.score), "relpath": hit.relpath, "path": str(hit.path),
+    # "relpath" is for people (a non-UTF-8 name must not reach the browser as a lone surrogate);
+    # "path" is what opens the file.
+    return {"id": int(hit.id), "score": float(hit.score), "relpath": display_path(hit.relpath),
+            "path": str(hit.path),
             "label": hit.label, "source": hit.source, "title": hit.title or "",
             "caption": extra.get("caption", ""),
             "url": (r.page_url or r.source_url or "") if r is not None else "",
@@ -451,16 +468,16 @@ def thumbnail(path: str, mtime: float, side: int = 256) -> bytes | None:
     not shown stale."""
     from PIL import Image, ImageOps
 
+    from .imageio import load_image
+
     try:
-        with Image.open(path) as im:
-            im.draft("RGB", (side, side))
-            im = ImageOps.exif_transpose(im).convert("RGB")
-            im = ImageOps.pad(im, (side, side * 3 // 4), method=Image.Resampling.LANCZOS, color=(255, 255, 255))
-            buf = io.BytesIO()
-            im.save(buf, "JPEG", quality=85)
-            return buf.getvalue()
+        im = load_image(path, max_side=side)  # the one decoder: capped read, draft, EXIF once
+        im = ImageOps.pad(im, (side, side * 3 // 4), method=Image.Resampling.LANCZOS, color=(255, 255, 255))
+        buf = io.BytesIO()
+        im.save(buf, "JPEG", quality=85)
+        return buf.getvalue()
     except Exception as exc:  # noqa: BLE001 - one unreadable file must not break the grid
-        log.warning("no thumbnail for %s: %s", path, exc)
+        log.warning("no thumbnail for %s: %s", display_path(path), exc)
         return None
 
 
@@ -498,107 +515,66 @@ def example_images(root: str | os.PathLike[str], n: int = 4) -> list[tuple[str, 
 # --------------------------------------------------------------------------------------------
 
 
-def coverage_thresholds(backbone: str, kind: str, overrides: dict[str, Any] | None = None) -> Any:
-    from .expansion.coverage import thresholds_for
+def session_settings(cfg: dict[str, Any], **extra: Any) -> Any:
+    """This browser session's settings: the environment's, with the sidebar's choices on top."""
+    from .config import Settings
 
-    t = thresholds_for(backbone, kind)
-    return t.with_overrides(**overrides) if overrides else t
-
-
-def check_coverage(coll: Collection, hits: Sequence[SearchHit], kind: str,
-                   overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Coverage of one result list as plain data (for session_state)."""
-    from .expansion.coverage import check_coverage as _check
-
-    t = coverage_thresholds(coll.backbone, kind, overrides)
-    cov = _check(hits, t)
-    return {"weak": bool(cov.weak), "reason": cov.reason, "best": float(cov.best), "n_good": int(cov.n_good),
-            "thresholds": t.describe()}
-
-
-# The sidebar's provider defaults come from the same environment variables as the CLI's
-# (IMRS_EXPAND_PROVIDER, IMRS_WIKIMEDIA_API, IMRS_EXPAND_ALLOW_LOOPBACK), so a test or a deployment
-# can preset them without clicking.
+    return Settings.from_env(provider=cfg.get("provider") or None, wikimedia_api=cfg.get("wikimedia_api") or None,
+                             allow_loopback=bool(cfg.get("allow_loopback")) or None, **extra)
 
 
 def default_provider() -> str:
-    from .expansion.sources import ENV_PROVIDER
+    from .config import Settings
 
-    value = os.environ.get(ENV_PROVIDER, "").strip().lower()
-    return value if value in PROVIDERS else "auto"
+    return Settings.from_env().provider
 
 
 def default_wikimedia_api() -> str:
-    from .expansion.sources import ENV_WIKIMEDIA_API
+    from .config import Settings
 
-    return os.environ.get(ENV_WIKIMEDIA_API, "").strip()
+    return Settings.from_env().wikimedia_api or ""
 
 
 def default_allow_loopback() -> bool:
     """Test-only switch; off unless IMRS_EXPAND_ALLOW_LOOPBACK is set."""
-    from .expansion.sources import ENV_ALLOW_LOOPBACK
+    from .config import Settings
 
-    return os.environ.get(ENV_ALLOW_LOOPBACK, "").strip().lower() in ("1", "true", "yes", "on")
+    return Settings.from_env().allow_loopback
 
 
 @dataclass(frozen=True)
 class ExpandOptions:
-    """The sidebar's provider settings plus the batch form's download settings."""
+    """The sidebar's provider settings plus the batch form's download settings; what is left
+    unset comes from ``Settings`` (the same defaults as ``imrs expand``)."""
 
-    provider: str = "auto"
-    wikimedia_api: str = ""
-    allow_loopback: bool = False
-    n: int = 8
-    max_side: int = 512
-    jpeg_quality: int = 85
-    phash_threshold: int = 6
+    provider: str | None = None
+    wikimedia_api: str | None = None
+    allow_loopback: bool | None = None
+    n: int | None = None
+    max_side: int | None = None
+    jpeg_quality: int | None = None
+    phash_threshold: int | None = None
+
+    def settings(self) -> Any:
+        from .config import Settings
+
+        return Settings.from_env(provider=self.provider or None, wikimedia_api=self.wikimedia_api or None,
+                                 allow_loopback=self.allow_loopback or None, expand_n=self.n,
+                                 expand_max_side=self.max_side, expand_jpeg_quality=self.jpeg_quality,
+                                 expand_phash_distance=self.phash_threshold)
 
     def policy(self) -> Any:
-        from .web.download import DownloadPolicy
+        from .expansion import policy_for
 
-        return DownloadPolicy(max_side=int(self.max_side), jpeg_quality=int(self.jpeg_quality),
-                              allow_loopback=bool(self.allow_loopback))
+        return policy_for(self.settings())
 
     def providers(self) -> Any:
-        from .expansion import make_providers
+        from .expansion import providers_for
 
-        return make_providers(self.provider, self.wikimedia_api or None)
+        return providers_for(self.settings())
 
 
 StageCallback = Callable[[str, int, int], None]
-
-
-def auto_expand(ws: Workspace, query_text: str | None, query_vector: Any, hits: Sequence[SearchHit], k: int,
-                opts: ExpandOptions, overrides: dict[str, Any] | None,
-                progress: StageCallback | None = None) -> dict[str, Any] | None:
-    """Expand when the results are weak (None when they are not); the answer is plain data.
-
-    A failed expansion (offline, nothing found) comes back in ``error`` rather than raised, so the
-    page keeps showing the results it had."""
-    from .expansion import expand_if_weak
-
-    kind = "text" if query_text else "image"
-    thr = coverage_thresholds(ws.coll.backbone, kind, overrides)
-    ws.ensure_encoder()
-    with ws.job_lock:
-        ws.busy_with = "expanding the collection"
-        try:
-            out = expand_if_weak(ws.coll, query_text=query_text, query_vector=query_vector, hits=hits, k=k,
-                                 progress=progress, thresholds=thr, n=opts.n, policy=opts.policy(),
-                                 providers=opts.providers(), phash_threshold=opts.phash_threshold)
-        finally:
-            ws.busy_with = ""
-    if out is None:
-        return None
-    rep = out.report
-    return {"term": out.term or "", "method": out.guess.method if out.guess else "",
-            "error": out.error, "summary": out.summary(),
-            "added": rep.kept if rep else 0, "duplicates": len(rep.duplicates) if rep else 0,
-            "failed": len(rep.failures) if rep else 0,
-            "best_before": rep.best_before if rep else None, "best_after": rep.best_after if rep else None,
-            "hits_after": hits_to_dicts(out.hits_after),
-            "coverage_after": None if out.coverage_after is None else
-            {"weak": out.coverage_after.weak, "reason": out.coverage_after.reason}}
 
 
 def run_batch(ws: Workspace, terms: Sequence[str], opts: ExpandOptions,
@@ -613,8 +589,10 @@ def run_batch(ws: Workspace, terms: Sequence[str], opts: ExpandOptions,
     with ws.job_lock:
         ws.busy_with = "running a batch expansion"
         try:
-            rep = expand_batch(ws.coll, terms, n=opts.n, policy=opts.policy(), phash_threshold=opts.phash_threshold,
-                               providers=opts.providers(), progress=on_term, term_progress=on_stage)
+            s = opts.settings()
+            rep = expand_batch(ws.coll, terms, n=s.expand_n, policy=opts.policy(),
+                               phash_threshold=s.expand_phash_distance, providers=opts.providers(),
+                               progress=on_term, term_progress=on_stage)
         finally:
             ws.busy_with = ""
     rows = []
@@ -717,9 +695,10 @@ def benchmark_plots(run: dict[str, Any]) -> list[Path]:
 
 __all__ = [
     "BENCH_COMMAND", "DEFAULT_BACKBONE", "DEFAULT_INDEXER", "DEMO_ROOT", "OFFLINE_BACKBONE", "PROVIDERS",
-    "ExpandOptions", "Opened", "Workspace", "auto_expand", "available_devices", "backbone_choices",
-    "benchmark_plots", "benchmark_tables", "check_coverage", "coverage_thresholds", "crop_percent", "decode_query",
+    "ExpandOptions", "Opened", "Workspace", "available_devices", "backbone_choices",
+    "benchmark_plots", "benchmark_tables", "crop_percent", "decode_query",
     "default_root", "default_tunables", "dynamic_groups", "example_images", "fetch_query_url", "hits_to_dicts",
     "home_dir", "index_kinds", "is_demo", "latest_benchmark", "merge_npz", "needs_first_index", "open_workspace",
-    "parse_terms", "remove_dynamic", "run_batch", "sync_once", "thumb_of",
+    "parse_terms", "read_query_file", "remove_dynamic", "run_batch", "session_settings", "sync_once",
+    "thumb_of",
 ]

@@ -11,6 +11,8 @@ import csv
 import logging
 import sqlite3
 import threading
+import unicodedata
+import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
@@ -18,12 +20,16 @@ from pathlib import Path
 from typing import Any
 
 from .errors import IMRSError
-from .ids import normalise_relpath, stable_id
+from .ids import display_path, from_storage_text, normalise_relpath, stable_id, storage_text
 
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 SOURCES = ("base", "dynamic")
+#: kv key of a random token replaced in the same transaction as every change to the set of images:
+#: ``imrs.reconcile`` compares it with the token its commit record saw, one query instead of O(n).
+GENERATION_KEY = "generation"
+METADATA_KEY = "metadata_generation"  # bumped by metadata (CSV) imports: the texts changed
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS images (
@@ -69,8 +75,9 @@ def clean_label(folder: str) -> str:
 
 
 def label_for(relpath: str) -> str:
+    """The first folder's name, printable (a label is shown and compared as text, never opened)."""
     parts = normalise_relpath(relpath).split("/")
-    return clean_label(parts[0]) if len(parts) > 1 else ""
+    return clean_label(display_path(parts[0])) if len(parts) > 1 else ""
 
 
 def now_iso() -> str:
@@ -107,6 +114,33 @@ class ImageRecord:
 
 
 _COLUMNS = [f.name for f in fields(ImageRecord) if f.name != "extra"]
+
+
+def _to_db(column: str, value: Any) -> Any:
+    """SQLite (through sqlite3) only takes valid UTF-8: relpaths get their reversible storage
+    spelling, any other text with undecodable bytes its printable one."""
+    if column == "relpath":
+        return storage_text(value)
+    if isinstance(value, str):
+        return display_path(value) if any(0xDC80 <= ord(c) <= 0xDCFF for c in value) else value
+    return value
+
+
+def _record(row: sqlite3.Row) -> ImageRecord:
+    values = {c: row[c] for c in _COLUMNS}
+    values["relpath"] = from_storage_text(values["relpath"])
+    return ImageRecord(**values)
+
+
+def _relpath_candidates(raw: str) -> list[str]:
+    """Spellings a metadata CSV may use for one file: as written, then NFC / NFD (a list typed or
+    exported on another OS), then with Windows backslashes as separators."""
+    out = [raw]
+    for form in ("NFC", "NFD"):
+        out.append(unicodedata.normalize(form, raw))
+    if "\\" in raw:
+        out.append(raw.replace("\\", "/"))
+    return list(dict.fromkeys(out))
 
 
 class Catalog:
@@ -169,11 +203,11 @@ class Catalog:
         sql = (f"INSERT INTO images({','.join(_COLUMNS)}) VALUES ({placeholders}) "
                f"ON CONFLICT(id) DO UPDATE SET {update}")
         with self._tx() as con:
-            con.executemany(sql, [tuple(getattr(r, c) for c in _COLUMNS) for r in recs])
+            con.executemany(sql, [tuple(_to_db(c, getattr(r, c)) for c in _COLUMNS) for r in recs])
+            _bump_generation(con)
             extra_rows = [(r.id, k, str(v)) for r in recs for k, v in r.extra.items()]
             if extra_rows:
                 con.executemany("INSERT OR REPLACE INTO extra(id, key, value) VALUES (?,?,?)", extra_rows)
-            _bump_version(con)
         return len(recs)
 
     def delete(self, ids: Iterable[int], allow_base: bool = False) -> int:
@@ -191,16 +225,23 @@ class Catalog:
             for chunk in _chunks(id_list):
                 cur = con.execute(f"DELETE FROM images WHERE id IN ({','.join('?' * len(chunk))})", chunk)
                 n += cur.rowcount
-            _bump_version(con)
+            if n:
+                _bump_generation(con)
         return n
 
     def set_kv(self, key: str, value: str) -> None:
         with self._tx() as con:
             con.execute("INSERT OR REPLACE INTO kv(key, value) VALUES (?, ?)", (key, value))
 
-    def get_kv(self, key: str, default: str | None = None) -> str | None:
-        row = self._con().execute("SELECT value FROM kv WHERE key=?", (key,)).fetchone()
-        return row[0] if row else default
+    def generation(self) -> str:
+        """The token of the current set of images ('' for a catalog never written)."""
+        row = self._con().execute("SELECT value FROM kv WHERE key=?", (GENERATION_KEY,)).fetchone()
+        return str(row[0]) if row and row[0] is not None else ""
+
+    def new_generation(self) -> None:
+        """Mark the image set as changed by other means than upsert/delete (a restored copy)."""
+        with self._tx() as con:
+            _bump_generation(con)
 
     def set_phash(self, pairs: Iterable[tuple[int, int]]) -> None:
         with self._tx() as con:
@@ -221,19 +262,23 @@ class Catalog:
             known = self.ids_set()
             for row in reader:
                 raw = row.pop("path") or ""
-                try:
-                    rel = normalise_relpath(raw, root) if (root and Path(raw).is_absolute()) else normalise_relpath(raw)
-                except ValueError:
-                    skipped += 1
-                    continue
-                i = stable_id(rel)
-                if i not in known:
+                i = None
+                for cand in _relpath_candidates(raw):
+                    try:
+                        rel = (normalise_relpath(cand, root) if (root and Path(cand).is_absolute())
+                               else normalise_relpath(cand))
+                    except ValueError:
+                        continue
+                    if stable_id(rel) in known:
+                        i = stable_id(rel)
+                        break
+                if i is None:
                     skipped += 1
                     continue
                 rows.extend((i, k, v) for k, v in row.items() if k and v not in (None, ""))
         with self._tx() as con:
             con.executemany("INSERT OR REPLACE INTO extra(id, key, value) VALUES (?,?,?)", rows)
-            _bump_version(con)
+            _bump_metadata(con)
         if skipped:
             log.warning("metadata CSV %s: %d row(s) did not match an indexed image", csv_path, skipped)
         return len({r[0] for r in rows})
@@ -246,6 +291,10 @@ class Catalog:
         if source is None:
             return len(self)
         return int(self._con().execute("SELECT COUNT(*) FROM images WHERE source=?", (source,)).fetchone()[0])
+
+    def relpaths_by_id(self) -> dict[int, str]:
+        """id -> relpath of every image: what reconciliation compares caches and index against."""
+        return {r[0]: r[1] for r in self._con().execute("SELECT id, relpath FROM images")}
 
     def ids_set(self, source: str | None = None) -> set[int]:
         sql, args = "SELECT id FROM images", ()
@@ -266,7 +315,7 @@ class Catalog:
         for chunk in _chunks(id_list):
             q = ",".join("?" * len(chunk))
             for row in con.execute(f"SELECT * FROM images WHERE id IN ({q})", chunk):
-                out[row["id"]] = ImageRecord(**{c: row[c] for c in _COLUMNS})
+                out[row["id"]] = _record(row)
             for row in con.execute(f"SELECT id, key, value FROM extra WHERE id IN ({q})", chunk):
                 out[row["id"]].extra[row["key"]] = row["value"]
         return out
@@ -280,16 +329,27 @@ class Catalog:
             sql += " AND slug=?"
             args.append(slug)
         for row in self._con().execute(sql + " ORDER BY relpath", args).fetchall():
-            yield ImageRecord(**{c: row[c] for c in _COLUMNS})
+            yield _record(row)
 
     def file_stats(self) -> dict[str, tuple[int, float | None, int | None]]:
         """relpath -> (id, mtime, size): what an incremental folder scan compares against."""
         rows = self._con().execute("SELECT relpath, id, mtime, size FROM images WHERE source='base'")
-        return {r[0]: (r[1], r[2], r[3]) for r in rows}
+        return {from_storage_text(r[0]): (r[1], r[2], r[3]) for r in rows}
 
     def labels(self) -> list[str]:
         rows = self._con().execute("SELECT DISTINCT label FROM images WHERE label != '' ORDER BY label")
         return [r[0] for r in rows]
+
+    def label_counts(self) -> dict[str, int]:
+        """label -> number of images: how big a concept the collection holds (coverage needs it)."""
+        rows = self._con().execute("SELECT label, COUNT(*) FROM images WHERE label != '' GROUP BY label")
+        return {r[0]: int(r[1]) for r in rows}
+
+    def ids_by_label(self) -> dict[str, list[int]]:
+        out: dict[str, list[int]] = {}
+        for i, label in self._con().execute("SELECT id, label FROM images WHERE label != ''"):
+            out.setdefault(label, []).append(int(i))
+        return out
 
     def phashes(self) -> tuple[list[int], list[int]]:
         rows = self._con().execute("SELECT id, phash FROM images WHERE phash IS NOT NULL").fetchall()
@@ -304,11 +364,12 @@ class Catalog:
         return tuple(row)  # type: ignore[return-value]
 
     def content_fingerprint(self) -> str:
-        """Changes whenever rows or their texts change (a write counter bumped by every upsert,
-        delete and metadata import, plus row aggregates for a catalog restored from a snapshot):
-        cheap enough for a cache of the catalog's texts to check on every query."""
+        """Changes whenever rows or their texts change (the generation, bumped by every upsert and
+        delete, a token bumped by metadata imports, and row aggregates): cheap enough for a cache of
+        the catalog's texts to check on every query."""
         con = self._con()
-        version = self.get_kv("content_version", "0")
+        row = con.execute("SELECT value FROM kv WHERE key=?", (METADATA_KEY,)).fetchone()
+        version = f"{self.generation()}/{row[0] if row else ''}"
         a = con.execute(
             "SELECT COUNT(*), TOTAL(id % 1000003), TOTAL(length(relpath) + length(label) + "
             "length(coalesce(title, '')) + length(coalesce(term, ''))), TOTAL(coalesce(mtime, 0)) "
@@ -339,10 +400,13 @@ class Catalog:
         return [asdict(recs[i]) for i in ids if i in recs]
 
 
-def _bump_version(con: sqlite3.Connection) -> None:
-    """Inside a write transaction: count one more change of the catalog's contents."""
-    con.execute("INSERT INTO kv(key, value) VALUES ('content_version', '1') "
-                "ON CONFLICT(key) DO UPDATE SET value = CAST(value AS INTEGER) + 1")
+def _bump_generation(con: sqlite3.Connection) -> None:
+    con.execute("INSERT OR REPLACE INTO kv(key, value) VALUES (?, ?)", (GENERATION_KEY, uuid.uuid4().hex))
+
+
+def _bump_metadata(con: sqlite3.Connection) -> None:
+    """Inside a write transaction: the images' extra texts changed (a metadata import)."""
+    con.execute("INSERT OR REPLACE INTO kv(key, value) VALUES (?, ?)", (METADATA_KEY, uuid.uuid4().hex))
 
 
 def _chunks(seq: list[int], size: int = 900) -> Iterator[list[int]]:

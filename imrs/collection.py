@@ -3,7 +3,9 @@
 The CLI and the Streamlit app both talk only to ``Collection`` so there is one place where state
 changes, one writer lock, and one definition of "incremental": files are embedded once, vectors
 are added to or removed from the live index in place, and every change is persisted atomically
-(NPZ + snapshot pointer + SQLite transaction).
+(NPZ + snapshot pointer + SQLite transaction). Multi-step writes follow the commit protocol of
+``imrs.reconcile`` (intent record, store order, commit record), and the first use of the catalog or
+index checks that the last writer finished, repairing under the writer lock when it did not.
 """
 
 from __future__ import annotations
@@ -20,12 +22,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from . import reconcile
 from . import snapshot as snap
 from .catalog import Catalog, ImageRecord, label_for
 from .config import DEFAULT_INDEXER, state_dir_for
 from .errors import EmptyCollectionError, IMRSError, SnapshotError, StoreError
+from .faults import fault_point
 from .fsutil import atomic_write_json, read_json
-from .ids import normalise_relpath, stable_id
+from .ids import stable_id
 from .locking import WriterLock
 from .store import EmbeddingSet, base_name, dynamic_name, merge, merge_files, merged_name
 
@@ -51,7 +55,11 @@ class SearchHit:
     label: str
     source: str
     record: ImageRecord | None = None
-    why: tuple[str, ...] = ()  # text search: "visual", "label", "filename", "caption", "term", "web"
+    #: "likely match" | "uncertain" | "no match", from the collection's coverage thresholds
+    confidence: str = ""
+    #: why it matched: ("visual",), ("visual", "label"), ("same image",) ...; text search adds
+    #: "label", "filename", "caption", "term" and "web" (imrs.textsearch)
+    why: tuple[str, ...] = ("visual",)
 
     @property
     def title(self) -> str:
@@ -68,13 +76,15 @@ class SyncReport:
     removed: int = 0
     unchanged: int = 0
     embedded: int = 0
-    failed: list[tuple[str, str]] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (relpath, why): did not decode
+    #: (relpath, why): left out by the folder walk (links, special files, too large, ...)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
     seconds: float = 0.0
 
     def summary(self) -> str:
         return (f"{self.scanned} files: {self.added} new, {self.changed} changed, {self.removed} removed, "
-                f"{self.unchanged} unchanged; embedded {self.embedded}, {len(self.failed)} failed "
-                f"in {self.seconds:.1f}s")
+                f"{self.unchanged} unchanged; embedded {self.embedded}, {len(self.failed)} failed, "
+                f"{len(self.skipped)} skipped in {self.seconds:.1f}s")
 
 
 @dataclass
@@ -89,35 +99,11 @@ def is_dynamic_relpath(relpath: str) -> bool:
 
 
 def scan_folder(root: Path) -> list[tuple[str, float, int]]:
-    """(relpath, mtime, size) of every image under ``root`` except dynamic and hidden folders.
+    """(relpath, mtime, size) of every image under ``root`` except dynamic and hidden folders
+    (``imrs.walk`` does the walking; what it leaves out is logged)."""
+    from .walk import scan_folder as walk_scan
 
-    os.scandir with cached stat keeps a 30k-file rescan well under a second: this runs on every
-    ``imrs index`` and app start, so it must cost far less than embedding even one image.
-    """
-    from .imageio import IMAGE_EXTENSIONS
-
-    out: list[tuple[str, float, int]] = []
-    stack = [(root, "")]
-    while stack:
-        folder, prefix = stack.pop()
-        try:
-            entries = list(os.scandir(folder))
-        except OSError as exc:
-            log.warning("cannot list %s: %s", folder, exc)
-            continue
-        for e in entries:
-            if e.name.startswith("."):
-                continue
-            rel = f"{prefix}{e.name}"
-            if e.is_dir(follow_symlinks=True):
-                if not prefix and e.name.startswith(DYNAMIC_PREFIX):
-                    continue
-                stack.append((Path(e.path), rel + "/"))
-            elif os.path.splitext(e.name)[1].lower() in IMAGE_EXTENSIONS:
-                st = e.stat()
-                out.append((normalise_relpath(rel), st.st_mtime, st.st_size))
-    out.sort()
-    return out
+    return walk_scan(root, skip_top=lambda name: name.startswith(DYNAMIC_PREFIX))
 
 
 class Collection:
@@ -149,16 +135,33 @@ class Collection:
         self.emb_dir = self.state_dir / "emb"
         self.snap_dir = self.state_dir / "snapshots"
         self.dynamic_root = Path(dynamic_root) if dynamic_root else self._default_dynamic_root()
-        self.catalog = Catalog(self.state_dir / "catalog.sqlite")
-        self.catalog.set_kv("root", str(self.root))
+        self._catalog = Catalog(self.state_dir / "catalog.sqlite")
+        self._catalog.set_kv("root", str(self.root))
         self.writer = WriterLock(self.state_dir / "write.lock")
+        self._checked = False  # crash-consistency check done (see ``_ensure_consistent``)
         self._index_lock = threading.RLock()
         self._encoder_lock = threading.Lock()  # two UI sessions must not load the model twice
         self._encoder = encoder
         self._index: VectorIndex | None = None
         self._index_version: str | None = None  # live snapshot version our in-memory index matches
-        self._text_index: TextIndex | None = None  # imrs.textsearch state, built on first text query
-        atomic_write_json(self.state_dir / "collection.json", {"root": str(self.root)})
+        self._caches: dict[str, Any] = {}  # per-collection derived state (see ``cache``)
+        self._caches_lock = threading.Lock()
+        _write_if_changed(self.state_dir / "collection.json", {"root": str(self.root)})
+
+    # -- per-collection caches --------------------------------------------------------------------
+    def cache(self, key: str, factory: Callable[[], Any]) -> Any:
+        """Derived state that belongs to this collection (pHash index, prompt embeddings, the text
+        map, calibration): built once by ``factory`` and kept on the object, so two collections in
+        one process (two app sessions on different folders, a test) never share it, and it goes
+        away with the collection instead of living in a module global."""
+        with self._caches_lock:
+            if key not in self._caches:
+                self._caches[key] = factory()
+            return self._caches[key]
+
+    def forget(self, key: str) -> None:
+        with self._caches_lock:
+            self._caches.pop(key, None)
 
     # -- paths ---------------------------------------------------------------------------------
     def _default_dynamic_root(self) -> Path:
@@ -194,11 +197,74 @@ class Collection:
         return int(self.backbone_info.dim)
 
     @property
+    def catalog(self) -> Catalog:
+        if not self._checked:
+            self._ensure_consistent()
+        return self._catalog
+
+    @property
     def index(self) -> VectorIndex:
+        if not self._checked:
+            self._ensure_consistent()
+        return self._index_unchecked()
+
+    def _index_unchecked(self) -> VectorIndex:
         with self._index_lock:
             if self._index is None:
                 self._index = self._open_index()
             return self._index
+
+    # -- crash consistency (imrs.reconcile) ------------------------------------------------------
+    def _ensure_consistent(self) -> None:
+        """Before the first catalog or index use: the cheap check, and a repair when a writer died.
+
+        The repair needs the writer lock; when another writer holds it, its own write is in flight
+        (not a crash) and ends consistent, so this reader goes on and the next write re-checks."""
+        if self._checked:
+            return
+        if reconcile.check(self).clean:
+            self._checked = True
+            return
+        try:
+            with contextlib.ExitStack() as stack:
+                try:
+                    stack.enter_context(self.writer.hold(timeout=0))
+                except IMRSError as exc:
+                    log.info("not repairing %s now (%s); the next write will", self.state_dir.name, exc)
+                else:
+                    self._check_locked()
+        except OSError as exc:  # e.g. a read-only state folder: reading must still work
+            log.warning("cannot repair %s (%s): reading it as it is", self.state_dir, exc)
+        self._checked = True
+
+    def _check_locked(self) -> None:
+        """Under the writer lock (outermost hold): repair whatever a crash left behind."""
+        status = reconcile.check(self)
+        self._checked = True  # the repair itself uses the catalog and index
+        if not status.clean:
+            try:
+                reconcile.repair(self, status)
+            except BaseException:
+                self._checked = False
+                raise
+
+    def begin_changes(self) -> None:
+        """Called right before a write's first change: writes the intent record once per op."""
+        op = self.writer.scratch.get("op")
+        if op is not None and not self.writer.scratch.get("begun"):
+            reconcile.begin(self, op)
+            self.writer.scratch["begun"] = True
+
+    def _index_for_repair(self, vectors: Callable[[], EmbeddingSet]) -> tuple[VectorIndex, bool]:
+        """The live index for ``reconcile.align`` (no consistency check: that is the caller), and
+        whether it had to be built from ``vectors()`` because no usable snapshot exists."""
+        with self._index_lock:
+            if self._index is not None:
+                return self._index, False
+            index = self._load_live()
+            fresh = index is None
+            self._index = index if index is not None else self._build_index(vectors())
+            return self._index, fresh
 
     def _disk_version(self) -> str | None:
         try:
@@ -220,6 +286,10 @@ class Collection:
     def _open_index(self) -> VectorIndex:
         """Live snapshot if there is a compatible one (fast start, mmap), else rebuilt from the NPZ
         caches (no embedding), else empty."""
+        index = self._load_live()
+        return index if index is not None else self._build_index(self.all_embeddings())
+
+    def _load_live(self) -> VectorIndex | None:
         self._index_version = self._disk_version()
         if snap.snapshot_exists(self.snap_dir, self.live_name):
             try:
@@ -231,8 +301,7 @@ class Collection:
                 return index
             except SnapshotError as exc:
                 log.warning("live snapshot unusable, rebuilding from embeddings: %s", exc)
-        emb = self.all_embeddings()
-        return self._build_index(emb)
+        return None
 
     def _build_index(self, emb: EmbeddingSet) -> VectorIndex:
         from .indexes import make_index
@@ -244,7 +313,8 @@ class Collection:
 
     def rebuild_index(self, indexer: str | None = None, index_params: dict[str, Any] | None = None) -> None:
         """Build the index again from cached embeddings (new kind or parameters); embeds nothing."""
-        with self.writing():
+        with self.writing("rebuild"):
+            self.begin_changes()
             if indexer:
                 self.indexer = indexer
             if index_params is not None:
@@ -293,28 +363,62 @@ class Collection:
         return merge(sets, exists=lambda rel: self.abspath(rel).exists())
 
     def merge_caches(self, extra_npz: Sequence[str | os.PathLike[str]] = ()) -> tuple[Path, int, int]:
-        """Write ``emb_merged_<backbone>.npz`` from every cache and add rows the live index lacks.
+        """Write ``emb_merged_<backbone>.npz`` from every cache, and take in what the extra NPZs have
+        that the collection lacks (rows whose image file exists here): into the base or term cache
+        first, then the catalog, then the live index (the commit order of ``imrs.reconcile``).
 
-        Returns (merged file, rows in it, rows newly added to the index)."""
-        with self.writing():
-            paths = [p for p in [self.base_npz(), *self.dynamic_npzs(), *map(Path, extra_npz)] if p.exists()]
-            if not paths:
+        Returns (merged file, rows in it, rows newly added to the collection)."""
+        with self.writing("merge"):
+            own = [p for p in [self.base_npz(), *self.dynamic_npzs()] if p.exists()]
+            extras = [Path(p) for p in extra_npz]
+            if not own and not any(p.exists() for p in extras):
                 raise StoreError(f"no {self.backbone} embedding caches to merge yet: index the collection first")
+            new = self._new_rows_from(extras)
+            if len(new):
+                self.begin_changes()
+                self._save_to_caches(new)
+                fault_point("merge.after_cache")
+                self._catalog.upsert(_records_for(new.relpaths, self._catalog, self))
+                fault_point("merge.after_catalog")
+                with self._index_lock:
+                    self.index.add(new.ids, new.vectors)
+                self._persist_index()
+                fault_point("merge.after_index")
+            paths = [p for p in [self.base_npz(), *self.dynamic_npzs(), *extras] if p.exists()]
             out = self.emb_dir / merged_name(self.backbone)
             report = merge_files(paths, self.backbone, out, exists=lambda rel: self.abspath(rel).exists())
-            merged = EmbeddingSet.load(out)
-            added = 0
-            with self._index_lock:
-                have = set(self.index.ids().tolist())
-                new = np.array([i not in have for i in merged.ids.tolist()], dtype=bool)
-                if new.any():
-                    fresh = merged.select(new)
-                    self.index.add(fresh.ids, fresh.vectors)
-                    self.catalog.upsert(_records_for(fresh.relpaths, self.catalog) )
-                    added = int(new.sum())
-            if added:
-                self._persist_index()
-            return out, report.rows_out, added
+            return out, report.rows_out, len(new)
+
+    def _new_rows_from(self, paths: Sequence[Path]) -> EmbeddingSet:
+        """Rows of ``paths`` that no cache of this backbone has and whose image file exists."""
+        sets = []
+        for p in paths:
+            try:
+                sets.append(EmbeddingSet.load(p, backbone=self.backbone))
+            except StoreError as exc:
+                log.warning("skipping %s", exc)
+        if not sets:
+            return EmbeddingSet.empty(self.backbone, self.dim)
+        extra = merge(sets, exists=lambda rel: self.abspath(rel).exists())
+        if len(extra) and extra.dim != self.dim:
+            raise StoreError(f"extra caches hold {extra.dim}-d vectors but {self.backbone} gives {self.dim}-d")
+        return extra.select(np.isin(extra.ids, self._cached_ids(), invert=True))
+
+    def _cached_ids(self) -> np.ndarray:
+        """Ids of every row in this backbone's caches."""
+        parts = [EmbeddingSet.load(p, self.backbone).ids for p in [self.base_npz(), *self.dynamic_npzs()]
+                 if p.exists()]
+        return np.concatenate(parts) if parts else np.zeros(0, np.int64)
+
+    def _save_to_caches(self, rows: EmbeddingSet) -> None:
+        """Append rows to the cache they belong in: the base cache, or their term's dynamic cache."""
+        slugs = np.array([_slug_of(str(r)) for r in rows.relpaths], dtype=object)
+        for slug in sorted(set(slugs.tolist()), key=lambda x: x or ""):
+            part = rows.select(slugs == slug)
+            path = self.base_npz() if slug is None else self.dynamic_npz(slug)
+            old = EmbeddingSet.load(path, self.backbone) if path.exists() else EmbeddingSet.empty(
+                self.backbone, self.dim)
+            old.without(part.ids).concat(part).save(path)
 
     # -- indexing a folder ------------------------------------------------------------------------
     def sync(self, progress: Progress | bool = False, batch_size: int | None = None) -> SyncReport:
@@ -322,13 +426,20 @@ class Collection:
         drop vanished ones. Re-running on an unchanged folder embeds nothing."""
         t0 = time.perf_counter()
         report = SyncReport()
-        with self.writing():
-            files = scan_folder(self.root)
+        with self.writing("sync"):
+            # The hostile-folder-proof walk; everything it leaves out is reported.
+            from .walk import walk_images
+
+            walked = walk_images(self.root, skip_top=lambda name: name.startswith(DYNAMIC_PREFIX))
+            files = [(f.relpath, f.mtime, f.size) for f in walked.files]
+            report.skipped = [(s.relpath, s.reason) for s in walked.skipped]
             report.scanned = len(files)
-            if not files and not len(self.catalog):
+            if not files and not len(self._catalog):
+                left_out = (f"; {len(walked.skipped)} entries left out, e.g. {walked.skipped[0].display}: "
+                            f"{walked.skipped[0].reason}" if walked.skipped else "")
                 raise EmptyCollectionError(f"no images found in {self.root} "
-                                           f"(looked for .jpg, .png, .webp, ... in all subfolders)")
-            known = self.catalog.file_stats()
+                                           f"(looked for .jpg, .png, .webp, ... in all subfolders){left_out}")
+            known = self._catalog.file_stats()
             base = self.load_base_embeddings()
             cached = set(base.ids.tolist())
             todo: list[tuple[str, float, int]] = []
@@ -356,7 +467,8 @@ class Collection:
                 paths = [self.root / rel for rel, _, _ in todo]
                 res = self.encoder.embed_paths(paths, batch_size=batch_size, progress=progress)
                 kept = [todo[i] for i in res.kept.tolist()]
-                report.failed = [(todo[i][0], reason) for i, reason in res.failures]
+                report.failed = [(todo[i][0], _strip_name(reason, self.root / todo[i][0]))
+                                 for i, reason in res.failures]
                 report.embedded = len(kept)
                 new_emb = EmbeddingSet(self.backbone, [stable_id(r) for r, _, _ in kept],
                                        [r for r, _, _ in kept], res.vectors)
@@ -365,10 +477,16 @@ class Collection:
                 _fill_image_facts(records, self.root)
             drop = set(gone_ids) | set(stale_ids)
             if drop or len(new_emb):
+                # Removals leave the catalog first, additions enter the cache first: whatever step
+                # a crash interrupts, a cache row without a catalog row is safe to drop on repair.
+                self.begin_changes()
+                self._catalog.delete(gone_ids, allow_base=True)  # files already gone; never touches files
+                fault_point("sync.after_catalog_delete")
                 base = base.without(drop).concat(new_emb)
                 base.save(self.base_npz())
-                self.catalog.delete(gone_ids, allow_base=True)  # files already gone; never touches files
-                self.catalog.upsert(records)
+                fault_point("sync.after_cache")
+                self._catalog.upsert(records)
+                fault_point("sync.after_catalog")
                 with self._index_lock:
                     index = self.index
                     if drop:
@@ -376,7 +494,9 @@ class Collection:
                     if len(new_emb):
                         index.add(new_emb.ids, new_emb.vectors)
                 self._persist_index()
+                fault_point("sync.after_index")
             elif not snap.snapshot_exists(self.snap_dir, self.live_name):
+                self.begin_changes()
                 self._persist_index()
         report.seconds = time.perf_counter() - t0
         log.info("sync %s: %s", self.root, report.summary())
@@ -384,73 +504,112 @@ class Collection:
 
     def _persist_index(self) -> None:
         with self._index_lock:
-            snap.save_snapshot(self.snap_dir, self.live_name, self.index, self.backbone,
+            snap.save_snapshot(self.snap_dir, self.live_name, self._index_unchecked(), self.backbone,
                                collection_root=str(self.root))
             self._index_version = self._disk_version()
 
     @contextlib.contextmanager
-    def writing(self) -> Iterator[None]:
-        """The writer lock, with the in-memory index brought up to date first. Every mutation of
-        the collection happens inside this."""
+    def writing(self, op: str | None = None) -> Iterator[None]:
+        """The writer lock, with the in-memory index brought up to date and any crash repaired
+        first. Every mutation of the collection happens inside this.
+
+        ``op`` names a multi-step write: its first change (``begin_changes``) writes the intent
+        record and its normal end the commit record (``imrs.reconcile``); nested ``writing`` calls
+        join the outermost op. An exception leaves the intent in place: the state on disk may be
+        half-written, and the next use repairs it."""
         with self.writer.hold():
-            self.refresh_if_stale()
-            yield
+            scratch = self.writer.scratch
+            if self.writer.depth == 1:
+                scratch.clear()
+                self.refresh_if_stale()
+                self._check_locked()
+            owner = op is not None and "op" not in scratch
+            if owner:
+                scratch["op"] = op
+            try:
+                yield
+            except BaseException:
+                if owner and scratch.get("begun"):
+                    with self._index_lock:
+                        self._index = None  # may hold half of the change: reload from disk
+                    self._checked = False
+                raise
+            else:
+                if owner and scratch.get("begun"):
+                    reconcile.commit(self)
+            finally:
+                if owner:
+                    scratch.pop("op", None)
+                    scratch.pop("begun", None)
 
     # -- dynamic images -----------------------------------------------------------------------------
     def add_dynamic(self, slug: str, records: Sequence[ImageRecord], vectors: np.ndarray) -> int:
-        """Add already-embedded dynamic images: catalog rows, index vectors, the term's NPZ. The
-        expansion engine calls this after download and dedupe; nothing else is re-embedded."""
+        """Add already-embedded dynamic images: the term's NPZ, catalog rows, index vectors (in this
+        order, see ``imrs.reconcile``). The expansion engine calls this after download and dedupe,
+        with the files already in place; nothing else is re-embedded."""
         if not records:
             return 0
         vectors = np.asarray(vectors, dtype=np.float32)
         if vectors.shape != (len(records), self.dim):
             raise StoreError(f"expected {len(records)}x{self.dim} vectors, got {vectors.shape}")
+        if not np.isfinite(vectors).all():  # checked before any write: the caches must stay indexable
+            raise StoreError("refusing to add NaN or infinite vectors")
         for r in records:
             if r.source != "dynamic" or not is_dynamic_relpath(r.relpath):
                 raise IMRSError(f"{r.relpath}: dynamic images must live under {DYNAMIC_PREFIX}<term>/")
-        with self.writing():
+        with self.writing("expand"):
+            self.begin_changes()
             new = EmbeddingSet(self.backbone, [r.id for r in records], [r.relpath for r in records], vectors)
             path = self.dynamic_npz(slug)
             old = EmbeddingSet.load(path, self.backbone) if path.exists() else EmbeddingSet.empty(
                 self.backbone, self.dim)
             old.without(new.ids).concat(new).save(path)
-            self.catalog.upsert(records)
+            fault_point("expand.after_cache")
+            self._catalog.upsert(records)
+            fault_point("expand.after_catalog")
             with self._index_lock:
                 self.index.add(new.ids, new.vectors)
             self._persist_index()
+            fault_point("expand.after_index")
         return len(records)
 
     def remove_dynamic(self, ids: Iterable[int]) -> RemoveReport:
-        """Remove dynamic images everywhere (file, catalog, index, NPZ). Refuses the whole request if
-        any id is a base image: a user's own files are never deleted by IMRS."""
+        """Remove dynamic images everywhere: catalog, NPZ, file, index (in this order, see
+        ``imrs.reconcile``). Refuses the whole request if any id is a base image: a user's own
+        files are never deleted by IMRS."""
         id_list = sorted({int(i) for i in ids})
         report = RemoveReport()
         if not id_list:
             return report
-        with self.writing():
-            recs = self.catalog.get_many(id_list)
+        with self.writing("prune"):
+            recs = self._catalog.get_many(id_list)
             base = [r.relpath for r in recs.values() if r.source != "dynamic" or not is_dynamic_relpath(r.relpath)]
             if base:
                 raise IMRSError(f"refusing to remove base image(s): {', '.join(base[:3])}"
                                 f"{' ...' if len(base) > 3 else ''}; only dynamic images can be removed")
             report.missing = len(id_list) - len(recs)
-            by_slug: dict[str, list[int]] = {}
-            for r in recs.values():
-                by_slug.setdefault(r.relpath.split("/", 1)[0][len(DYNAMIC_PREFIX):], []).append(r.id)
-            self.catalog.delete(recs.keys())
-            with self._index_lock:
-                self.index.remove(np.asarray(list(recs.keys()), dtype=np.int64))
-            for slug_ids in by_slug.values():
-                for npz in self.dynamic_npzs():
-                    emb = EmbeddingSet.load(npz, self.backbone)
-                    if np.isin(emb.ids, slug_ids).any():
-                        emb.without(slug_ids).save(npz)
-            self._persist_index()
+            if not recs:
+                return report
+            gone = list(recs.keys())
+            self.begin_changes()
+            self._catalog.delete(gone)
+            fault_point("prune.after_catalog")
+            for npz in self.dynamic_npzs():
+                emb = EmbeddingSet.load(npz, self.backbone)
+                if np.isin(emb.ids, gone).any():
+                    emb.without(gone).save(npz)
+            fault_point("prune.after_cache")
             for r in recs.values():
                 path = self._safe_dynamic_file(r.relpath)
                 if path is not None and path.exists():
                     path.unlink()
                     report.files_deleted += 1
+                    if report.files_deleted == 1:
+                        fault_point("prune.mid_files")
+            with self._index_lock:
+                self.index.remove(np.asarray(gone, dtype=np.int64))
+            self._persist_index()
+            fault_point("prune.after_index")
             report.removed = len(recs)
         return report
 
@@ -492,28 +651,26 @@ class Collection:
                 for srow, irow in zip(scores, ids, strict=True)]
 
     def hits_for(self, ids: Sequence[int], scores: Sequence[float]) -> list[SearchHit]:
-        """SearchHits for image ids (catalog rows attached), in the given order."""
+        """SearchHits for image ids (catalog rows attached), in the given order; ids the catalog no
+        longer knows (removed by a writer since this index was loaded) are dropped."""
         recs = self.catalog.get_many([int(i) for i in ids])
         hits = []
         for s, i in zip(scores, ids, strict=True):
             r = recs.get(int(i))
-            rel = r.relpath if r else ""
-            hits.append(SearchHit(id=int(i), score=float(s), relpath=rel,
-                                  path=self.abspath(rel, r.source if r else None),
-                                  label=r.label if r else "", source=r.source if r else "base", record=r))
+            if r is None:  # removed by a writer since this index was loaded: not an image any more
+                log.debug("dropping hit %d: not in the catalog", i)
+                continue
+            hits.append(SearchHit(id=int(i), score=float(s), relpath=r.relpath, path=self.abspath(r.relpath, r.source),
+                                  label=r.label, source=r.source, record=r))
         return hits
 
-    # -- text search (imrs.textsearch) -----------------------------------------------------------------
     @property
     def text_index(self) -> TextIndex:
-        """This collection's text-search state (class space, query plans, metadata index)."""
-        if self._text_index is None:
-            with self._encoder_lock:
-                if self._text_index is None:
-                    from .textsearch import TextIndex
+        """This collection's text-search state (imrs.textsearch: class space, query plans,
+        metadata index), one per collection object."""
+        from .textsearch import TextIndex
 
-                    self._text_index = TextIndex(self)
-        return self._text_index
+        return self.cache("textsearch", lambda: TextIndex(self))
 
     def embed_query_text(self, text: str) -> np.ndarray:
         """The visual query vector of ``text`` (text tower, else hierarchy-aware ConSE); the full
@@ -536,24 +693,51 @@ class Collection:
 
     # -- snapshots ----------------------------------------------------------------------------------
     def save_snapshot(self, name: str) -> snap.Manifest:
-        with self.writing(), self._index_lock:
-            return snap.save_snapshot(self.snap_dir, name, self.index, self.backbone, catalog=self.catalog,
+        with self.writing("snapshot-save"), self._index_lock:
+            self.begin_changes()  # a killed save leaves a version folder for the repair to collect
+            return snap.save_snapshot(self.snap_dir, name, self.index, self.backbone, catalog=self._catalog,
                                       collection_root=str(self.root))
 
     def load_snapshot(self, name: str) -> snap.Manifest:
-        """Restore index and catalog from a named snapshot (refused if made with another backbone)."""
-        with self.writing():
+        """Restore index and catalog from a named snapshot (refused if made with another backbone).
+
+        The caches stay the truth for vectors, so the snapshot's vectors of images the caches lack
+        are copied into them first, then the catalog is restored, then caches and index are cut
+        to the restored catalog (``reconcile.align``): images added since the snapshot leave the
+        collection (their downloaded files too; a later ``imrs index`` re-finds base files)."""
+        with self.writing("snapshot-load"):
             index, manifest, cat_path = snap.load_snapshot(self.snap_dir, name, expect_backbone=self.backbone,
                                                            expect_dim=self.dim)
+            self.begin_changes()
             if cat_path is not None:
-                Catalog(cat_path).backup_to(self.catalog.path)
-                self.catalog.close()
-                self.catalog = Catalog(self.catalog.path)
+                saved = Catalog(cat_path)
+                try:
+                    self._backfill_caches(index, saved.relpaths_by_id())
+                    fault_point("snapshot.load.after_cache")
+                    saved.backup_to(self._catalog.path)
+                finally:
+                    saved.close()
+                self._catalog.close()
+                self._catalog = Catalog(self._catalog.path)
+                self._catalog.new_generation()
+                fault_point("snapshot.load.after_catalog")
             with self._index_lock:
                 self._index = index
                 self.indexer = manifest.indexer
+            reconcile.align(self)
             self._persist_index()
+            fault_point("snapshot.load.after_index")
             return manifest
+
+    def _backfill_caches(self, index: VectorIndex, wanted: dict[int, str]) -> None:
+        """Copy into the caches the vectors ``index`` holds for images of ``wanted`` (id -> relpath)
+        that no cache of this backbone has (e.g. pruned since a snapshot was saved)."""
+        have = set(self._cached_ids().tolist())
+        held = set(index.ids().tolist())
+        need = [i for i in wanted if i in held and i not in have]
+        if need:
+            self._save_to_caches(EmbeddingSet(self.backbone, need, [wanted[i] for i in need],
+                                              index.get_vectors(np.asarray(need, dtype=np.int64))))
 
     def list_snapshots(self) -> list[snap.Manifest]:
         return [m for m in snap.list_snapshots(self.snap_dir) if not m.name.startswith("live-")]
@@ -580,21 +764,52 @@ class Collection:
                                "created": m.created} for m in snaps]}
 
 
+def _write_if_changed(path: Path, obj: dict[str, Any]) -> None:
+    """Opening a collection writes nothing unless something changed (a read-only open stays one)."""
+    try:
+        if read_json(path) == obj:
+            return
+    except (OSError, ValueError):
+        pass
+    atomic_write_json(path, obj)
+
+
 def _tunables(params: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in params.items() if k in ("efSearch", "nprobe", "search_k", "k_factor")}
 
 
-def _records_for(relpaths: Iterable[str], catalog: Catalog) -> list[ImageRecord]:
-    """Catalog rows for merged-in cache rows the catalog does not know yet."""
+def _slug_of(relpath: str) -> str | None:
+    """The term slug of a dynamic image's relpath, None for a base image."""
+    return relpath.split("/", 1)[0][len(DYNAMIC_PREFIX):] if is_dynamic_relpath(relpath) else None
+
+
+def _records_for(relpaths: Iterable[str], catalog: Catalog, coll: Collection) -> list[ImageRecord]:
+    """Catalog rows for merged-in cache rows the catalog does not know yet. Base rows get the
+    file's mtime and size, so ``imrs index`` takes the merged vector as current, not re-embeds."""
     rels = [str(r) for r in relpaths]
     have = catalog.get_many([stable_id(r) for r in rels])
     out = []
     for rel in rels:
-        i = stable_id(rel)
-        if i not in have:
-            out.append(ImageRecord.for_path(rel, source="dynamic" if is_dynamic_relpath(rel) else "base",
-                                            label=label_for(rel)))
+        if stable_id(rel) in have:
+            continue
+        slug = _slug_of(rel)
+        if slug is None:
+            try:
+                st = (coll.root / rel).stat()
+                facts: dict[str, Any] = {"mtime": st.st_mtime, "size": st.st_size}
+            except OSError:
+                facts = {}
+            out.append(ImageRecord.for_path(rel, source="base", label=label_for(rel), **facts))
+        else:
+            out.append(ImageRecord.for_path(rel, source="dynamic", label=slug, slug=slug, term=slug))
     return out
+
+
+def _strip_name(reason: str, path: Path) -> str:
+    """"cannot read /abs/path: why" -> "why": the report already names the file."""
+    from .ids import display_path
+
+    return reason.removeprefix(f"cannot read {display_path(path)}: ")
 
 
 def _fill_image_facts(records: list[ImageRecord], root: Path) -> None:

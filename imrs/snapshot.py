@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .errors import SnapshotError
+from .faults import fault_point
 from .fsutil import atomic_write_json, read_json
 
 if TYPE_CHECKING:
@@ -77,9 +78,11 @@ def save_snapshot(snap_dir: str | Path, name: str, index: VectorIndex, backbone:
     except BaseException:
         shutil.rmtree(vdir, ignore_errors=True)
         raise
+    fault_point("snapshot.save.after_files")
     pointer = snap_dir / f"{name}.json"
     old = _pointed_dir(snap_dir, name)
     atomic_write_json(pointer, {"version": version})  # the commit point
+    fault_point("snapshot.save.after_pointer")
     if old is not None and old.name != version:
         shutil.rmtree(old, ignore_errors=True)
     _collect_orphans(snap_dir, name, keep=version)
@@ -144,12 +147,28 @@ def list_snapshots(snap_dir: str | Path) -> list[Manifest]:
     return out
 
 
-def delete_snapshot(snap_dir: str | Path, name: str) -> None:
+def pointed_version(snap_dir: str | Path, name: str) -> str | None:
+    """The version folder name the pointer of ``name`` names, when that version is complete."""
+    vdir = _pointed_dir(Path(snap_dir), name)
+    return vdir.name if vdir is not None else None
+
+
+def collect_garbage(snap_dir: str | Path) -> int:
+    """Remove what interrupted saves leave behind: version folders no pointer names, and temp files
+    of atomic writes. Only safe under the collection's writer lock (a save in progress looks alike)."""
     snap_dir = Path(snap_dir)
-    vdir = _pointed_dir(snap_dir, check_name(name))
-    (snap_dir / f"{name}.json").unlink(missing_ok=True)
-    if vdir is not None:
-        shutil.rmtree(vdir, ignore_errors=True)
+    if not snap_dir.is_dir():
+        return 0
+    pointed = {v for p in snap_dir.glob("*.json") if (v := pointed_version(snap_dir, p.stem)) is not None}
+    removed = 0
+    for entry in snap_dir.iterdir():
+        if entry.is_dir() and "@" in entry.name and entry.name not in pointed:
+            shutil.rmtree(entry, ignore_errors=True)
+            removed += 1
+        elif entry.is_file() and entry.name.startswith(".") and entry.name.endswith(".tmp"):
+            entry.unlink(missing_ok=True)
+            removed += 1
+    return removed
 
 
 def _pointed_dir(snap_dir: Path, name: str) -> Path | None:

@@ -78,21 +78,46 @@ class EmbeddingSet:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], backbone: str | None = None) -> EmbeddingSet:
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                keys = set(z.files)
-                paths_key = "relpaths" if "relpaths" in keys else "paths"
-                vec_key = "vectors" if "vectors" in keys else "embeddings"
-                missing = {"ids", paths_key, vec_key} - keys
-                if missing:
-                    raise StoreError(f"{path}: not an IMRS embedding file (missing {sorted(missing)})")
-                file_backbone = str(z["backbone"]) if "backbone" in keys else (backbone or "unknown")
-                out = cls(file_backbone, z["ids"], z[paths_key], z[vec_key])
-        except (OSError, ValueError) as exc:  # truncated zip, or an object array that would need pickle
-            raise StoreError(f"{path}: unreadable embedding file ({exc})") from exc
-        if backbone is not None and file_backbone not in (backbone, "unknown"):
-            raise StoreError(f"{path} holds {file_backbone} embeddings, not {backbone}")
-        return out
+        file_backbone, arrays = _read(path, backbone, ("ids", "relpaths", "vectors"))
+        return cls(file_backbone, *arrays)
+
+
+def load_ids(path: str | os.PathLike[str], backbone: str | None = None) -> np.ndarray:
+    """Only a cache's ids (NPZ members load one by one): what a consistency check compares, at a
+    few hundred kB for 10k rows instead of the vectors' tens of MB."""
+    _, (ids,) = _read(path, backbone, ("ids",))
+    return np.ascontiguousarray(ids, dtype=np.int64).reshape(-1)
+
+
+def _read(path: str | os.PathLike[str], backbone: str | None, wanted: Sequence[str]
+          ) -> tuple[str, list[np.ndarray]]:
+    """(file's backbone, the ``wanted`` arrays) of a validated cache; older key names accepted."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            keys = set(z.files)
+            names = {"ids": "ids", "relpaths": "relpaths" if "relpaths" in keys else "paths",
+                     "vectors": "vectors" if "vectors" in keys else "embeddings"}
+            missing = set(names.values()) - keys
+            if missing:
+                raise StoreError(f"{path}: not an IMRS embedding file (missing {sorted(missing)})")
+            file_backbone = str(z["backbone"]) if "backbone" in keys else (backbone or "unknown")
+            arrays = [z[names[k]] for k in wanted]
+    except (OSError, ValueError) as exc:  # truncated zip, or an object array that would need pickle
+        raise StoreError(f"{path}: unreadable embedding file ({exc})") from exc
+    if backbone is not None and file_backbone not in (backbone, "unknown"):
+        raise StoreError(f"{path} holds {file_backbone} embeddings, not {backbone}")
+    return file_backbone, arrays
+
+
+def concat_all(sets: Sequence[EmbeddingSet]) -> EmbeddingSet:
+    """All rows in one copy (pairwise ``concat`` in a loop copies the big base cache once per term)."""
+    full = [s for s in sets if len(s)] or list(sets[:1])
+    if len(full) == 1:
+        return full[0]
+    if len({s.dim for s in full}) > 1:
+        raise StoreError(f"cannot combine embeddings of dims {sorted({s.dim for s in full})}")
+    return EmbeddingSet(full[0].backbone, np.concatenate([s.ids for s in full]),
+                        np.concatenate([s.relpaths for s in full]), np.concatenate([s.vectors for s in full]))
 
 
 @dataclass
@@ -120,9 +145,7 @@ def merge(sets: Sequence[EmbeddingSet], exists: Callable[[str], bool] | None = N
     if len(dims) > 1:
         raise StoreError(f"cannot merge embeddings of different dims: {sorted(dims)}")
     backbone = backbones.pop() if backbones else sets[0].backbone
-    combined = sets[0]
-    for s in sets[1:]:
-        combined = combined.concat(s)
+    combined = concat_all(sets)
     report.rows_in += len(combined)
     _, first = np.unique(combined.ids, return_index=True)
     keep = np.zeros(len(combined), dtype=bool)

@@ -344,6 +344,16 @@ class ConseMapper:
         lut[classes] = weights
         return (lut[self.top_idx] * self.top_prob).sum(axis=1)
 
+    def scores_of(self, vectors: np.ndarray, classes: np.ndarray, weights: np.ndarray) -> np.ndarray:
+        """The same class-space score for images outside the fitted set (web images before they
+        are kept: an expansion checks them against the text with this)."""
+        if not len(vectors):
+            return np.zeros(0, np.float32)
+        idx, prob = self.class_probs(np.atleast_2d(vectors))
+        lut = np.zeros(len(self.class_names), np.float32)
+        lut[classes] = weights
+        return (lut[idx] * prob).sum(axis=1)
+
     def _neighbours(self, rows: np.ndarray, k: int, neighbours: NeighbourFn | None) -> np.ndarray:
         if neighbours is not None:
             return neighbours(rows, k)

@@ -40,7 +40,7 @@ def test_cli_index_is_incremental_and_search_finds_the_class(copy_collection, ho
     assert code == 0 and "embedded 0" in out and "24 unchanged" in out
 
     code, out, _ = run_cli(capsys, "search", "--image", str(photos / "sunflower.jpg"), "-k", "5", "--json")
-    hits = json.loads(out)
+    hits = json.loads(out)["hits"]
     assert code == 0 and len(hits) == 5
     assert sum(h["label"] == "sunflower" for h in hits) >= 4
     assert hits[0]["score"] >= hits[-1]["score"]
@@ -68,8 +68,10 @@ def test_text_and_table_output(small_collection, home, capsys):
     code, out, _ = run_cli(capsys, "search", "--image", str(next((small_collection / "Leopards").iterdir())))
     assert code == 0
     lines = out.splitlines()
-    assert lines[0].split()[:4] == ["rank", "score", "label", "source"]
-    assert lines[2].split()[0] == "1" and "Leopards" in lines[2]
+    assert lines[0].startswith("coverage ")  # the verdict comes first, then the table
+    head = next(i for i, ln in enumerate(lines) if ln.startswith("rank"))
+    assert lines[head].split()[:5] == ["rank", "score", "confidence", "label", "source"]
+    assert lines[head + 2].split()[0] == "1" and "Leopards" in lines[head + 2]
 
 
 def test_bad_input_gives_one_line_errors(tmp_path, home, capsys, small_collection):
@@ -94,8 +96,9 @@ def test_corrupt_files_are_skipped_with_a_reason(copy_collection, home):
     coll = Collection(copy_collection, BB, "flat_ip", home=home)
     report = coll.sync()
     assert report.embedded == 24
-    assert sorted(r for r, _ in report.failed) == ["watch/broken.jpg", "watch/empty.png"]
-    assert all(reason for _, reason in report.failed)
+    assert [r for r, _ in report.failed] == ["watch/broken.jpg"]  # did not decode
+    assert report.skipped == [("watch/empty.png", "empty file")]  # left out by the walk, never read
+    assert all(reason and "cannot read" not in reason for _, reason in report.failed)
     assert len(coll.index) == 24
 
 
@@ -171,4 +174,7 @@ def test_query_expansion_switch(small_collection, home, capsys):
                for a, b in zip(p, e, strict=True))
     code, out, _ = run_cli(capsys, "search", "--image", str(coll.abspath(emb.relpaths[0])), "--qe", "3", "--json",
                            "--root", str(small_collection), "--backbone", BB, "--indexer", "hnsw")
-    assert code == 0 and json.loads(out)[0]["label"] == coll.catalog.get(int(emb.ids[0])).label
+    # the query image itself is left out of the answer; its class still comes first
+    hits = json.loads(out)["hits"]
+    assert code == 0 and hits[0]["label"] == coll.catalog.get(int(emb.ids[0])).label
+    assert int(emb.ids[0]) not in [h["id"] for h in hits]

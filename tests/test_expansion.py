@@ -28,8 +28,6 @@ from imrs.expansion import (
     check_coverage,
     expand,
     expand_batch,
-    expand_if_weak,
-    infer_term,
     list_dynamic,
     parse_terms,
     prune,
@@ -182,6 +180,7 @@ def test_coverage_weak_and_ok() -> None:
 
 
 def test_thresholds_per_backbone_and_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Built-in values per backbone family; IMRS_COVERAGE_* (read through Settings) override them."""
     for var in ("IMRS_COVERAGE_BEST_MIN", "IMRS_COVERAGE_GOOD_MIN", "IMRS_COVERAGE_MIN_GOOD"):
         monkeypatch.delenv(var, raising=False)
     clip_text = thresholds_for("clip_vit_b32", "text")
@@ -219,39 +218,8 @@ def test_parse_and_read_terms(tmp_path: Path) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def test_weak_image_query_becomes_strong(coll: Collection, web: LoopbackServer, policy: DownloadPolicy) -> None:
-    need(SUNFLOWER_QUERY)
-    before = counts(coll)
-    q = coll.embed_query_image(SUNFLOWER_QUERY)
-    hits = coll.search_vectors(q, 10)[0]
-    thr = thresholds_for(BACKBONE, "image")
-    assert check_coverage(hits, thr).weak
-    seen: list[tuple[str, int, int]] = []
-    out = expand_if_weak(coll, query_vector=q, hits=hits, k=10, n=6, policy=policy,
-                         providers=StaticProvider(sun_urls(web)),
-                         progress=lambda stage, d, t: seen.append((stage, d, t)))
-    assert out is not None and out.error is None and out.report is not None
-    rep = out.report
-    assert rep.kept == 6 and not rep.failures and rep.term  # the classifier's guess names the folder
-    assert out.guess is not None and out.guess.method == "classifier"
-    assert rep.best_after is not None and rep.best_before is not None
-    assert rep.best_after > rep.best_before + 0.2
-    assert out.coverage_after is not None and not out.coverage_after.weak
-    assert out.hits_after[0].source == "dynamic" and out.hits_after[0].path.is_file()
-    assert "now ok" in out.summary() and "6 added" in out.summary()
-    assert {s for s, _, _ in seen} >= {"download", "embed"}
-    assert counts(coll) == tuple(x + 6 for x in before) == fresh_counts(coll, coll.encoder)
-    rec = coll.catalog.get(rep.added_ids[0])
-    assert rec is not None and rec.source == "dynamic" and rec.slug == rep.slug and rec.term == rep.term
-    assert rec.label == rep.term and rec.provider == "static" and rec.source_url in sun_urls(web)
-    assert rec.phash is not None and rec.width and rec.height and max(rec.width, rec.height) <= policy.max_side
-    assert not list(Path(rep.folder).glob(".staging-*"))
-    # the same query is no longer weak: nothing to do
-    assert expand_if_weak(coll, query_vector=q, k=10, providers=StaticProvider([]), policy=policy) is None
-
-
 def test_wikimedia_provider_against_loopback(coll: Collection, web: LoopbackServer, policy: DownloadPolicy) -> None:
-    provider = WikimediaProvider(web.api_url, None)
+    provider = WikimediaProvider(web.api_url, None, allow_loopback=True)
     rep = expand(coll, "sunflower", n=3, policy=policy, providers=provider)
     assert rep.kept == 3 and rep.provider_report[0]["provider"] == "wikimedia" and rep.provider_report[0]["ok"]
     recs = list_dynamic(coll, "sunflower")
@@ -306,25 +274,28 @@ def test_no_provider_answered_is_one_line(coll: Collection, policy: DownloadPoli
         def search(self, term: str, n: int) -> list[ImageHit]:
             raise NetworkError("DuckDuckGo image search failed: offline")
 
-    dead_wiki = WikimediaProvider("http://127.0.0.1:9/w/api.php", None, timeout=1.0)
+    dead_wiki = WikimediaProvider("http://127.0.0.1:9/w/api.php", None, timeout=1.0, allow_loopback=True)
     with pytest.raises(NetworkError) as err:
         expand(coll, "x", n=2, policy=policy, providers=[Down(), dead_wiki])
     msg = str(err.value)
     assert msg.startswith("no image provider answered for 'x': duckduckgo: DuckDuckGo image search failed")
     assert "; wikimedia: Wikimedia API at 127.0.0.1:9 unreachable" in msg and "\n" not in msg
     assert not list(Path(coll.dynamic_root).glob("dynamic_*"))  # no empty folder left behind
-    # At search time the failure is reported, the original hits kept.
-    vec = np.zeros(coll.dim, np.float32)
-    vec[0] = 1.0
-    out = expand_if_weak(coll, query_vector=vec, term="x", k=5, providers=[Down()], policy=policy)
-    assert out is not None and out.error and "no image provider answered" in out.summary()
-    assert out.hits_after == out.hits_before and len(out.hits_before) == 5
+    # At search time the failure is reported, the collection's answer kept.
+    from imrs.config import Settings
+    from imrs.query import Query, run_query
+
+    need(SUNFLOWER_QUERY)
+    out = run_query(coll, Query(image=str(SUNFLOWER_QUERY), term="x", k=5, expand=True),
+                    Settings.from_env(allow_loopback=True), providers=[Down()])
+    assert out.verdict.weak and out.error and "no image provider answered" in out.summary()
+    assert out.report is None and out.hits_before is None and len(out.hits) == 5
     # A provider that answers with nothing is not an error.
     empty = expand(coll, "nothing", n=2, policy=policy, providers=StaticProvider([]))
     assert empty.kept == 0 and empty.candidates == 0
 
 
-@pytest.mark.parametrize("term", ["../../etc", "con", "", "x" * 500, "🌻 sunflower 🌻", "a/b\\c:d*?", ".."])
+@pytest.mark.parametrize("term", ["../../etc", "con", "x" * 500, "🌻 sunflower 🌻", "a/b\\c:d*?", ".."])
 def test_hostile_terms_make_safe_folders(term: str, coll: Collection, web: LoopbackServer,
                                          policy: DownloadPolicy, tmp_path: Path) -> None:
     outside_before = sorted(p.name for p in tmp_path.iterdir())
@@ -475,49 +446,6 @@ def test_prune_never_deletes_base_images(coll: Collection, web: LoopbackServer, 
     assert outside.read_text() == "keep me"
     assert all(p.is_file() and p.resolve() == t for p, t in base_files.items())
     assert counts(coll) == before
-
-
-# ---------------------------------------------------------------------------------------------
-# Term inference
-# ---------------------------------------------------------------------------------------------
-
-
-def test_infer_term_without_text(coll: Collection) -> None:
-    need(SUNFLOWER_QUERY)
-    q = coll.embed_query_image(SUNFLOWER_QUERY)
-    guess = infer_term(coll, q, coll.search_vectors(q, 5)[0], good_min=0.49)
-    assert guess is not None and guess.method == "classifier" and guess.term == "daisy"
-    watch = sorted((CALTECH / "watch").glob("*.jpg"))[PER_CLASS + 1]  # not in the collection
-    wq = coll.embed_query_image(watch)
-    guess = infer_term(coll, wq, coll.search_vectors(wq, 5)[0], good_min=0.3)
-    assert guess is not None and guess.method == "good-hits" and guess.term == "watch"
-
-
-def test_infer_term_clip_zero_shot(coll: Collection) -> None:
-    """The zero-shot path with a stand-in text tower (CLIP weights are not available offline)."""
-    dim = coll.dim
-    rng = np.random.default_rng(0)
-    table: dict[str, np.ndarray] = {}
-
-    class TextTower:
-        supports_text = True
-        has_classifier = False
-
-        def embed_texts(self, texts: list[str]) -> np.ndarray:
-            out = []
-            for t in texts:
-                if t not in table:
-                    v = rng.standard_normal(dim).astype(np.float32)
-                    table[t] = v / np.linalg.norm(v)
-                out.append(table[t])
-            return np.stack(out)
-
-    tower = TextTower()
-    coll._encoder = tower  # type: ignore[assignment]
-    query = tower.embed_texts(["a photo of a Leopards"])[0]
-    guess = infer_term(coll, query, [], wide_vocabulary=False)
-    assert guess is not None and guess.method == "clip-zero-shot" and guess.term == "Leopards"
-    assert guess.score == pytest.approx(1.0, abs=1e-5) and len(guess.candidates) == 3
 
 
 # ---------------------------------------------------------------------------------------------

@@ -47,7 +47,7 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
 def best_score(capsys: pytest.CaptureFixture[str], *query: str) -> tuple[float, list[dict[str, Any]]]:
     rc, out, err = run(capsys, "search", *query, "--json", "-k", "10")
     assert rc == 0, err
-    rows = json.loads(out)
+    rows = json.loads(out)["hits"]
     return rows[0]["score"], rows
 
 
@@ -145,21 +145,32 @@ def test_search_expand(indexed: Path, home: Path, web: LoopbackServer, tmp_path:
     # Text on an image-only backbone: judged on textmap's class-space scores.
     rc, out, err = run(capsys, "search", "--text", "strawberry", "--expand", "-k", "5")
     assert rc == 0, err
-    assert "coverage weak (best class-space score" in out and "5 added" in out and "now ok" in out
-    table = out.split("\n", 1)[1]
+    lines = out.splitlines()
+    assert lines[0].startswith("before: coverage weak: best class-space score") and "[textmap scores" in lines[0]
+    assert lines[1].startswith("grew: 'strawberry' -> dynamic_strawberry: 5 added")
+    assert lines[2].startswith("coverage ok")
+    table = out.split("coverage ok", 1)[1]
     assert table.count("strawberry") >= 4 and "dynamic" in table
     rc, out, _ = run(capsys, "search", "--text", "strawberry", "--expand", "-k", "5")
-    assert rc == 0 and "coverage weak" not in out  # strong now: nothing to do
+    assert rc == 0 and out.startswith("coverage ok") and "grew" not in out  # strong now: nothing to do
+    # the verdict is printed (and in --json) without --expand too
+    rc, out, _ = run(capsys, "search", "--text", "a grand piano", "--json", "-k", "3")
+    data = json.loads(out)
+    assert rc == 0 and data["verdict"]["weak"] and data["growth"] is None and len(data["hits"]) == 3
 
 
 def test_expand_cli_errors(indexed: Path, capsys: pytest.CaptureFixture[str]) -> None:
     rc, _, err = run(capsys, "expand")
     assert rc == 2 and "give at least one TERM" in err
     rc, _, err = run(capsys, "expand", "x", "--provider", "wikimedia", "--wikimedia-api",
-                     "http://127.0.0.1:9/w/api.php", "-q")
+                     "http://127.0.0.1:9/w/api.php", "-q", "--allow-loopback")
     assert rc == 2
     assert err.startswith("imrs: error: no image provider answered for 'x': wikimedia: Wikimedia API at "
                           "127.0.0.1:9 unreachable") and err.count("\n") == 1
+    # The API call goes through the same SSRF guard as downloads: loopback only when allowed.
+    rc, _, err = run(capsys, "expand", "x", "--provider", "wikimedia", "--wikimedia-api",
+                     "http://127.0.0.1:9/w/api.php", "-q")
+    assert rc == 2 and "refused: blocked: loopback address 127.0.0.1" in err and err.count("\n") == 1
     rc, _, err = run(capsys, "expand", "x", "--urls-file", "/nonexistent/urls.txt")
     assert rc == 2 and "URL list /nonexistent/urls.txt not found" in err
     for bad in (["-n", "0"], ["--quality", "101"], ["--phash", "-1"]):

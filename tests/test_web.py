@@ -367,12 +367,13 @@ def test_fetch_many_stops_when_progress_raises(slow_web_server, tmp_path: Path):
 
 # -- providers ---------------------------------------------------------------------------------------
 def _wikimedia(server: LoopbackServer, **kw) -> WikimediaProvider:
-    return WikimediaProvider(api_url=server.api_url, wikipedia_api_url=server.api_url, timeout=5, **kw)
+    return WikimediaProvider(api_url=server.api_url, wikipedia_api_url=server.api_url, timeout=5, allow_loopback=True,
+                             **kw)
 
 
 def test_wikimedia_provider_parses_commons_files(web_server: LoopbackServer):
     web_server.reset_stats()
-    provider = WikimediaProvider(api_url=web_server.api_url, wikipedia_api_url=None, timeout=5)
+    provider = WikimediaProvider(api_url=web_server.api_url, wikipedia_api_url=None, timeout=5, allow_loopback=True)
     hits = provider.search("giraffe horses", 10)
     assert [h.title for h in hits] == ["giraffe", "horses"], "ranked as the API ranked them; the PDF is dropped"
     giraffe = hits[0]
@@ -401,7 +402,7 @@ def test_wikimedia_provider_errors_are_one_line(web_server: LoopbackServer):
     dead = f"http://127.0.0.1:{_closed_port()}/w/api.php"
     t0 = time.monotonic()
     with pytest.raises(NetworkError, match="unreachable"):
-        WikimediaProvider(api_url=dead, wikipedia_api_url=dead, timeout=2).search("cat", 5)
+        WikimediaProvider(api_url=dead, wikipedia_api_url=dead, timeout=2, allow_loopback=True).search("cat", 5)
     assert time.monotonic() - t0 < 2
     assert _wikimedia(web_server).search("zebra", 5) == []
 

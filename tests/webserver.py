@@ -26,6 +26,14 @@ Routes (all GET; ``?delay=S`` on any route adds latency, on top of ``server.late
 - ``/status/<code>``                that status, empty body
 - ``/w/api.php``                    MediaWiki API: generator=search over the photos (ns 6 = files,
                                     ns 0 = articles with pageimages), and titles=File:...|File:...
+- ``/h/<case>``                     a server misbehaving in one named way (see ``HOSTILE_ROUTES``
+                                    and ``_Handler.hostile``): drips, lies about length and type,
+                                    redirect games, compression bombs, broken HTTP, huge headers
+- ``/h/api/<case>/w/api.php``       the MediaWiki API misbehaving (redirects to the metadata
+                                    address, huge or bottomless JSON, drips, wrong shapes)
+- ``/big16/<i>.png?side=N``         a distinct N x N 16-bit grey PNG (small file, big picture)
+- ``/ddg/`` and ``/ddg/i.js``       DuckDuckGo's image search protocol (vqd token, JSON pages);
+                                    ``q`` starting with ``__`` picks a misbehaviour
 """
 
 from __future__ import annotations
@@ -78,6 +86,52 @@ def mid_bomb_png(side: int = 8000) -> bytes:
     comp = zlib.compressobj(9)
     idat = b"".join(comp.compress(row) for _ in range(side)) + comp.flush()
     return png_with_header(side, side, idat)
+
+
+_BIG16: dict[tuple[int, int], bytes] = {}
+_BIG16_LOCK = threading.Lock()
+
+
+def big16_png(index: int, side: int = 7000) -> bytes:
+    """A ``side`` x ``side`` 16-bit grey PNG, different for every ``index``, that compresses to a
+    small file (smooth ramps: PNG's Sub/Up filters turn them into constants). Cached per process.
+
+    49 Mpx at side 7000: 98 MB of pixels behind a file of about 100 kB -- the shape of picture
+    that made parallel expansion use 7.5 GB before issue 11."""
+    key = (index, side)
+    with _BIG16_LOCK:
+        data = _BIG16.get(key)
+        if data is None:
+            x = np.arange(side, dtype=np.uint32)
+            a, b = 3 + 2 * index, 5 + 3 * (index % 5)
+            out = np.empty((side, side), dtype=np.uint16)
+            for y0 in range(0, side, 512):
+                yy = np.arange(y0, min(side, y0 + 512), dtype=np.uint32)[:, None]
+                out[y0 : y0 + len(yy)] = ((x[None, :] * a + yy * b) * 7) % 65536
+            buf = io.BytesIO()
+            Image.fromarray(out).save(buf, "PNG", compress_level=6)
+            data = _BIG16[key] = buf.getvalue()
+        return data
+
+
+def lying_jpeg(width: int, height: int, seed: int = 0) -> bytes:
+    """A real 64x64 JPEG whose frame header claims ``width`` x ``height``: the scan data covers a
+    sliver of that, and decoders paint the rest flat grey instead of failing."""
+    rng = np.random.default_rng(seed)
+    data = bytearray(_encode(Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)), "JPEG",
+                             quality=80))
+    sof = data.index(b"\xff\xc0")
+    data[sof + 5 : sof + 9] = struct.pack(">HH", height, width)
+    return bytes(data)
+
+
+def garbage_exif_jpeg(seed: int = 7) -> bytes:
+    """A good JPEG whose APP1 "Exif" block is random bytes (no valid TIFF header inside)."""
+    rng = random.Random(seed)
+    data = _encode(Image.new("RGB", (120, 90), (30, 160, 90)), "JPEG", quality=90)
+    payload = b"Exif\x00\x00" + rng.randbytes(400)
+    app1 = b"\xff\xe1" + struct.pack(">H", len(payload) + 2) + payload
+    return data[:2] + app1 + data[2:]
 
 
 def _encode(im: Image.Image, fmt: str, **kw: Any) -> bytes:
@@ -296,6 +350,15 @@ class _Handler(BaseHTTPRequestHandler):
             self.send(int(path.removeprefix("/status/")), b"", "text/plain")
         elif path == "/w/api.php":
             self.mediawiki()
+        elif path.startswith("/h/api/"):
+            self.hostile_api(path.removeprefix("/h/api/").split("/", 1)[0])
+        elif path.startswith("/h/"):
+            self.hostile(path.removeprefix("/h/"))
+        elif path.startswith("/big16/"):
+            index = int(Path(path).stem)
+            self.send(200, big16_png(index, int(self.q.get("side", 7000))), "image/png")
+        elif path.startswith("/ddg"):
+            self.duckduckgo(path.removeprefix("/ddg"))
         else:
             self.send(404, b"not found", "text/plain")
 
@@ -340,6 +403,189 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(data[i : i + 1])
             self.wfile.flush()
             time.sleep(interval)
+
+    # -- misbehaving servers ------------------------------------------------------------------------
+    def raw(self, data: bytes) -> None:
+        """Bytes straight onto the socket: no status line, headers or framing of ours."""
+        self.close_connection = True
+        self.wfile.write(data)
+        self.wfile.flush()
+
+    def hostile(self, case: str) -> None:  # noqa: C901 - one flat table of misbehaviours
+        photo = self.photo_bytes()
+        if case == "drip-headers":  # status line and headers one byte at a time
+            head = b"HTTP/1.0 200 OK\r\nContent-Type: image/jpeg\r\nContent-Length: 100\r\n\r\n"
+            deadline = time.monotonic() + 30
+            for i in range(len(head)):
+                if time.monotonic() > deadline:
+                    break
+                self.raw(head[i : i + 1])
+                time.sleep(0.1)
+        elif case == "short-body":  # Content-Length promises more than is sent
+            self.send_response(200)
+            self.send_header("Content-Type", "image/jpeg")
+            self.send_header("Content-Length", str(len(photo) * 2))
+            self.end_headers()
+            self.raw(photo)
+        elif case == "long-body":  # Content-Length says less than is sent: the image is cut
+            self.send_response(200)
+            self.send_header("Content-Type", "image/jpeg")
+            self.send_header("Content-Length", str(len(photo) // 3))
+            self.end_headers()
+            self.raw(photo)
+        elif case == "html-as-jpeg":
+            self.send(200, b"<!doctype html><h1>gotcha</h1>" * 50, "image/jpeg")
+        elif case == "jpeg-as-html":
+            self.send(200, photo, "text/html")
+        elif case == "no-type":
+            self.send(200, photo, None)
+        elif case == "bad-length":
+            self.send_response(200)
+            self.send_header("Content-Type", "image/jpeg")
+            self.send_header("Content-Length", "lots")
+            self.end_headers()
+            self.raw(photo)
+        elif case in ("gzip-bomb", "deflate-bomb", "br"):
+            zeros = b"\0" * 20_000_000  # 20 MB that compress to ~20 kB
+            body = gzip.compress(zeros, 9) if case == "gzip-bomb" else zlib.compress(zeros, 9)
+            encoding = {"gzip-bomb": "gzip", "deflate-bomb": "deflate", "br": "br"}[case]
+            self.send(200, body, "image/png", {"Content-Encoding": encoding})
+        elif case == "endless-chunked":
+            self.protocol_version = "HTTP/1.1"
+            self.send_response(200)
+            self.send_header("Content-Type", "image/jpeg")
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            block = b"\xff" * 65536
+            for _ in range(2000):  # 128 MB at most, even if the client never stops reading
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(block), block))
+        elif case == "garbage-status":
+            self.raw(b"SPAM SPAM SPAM\r\n\r\n" + photo[:100])
+        elif case == "reset":
+            self.close_connection = True
+            self.connection.shutdown(2)
+        elif case == "huge-header":
+            self.send(200, photo, "image/jpeg", {"X-Filler": "a" * 200_000})
+        elif case == "many-headers":
+            self.send(200, photo, "image/jpeg", {f"X-H{i}": "1" for i in range(300)})
+        elif case == "to-metadata":
+            self.redirect("http://169.254.169.254/latest/meta-data/iam/security-credentials/")
+        elif case == "to-embedded-loopback":
+            self.redirect(f"http://[::127.0.0.1]:{self.server_ref.port}/photos/cat.jpg")
+        elif case == "to-file":
+            self.redirect("file:///etc/passwd")
+        elif case == "to-lan-v6":
+            self.redirect("http://[fd00::1]/x.jpg")
+        elif case == "ping":
+            self.redirect("/h/pong")
+        elif case == "pong":
+            self.redirect("/h/ping")
+        elif case == "no-location":
+            self.send(302, b"", None)
+        elif case == "relative-chain":
+            self.redirect("../h/relative-2", 301)
+        elif case == "relative-2":
+            self.redirect("/photos/" + self.photo_names()[0], 307)
+        elif case == "gif-bomb.gif":  # logical screen 65535 x 65535, one tiny frame
+            self.send(200, b"GIF89a" + struct.pack("<HH", 65535, 65535) + b"\x00\x00\x00"
+                      + b"\x2c\x00\x00\x00\x00\x01\x00\x01\x00\x00\x02\x02\x44\x01\x00\x3b", "image/gif")
+        elif case == "lying-7000.jpg":
+            self.send(200, lying_jpeg(7000, 7000), "image/jpeg")
+        elif case == "exif-garbage.jpg":
+            self.send(200, garbage_exif_jpeg(), "image/jpeg")
+        elif case == "eps-as-jpeg":
+            self.send(200, b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n", "image/jpeg")
+        elif case == "status-206":
+            self.send(206, photo[:1000], "image/jpeg")
+        else:
+            self.send(404, b"no such misbehaviour", "text/plain")
+
+    def hostile_api(self, case: str) -> None:
+        """The MediaWiki API misbehaving; ``ok-after-redirect`` is the one that works."""
+        if case == "to-metadata":
+            self.redirect("http://169.254.169.254/latest/meta-data/")
+        elif case == "ok-after-redirect":
+            query = urlsplit(self.path).query
+            self.redirect("/w/api.php?" + query, 301)
+        elif case == "huge":
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(b'{"query": {"pages": [')
+            item = json.dumps({"title": "x" * 1000, "imageinfo": [{"url": "http://e.example/x.jpg"}]}).encode()
+            for _ in range(50_000):  # 50 MB, no Content-Length
+                self.wfile.write(item + b",")
+            self.wfile.write(b"{}]}}")
+        elif case == "deep":  # nesting deep enough to blow a recursive parser's stack
+            self.send(200, b"[" * 200_000 + b"]" * 200_000, "application/json")
+        elif case == "drip":
+            body = json.dumps({"batchcomplete": True}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            for i in range(len(body)):
+                self.raw(body[i : i + 1])
+                time.sleep(0.3)
+        elif case == "gzip":
+            self.send(200, gzip.compress(b'{"batchcomplete": true}'), "application/json", {"Content-Encoding": "gzip"})
+        elif case == "html":
+            self.send(200, b"<html>maintenance</html>", "text/html")
+        elif case == "loop":
+            self.redirect(f"/h/api/loop/w/api.php?n={int(self.q.get('n', 0)) + 1}")
+        elif case == "shapes":  # every field the wrong type; URLs that are not http(s)
+            pages = [
+                "a string where a page should be",
+                {"title": "File:A.jpg", "imageinfo": "not a list"},
+                {"title": "File:B.jpg", "imageinfo": [{"url": "javascript:alert(1)", "mime": "image/jpeg"}]},
+                {"title": "File:C.jpg", "imageinfo": [{"url": "file:///etc/passwd", "mime": "image/jpeg"}]},
+                {"title": "File:D.jpg", "imageinfo": [{"url": self.abs("/photos/cat.jpg"), "mime": "image/jpeg",
+                                                        "extmetadata": {"Artist": "not a dict"}}]},
+            ]
+            self.send(200, json.dumps({"query": {"pages": pages}}).encode(), "application/json")
+        else:
+            self.send(404, b"", "text/plain")
+
+    # -- DuckDuckGo ---------------------------------------------------------------------------------
+    def duckduckgo(self, sub: str) -> None:
+        """``/ddg/?q=`` -> a page with a vqd token; ``/ddg/i.js`` -> JSON pages of photo hits."""
+        term = self.q.get("q", "")
+        if sub in ("", "/"):
+            if term == "__novqd__":
+                self.send(200, b"<html>no token here</html>", "text/html")
+            else:
+                self.send(200, b'<html><script>vqd="4-1234567890"</script></html>', "text/html; charset=utf-8")
+            return
+        if sub != "/i.js":
+            self.send(404, b"", "text/plain")
+            return
+        if self.q.get("vqd") != "4-1234567890":
+            self.send(403, b"", "text/plain")
+        elif term == "__ratelimit__":
+            self.send(403, b"", "text/html")
+        elif term == "__to_metadata__":
+            self.redirect("http://169.254.169.254/latest/meta-data/")
+        elif term == "__huge__":
+            self.huge_json()
+        else:
+            words = [w for w in term.lower().split() if w]
+            names = [n for n in self.photo_names() if any(w in n for w in words)]
+            offset = int(self.q.get("s", 0))
+            rows = [{"title": n, "image": self.abs("/photos/" + quote(n)), "thumbnail": "", "url": self.abs("/p/" + n),
+                     "width": 100, "height": 100, "source": "Bing"} for n in names][offset : offset + 2]
+            rows.insert(0, {"title": "bad", "image": "javascript:alert(1)"})
+            body: dict[str, Any] = {"results": rows}
+            if offset + 2 < len(names):
+                body["next"] = f"i.js?s={offset + 2}"
+            self.send(200, json.dumps(body).encode(), "application/json")
+
+    def huge_json(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.end_headers()
+        chunk = b'{"results": [' + b'{"image": "http://e.example/x.jpg"},' * 30_000
+        for _ in range(50):
+            self.wfile.write(chunk)
 
     # -- MediaWiki API ------------------------------------------------------------------------------
     def mediawiki(self) -> None:

@@ -133,15 +133,3 @@ def tune_index(index: Any, kind: str, queries: np.ndarray, truth: np.ndarray, *,
     elif original:
         index.set_params(**{n: v for n, v in original.items() if v is not None})
     return TuneResult(kind, k, target, best, reached, curve)
-
-
-def pareto(curve: list[TunePoint]) -> list[TunePoint]:
-    """Points not beaten on both recall and QPS by another point, by increasing recall."""
-    pts = sorted(curve, key=lambda p: (-p.qps, -p.recall))
-    out: list[TunePoint] = []
-    best_recall = -1.0
-    for p in pts:
-        if p.recall > best_recall:
-            out.append(p)
-            best_recall = p.recall
-    return sorted(out, key=lambda p: p.recall)

@@ -1,7 +1,8 @@
 """Dynamic web expansion: grow the collection when a query's coverage is weak.
 
 - ``coverage``: is a result list weak? (thresholds per backbone and query kind)
-- ``terms``: what to search for (zero-shot / classifier / label vote for image queries; term files)
+- ``calibrate``: measure those thresholds on the collection itself (``imrs calibrate``)
+- ``terms``: term clean-up, term files, prompt embeddings (candidates come from ``imrs.query``)
 - ``grow``: search providers, download in parallel, pHash-dedupe, embed, add, re-query
 - ``batch``: many terms in one run
 - ``prune``: list and remove dynamic images (never base ones)
@@ -15,24 +16,21 @@ from .coverage import (
     Coverage,
     CoverageThresholds,
     check_coverage,
-    query_coverage,
-    textmap_scores,
+    is_clutter_label,
     thresholds_for,
 )
 from .grow import (
     ExpansionReport,
-    Outcome,
     catalog_hash_index,
     dynamic_folder,
     expand,
-    expand_if_weak,
     fill_missing_phashes,
     slug_for,
     url_filename,
 )
 from .prune import DynamicGroup, PruneReport, dynamic_groups, list_dynamic, prune, resolve_slug
-from .sources import PROVIDER_CHOICES, make_providers, policy_from_env, providers_from_env
-from .terms import TermGuess, infer_term, parse_terms, read_terms
+from .sources import PROVIDER_CHOICES, make_providers, policy_for, providers_for
+from .terms import parse_terms, read_terms
 
 __all__ = [
     "DEFAULT_THRESHOLDS",
@@ -42,9 +40,7 @@ __all__ = [
     "CoverageThresholds",
     "DynamicGroup",
     "ExpansionReport",
-    "Outcome",
     "PruneReport",
-    "TermGuess",
     "TermResult",
     "catalog_hash_index",
     "check_coverage",
@@ -52,20 +48,17 @@ __all__ = [
     "dynamic_groups",
     "expand",
     "expand_batch",
-    "expand_if_weak",
     "fill_missing_phashes",
-    "infer_term",
+    "is_clutter_label",
     "list_dynamic",
     "make_providers",
     "parse_terms",
-    "policy_from_env",
-    "providers_from_env",
+    "policy_for",
+    "providers_for",
     "prune",
-    "query_coverage",
     "read_terms",
     "resolve_slug",
     "slug_for",
-    "textmap_scores",
     "thresholds_for",
     "url_filename",
 ]

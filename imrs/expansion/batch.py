@@ -9,9 +9,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..errors import IMRSError
+from ..progress import ProgressArg
 from ..slug import safe_slug
 from ..web.download import DownloadPolicy
-from .grow import ExpansionReport, ProgressArg, expand
+from .grow import ExpansionReport, expand
 from .sources import as_chain
 from .terms import clean_term
 

@@ -6,7 +6,10 @@ embedding -- all the slow parts -- run outside it, into a private staging folder
 network and model time and can never see or delete each other's half-finished files. Under the
 lock the batch is checked once more against the catalog (another expansion may have just added the
 same picture), kept files are moved to their final names (a hash of the URL) and
-``Collection.add_dynamic`` writes catalog rows, index vectors and the term's NPZ.
+``Collection.add_dynamic`` writes catalog rows, index vectors and the term's NPZ. The staging folder
+is guarded by a lock its expansion holds (``reconcile.staging_folder``), so one killed mid-download
+is cleaned up on the next open, and the commit runs as one op of the commit protocol: a kill after
+the files moved but before they were recorded leaves an intent record, and the repair deletes them.
 """
 
 from __future__ import annotations
@@ -17,10 +20,8 @@ import logging
 import math
 import os
 import re
-import shutil
 import threading
 import time
-import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,24 +33,24 @@ from ..catalog import ImageRecord
 from ..collection import DYNAMIC_PREFIX, SearchHit
 from ..dedupe import HashIndex, phash_file
 from ..errors import IMRSError, NetworkError
+from ..faults import fault_point
 from ..ids import stable_id
+from ..progress import ProgressArg, Reporter
+from ..reconcile import staging_folder
 from ..slug import safe_slug
 from ..web.download import DownloadPolicy, fetch_many
 from ..web.providers import ImageHit, url_key
-from .coverage import Coverage, CoverageThresholds, query_coverage, thresholds_for
-from .sources import as_chain, policy_from_env
-from .terms import TermGuess, clean_term, infer_term
+from .sources import as_chain, policy_for
+from .terms import clean_term
 
 if TYPE_CHECKING:
     from ..collection import Collection
 
 log = logging.getLogger(__name__)
 
-StageProgress = Callable[[str, int, int], None]
-ProgressArg = bool | StageProgress | None
-
+#: ``vectors -> (keep mask, scores, floor)``: the check that downloaded images show the query.
+AcceptFn = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray, float]]
 _SLUG_RE = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*$")
-STAGING_PREFIX = ".staging-"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -69,6 +70,7 @@ class ExpansionReport:
     added_ids: list[int] = field(default_factory=list)
     duplicates: list[tuple[str, str]] = field(default_factory=list)  # (url, why)
     failures: list[tuple[str, str]] = field(default_factory=list)  # (url, why)
+    off_topic: list[tuple[str, str]] = field(default_factory=list)  # (url, why): did not show the query
     provider_report: list[dict[str, Any]] = field(default_factory=list)
     best_before: float | None = None
     best_after: float | None = None
@@ -83,8 +85,9 @@ class ExpansionReport:
 
     def summary(self) -> str:
         line = (f"'{self.term}' -> {DYNAMIC_PREFIX}{self.slug}: {self.kept} added, {len(self.duplicates)} "
-                f"duplicate(s), {len(self.failures)} failed, of {self.candidates} candidate(s) "
-                f"from {self.providers_used}")
+                f"duplicate(s), {len(self.failures)} failed, "
+                + (f"{len(self.off_topic)} off-topic, " if self.off_topic else "")
+                + f"of {self.candidates} candidate(s) from {self.providers_used}")
         if self.best_before is not None or self.best_after is not None:
             line += f"; best score {_fmt(self.best_before)} -> {_fmt(self.best_after)}"
         return line + f" in {self.elapsed:.1f}s"
@@ -95,37 +98,13 @@ class ExpansionReport:
                 "added_ids": list(self.added_ids),
                 "duplicates": [{"url": u, "reason": r} for u, r in self.duplicates],
                 "failures": [{"url": u, "reason": r} for u, r in self.failures],
+                "off_topic": [{"url": u, "reason": r} for u, r in self.off_topic],
                 "providers": list(self.provider_report), "best_before": self.best_before,
                 "best_after": self.best_after, "elapsed": round(self.elapsed, 3)}
 
 
 def _fmt(x: float | None) -> str:
     return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.3f}"
-
-
-@dataclass
-class Outcome:
-    """What ``expand_if_weak`` did for one query (only returned when coverage was weak)."""
-
-    coverage: Coverage
-    term: str | None
-    guess: TermGuess | None
-    report: ExpansionReport | None
-    hits_before: list[SearchHit]
-    hits_after: list[SearchHit]
-    coverage_after: Coverage | None = None
-    error: str | None = None
-
-    def summary(self) -> str:
-        head = f"coverage weak ({self.coverage.reason})"
-        if self.error:
-            return f"{head}; expansion failed: {self.error}"
-        assert self.report is not None
-        how = f" [{self.guess.method}]" if self.guess and self.guess.method != "text" else ""
-        tail = ""
-        if self.coverage_after is not None:
-            tail = "; now ok" if not self.coverage_after.weak else f"; still weak ({self.coverage_after.reason})"
-        return f"{head}; expanded{how} {self.report.summary()}{tail}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -177,13 +156,8 @@ class _CatalogHashes:
         self.unhashable: set[int] = set()
 
 
-_HASHES: dict[str, _CatalogHashes] = {}
-_HASHES_GUARD = threading.Lock()
-
-
 def _hashes_for(coll: Collection) -> _CatalogHashes:
-    with _HASHES_GUARD:
-        return _HASHES.setdefault(str(coll.state_dir), _CatalogHashes())
+    return coll.cache("phash_index", _CatalogHashes)
 
 
 def _fingerprint(catalog: Any) -> tuple[Any, ...]:
@@ -204,7 +178,7 @@ def fill_missing_phashes(coll: Collection, progress: ProgressArg = None) -> int:
             return 0
         todo = [r for r in coll.catalog.iter_records() if r.phash is None and r.id not in cache.unhashable]
         done: list[tuple[int, int]] = []
-        report = _Stages(progress)
+        report = Reporter(progress)
         for n, r in enumerate(todo, 1):
             try:
                 done.append((r.id, phash_file(coll.abspath(r.relpath, r.source))))
@@ -247,40 +221,6 @@ def _note_added(coll: Collection, ids: Sequence[int], hashes: Sequence[int]) -> 
         grown = HashIndex(cache.index.hashes, cache.index.ids)
         grown.add(list(ids), list(hashes))
         cache.index, cache.fingerprint = grown, fp
-
-
-# ---------------------------------------------------------------------------------------------
-# Progress
-# ---------------------------------------------------------------------------------------------
-
-
-class _Stages:
-    """``progress`` as given (a callable gets ``(stage, done, total)``), or tqdm bars, one per stage,
-    for ``True``; ``close()`` ends the bars."""
-
-    def __init__(self, progress: ProgressArg) -> None:
-        self._fn = progress if callable(progress) else None
-        self._tqdm = bool(progress) and self._fn is None
-        self._bars: dict[str, Any] = {}
-
-    def __call__(self, stage: str, done: int, total: int) -> None:
-        if self._fn is not None:
-            self._fn(stage, done, total)
-        elif self._tqdm:
-            bar = self._bars.get(stage)
-            if bar is None:
-                from tqdm import tqdm
-
-                bar = self._bars[stage] = tqdm(total=total, desc=stage, unit="img", leave=False,
-                                               dynamic_ncols=True)
-            bar.total = total
-            bar.n = done
-            bar.refresh()
-
-    def close(self) -> None:
-        for bar in self._bars.values():
-            bar.close()
-        self._bars.clear()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -338,13 +278,16 @@ def _describe_match(coll: Collection, image_id: int, dist: int) -> str:
 def expand(coll: Collection, term: str, n: int = 20, policy: DownloadPolicy | None = None,
            phash_threshold: int = 4, providers: Any = None, progress: ProgressArg = None, *,
            query_vector: np.ndarray | None = None, k: int = 10, label: str | None = None,
-           term_scores: bool | None = None, candidate_factor: float = 2.0) -> ExpansionReport:
+           term_scores: bool | None = None, candidate_factor: float = 2.0,
+           accept: AcceptFn | None = None) -> ExpansionReport:
     """Add up to ``n`` new web images for ``term`` to ``coll`` and report what happened.
 
     ``providers``: None (the environment's chain, by default DuckDuckGo then Wikimedia), a
     provider, a list of them, or a ProviderChain. Raises NetworkError when every provider failed;
     per-URL problems are recorded in the report, never raised. Scores before/after are those of
-    ``query_vector`` when given, else of the term itself (see ``_term_query``).
+    ``query_vector`` when given, else of the term itself (see ``_term_query``). ``accept`` checks
+    the embedded images against the query before anything is kept (see ``imrs.query.keep_filter``);
+    the ones it drops are listed in ``report.off_topic``.
     """
     t0 = time.perf_counter()
     if n < 1:
@@ -352,12 +295,14 @@ def expand(coll: Collection, term: str, n: int = 20, policy: DownloadPolicy | No
     if not 0 <= phash_threshold <= 64:
         raise IMRSError(f"pHash threshold must be between 0 and 64, not {phash_threshold}")
     term = clean_term(term)
+    if not term:
+        raise IMRSError("empty search term: give a word or two to search the web for")
     slug = safe_slug(term)
     folder = dynamic_folder(coll, slug)
-    policy = policy or policy_from_env()
+    policy = policy or policy_for()
     chain = as_chain(providers)
     report = ExpansionReport(term=term, slug=slug, folder=str(folder), requested=n)
-    stage = _Stages(progress)
+    stage = Reporter(progress)
 
     query = query_vector if query_vector is not None else _term_query(coll, term, term_scores)
     report.hits_before = _search(coll, query, k)
@@ -367,6 +312,8 @@ def expand(coll: Collection, term: str, n: int = 20, policy: DownloadPolicy | No
     found, prov_report = chain.search(term, want)
     report.provider_report = [dict(r) for r in prov_report]
     report.candidates = len(found)
+    for r in prov_report:  # unusable entries of a URL list etc.: named in the report, not dropped
+        report.failures.extend((str(what), str(why)) for what, why in r.get("rejected", []))
     if not found:
         errors = [f"{r['provider']}: {r['error']}" for r in prov_report if r.get("error")]
         if errors:
@@ -388,16 +335,15 @@ def expand(coll: Collection, term: str, n: int = 20, policy: DownloadPolicy | No
             queue.append(hit)
 
     folder.mkdir(parents=True, exist_ok=True)
-    staging = folder / f"{STAGING_PREFIX}{uuid.uuid4().hex[:12]}"
-    staging.mkdir(parents=True)  # parents: a concurrent expansion of the term may have just rmdir'ed it
     try:
-        staged = _download_and_dedupe(coll, queue, n, staging, policy, phash_threshold, report, stage)
-        stage.close()  # before the encoder draws its own bar
-        staged, vectors = _embed(coll, staged, report, progress)
-        _commit(coll, slug, term, label, staged, vectors, phash_threshold, report)
+        with staging_folder(coll, folder) as staging:
+            staged = _download_and_dedupe(coll, queue, n, staging, policy, phash_threshold, report, stage)
+            fault_point("expand.after_download")
+            stage.close()  # before the encoder draws its own bar
+            staged, vectors = _embed(coll, staged, report, progress, accept)
+            _commit(coll, slug, term, label, staged, vectors, phash_threshold, report)
     finally:
         stage.close()
-        shutil.rmtree(staging, ignore_errors=True)
         with contextlib.suppress(OSError):
             folder.rmdir()  # only succeeds when nothing was added (ever)
 
@@ -410,7 +356,7 @@ def expand(coll: Collection, term: str, n: int = 20, policy: DownloadPolicy | No
 
 def _download_and_dedupe(coll: Collection, queue: list[ImageHit], n: int, staging: Path,
                          policy: DownloadPolicy, threshold: int, report: ExpansionReport,
-                         stage: _Stages) -> list[_Staged]:
+                         stage: Reporter) -> list[_Staged]:
     """Download in rounds until ``n`` distinct images are staged or the candidates run out. The
     first round over-asks a little (some downloads always fail), later rounds fill the gap."""
     ref = catalog_hash_index(coll)
@@ -456,20 +402,25 @@ def _download_and_dedupe(coll: Collection, queue: list[ImageHit], n: int, stagin
 
 
 def _embed(coll: Collection, staged: list[_Staged], report: ExpansionReport,
-           progress: ProgressArg) -> tuple[list[_Staged], np.ndarray]:
+           progress: ProgressArg, accept: AcceptFn | None) -> tuple[list[_Staged], np.ndarray]:
     if not staged:
         return [], np.zeros((0, coll.dim), np.float32)
-    if callable(progress):
-        def embed_progress(done: int, total: int) -> None:
-            progress("embed", done, total)
-        res = coll.encoder.embed_paths([s.path for s in staged], progress=embed_progress)
-    else:
-        res = coll.encoder.embed_paths([s.path for s in staged], progress=bool(progress))
+    view: Any = Reporter(progress).stage("embed") if callable(progress) else bool(progress)
+    res = coll.encoder.embed_paths([s.path for s in staged], progress=view)
     for i, reason in res.failures:
         report.failures.append((staged[i].hit.url, f"cannot embed: {reason}"))
         staged[i].path.unlink(missing_ok=True)
     kept = [staged[i] for i in res.kept.tolist()]
-    return kept, np.asarray(res.vectors, dtype=np.float32)
+    vectors = np.asarray(res.vectors, dtype=np.float32)
+    if accept is not None and kept:
+        mask, scores, floor = accept(vectors)
+        for s, ok, score in zip(kept, mask.tolist(), scores.tolist(), strict=True):
+            if not ok:
+                report.off_topic.append((s.hit.url, f"scores {score:.3f} for the query, below {floor:.3f}"))
+                s.path.unlink(missing_ok=True)
+        kept = [s for s, ok in zip(kept, mask.tolist(), strict=True) if ok]
+        vectors = vectors[np.asarray(mask, dtype=bool)]
+    return kept, vectors
 
 
 def _commit(coll: Collection, slug: str, term: str, label: str | None, staged: list[_Staged],
@@ -477,7 +428,7 @@ def _commit(coll: Collection, slug: str, term: str, label: str | None, staged: l
     if not staged:
         return
     folder = dynamic_folder(coll, slug)
-    with coll.writing():
+    with coll.writing("expand"):
         # Another expansion may have added the same picture while we were downloading.
         ref = catalog_hash_index(coll)
         rels = [f"{DYNAMIC_PREFIX}{slug}/{s.final_name}" for s in staged]
@@ -494,6 +445,7 @@ def _commit(coll: Collection, slug: str, term: str, label: str | None, staged: l
                 report.duplicates.append((s.hit.url, _describe_match(coll, match, dist)))
                 continue
             final = folder / s.final_name
+            coll.begin_changes()  # the intent record, before the first file lands
             os.replace(s.path, final)
             moved.append(final)
             st = final.stat()
@@ -503,6 +455,8 @@ def _commit(coll: Collection, slug: str, term: str, label: str | None, staged: l
                 license=s.hit.license or None, author=s.hit.author or None, page_url=s.hit.page_url or None,
                 phash=s.phash, width=s.width, height=s.height, mtime=st.st_mtime, size=st.st_size))
             rows.append(i)
+        if moved:
+            fault_point("expand.after_move")
         try:
             coll.add_dynamic(slug, records, vectors[rows] if rows else vectors[:0])
         except BaseException:
@@ -512,62 +466,3 @@ def _commit(coll: Collection, slug: str, term: str, label: str | None, staged: l
         report.kept = len(records)
         report.added_ids = [r.id for r in records]
         _note_added(coll, [r.id for r in records], [int(r.phash or 0) for r in records])
-
-
-# ---------------------------------------------------------------------------------------------
-# Search-time expansion
-# ---------------------------------------------------------------------------------------------
-
-
-def expand_if_weak(coll: Collection, query_text: str | None = None, query_vector: np.ndarray | None = None,
-                   hits: Sequence[SearchHit] | None = None, k: int = 10, progress: ProgressArg = None, *,
-                   thresholds: CoverageThresholds | None = None, term: str | None = None, n: int = 20,
-                   policy: DownloadPolicy | None = None, providers: Any = None,
-                   phash_threshold: int = 4) -> Outcome | None:
-    """Expand when the query's results are weak; None when coverage is fine.
-
-    The term is the query text, or for an image query an inferred one (see ``terms.infer_term``).
-    A failed expansion (no network, nothing found) is reported in the Outcome, not raised, so the
-    caller still shows the results it had.
-    """
-    if query_text is not None and not query_text.strip():
-        query_text = None
-    if query_vector is None:
-        if query_text is None:
-            raise IMRSError("expand_if_weak needs a query text or a query vector")
-        query_vector = coll.embed_query_text(query_text)
-    if hits is None:
-        hits = _search(coll, query_vector, k)
-    hits = list(hits)
-    cov = query_coverage(coll, hits, query_text, thresholds, k)
-    if not cov.weak:
-        return None
-    thr = cov.thresholds or thresholds_for(coll.backbone, "text" if query_text else "image")
-    guess: TermGuess | None
-    if term:
-        guess = TermGuess(clean_term(term), 1.0, "given")
-    elif query_text:
-        guess = TermGuess(clean_term(query_text), 1.0, "text")
-    else:
-        guess = infer_term(coll, query_vector, hits, good_min=thr.good_min)
-    if guess is None or not guess.term:
-        return Outcome(cov, None, guess, None, hits, hits,
-                       error="could not infer a search term for this image; expand a term explicitly "
-                             "(imrs expand TERM)")
-    try:
-        report = expand(coll, guess.term, n=n, policy=policy, phash_threshold=phash_threshold,
-                        providers=providers, progress=progress, query_vector=query_vector, k=k)
-    except (NetworkError, OSError) as exc:
-        msg = str(exc) if isinstance(exc, IMRSError) else f"{type(exc).__name__}: {exc}"
-        return Outcome(cov, guess.term, guess, None, hits, hits, error=msg)
-    after = report.hits_after or hits
-    if query_text and not getattr(coll.encoder, "supports_text", False):
-        # textmap's query vector is a prototype of the collection's best images: it has to be
-        # rebuilt over the grown collection, or the new images could never be found by it.
-        try:
-            after = _search(coll, coll.embed_query_text(query_text), k) or after
-            report.hits_after, report.best_after = after, _best(after)
-        except (IMRSError, ImportError) as exc:  # the images are in; only the re-query failed
-            log.warning("could not re-run %r after expanding: %s", query_text, exc)
-    return Outcome(cov, guess.term, guess, report, hits, after,
-                   coverage_after=query_coverage(coll, after, query_text, thresholds, k))

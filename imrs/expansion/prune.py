@@ -80,10 +80,14 @@ def _parse_ids(ids: Iterable[int | str]) -> list[int]:
     out = []
     for raw in ids:
         try:
-            out.append(int(str(raw).strip()))
+            value = int(str(raw).strip())
         except ValueError:
             raise IMRSError(f"not an image id: {str(raw)[:40]!r} (ids are integers, see `imrs dynamic list`)") \
                 from None
+        if not -(2**63) <= value < 2**63:  # SQLite would raise OverflowError on the lookup
+            raise IMRSError(f"not an image id: {str(raw).strip()[:40]} is outside the 64-bit range of image ids "
+                            "(see `imrs dynamic list`)")
+        out.append(value)
     return sorted(set(out))
 
 

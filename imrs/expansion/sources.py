@@ -1,9 +1,9 @@
-"""Which image providers and download limits an expansion uses, from arguments or the environment.
+"""Which image providers and download limits an expansion uses, from ``Settings``.
 
-``imrs search --expand`` has no provider flags, so the environment configures it:
-``IMRS_EXPAND_PROVIDER`` (auto | ddg | wikimedia), ``IMRS_WIKIMEDIA_API`` (a MediaWiki API URL),
-``IMRS_EXPAND_URLS_FILE`` (a fixed URL list, one per line or ``term<TAB>url``) and
-``IMRS_EXPAND_ALLOW_LOOPBACK=1`` (lets downloads reach 127.0.0.1: for local testing only).
+The settings come from the environment (``IMRS_EXPAND_PROVIDER``, ``IMRS_WIKIMEDIA_API``,
+``IMRS_EXPAND_URLS_FILE``, ``IMRS_EXPAND_ALLOW_LOOPBACK``, ...; see ``imrs.config``) with the
+command line's or the page's choices applied on top, so ``imrs search --expand``, ``imrs expand``
+and the app build the same chain and the same download limits from the same values.
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..config import ENV_PROVIDER, ENV_WIKIMEDIA_API, PROVIDER_CHOICES
+from ..config import PROVIDER_CHOICES as _CHOICES
+from ..config import Settings
 from ..errors import IMRSError
 from ..web.download import DownloadPolicy
 from ..web.providers import (
@@ -26,20 +27,14 @@ from ..web.providers import (
     default_chain,
 )
 
-ENV_URLS_FILE = "IMRS_EXPAND_URLS_FILE"
-__all__ = ["ENV_PROVIDER", "ENV_WIKIMEDIA_API", "PROVIDER_CHOICES", "as_chain", "make_providers", "policy_from_env",
-           "providers_from_env"]
-ENV_ALLOW_LOOPBACK = "IMRS_EXPAND_ALLOW_LOOPBACK"
-
-
-def _truthy(value: str | None) -> bool:
-    return (value or "").strip().lower() in ("1", "true", "yes", "on")
+PROVIDER_CHOICES = _CHOICES
 
 
 def make_providers(kind: str = "auto", wikimedia_api: str | None = None,
-                   urls_file: str | os.PathLike[str] | None = None) -> ProviderChain:
+                   urls_file: str | os.PathLike[str] | None = None, allow_loopback: bool = False) -> ProviderChain:
     """A provider chain. A custom ``wikimedia_api`` (a mirror, a test server) is used for Commons
-    search only; Wikipedia lead images are asked only of the real Wikipedia."""
+    search only; Wikipedia lead images are asked only of the real Wikipedia. API calls go through
+    the same SSRF guard as downloads: ``allow_loopback`` opens 127.0.0.1 for them too."""
     if urls_file:
         path = Path(urls_file)
         if not path.is_file():
@@ -50,16 +45,16 @@ def make_providers(kind: str = "auto", wikimedia_api: str | None = None,
     commons = wikimedia_api or COMMONS_API
     wikipedia = WIKIPEDIA_API if not wikimedia_api else None
     if kind == "ddg":
-        return ProviderChain([DuckDuckGoProvider()])
+        return ProviderChain([DuckDuckGoProvider(allow_loopback=allow_loopback)])
     if kind == "wikimedia":
-        return ProviderChain([WikimediaProvider(commons, wikipedia)])
-    return default_chain(commons_api_url=commons, wikipedia_api_url=wikipedia)
+        return ProviderChain([WikimediaProvider(commons, wikipedia, allow_loopback=allow_loopback)])
+    return default_chain(commons_api_url=commons, wikipedia_api_url=wikipedia, allow_loopback=allow_loopback)
 
 
 def as_chain(providers: Any) -> ProviderChain:
-    """None -> providers from the environment (default chain); one provider or a list -> a chain."""
+    """None -> providers from the settings (default chain); one provider or a list -> a chain."""
     if providers is None:
-        return providers_from_env()
+        return providers_for()
     if isinstance(providers, ProviderChain):
         return providers
     if isinstance(providers, Sequence) and not isinstance(providers, str | bytes):
@@ -69,12 +64,15 @@ def as_chain(providers: Any) -> ProviderChain:
     raise IMRSError(f"not an image provider: {providers!r}")
 
 
-def providers_from_env() -> ProviderChain:
-    return make_providers(os.environ.get(ENV_PROVIDER, "auto").strip() or "auto",
-                          os.environ.get(ENV_WIKIMEDIA_API) or None, os.environ.get(ENV_URLS_FILE) or None)
+def providers_for(settings: Settings | None = None) -> ProviderChain:
+    s = settings or Settings.from_env()
+    return make_providers(s.provider, s.wikimedia_api, s.urls_file, allow_loopback=s.allow_loopback)
 
 
-def policy_from_env(**overrides: Any) -> DownloadPolicy:
-    kw: dict[str, Any] = {"allow_loopback": _truthy(os.environ.get(ENV_ALLOW_LOOPBACK))}
+def policy_for(settings: Settings | None = None, **overrides: Any) -> DownloadPolicy:
+    """Download limits from the settings (``overrides`` win; ``None`` values are ignored)."""
+    s = settings or Settings.from_env()
+    kw: dict[str, Any] = {"allow_loopback": s.allow_loopback, "max_side": s.expand_max_side,
+                          "jpeg_quality": s.expand_jpeg_quality, "workers": s.expand_workers}
     kw.update({k: v for k, v in overrides.items() if v is not None})
     return DownloadPolicy(**kw)

@@ -1,11 +1,7 @@
-"""What to search the web for: the term behind an image query, and term lists for batch runs.
+"""What to search the web for: term clean-up, term lists for batch runs, prompt embeddings.
 
-For an image query there is no text, so a term has to be inferred. With a text-capable backbone
-(CLIP) it is zero-shot classification of the query vector against ``"a photo of a {label}"``
-prompts. Without one, the labels of the *good* hits name the concept (coverage is weak because
-there are too few of them, not none); when no hit is good, the backbone's own ImageNet classifier
-is asked (EfficientNet-Lite0 has one), and only as a last resort the dominant label of the weak
-hits, which is usually wrong for a query the collection does not cover.
+The candidates for an image query are proposed by ``imrs.query.propose_terms`` (a person or the
+auto-confirm setting picks one); this module holds the pieces it and the batch commands share.
 """
 
 from __future__ import annotations
@@ -14,10 +10,7 @@ import csv
 import io
 import logging
 import threading
-import weakref
-from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -34,39 +27,27 @@ PROMPT = "a photo of a {}"
 MAX_TERM_CHARS = 200  # a search engine query, not an essay
 
 
-@dataclass
-class TermGuess:
-    term: str
-    score: float
-    method: str  # "text" | "clip-zero-shot" | "good-hits" | "classifier" | "top-hits"
-    candidates: list[tuple[str, float]] = field(default_factory=list)
-
-
 def readable_label(label: str) -> str:
     """``Faces_easy`` -> ``Faces easy``, ``n01440764 tench`` stays: labels are folder names."""
     return " ".join(label.replace("_", " ").split())
 
 
-_PROMPT_CACHE: weakref.WeakKeyDictionary[Any, dict[str, np.ndarray]] = weakref.WeakKeyDictionary()
-_PROMPT_LOCK = threading.Lock()
-
-
-def _prompt_vectors(encoder: Any, labels: Sequence[str]) -> np.ndarray:
-    """Prompt embeddings, cached per (encoder, label): the vocabulary grows with every expansion,
-    and re-embedding 1000 ImageNet prompts per query would cost seconds."""
-    with _PROMPT_LOCK:
-        cache = _PROMPT_CACHE.setdefault(encoder, {})
+def prompt_vectors(coll: Collection, labels: Sequence[str]) -> np.ndarray:
+    """CLIP prompt embeddings of ``labels``, cached on the collection: the vocabulary grows with
+    every expansion, and re-embedding 1000 ImageNet prompts per query would cost seconds."""
+    lock, cache = coll.cache("prompt_vectors", lambda: (threading.Lock(), {}))
+    with lock:
         missing = [lb for lb in dict.fromkeys(labels) if lb not in cache]
     if missing:
-        vecs = encoder.embed_texts([PROMPT.format(readable_label(lb)) for lb in missing])
-        with _PROMPT_LOCK:
+        vecs = coll.encoder.embed_texts([PROMPT.format(readable_label(lb)) for lb in missing])
+        with lock:
             for lb, v in zip(missing, vecs, strict=True):
                 cache[lb] = np.asarray(v, dtype=np.float32)
-    with _PROMPT_LOCK:
+    with lock:
         return np.stack([cache[lb] for lb in labels])
 
 
-def _imagenet_names() -> list[str]:
+def imagenet_names() -> list[str]:
     try:
         from ..encoders import imagenet_class_names
 
@@ -74,52 +55,6 @@ def _imagenet_names() -> list[str]:
     except Exception as exc:  # noqa: BLE001 - an optional vocabulary
         log.debug("no ImageNet class names: %s", exc)
         return []
-
-
-def _vote(hits: Sequence[Any]) -> list[tuple[str, float]]:
-    votes: dict[str, float] = defaultdict(float)
-    for h in hits:
-        if h.label:
-            votes[h.label] += max(float(h.score), 0.0) + 1e-6
-    return sorted(votes.items(), key=lambda kv: -kv[1])
-
-
-def infer_term(coll: Collection, query_vector: np.ndarray, hits: Sequence[Any] | None = None, *,
-               good_min: float | None = None, wide_vocabulary: bool = True, top: int = 5) -> TermGuess | None:
-    """Best guess at the words for an image query; None when nothing at all can be said.
-
-    ``wide_vocabulary`` adds the 1000 ImageNet class names to the collection's labels for CLIP
-    zero-shot (a weakly covered query is, by definition, often about something the labels lack).
-    """
-    q = np.asarray(query_vector, dtype=np.float32).reshape(-1)
-    encoder = coll.encoder
-    if getattr(encoder, "supports_text", False):
-        labels = list(coll.catalog.labels())
-        if wide_vocabulary:
-            labels = list(dict.fromkeys([*labels, *_imagenet_names()]))
-        if labels:
-            sims = _prompt_vectors(encoder, labels) @ q
-            order = np.argsort(-sims)[:top]
-            cands = [(readable_label(labels[i]), float(sims[i])) for i in order]
-            return TermGuess(cands[0][0], cands[0][1], "clip-zero-shot", cands)
-    hits = list(hits or [])
-    if good_min is not None:
-        good = _vote([h for h in hits if h.score >= good_min])
-        if good:
-            return TermGuess(readable_label(good[0][0]), good[0][1], "good-hits", good[:top])
-    if getattr(encoder, "has_classifier", False) and getattr(encoder, "class_names", None):
-        # The head wants raw features; the query is L2-normalised. Without the bias the argmax is
-        # scale-invariant, and on the shared photos it matched the full classifier 14/14.
-        weight, _ = encoder.classifier_head()
-        logits = weight @ q
-        order = np.argsort(-logits)[:top]
-        names = encoder.class_names
-        cands = [(readable_label(names[i]), float(logits[i])) for i in order]
-        return TermGuess(cands[0][0], cands[0][1], "classifier", cands)
-    votes = _vote(hits)
-    if votes:
-        return TermGuess(readable_label(votes[0][0]), votes[0][1], "top-hits", votes[:top])
-    return None
 
 
 def clean_term(term: str) -> str:

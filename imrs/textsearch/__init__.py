@@ -1,6 +1,8 @@
 """Text search that finds what people type, with a text tower (CLIP) and without one.
 
 - ``search.text_search``: the entry point (visual + metadata + optional web exemplars, fused);
+  ``fuse_text_hits`` adds the words and exemplars to any visual ranking (``imrs.query`` uses it),
+  ``text_class_space``/``textmap_scorer`` give the judged scores for image-only backbones;
 - ``conse``: hierarchy-aware ConSE through WordNet for image-only backbones;
 - ``hybrid``: the collection's own words (labels, file names, captions, terms, EXIF) and the fusion;
 - ``index.TextIndex``: per-collection state, ``Collection.text_index``;
@@ -15,7 +17,15 @@ from __future__ import annotations
 from .conse import HierConse, HierParams, TextPlan
 from .hybrid import HybridParams
 from .index import TextIndex
-from .search import TextSearchResult, text_query_vector, text_search
+from .search import (
+    TextFusion,
+    TextSearchResult,
+    fuse_text_hits,
+    text_class_space,
+    text_query_vector,
+    text_search,
+    textmap_scorer,
+)
 
 __all__ = [
     "HierConse",
@@ -23,7 +33,11 @@ __all__ = [
     "HybridParams",
     "TextIndex",
     "TextPlan",
+    "TextFusion",
     "TextSearchResult",
+    "fuse_text_hits",
+    "text_class_space",
     "text_query_vector",
     "text_search",
+    "textmap_scorer",
 ]

@@ -62,7 +62,7 @@ def hybrid_scores(db: np.ndarray, query_vecs: np.ndarray, prompts: Sequence[str]
         rows = np.flatnonzero(m.strength >= p.min_strength)
         rows = rows[np.argsort(-m.strength[rows], kind="stable")][: p.meta_pool]
         fused = fuse(pool, vis[pool], meta.ids[rows], m.strength[rows], [m.why(int(r), p.min_strength) for r in rows],
-                     k, p)
+                     k, p, meta_visual=vis[rows])
         # everything fused ranks above the rest, in fused order; the rest keep their visual order
         score = vis - float(vis.max()) - 2.0
         score[fused.ids] = 1.0 + np.linspace(1.0, 0.0, len(fused.ids), dtype=np.float32)

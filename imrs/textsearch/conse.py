@@ -46,6 +46,8 @@ class HierParams:
 
     prior_smooth: float = 1.0  # added to every sense's tag count
     subtree_sim: float = 0.5  # share of a subtree class's weight that follows its gloss similarity
+    kin_max: int = 3  # a sense with at most this many classes below it also weighs its relatives
+    kin_weight: float = 0.3  # ... at most this much (the closest relative by gloss)
     climb_decay: float = 0.5  # closeness lost per hypernym step for senses with no class below
     climb_top: int = 5  # classes the sentence model picks for such a sense
     climb_temperature: float = 0.6  # softmax temperature on z-scored cosine similarities
@@ -151,6 +153,26 @@ class HierConse:
         return ", ".join(self.wn.lemmas(wnid))
 
     # -- one sense -------------------------------------------------------------------------------------
+    def _add_kin(self, lut: np.ndarray, wnid: str, below: list[int], sense_vec: np.ndarray) -> None:
+        """A leaf-like sense also weighs its closest relatives a little: the classifier splits its
+        belief between look-alike siblings (Caltech's leopards are mostly "cheetah" to it), so the
+        classes under the first hypernym with more classes, the ones whose gloss is closest most."""
+        p = self.params
+        kin: set[int] = set()
+        for parent in self.wn.parents(wnid):
+            anchors, _ = self.wn.covered_ancestors(parent)
+            for a in anchors:
+                kin |= set(self.wn.classes_below(a))
+        kin -= set(below)
+        if not kin:
+            return
+        idx = np.asarray(sorted(kin), dtype=np.int64)
+        sims = self.class_emb @ sense_vec
+        z = (sims - sims.mean()) / max(float(sims.std()), 1e-6)
+        w = np.exp((z[idx] - z[idx].max()) / p.climb_temperature)
+        top = np.argsort(-w, kind="stable")[:p.climb_top]
+        lut[idx[top]] = np.maximum(lut[idx[top]], p.kin_weight * w[top] / max(float(w[top].max()), 1e-12))
+
     def _kinship(self, wnid: str, nearest: int) -> np.ndarray:
         """(n_classes,) in [0, 1]: ``climb_kinship ** k`` where ``k`` is how many hypernym steps
         above the nearest covered ancestor the class's lowest common hypernym with ``wnid`` is."""
@@ -182,6 +204,8 @@ class HierConse:
                 zb = z[below]
                 w = np.exp((zb - zb.max()) / p.climb_temperature)
                 lut[below] = (1 - p.subtree_sim) + p.subtree_sim * w
+            if sense_vec is not None and len(below) <= p.kin_max and p.kin_weight > 0:
+                self._add_kin(lut, wnid, below, sense_vec)
             return lut, "subtree", 0, 1.0
         anchors, steps = self.wn.covered_ancestors(wnid)
         if sense_vec is None or not anchors:
@@ -235,12 +259,11 @@ class HierConse:
     # -- the query -------------------------------------------------------------------------------------
     def sentence_texts(self, text: str) -> tuple[list[str], list[str]]:
         """(the texts the sentence model must embed for ``text``, their keys): the query prompt and the
-        gloss of every sense that has no ImageNet class below it. Exposed so a caller can batch them
-        through a cache."""
+        gloss of every sense. Exposed so a caller can batch them through a cache."""
         keys, texts = [], []
         for c in self.concepts(text):
             for s in c.senses:
-                if len(self.wn.classes_below(s.wnid)) != 1:
+                if s.wnid not in keys:
                     keys.append(s.wnid)
                     texts.append(self.gloss(s.wnid))
         keys.append("")

@@ -376,17 +376,18 @@ class Fused:
 
 def fuse(visual_ids: np.ndarray, visual_scores: np.ndarray, meta_ids: np.ndarray, meta_strength: np.ndarray,
          meta_why: Sequence[tuple[str, ...]], k: int, params: HybridParams | None = None,
-         extra: Sequence[tuple[str, np.ndarray]] = ()) -> Fused:
+         extra: Sequence[tuple[str, np.ndarray]] = (), meta_visual: np.ndarray | None = None) -> Fused:
     """Weighted reciprocal-rank fusion of the visual ranking (ids best first, their scores), the
-    metadata matches (ordered here by strength, ties by visual score) and any ``extra`` rankings
-    (name, ids best first). ``visual_scores`` for metadata-only ids are looked up by the caller and
-    passed in ``meta_strength``'s order via ``visual_ids``/``visual_scores`` (unknown ones rank last)."""
+    metadata matches (ordered here by strength, then by visual score: ``meta_visual`` where given,
+    else the score in the visual ranking, unknown last) and any ``extra`` rankings (name, ids best
+    first)."""
     p = params or HybridParams()
     vis_rank = {int(i): r for r, i in enumerate(np.asarray(visual_ids).tolist())}
     vis_score = {int(i): float(s) for i, s in zip(np.asarray(visual_ids).tolist(),
                                                   np.asarray(visual_scores).tolist(), strict=True)}
-    order = sorted(range(len(meta_ids)), key=lambda j: (-float(meta_strength[j]),
-                                                        -vis_score.get(int(meta_ids[j]), -1e9)))
+    tie = (np.asarray(meta_visual, np.float64) if meta_visual is not None
+           else np.asarray([vis_score.get(int(i), -1e9) for i in np.asarray(meta_ids).tolist()], np.float64))
+    order = sorted(range(len(meta_ids)), key=lambda j: (-float(meta_strength[j]), -float(tie[j])))
     fused: dict[int, float] = {}
     why: dict[int, list[str]] = {}
     why_rank = p.visual_why_rank or max(2 * k, 20)

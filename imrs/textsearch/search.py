@@ -108,6 +108,112 @@ def _visual_query(coll: Collection, text: str) -> tuple[np.ndarray, str, tuple[n
     return mapper.prototype(ranked), "textmap", (scores, plan)
 
 
+@dataclass
+class TextFusion:
+    """``fuse_text_hits``'s answer: the fused hits (``why`` set), the metadata strength of every hit
+    that has one, and the judged metadata strengths when the collection's words answered."""
+
+    hits: list[SearchHit]
+    strength: dict[int, float]
+    metadata_judged: list[float] | None
+    exemplars: ExemplarReport | None = None
+    notes: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def fuse_text_hits(coll: Collection, text: str, visual: Sequence[SearchHit], query_vector: np.ndarray, k: int, *,
+                   use_metadata: bool = True, web_exemplars: bool = False, n_exemplars: int = 8,
+                   providers: Any = None, policy: DownloadPolicy | None = None, exclude_ids: Sequence[int] = (),
+                   params: HybridParams | None = None,
+                   progress: Callable[[str, int, int], None] | None = None) -> TextFusion:
+    """Fuse a visual ranking (``visual``: hits best first, from any pipeline -- give it a deep pool,
+    e.g. ``HybridParams.visual_pool``) with the collection's words and, when asked, web exemplars.
+    Returns the best ``k`` (``exclude_ids`` left out)."""
+    p = params or HybridParams()
+    timings: dict[str, float] = {}
+    notes: list[str] = []
+    q = np.asarray(query_vector, np.float32).reshape(-1)
+    vis_ids = np.asarray([h.id for h in visual], np.int64)
+    vis_scores = np.asarray([h.score for h in visual], np.float64)
+    n_pool = len(vis_ids)
+    meta_ids = np.zeros(0, np.int64)
+    meta_strength = np.zeros(0, np.float32)
+    meta_why: list[tuple[str, ...]] = []
+    if use_metadata:
+        t0 = time.perf_counter()
+        meta_ids, meta_strength, meta_why = _metadata_matches(coll, text, p)
+        timings["metadata"] = time.perf_counter() - t0
+    else:
+        notes.append("metadata off: visual ranking only")
+    extra_lists: list[tuple[str, np.ndarray]] = []
+    exemplars = None
+    web_ids = np.zeros(0, np.int64)
+    if web_exemplars:
+        from .web import exemplar_vector
+
+        t0 = time.perf_counter()
+        wq, exemplars = exemplar_vector(coll, text, n_exemplars, providers, policy, progress)
+        notes.append(exemplars.summary())
+        if wq is not None:
+            web_ids = np.asarray([h.id for h in coll.search_vectors(wq, max(n_pool, k))[0]], np.int64)
+            extra_lists.append(("web", web_ids))
+        timings["web"] = time.perf_counter() - t0
+    # visual scores of candidates outside the visual pool (to order equally strong word matches,
+    # and to report): read from the index, not searched again
+    outside = np.setdiff1d(np.concatenate([meta_ids, web_ids]), vis_ids)
+    score_of = dict(zip(vis_ids.tolist(), vis_scores.tolist(), strict=True))
+    if len(outside):
+        score_of.update(zip(outside.tolist(), (coll.index.get_vectors(outside) @ q).tolist(), strict=True))
+    meta_vis = np.asarray([score_of.get(int(i), -1e9) for i in meta_ids.tolist()], np.float64)
+    fused = fuse(vis_ids, vis_scores, meta_ids, meta_strength, meta_why, k, p, extra=extra_lists,
+                 meta_visual=meta_vis)
+    exclude = {int(i) for i in exclude_ids}
+    chosen = [(int(i), why) for i, why in zip(fused.ids.tolist(), fused.why, strict=True) if int(i) not in exclude]
+    known = {h.id: h for h in visual}
+    fresh = [i for i, _ in chosen[: k + 10] if i not in known]  # a few spare: some may be gone
+    made = {h.id: h for h in coll.hits_for(fresh, [score_of.get(i, float("nan")) for i in fresh])}
+    hits = []
+    for i, why in chosen:
+        h = known.get(i) or made.get(i)
+        if h is None:
+            continue
+        h.why = why or ("visual",)
+        hits.append(h)
+        if len(hits) >= k:
+            break
+    strength = dict(zip(meta_ids.tolist(), meta_strength.tolist(), strict=True))
+    strong = [strength.get(h.id, 0.0) for h in hits]
+    judged = None
+    if use_metadata and sum(s >= METADATA_STRONG for s in strong) >= METADATA_MIN_HITS:
+        judged = sorted(strong, reverse=True)
+        notes.append(f"{sum(s >= METADATA_STRONG for s in strong)} of {len(hits)} hits matched by the "
+                     "collection's own words")
+    return TextFusion(hits, strength, judged, exemplars, notes, timings)
+
+
+def text_class_space(coll: Collection, text: str) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, judged scores) of every indexed image for ``text`` on an image-only backbone: class-space
+    scores times the plan's closeness, the scale the ``textmap`` coverage thresholds are set on."""
+    scores, ids, plan = conse_scores(coll, text)
+    return np.asarray(ids, np.int64), np.asarray(scores, np.float64) * plan.closeness
+
+
+def textmap_scorer(coll: Collection, text: str) -> Callable[[np.ndarray], np.ndarray]:
+    """``vectors -> judged scores`` for images outside the collection (web images before they are
+    kept), on the same scale as ``text_class_space``."""
+    mapper, _ = coll.text_index.conse()
+    plan = coll.text_index.plan(text)
+
+    def score(vectors: np.ndarray) -> np.ndarray:
+        vectors = np.atleast_2d(np.asarray(vectors, np.float32))
+        if not len(vectors):
+            return np.zeros(0, np.float64)
+        idx, prob = mapper.class_probs(vectors)
+        return (plan.lut[idx] * prob).sum(axis=1).astype(np.float64) * plan.closeness
+
+    return score
+
+
 def text_search(coll: Collection, text: str, k: int = 10, *, use_metadata: bool = True, qe: int = 0,
                 web_exemplars: bool = False, n_exemplars: int = 8, providers: Any = None,
                 policy: DownloadPolicy | None = None, exclude_ids: Sequence[int] = (),
@@ -119,16 +225,14 @@ def text_search(coll: Collection, text: str, k: int = 10, *, use_metadata: bool 
     if k < 1:
         raise IMRSError(f"k must be at least 1, not {k}")
     t0 = time.perf_counter()
-    timings: dict[str, float] = {}
-    notes: list[str] = []
     q, kind, conse = _visual_query(coll, text)
-    timings["encode"] = time.perf_counter() - t0
-    exclude = {int(i) for i in exclude_ids}
-    want = k + len(exclude)
+    timings = {"encode": time.perf_counter() - t0}
+    want = k + len(exclude_ids)
     pool = max(want, p.visual_pool) if (use_metadata or web_exemplars) else want
     t1 = time.perf_counter()
     visual = coll.search_vectors(q, pool, qe=qe)[0]
     timings["search"] = time.perf_counter() - t1
+    notes: list[str] = []
     plan = None
     if conse is not None:
         scores, plan = conse
@@ -136,65 +240,14 @@ def text_search(coll: Collection, text: str, k: int = 10, *, use_metadata: bool 
         notes.append(f"ImageNet reading: {plan.describe(coll.text_index.conse()[0].class_names)}")
     else:
         judged = [h.score for h in visual[:k]]
-
-    vis_ids = np.asarray([h.id for h in visual], np.int64)
-    vis_scores = np.asarray([h.score for h in visual], np.float64)
-    meta_ids = np.zeros(0, np.int64)
-    meta_strength = np.zeros(0, np.float32)
-    meta_why: list[tuple[str, ...]] = []
-    if use_metadata:
-        t2 = time.perf_counter()
-        meta_ids, meta_strength, meta_why = _metadata_matches(coll, text, p)
-        timings["metadata"] = time.perf_counter() - t2
-        if len(meta_ids):
-            # visual scores of matches outside the visual pool, to order equally strong matches
-            extra = np.setdiff1d(meta_ids, vis_ids)
-            if len(extra):
-                sc = coll.index.get_vectors(extra) @ np.asarray(q, np.float32)
-                order = np.argsort(-sc, kind="stable")
-                vis_ids = np.concatenate([vis_ids, extra[order]])
-                vis_scores = np.concatenate([vis_scores, sc[order]])
-    else:
-        notes.append("metadata off: visual ranking only")
-
-    extra_lists: list[tuple[str, np.ndarray]] = []
-    exemplars = None
-    if web_exemplars:
-        from .web import exemplar_vector
-
-        t3 = time.perf_counter()
-        wq, exemplars = exemplar_vector(coll, text, n_exemplars, providers, policy, progress)
-        notes.append(exemplars.summary())
-        if wq is not None:
-            web_hits = coll.search_vectors(wq, pool)[0]
-            extra_lists.append(("web", np.asarray([h.id for h in web_hits], np.int64)))
-            known = set(vis_ids.tolist())
-            add = [h for h in web_hits if h.id not in known]
-            if add:
-                sc = coll.index.get_vectors([h.id for h in add]) @ np.asarray(q, np.float32)
-                vis_ids = np.concatenate([vis_ids, np.asarray([h.id for h in add], np.int64)])
-                vis_scores = np.concatenate([vis_scores, sc])
-        timings["web"] = time.perf_counter() - t3
-
-    # the visual list proper is the pool; later additions only supply scores for tie-breaking
-    n_pool = len(visual)
-    fused = fuse(vis_ids[:n_pool], vis_scores[:n_pool], meta_ids, meta_strength, meta_why, k, p,
-                 extra=extra_lists)
-    score_of = dict(zip(vis_ids.tolist(), vis_scores.tolist(), strict=True))
-    strength_of = dict(zip(meta_ids.tolist(), meta_strength.tolist(), strict=True))
-    chosen = [(int(i), why) for i, why in zip(fused.ids.tolist(), fused.why, strict=True)
-              if int(i) not in exclude][:k]
-    hits = coll.hits_for([i for i, _ in chosen], [score_of.get(i, float("nan")) for i, _ in chosen])
-    for h, (_, why) in zip(hits, chosen, strict=True):
-        h.why = why or ("visual",)
-
-    strong = [strength_of.get(h.id, 0.0) for h in hits]
-    if use_metadata and sum(s >= METADATA_STRONG for s in strong) >= METADATA_MIN_HITS:
-        kind, judged = "metadata", sorted(strong, reverse=True)
-        notes.append(f"{sum(s >= METADATA_STRONG for s in strong)} of {len(hits)} hits matched by the "
-                     "collection's own words")
+    fused = fuse_text_hits(coll, text, visual, q, k, use_metadata=use_metadata, web_exemplars=web_exemplars,
+                           n_exemplars=n_exemplars, providers=providers, policy=policy, exclude_ids=exclude_ids,
+                           params=p, progress=progress)
+    if fused.metadata_judged is not None:
+        kind, judged = "metadata", fused.metadata_judged
+    timings.update(fused.timings)
     timings["total"] = time.perf_counter() - t0
-    return TextSearchResult(hits, judged, kind, q, plan, notes, exemplars, timings)
+    return TextSearchResult(fused.hits, judged, kind, q, plan, notes + fused.notes, fused.exemplars, timings)
 
 
 def _metadata_matches(coll: Collection, text: str, p: HybridParams

@@ -49,15 +49,16 @@ def exemplar_vector(coll: Collection, text: str, n: int = 8, providers: Any = No
                     ) -> tuple[np.ndarray | None, ExemplarReport]:
     """(unit query vector in ``coll``'s image space, report); the vector is None when nothing could
     be fetched (no network, no results) -- the report says why, and text search carries on."""
-    from ..expansion.sources import as_chain, policy_from_env
+    from ..expansion.sources import as_chain, policy_for, providers_for
     from ..expansion.terms import clean_term
     from ..web.download import fetch_many
 
     term = clean_term(text)
     report = ExemplarReport(term=term)
-    policy = policy or policy_from_env()
+    policy = policy or policy_for()
     try:
-        found, prov = as_chain(providers).search(term, max(2 * n, n + 4))
+        chain = providers_for() if providers is None else as_chain(providers)
+        found, prov = chain.search(term, max(2 * n, n + 4))
     except (NetworkError, IMRSError) as exc:
         report.error = str(exc)
         return None, report

@@ -12,7 +12,6 @@ RGB, shrunk to ``max_side``, JPEG), so metadata and any payload after the image 
 
 from __future__ import annotations
 
-import io
 import logging
 import threading
 import time
@@ -23,15 +22,14 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import NoReturn
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import urlsplit
 
-import numpy as np
 import requests
-import urllib3.exceptions
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
 
 from ..errors import ImageDecodeError, NetworkError
 from ..fsutil import atomic_path
+from ..imageio import IMAGE_FORMATS, open_image
 from . import netguard
 
 log = logging.getLogger(__name__)
@@ -47,30 +45,21 @@ DEFAULT_USER_AGENT = (
     f"IMRS/{__version__} (self-hosted image retrieval; +{PROJECT_URL}) python-requests/{requests.__version__}"
 )
 
-#: Decoders we let touch remote bytes. Pillow can open far more (EPS even shells out to
-#: Ghostscript); web images are these, and a smaller attack surface is the point.
-WEB_FORMATS = ("JPEG", "MPO", "PNG", "GIF", "WEBP", "BMP", "TIFF", "AVIF")
-
-_REDIRECT_CODES = (301, 302, 303, 307, 308)
-_CHUNK = 64 * 1024
+#: Decoders we let touch remote bytes: the same short list as for files on disk.
+WEB_FORMATS = IMAGE_FORMATS
 
 
 @dataclass(frozen=True)
-class DownloadPolicy:
-    """Limits for one download; the defaults suit thumbnails for an image index."""
+class DownloadPolicy(netguard.Limits):
+    """Limits for one download; the defaults suit thumbnails for an image index.
 
-    max_bytes: int = 10_000_000
-    connect_timeout: float = 5.0
-    read_timeout: float = 10.0
-    #: Wall-clock cap per URL, redirects included: stops servers that drip a byte per second.
-    total_timeout: float = 30.0
-    max_redirects: int = 3
+    The network limits (bytes, timeouts, redirects, loopback) are the guard's own ``Limits``,
+    shared with every other outbound request; the rest is about images and parallelism."""
+
     #: Decompression-bomb cap, checked from the header before any pixel is decoded.
     max_pixels: int = 50_000_000
     max_side: int = 256
     jpeg_quality: int = 85
-    #: Lets exactly the loopback range through (tests, a local mirror); 10/8 etc. stay blocked.
-    allow_loopback: bool = False
     workers: int = 8
     per_host: int = 2
     user_agent: str = DEFAULT_USER_AGENT
@@ -113,17 +102,7 @@ class _Refused(Exception):
         self.redirects = 0
 
 
-@dataclass
-class _Fetched:
-    data: bytes
-    final_url: str
-    content_type: str
-    redirects: int = 0
-
-
-def _short(text: object, limit: int = 160) -> str:
-    line = " ".join(str(text).split())
-    return line if len(line) <= limit else line[: limit - 3] + "..."
+_short = netguard.short
 
 
 def make_session(policy: DownloadPolicy | None = None) -> requests.Session:
@@ -136,199 +115,36 @@ def _session_for(policy: DownloadPolicy, session: requests.Session | None) -> tu
     """Return ``(session, owned)``; a caller's session gets the guard mounted if it lacks it."""
     if session is None:
         return make_session(policy), True
-    if not netguard.is_guarded(session, policy.allow_loopback):
-        adapter = netguard.GuardedAdapter(policy.allow_loopback, pool_maxsize=policy.per_host)
-        session.mount("http://", adapter)
-        session.mount("https://", adapter)
-        session.trust_env = False
-    return session, False
+    return netguard.ensure_guarded(session, policy.allow_loopback, policy.per_host), False
 
 
-def _request_error(exc: BaseException, end: float, policy: DownloadPolicy) -> _Refused:
-    if isinstance(exc, netguard.BlockedURLError):
-        return _Refused(str(exc))
-    if time.monotonic() >= end:
-        return _Refused(f"timeout: exceeded {policy.total_timeout:g} s overall")
-    if isinstance(exc, requests.exceptions.ConnectTimeout | urllib3.exceptions.ConnectTimeoutError):
-        return _Refused(f"timeout: connect took > {policy.connect_timeout:g} s")
-    if isinstance(exc, requests.exceptions.ReadTimeout | urllib3.exceptions.ReadTimeoutError | TimeoutError):
-        return _Refused(f"timeout: no data for {policy.read_timeout:g} s")
-    if isinstance(exc, requests.exceptions.SSLError):
-        return _Refused(f"tls error: {_short(exc, 120)}")
-    return _Refused(f"connection failed: {_short(type(exc).__name__ + ': ' + str(exc), 140)}")
+_ACCEPT = {"Accept": "image/avif,image/webp,image/png,image/jpeg,image/*;q=0.8"}
 
 
-def _read_body(resp: requests.Response, policy: DownloadPolicy, end: float) -> bytes:
-    declared = resp.headers.get("Content-Length")
-    if declared is not None:
-        try:
-            if int(declared) > policy.max_bytes:
-                raise _Refused(f"too large: > {policy.max_bytes} bytes (declared {int(declared)})")
-        except ValueError:
-            raise _Refused(f"bad Content-Length: {_short(declared, 40)}") from None
-    buf = bytearray()
-    while True:
-        # read1 returns whatever has arrived, so the size and deadline checks run between
-        # small reads instead of after a 64 KiB read that a drip-feeding server never fills.
-        chunk = resp.raw.read1(_CHUNK, decode_content=False)
-        if not chunk:
-            break
-        buf += chunk
-        if len(buf) > policy.max_bytes:
-            raise _Refused(f"too large: > {policy.max_bytes} bytes")
-        if time.monotonic() >= end:
-            raise _Refused(f"timeout: exceeded {policy.total_timeout:g} s overall")
-    if time.monotonic() >= end:
-        raise _Refused(f"timeout: exceeded {policy.total_timeout:g} s overall")
-    return bytes(buf)
+def _fetch(url: str, policy: DownloadPolicy, session: requests.Session) -> netguard.Fetched:
+    """GET ``url`` through the one guarded fetch, with the policy's limits and type allow-list."""
 
+    def type_ok(ctype: str) -> str | None:
+        return None if policy.content_type_allowed(ctype) else f"not an image: {_short(ctype, 60) or 'no Content-Type'}"
 
-def _fetch(url: str, policy: DownloadPolicy, session: requests.Session) -> _Fetched:
-    """GET ``url`` following at most ``max_redirects`` redirects, each one re-checked."""
-    state = {"url": url, "redirects": 0}
     try:
-        return _fetch_inner(url, policy, session, state)
-    except _Refused as e:
-        e.final_url = str(state["url"])
-        e.redirects = int(state["redirects"])
-        raise
-
-
-def _fetch_inner(url: str, policy: DownloadPolicy, session: requests.Session, state: dict) -> _Fetched:
-    current = url
-    seen = {url}
-    redirects = 0
-    headers = {
-        "Accept": "image/avif,image/webp,image/png,image/jpeg,image/*;q=0.8",
-        # Compressed transfer would let a small body inflate past the byte cap inside urllib3.
-        "Accept-Encoding": "identity",
-        "User-Agent": policy.user_agent,
-    }
-    with netguard.deadline(policy.total_timeout) as end:
-        while True:
-            try:
-                netguard.check_url(current, policy.allow_loopback)
-            except NetworkError as e:  # BlockedURLError or unresolvable
-                raise _Refused(str(e)) from None
-            try:
-                resp = session.get(
-                    current,
-                    headers=headers,
-                    stream=True,
-                    allow_redirects=False,
-                    timeout=(policy.connect_timeout, policy.read_timeout),
-                )
-            except (requests.exceptions.RequestException, netguard.BlockedURLError, OSError) as e:
-                raise _request_error(e, end, policy) from None
-            try:
-                if resp.status_code in _REDIRECT_CODES:
-                    location = resp.headers.get("Location")
-                    if not location:
-                        raise _Refused(f"http {resp.status_code} without Location")
-                    redirects += 1
-                    state["redirects"] = redirects
-                    if redirects > policy.max_redirects:
-                        raise _Refused(f"too many redirects: > {policy.max_redirects}")
-                    nxt = urljoin(current, location.strip())
-                    if nxt in seen:
-                        raise _Refused(f"redirect loop: {_short(nxt, 100)}")
-                    seen.add(nxt)
-                    current = state["url"] = nxt
-                    state["redirects"] = redirects
-                    continue
-                if resp.status_code != 200:
-                    raise _Refused(f"http {resp.status_code}")
-                ctype = resp.headers.get("Content-Type", "").split(";", 1)[0].strip().lower()
-                if not policy.content_type_allowed(ctype):
-                    raise _Refused(f"not an image: {_short(ctype, 60) or 'no Content-Type'}")
-                encoding = resp.headers.get("Content-Encoding", "identity").strip().lower()
-                if encoding not in ("", "identity"):
-                    raise _Refused(f"unsupported Content-Encoding: {_short(encoding, 40)}")
-                try:
-                    data = _read_body(resp, policy, end)
-                except _Refused:
-                    raise
-                except (requests.exceptions.RequestException, urllib3.exceptions.HTTPError, OSError) as e:
-                    raise _request_error(e, end, policy) from None
-                return _Fetched(data, current, ctype, redirects)
-            finally:
-                resp.close()
-
-
-def _to_rgb(im: Image.Image) -> Image.Image:
-    """RGB for every mode a web image comes in; transparency is composited on white."""
-    if im.mode in ("I", "F") or im.mode.startswith("I;16"):
-        arr = np.asarray(im, dtype=np.float64)
-        hi = float(arr.max()) if arr.size else 0.0
-        if hi > 255:
-            arr = arr * (255.0 / hi)
-        im = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "L")
-    if im.mode == "P" or (im.mode in ("L", "RGB", "1") and "transparency" in im.info):
-        im = im.convert("RGBA")
-    if im.mode in ("RGBA", "LA", "La", "RGBa", "PA"):
-        rgba = im.convert("RGBA")
-        background = Image.new("RGB", rgba.size, (255, 255, 255))
-        background.paste(rgba, mask=rgba.getchannel("A"))
-        return background
-    if im.mode != "RGB":
-        im = im.convert("RGB")
-    return im
-
-
-def _web_formats() -> list[str]:
-    Image.init()
-    return [f for f in WEB_FORMATS if f in Image.OPEN]  # AVIF/MPO depend on the Pillow build
-
-
-def _open(data: bytes) -> Image.Image:
-    try:
-        return Image.open(io.BytesIO(data), formats=_web_formats())
-    except Image.DecompressionBombError as e:
-        raise _Refused(f"decompression bomb: {_short(str(e).split(',')[0], 100)}", "decode") from None
-    except UnidentifiedImageError:
-        raise _Refused("corrupt image: not a supported image format", "decode") from None
-    except Exception as e:  # noqa: BLE001 - any parser failure on hostile bytes is "corrupt"
-        raise _Refused(f"corrupt image: {_short(type(e).__name__ + ': ' + str(e), 100)}", "decode") from None
+        return netguard.fetch(url, policy, session, headers=_ACCEPT, content_type_ok=type_ok)
+    except netguard.FetchRefused as e:
+        refused = _Refused(e.reason)
+        refused.final_url, refused.redirects = e.final_url, e.redirects
+        raise refused from None
 
 
 def decode_image(data: bytes, max_pixels: int, max_side: int | None) -> Image.Image:
     """Decode untrusted bytes to a bounded RGB image, or raise ``_Refused`` (kind "decode").
 
-    The pixel cap is checked from the header, per call, before decoding: Pillow's own
-    ``MAX_IMAGE_PIXELS`` is process-global and left alone.
+    The project's one decoder (``imrs.imageio``), restricted to web formats; the pixel cap is
+    checked from the header, per call, before decoding.
     """
-    im = _open(data)
-    width, height = im.size
-    if width <= 0 or height <= 0:
-        raise _Refused("corrupt image: empty dimensions", "decode")
-    if width * height > max_pixels:
-        raise _Refused(f"decompression bomb: {width}x{height} px > {max_pixels} px", "decode")
     try:
-        im.verify()
-    except Exception as e:  # noqa: BLE001
-        raise _Refused(f"corrupt image: {_short(type(e).__name__ + ': ' + str(e), 100)}", "decode") from None
-    im = _open(data)  # verify() leaves the image unusable; open again to decode
-    try:
-        if max_side:
-            im.draft("RGB", (max_side, max_side))  # JPEG: decode at 1/2..1/8 scale, much less work
-        im.load()
-    except Image.DecompressionBombError as e:
-        raise _Refused(f"decompression bomb: {_short(e, 100)}", "decode") from None
-    except Exception as e:  # noqa: BLE001
-        raise _Refused(f"corrupt image: {_short(type(e).__name__ + ': ' + str(e), 100)}", "decode") from None
-    try:
-        rotated = ImageOps.exif_transpose(im)
-        if rotated is not None:
-            im = rotated
-    except Exception:  # noqa: BLE001 - a broken EXIF block is not worth losing the image
-        log.debug("ignoring unreadable EXIF orientation")
-    try:
-        im = _to_rgb(im)
-        if max_side:
-            im.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
-    except Exception as e:  # noqa: BLE001
-        raise _Refused(f"corrupt image: {_short(type(e).__name__ + ': ' + str(e), 100)}", "decode") from None
-    return im
+        return open_image(data, max_pixels=max_pixels, max_side=max_side, formats=WEB_FORMATS).image
+    except ImageDecodeError as e:
+        raise _Refused(e.reason, "decode") from None
 
 
 def fetch_image(
@@ -390,7 +206,7 @@ def fetch_image_bytes(
     sess, owned = _session_for(policy, session)
     try:
         fetched = _fetch(url, policy, sess)
-        decode_image(fetched.data, policy.max_pixels, None)
+        decode_image(fetched.data, policy.max_pixels, policy.max_side)  # proves it decodes; reduced is enough
         return fetched.data
     except _Refused as e:
         _raise_for(url, e)

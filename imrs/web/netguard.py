@@ -27,10 +27,13 @@ import logging
 import socket
 import threading
 import time
-from collections.abc import Iterator
-from urllib.parse import urlsplit
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urljoin, urlsplit
 
 import requests
+import urllib3.exceptions
 from requests.adapters import HTTPAdapter
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
@@ -66,13 +69,22 @@ def _embedded_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
 
 
 def classify_ip(ip: IPAddress) -> str | None:
-    """The kind of non-public address ``ip`` is ("loopback", "private", ...), or None if public."""
+    """The kind of non-public address ``ip`` is ("loopback", "private", ...), or None if public.
+
+    Only 127.0.0.0/8, ::1 and the IPv4-mapped ::ffff:127.x (which a dual-stack socket connects to
+    127.x) are "loopback". Loopback wrapped in any other IPv6 form (``::127.0.0.1``, 6to4, NAT64,
+    Teredo) is "embedded-loopback": it never reaches this machine's loopback interface, so
+    ``allow_loopback`` -- which exists for local test servers -- does not open it.
+    """
     if isinstance(ip, ipaddress.IPv6Address):
         if ip.scope_id:
             return "link-local"
         inner = _embedded_ipv4(ip)
         if inner is not None:
-            return classify_ip(inner)
+            kind = classify_ip(inner)
+            if kind == "loopback" and ip.ipv4_mapped is None:
+                return "embedded-loopback"
+            return kind
     # Order matters: the most specific word first (127.0.0.1 is also "private" to ipaddress).
     if ip.is_unspecified:
         return "unspecified"
@@ -288,3 +300,176 @@ def is_guarded(session: requests.Session, allow_loopback: bool) -> bool:
         if not isinstance(adapter, GuardedAdapter) or (adapter.allow_loopback and not allow_loopback):
             return False
     return session.trust_env is False
+
+
+def ensure_guarded(session: requests.Session, allow_loopback: bool, pool_maxsize: int = 10) -> requests.Session:
+    """``session`` with the guard mounted on both schemes (a caller's own session included)."""
+    if not is_guarded(session, allow_loopback):
+        adapter = GuardedAdapter(allow_loopback, pool_maxsize=pool_maxsize)
+        session.mount("http://", adapter)
+        session.mount("https://", adapter)
+        session.trust_env = False
+    return session
+
+
+# --- the one guarded GET -----------------------------------------------------------------------
+
+_REDIRECT_CODES = (301, 302, 303, 307, 308)
+_CHUNK = 64 * 1024
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What any single outbound request may cost: bytes, seconds, redirects, reachable addresses.
+
+    Image downloads (``DownloadPolicy``), MediaWiki API calls and DuckDuckGo queries all pass
+    one of these to :func:`fetch`, so every request the project makes obeys the same rules.
+    """
+
+    max_bytes: int = 10_000_000
+    connect_timeout: float = 5.0
+    read_timeout: float = 10.0
+    #: Wall-clock cap per URL, redirects included: stops servers that drip a byte per second.
+    total_timeout: float = 30.0
+    max_redirects: int = 3
+    #: Lets exactly the loopback range through (tests, a local mirror); 10/8 etc. stay blocked.
+    allow_loopback: bool = False
+    user_agent: str | None = None
+
+
+class FetchRefused(NetworkError):
+    """A request was refused or failed; ``reason`` is one line, ``final_url`` where it ended."""
+
+    def __init__(self, reason: str, final_url: str | None = None, redirects: int = 0) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.final_url = final_url
+        self.redirects = redirects
+
+
+@dataclass
+class Fetched:
+    data: bytes
+    final_url: str
+    content_type: str
+    redirects: int = 0
+
+
+def short(text: object, limit: int = 160) -> str:
+    line = " ".join(str(text).split())
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def _request_error(exc: BaseException, end: float, limits: Limits) -> str:
+    if isinstance(exc, BlockedURLError):
+        return str(exc)
+    if time.monotonic() >= end:
+        return f"timeout: exceeded {limits.total_timeout:g} s overall"
+    if isinstance(exc, requests.exceptions.ConnectTimeout | urllib3.exceptions.ConnectTimeoutError):
+        return f"timeout: connect took > {limits.connect_timeout:g} s"
+    if isinstance(exc, requests.exceptions.ReadTimeout | urllib3.exceptions.ReadTimeoutError | TimeoutError):
+        return f"timeout: no data for {limits.read_timeout:g} s"
+    if isinstance(exc, requests.exceptions.SSLError):
+        return f"tls error: {short(exc, 120)}"
+    return f"connection failed: {short(type(exc).__name__ + ': ' + str(exc), 140)}"
+
+
+def _read_body(resp: requests.Response, limits: Limits, end: float) -> bytes:
+    declared = resp.headers.get("Content-Length")
+    if declared is not None:
+        try:
+            size = int(declared)
+        except ValueError:
+            raise FetchRefused(f"bad Content-Length: {short(declared, 40)}") from None
+        if size > limits.max_bytes:
+            raise FetchRefused(f"too large: > {limits.max_bytes} bytes (declared {size})")
+    buf = bytearray()
+    while True:
+        # read1 returns whatever has arrived, so the size and deadline checks run between
+        # small reads instead of after a 64 KiB read that a drip-feeding server never fills.
+        # decode_content=False: a compressed body is never inflated here (see fetch()).
+        chunk = resp.raw.read1(_CHUNK, decode_content=False)
+        if not chunk:
+            break
+        buf += chunk
+        if len(buf) > limits.max_bytes:
+            raise FetchRefused(f"too large: > {limits.max_bytes} bytes")
+        if time.monotonic() >= end:
+            raise FetchRefused(f"timeout: exceeded {limits.total_timeout:g} s overall")
+    if time.monotonic() >= end:
+        raise FetchRefused(f"timeout: exceeded {limits.total_timeout:g} s overall")
+    return bytes(buf)
+
+
+def fetch(url: str, limits: Limits, session: requests.Session, *, params: Mapping[str, Any] | None = None,
+          headers: Mapping[str, str] | None = None,
+          content_type_ok: Callable[[str], str | None] | None = None) -> Fetched:
+    """GET ``url`` through the guard: every hop checked, at most ``max_redirects`` of them, no
+    loops, the body capped at ``max_bytes`` and the whole exchange at ``total_timeout`` seconds.
+
+    ``content_type_ok(ctype)`` returns None to accept, else the refusal reason. Compressed
+    bodies are refused, never inflated: ``Accept-Encoding: identity`` is asked for, and a server
+    that compresses anyway would otherwise turn the byte cap into a decompression bomb.
+    Raises :class:`FetchRefused` (a NetworkError) with a one-line reason.
+    """
+    ensure_guarded(session, limits.allow_loopback)
+    if params:
+        prepared = requests.models.PreparedRequest()
+        prepared.prepare_url(url, dict(params))
+        url = str(prepared.url)
+    hdrs = {"Accept-Encoding": "identity", **dict(headers or {})}
+    if limits.user_agent:
+        hdrs.setdefault("User-Agent", limits.user_agent)
+    current = url
+    seen = {url}
+    redirects = 0
+    with deadline(limits.total_timeout) as end:
+        while True:
+            try:
+                check_url(current, limits.allow_loopback)
+                try:
+                    resp = session.get(current, headers=hdrs, stream=True, allow_redirects=False,
+                                       timeout=(limits.connect_timeout, limits.read_timeout))
+                except (requests.exceptions.RequestException, BlockedURLError, OSError) as e:
+                    raise FetchRefused(_request_error(e, end, limits)) from None
+                if time.monotonic() >= end:  # the watchdog cut the headers short: what arrived is not an answer
+                    resp.close()
+                    raise FetchRefused(f"timeout: exceeded {limits.total_timeout:g} s overall")
+                try:
+                    if resp.status_code in _REDIRECT_CODES:
+                        location = resp.headers.get("Location")
+                        if not location:
+                            raise FetchRefused(f"http {resp.status_code} without Location")
+                        redirects += 1
+                        if redirects > limits.max_redirects:
+                            raise FetchRefused(f"too many redirects: > {limits.max_redirects}")
+                        nxt = urljoin(current, location.strip())
+                        if nxt in seen:
+                            raise FetchRefused(f"redirect loop: {short(nxt, 100)}")
+                        seen.add(nxt)
+                        current = nxt
+                        continue
+                    if resp.status_code != 200:
+                        raise FetchRefused(f"http {resp.status_code}")
+                    ctype = resp.headers.get("Content-Type", "").split(";", 1)[0].strip().lower()
+                    if content_type_ok is not None:
+                        why = content_type_ok(ctype)
+                        if why:
+                            raise FetchRefused(why)
+                    encoding = resp.headers.get("Content-Encoding", "identity").strip().lower()
+                    if encoding not in ("", "identity"):
+                        raise FetchRefused(f"unsupported Content-Encoding: {short(encoding, 40)}")
+                    try:
+                        data = _read_body(resp, limits, end)
+                    except FetchRefused:
+                        raise
+                    except (requests.exceptions.RequestException, urllib3.exceptions.HTTPError, OSError) as e:
+                        raise FetchRefused(_request_error(e, end, limits)) from None
+                    return Fetched(data, current, ctype, redirects)
+                finally:
+                    resp.close()
+            except FetchRefused as e:
+                e.final_url, e.redirects = current, redirects
+                raise
+            except NetworkError as e:  # BlockedURLError or unresolvable, from check_url
+                raise FetchRefused(str(e), current, redirects) from None

@@ -1,53 +1,39 @@
 """``imrs expand``, ``imrs dynamic list`` and ``imrs prune``: the web-expansion commands.
 
-Registered into the main parser by ``imrs.cli`` (see ``PLUGINS``). Everything here is argument
-parsing and printing; the work is in ``imrs.expansion``.
+Everything here is argument parsing and printing; the work is in ``imrs.expansion`` and
+``imrs.query``, configured by the same ``Settings`` as ``imrs search --expand``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import sys
 from typing import Any
 
-from .cli import _common_collection_args, open_collection
-from .config import ENV_PROVIDER, ENV_WIKIMEDIA_API, PROVIDER_CHOICES
-from .errors import IMRSError
+from ..config import PROVIDER_CHOICES, Settings
+from ..errors import IMRSError
+from .common import collection_args, int_in, open_collection, settings_from
 
-# imrs.expansion (and with it the HTTP stack) is imported by the commands, not at registration:
-# every `imrs` command registers these options, only expansion commands need the machinery.
-
-
-def _int_in(lo: int, hi: int, what: str) -> Any:
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{what} must be an integer, not {text!r}") from None
-        if not lo <= value <= hi:
-            raise argparse.ArgumentTypeError(f"{what} must be between {lo} and {hi}, not {value}")
-        return value
-
-    return parse
+# imrs.expansion (and with it the HTTP stack, ~0.3 s) is imported by the commands, not when every
+# `imrs` start registers their options.
 
 
 # -- imrs expand ------------------------------------------------------------------------------------
 def cmd_expand(args: argparse.Namespace) -> int:
-    from .expansion import expand_batch, make_providers, policy_from_env, read_terms
+    from ..expansion import expand_batch, policy_for, providers_for, read_terms
+    from ..expansion.terms import clean_term
 
     terms = list(args.terms or [])
     if args.csv:
         terms += read_terms(args.csv)
     if not terms:
         raise IMRSError("give at least one TERM, or --csv FILE with one term per line")
-    coll = open_collection(args)
-    providers = make_providers(args.provider or os.environ.get(ENV_PROVIDER, "auto") or "auto",
-                               args.wikimedia_api or os.environ.get(ENV_WIKIMEDIA_API) or None,
-                               args.urls_file)
-    policy = policy_from_env(max_side=args.max_side, jpeg_quality=args.quality, workers=args.workers,
-                             allow_loopback=True if args.allow_loopback else None)
+    if any(not clean_term(t) for t in terms):
+        raise IMRSError("empty search term: every TERM needs at least one word")
+    s = settings_from(args)
+    coll = open_collection(args, settings=s)
+    providers = providers_for(s)
+    policy = policy_for(s)
     show = not args.quiet and not args.json
     outer = None
     if show and len(terms) > 1:
@@ -62,7 +48,7 @@ def cmd_expand(args: argparse.Namespace) -> int:
             outer.refresh()
 
     try:
-        batch = expand_batch(coll, terms, n=args.n, policy=policy, phash_threshold=args.phash,
+        batch = expand_batch(coll, terms, n=s.expand_n, policy=policy, phash_threshold=s.expand_phash_distance,
                              providers=providers, progress=progress, term_progress=show)
     finally:
         if outer is not None:
@@ -89,7 +75,7 @@ def cmd_expand(args: argparse.Namespace) -> int:
 
 # -- imrs dynamic list ------------------------------------------------------------------------------
 def cmd_dynamic(args: argparse.Namespace) -> int:
-    from .expansion import dynamic_groups, list_dynamic
+    from ..expansion import dynamic_groups, list_dynamic
 
     coll = open_collection(args)
     if args.term:
@@ -124,8 +110,8 @@ def cmd_dynamic(args: argparse.Namespace) -> int:
 
 # -- imrs prune -------------------------------------------------------------------------------------
 def cmd_prune(args: argparse.Namespace) -> int:
-    from .expansion import prune
-    from .expansion.prune import select as select_for_prune
+    from ..expansion import prune
+    from ..expansion.prune import select as select_for_prune
 
     coll = open_collection(args)
     if args.dry_run:
@@ -149,33 +135,38 @@ def register(sub: Any) -> None:
     p.add_argument("terms", nargs="*", metavar="TERM", help="search term(s); quote multi-word terms")
     p.add_argument("--csv", metavar="FILE",
                    help="more terms from a file: one per line, or a CSV with a 'term' column (else the first)")
-    p.add_argument("-n", type=_int_in(1, 500, "-n"), default=20, help="images to add per term (default 20)")
-    p.add_argument("--max-side", type=_int_in(32, 4096, "--max-side"), default=256,
-                   help="longer side of the stored images in pixels (default 256)")
-    p.add_argument("--quality", type=_int_in(1, 95, "--quality"), default=85, help="JPEG quality (default 85)")
-    p.add_argument("--phash", type=_int_in(0, 64, "--phash"), default=4,
-                   help="pHash Hamming distance at or below which an image is a near-duplicate (default 4)")
+    d = Settings()
+    p.add_argument("-n", type=int_in(1, 500, "-n"), default=None,
+                   help=f"images to add per term (default $IMRS_EXPAND_N or {d.expand_n})")
+    p.add_argument("--max-side", type=int_in(32, 4096, "--max-side"), default=None,
+                   help=f"longer side of the stored images in pixels (default {d.expand_max_side})")
+    p.add_argument("--quality", type=int_in(1, 95, "--quality"), default=None,
+                   help=f"JPEG quality (default {d.expand_jpeg_quality})")
+    p.add_argument("--phash", type=int_in(0, 64, "--phash"), default=None,
+                   help="pHash Hamming distance at or below which an image is a near-duplicate "
+                        f"(default {d.expand_phash_distance})")
     p.add_argument("--provider", choices=PROVIDER_CHOICES, default=None,
-                   help=f"image search: DuckDuckGo, Wikimedia, or both in that order (default ${ENV_PROVIDER} "
+                   help="image search: DuckDuckGo, Wikimedia, or both in that order (default $IMRS_EXPAND_PROVIDER "
                         "or auto)")
     p.add_argument("--wikimedia-api", metavar="URL",
-                   help=f"MediaWiki API for Commons search (a mirror; default ${ENV_WIKIMEDIA_API} or Commons)")
+                   help="MediaWiki API for Commons search (a mirror; default $IMRS_WIKIMEDIA_API or Commons)")
     p.add_argument("--urls-file", metavar="FILE",
                    help="use a fixed list of image URLs instead of a search (one per line, or term<TAB>url)")
     p.add_argument("--allow-loopback", action="store_true",
                    help="let downloads reach 127.0.0.1 -- for local testing only (a loopback test server); "
                         "never needed for real web images")
-    p.add_argument("--workers", type=_int_in(1, 64, "--workers"), default=8, help="parallel downloads (default 8)")
+    p.add_argument("--workers", type=int_in(1, 64, "--workers"), default=None,
+                   help=f"parallel downloads (default {d.expand_workers})")
     p.add_argument("--json", action="store_true", help="print the full report as JSON")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
-    _common_collection_args(p)
+    collection_args(p)
     p.set_defaults(func=cmd_expand)
 
     p = sub.add_parser("dynamic", help="list the web images added by expansion")
     p.add_argument("action", choices=["list"], nargs="?", default="list")
     p.add_argument("--term", help="list the images of one term (or folder slug)")
     p.add_argument("--json", action="store_true")
-    _common_collection_args(p)
+    collection_args(p)
     p.set_defaults(func=cmd_dynamic)
 
     p = sub.add_parser("prune", help="remove web images (by term or id); never touches your own images")
@@ -183,11 +174,5 @@ def register(sub: Any) -> None:
     group.add_argument("--term", help="remove every image of this term (or folder slug)")
     group.add_argument("--ids", nargs="+", metavar="ID", help="remove these image ids (see `imrs dynamic list`)")
     p.add_argument("--dry-run", action="store_true", help="only show what would be removed")
-    _common_collection_args(p)
+    collection_args(p)
     p.set_defaults(func=cmd_prune)
-
-
-if __name__ == "__main__":  # pragma: no cover - `python -m imrs.expansion_cli` for debugging
-    from .cli import main
-
-    sys.exit(main(["expand", *sys.argv[1:]]))

@@ -39,7 +39,7 @@ def _index_params(items: list[str]) -> dict[str, dict[str, Any]]:
 
 
 def register(subparsers: Any) -> None:
-    from .runner import IMPROVEMENTS
+    from ..bench.runner import IMPROVEMENTS
 
     p = subparsers.add_parser(
         "bench", help="benchmark backbones x indexes on a labelled folder (speed, memory, recall, mAP)",
@@ -75,9 +75,9 @@ def register(subparsers: Any) -> None:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    from ..bench.report import latest_run
+    from ..bench.runner import IMPROVEMENTS, BenchConfig, run_bench
     from ..config import home_dir
-    from .report import latest_run
-    from .runner import IMPROVEMENTS, BenchConfig, run_bench
 
     imps = _csv(args.improvements)
     if imps in (["all"], ["ALL"]):

@@ -1,0 +1,501 @@
+"""The one search-and-grow loop: a ``Query`` in, a ``QueryOutcome`` out.
+
+IMRS exists for this loop: the collection answers a query, IMRS judges whether the answer is good
+enough, and when it is not (and the caller asked for growth) it fetches images of the concept
+from the web, keeps those that really show it, adds them and answers again. The CLI, the app and
+any API call only this module; none of them holds coverage, term or growth logic of its own, so
+the three can no longer drift apart.
+
+What is judged ("the verdict") depends on the query and the backbone, and is decided here only:
+
+- image queries and text on a text-capable backbone (CLIP): the cosine scores of the best hits;
+- text on an image-only backbone: the class-space (ConSE) scores of ``imrs.textmap``, because the
+  cosine scores of its prototype query vector are high whether or not the concept is present.
+
+The verdict looks at a fixed depth of results (``JUDGE_DEPTH``), not at the ``k`` the person
+asked for, so ``-k 1`` on a perfect match is not "weak" for lack of company. The query image
+itself, when it is part of the collection, is left out of what is judged and marked in the hits.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .config import Settings
+from .errors import IMRSError, NetworkError
+from .expansion.coverage import (
+    NO_MATCH,
+    CoverageThresholds,
+    check_coverage,
+    is_clutter_label,
+    thresholds_with_source,
+)
+from .expansion.terms import clean_term, readable_label
+from .progress import Progress, Reporter
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+    from .collection import Collection, SearchHit
+    from .expansion.grow import ExpansionReport
+
+log = logging.getLogger(__name__)
+
+#: How many results the verdict looks at, whatever ``k`` was asked for.
+JUDGE_DEPTH = 20
+#: A hit this close to the query is the query image itself (or a byte-identical copy).
+SAME_IMAGE = 0.9995
+MAX_TERMS = 6
+
+ImageInput = str | os.PathLike[str] | bytes | Any  # PIL.Image.Image
+
+
+@dataclass(frozen=True)
+class Query:
+    """One question to the collection: exactly one of ``text`` / ``image``."""
+
+    text: str | None = None
+    image: ImageInput | None = None
+    k: int = 10
+    qe: int | None = None  # None: settings.qe
+    expand: bool = False  # grow from the web when the verdict is weak
+    term: str | None = None  # confirmed web search term (image queries grow only with one)
+    n_images: int | None = None  # None: settings.expand_n
+    exclude_ids: tuple[int, ...] = ()
+    metadata: bool = True  # text: fuse what the collection says in words (labels, captions, ...)
+    web_exemplars: bool = False  # text: also search with a few web images for it (not kept)
+
+    def validate(self) -> None:
+        if (self.text is None or not str(self.text).strip()) == (self.image is None):
+            raise IMRSError("give exactly one of a text or an image query")
+        if not 1 <= int(self.k) <= 1000:
+            raise IMRSError(f"k must be between 1 and 1000, not {self.k}")
+        if self.term is not None and not clean_term(self.term):
+            raise IMRSError("the expansion term is empty")
+
+    @property
+    def kind(self) -> str:
+        return "text" if self.text is not None and str(self.text).strip() else "image"
+
+
+@dataclass
+class Verdict:
+    """Is the answer good enough? Always computed; growth only decides what to do with it."""
+
+    weak: bool
+    reason: str
+    kind: str  # "image" | "text" | "textmap" | "metadata": which scores were judged
+    scores: list[float]  # the judged scores, best first
+    best: float
+    source: str  # "calibrated" | "default" | "env": where the thresholds came from
+    label: str  # "likely match" | "uncertain" | "no match"
+    thresholds: CoverageThresholds | None = None
+    n_good: int = 0
+
+    def line(self) -> str:
+        word = "weak" if self.weak else "ok"
+        return f"coverage {word}: {self.reason} [{self.kind} scores, {self.source} thresholds] -> {self.label}"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"weak": self.weak, "reason": self.reason, "kind": self.kind, "label": self.label,
+                "best": _num(self.best), "n_good": self.n_good, "source": self.source,
+                "scores": [round(float(s), 4) for s in self.scores],
+                "thresholds": self.thresholds.as_dict() if self.thresholds else None}
+
+
+@dataclass
+class TermCandidate:
+    term: str
+    score: float
+    method: str  # "text" | "clip" | "imagenet" | "neighbours"
+
+
+@dataclass
+class QueryOutcome:
+    query: Query
+    hits: list[SearchHit]
+    verdict: Verdict
+    terms: list[TermCandidate] = field(default_factory=list)
+    hits_before: list[SearchHit] | None = None
+    verdict_before: Verdict | None = None
+    report: ExpansionReport | None = None
+    error: str | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+    stages: tuple[str, ...] = ()  # search improvements applied (``imrs improve``)
+
+    @property
+    def grew(self) -> bool:
+        return self.report is not None
+
+    def summary(self) -> str:
+        """What happened, in the lines a terminal shows above the hits."""
+        lines = []
+        if self.verdict_before is not None:
+            lines.append(f"before: {self.verdict_before.line()}")
+        if self.report is not None:
+            lines.append(f"grew: {self.report.summary()}")
+        if self.error:
+            lines.append(f"growth: {self.error}")
+        lines.append(self.verdict.line())
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        def hit(n: int, h: SearchHit) -> dict[str, Any]:
+            return {"rank": n, "score": round(float(h.score), 4), "confidence": h.confidence, "why": list(h.why),
+                    "id": h.id, "label": h.label, "source": h.source, "path": str(h.path)}
+
+        return {
+            "query": {"text": self.query.text, "image": None if self.query.image is None else
+                      (str(self.query.image) if isinstance(self.query.image, str | os.PathLike) else "<image>"),
+                      "k": self.query.k, "expand": self.query.expand, "term": self.query.term},
+            "verdict": self.verdict.as_dict(),
+            "terms": [{"term": t.term, "score": round(float(t.score), 4), "method": t.method} for t in self.terms],
+            "hits": [hit(n, h) for n, h in enumerate(self.hits, 1)],
+            "before": None if self.verdict_before is None else {
+                "verdict": self.verdict_before.as_dict(),
+                "hits": [hit(n, h) for n, h in enumerate(self.hits_before or [], 1)]},
+            "growth": None if self.report is None else self.report.as_dict(),
+            "error": self.error,
+            "timings": {k: round(v, 4) for k, v in self.timings.items()},
+            "stages": list(self.stages),
+        }
+
+
+def _num(x: float) -> float | None:
+    return None if x is None or (isinstance(x, float) and np.isnan(x)) else round(float(x), 4)
+
+
+# ---------------------------------------------------------------------------------------------
+# Thresholds of one collection
+# ---------------------------------------------------------------------------------------------
+
+
+def collection_thresholds(coll: Collection, kind: str, settings: Settings | None = None
+                          ) -> tuple[CoverageThresholds, str]:
+    """The thresholds ``coll`` is judged by for a query kind, and where they came from."""
+    from .expansion.calibrate import load_calibration
+
+    return thresholds_with_source(coll.backbone, kind, calibrated=load_calibration(coll), settings=settings)
+
+
+def judged_kind(coll: Collection, query: Query) -> str:
+    if query.kind == "image":
+        return "image"
+    return "text" if coll.backbone_info.supports_text else "textmap"
+
+
+# ---------------------------------------------------------------------------------------------
+# Encoding and scoring
+# ---------------------------------------------------------------------------------------------
+
+
+def load_query_image(image: ImageInput) -> Image.Image:
+    """A path, bytes or a PIL image, decoded the one way every image is (``imrs.imageio``)."""
+    from .imageio import load_image
+
+    if isinstance(image, str | os.PathLike) and not Path(image).exists():
+        raise IMRSError(f"query image not found: {image}")
+    return load_image(image)
+
+
+def encode(coll: Collection, query: Query) -> np.ndarray:
+    if query.kind == "text":
+        return coll.embed_query_text(str(query.text))
+    return coll.encoder.embed_images([load_query_image(query.image)])[0]
+
+
+def _own_ids(coll: Collection, query: Query) -> set[int]:
+    """Ids of the query image when it is a file of the collection."""
+    out = {int(i) for i in query.exclude_ids}
+    if query.kind == "image" and isinstance(query.image, str | os.PathLike):
+        from .ids import stable_id
+
+        # the path as given (a symlinked collection resolves elsewhere), then fully resolved
+        for candidate in (Path(os.path.abspath(query.image)), Path(query.image).resolve()):
+            try:
+                out.add(stable_id(candidate.relative_to(coll.root).as_posix()))
+            except (ValueError, OSError):
+                continue
+    return out
+
+
+def text_class_space(coll: Collection, text: str) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, judged scores) of every indexed image for ``text`` on an image-only backbone
+    (hierarchy-aware ConSE: class-space scores times closeness, ``imrs.textsearch``)."""
+    from .textsearch import text_class_space as scores
+
+    return scores(coll, text)
+
+
+def _class_size(coll: Collection, label: str) -> int | None:
+    if not label or is_clutter_label(label):
+        return None
+    counts = coll.catalog.label_counts()
+    return counts.get(label)
+
+
+def answer(coll: Collection, query: Query, vector: np.ndarray, settings: Settings,
+           timings: dict[str, float] | None = None) -> tuple[list[SearchHit], Verdict]:
+    """The hits for ``query`` and the verdict on them (no growth)."""
+    timings = timings if timings is not None else {}
+    from .retrieval.stages import stages_for
+
+    own = _own_ids(coll, query)
+    qe = settings.qe if query.qe is None else int(query.qe)
+    stages = stages_for(coll)
+    fuse_words = query.kind == "text" and (query.metadata or query.web_exemplars)
+    depth = max(query.k, JUDGE_DEPTH, stages.pool if stages.active else 0) + len(own) + 1
+    if fuse_words:  # a deep visual pool for the fusion with the collection's words
+        from .textsearch import HybridParams
+
+        depth = max(depth, HybridParams().visual_pool)
+    t0 = time.perf_counter()
+    hits = coll.search_vectors(vector, depth, qe=qe)[0]
+    plain = hits if qe == 0 else coll.search_vectors(vector, depth)[0]  # judged without QE, as calibrated
+    if stages.active:  # re-ranked in the improved space; scores stay the plain ones the verdict reads
+        order, _ = stages.rerank(coll, vector, np.asarray([h.id for h in hits], dtype=np.int64))
+        pos = {int(i): n for n, i in enumerate(order.tolist())}
+        hits = sorted(hits, key=lambda h: pos.get(h.id, len(pos)))
+    timings["search"] = timings.get("search", 0.0) + time.perf_counter() - t0
+    fusion = None
+    if fuse_words:  # -- text: labels, captions, terms (and web exemplars) fused in (imrs.textsearch)
+        from .textsearch import fuse_text_hits
+
+        t0 = time.perf_counter()
+        fusion = fuse_text_hits(coll, str(query.text), hits, vector, len(hits), use_metadata=query.metadata,
+                                web_exemplars=query.web_exemplars)
+        hits = fusion.hits
+        timings["words"] = timings.get("words", 0.0) + time.perf_counter() - t0
+    t0 = time.perf_counter()
+    kind = judged_kind(coll, query)
+    thr, source = collection_thresholds(coll, kind, settings)
+
+    same = {h.id for h in plain if h.id in own or (kind == "image" and h.score >= SAME_IMAGE)}
+    per_hit: dict[int, float]
+    if kind == "textmap":
+        ids, scores = text_class_space(coll, str(query.text))
+        keep = ~np.isin(ids, list(same)) if same else np.ones(len(ids), bool)
+        ids, scores = ids[keep], scores[keep]
+        order = np.argsort(-scores, kind="stable")[:JUDGE_DEPTH]
+        judged = [float(s) for s in scores[order]]
+        top_label = ""
+        if len(order):
+            rec = coll.catalog.get(int(ids[order[0]]))
+            top_label = rec.label if rec else ""
+        lookup = dict(zip(ids.tolist(), scores.tolist(), strict=True))
+        per_hit = {h.id: lookup.get(h.id, 0.0) for h in hits}
+        what = "class-space score"
+    else:
+        rest = [h for h in plain if h.id not in same][:JUDGE_DEPTH]
+        judged = [h.score for h in rest]
+        top_label = rest[0].label if rest else ""
+        per_hit = {h.id: h.score for h in hits}
+        what = "score"
+    hit_thr = {h.id: thr for h in hits}
+    if fusion is not None and fusion.metadata_judged is not None:
+        # the collection's own words answered: judge their match strengths; hits they matched get
+        # their confidence from those, the others keep the visual one
+        kind = "metadata"
+        thr, source = collection_thresholds(coll, kind, settings)
+        judged = fusion.metadata_judged[:JUDGE_DEPTH]
+        top_label, what = (hits[0].label if hits else ""), "metadata match"
+        for h in hits:
+            if fusion.strength.get(h.id, 0.0) > 0:
+                per_hit[h.id], hit_thr[h.id] = fusion.strength[h.id], thr
+    cov = check_coverage(judged, thr, what=what, class_size=_class_size(coll, top_label))
+    label = thr.confidence(cov.best) if judged else NO_MATCH
+    verdict = Verdict(cov.weak, cov.reason, kind, judged, cov.best, source, label, thr, cov.n_good)
+
+    out = []
+    for h in hits:
+        if h.id in same:
+            if h.id in own:  # the query image itself: leave it out of the answer
+                continue
+            h.why = ("same image",)
+        h.confidence = hit_thr.get(h.id, thr).confidence(per_hit.get(h.id, h.score))
+        out.append(h)
+        if len(out) >= query.k:
+            break
+    timings["verdict"] = timings.get("verdict", 0.0) + time.perf_counter() - t0
+    return out, verdict
+
+
+# ---------------------------------------------------------------------------------------------
+# What to search the web for
+# ---------------------------------------------------------------------------------------------
+
+
+def propose_terms(coll: Collection, query: Query, vector: np.ndarray, hits: Sequence[SearchHit],
+                  verdict: Verdict) -> list[TermCandidate]:
+    """Candidate web search terms, best first. A text query proposes itself. An image query is
+    never named silently: the labels of its neighbours count only when they are real matches
+    (at or above the good-hit bar) and never come from clutter folders; CLIP zero-shot and the
+    backbone's ImageNet classifier add their guesses; the person (or ``auto_confirm_term``) picks."""
+    if query.kind == "text":
+        return [TermCandidate(clean_term(str(query.text)), 1.0, "text")]
+    thr = verdict.thresholds
+    good_min = thr.good_min if thr else 1.0
+    votes: dict[str, float] = defaultdict(float)
+    n_good: dict[str, int] = defaultdict(int)
+    for h in hits:
+        if h.label and h.score >= good_min and not is_clutter_label(h.label) and h.why != ("same image",):
+            votes[h.label] += float(h.score)
+            n_good[h.label] += 1
+    sizes = coll.catalog.label_counts() if votes else {}
+    neighbours = [TermCandidate(readable_label(label), total / n_good[label], "neighbours")
+                  for label, total in sorted(votes.items(), key=lambda kv: -kv[1])
+                  if n_good[label] >= min(2, sizes.get(label, 2))]  # one lucky look-alike names nothing
+    model: list[TermCandidate] = []
+    q = np.asarray(vector, dtype=np.float32).reshape(-1)
+    encoder = coll.encoder
+    if getattr(encoder, "supports_text", False):
+        from .expansion.terms import imagenet_names, prompt_vectors
+
+        labels = [lb for lb in dict.fromkeys([*coll.catalog.labels(), *imagenet_names()])
+                  if not is_clutter_label(lb)]
+        if labels:
+            sims = prompt_vectors(coll, labels) @ q
+            for i in np.argsort(-sims)[:MAX_TERMS]:
+                model.append(TermCandidate(readable_label(labels[i]), float(sims[i]), "clip"))
+    elif getattr(encoder, "has_classifier", False) and getattr(encoder, "class_names", None):
+        from .textmap import DEFAULT_FEATURE_NORM
+
+        weight, bias = encoder.classifier_head()
+        logits = (weight @ q) * DEFAULT_FEATURE_NORM + bias
+        p = np.exp(logits - logits.max())
+        p /= p.sum()
+        for i in np.argsort(-p)[:MAX_TERMS]:
+            model.append(TermCandidate(readable_label(encoder.class_names[i]), float(p[i]), "imagenet"))
+    # Neighbours lead only when they are likely matches; otherwise the model's guess comes first.
+    strong = bool(neighbours) and thr is not None and neighbours[0].score >= thr.best_min
+    out = neighbours + model if strong else model[:1] + neighbours + model[1:]
+    seen: set[str] = set()
+    unique = []
+    for c in out:
+        key = c.term.casefold()
+        if c.term and key not in seen:
+            seen.add(key)
+            unique.append(c)
+    return unique[:MAX_TERMS]
+
+
+# ---------------------------------------------------------------------------------------------
+# Growth
+# ---------------------------------------------------------------------------------------------
+
+
+def keep_filter(coll: Collection, query: Query, vector: np.ndarray, settings: Settings
+                ) -> Callable[[np.ndarray], tuple[np.ndarray, np.ndarray, float]]:
+    """``vectors -> (keep mask, scores, floor)``: a downloaded image is kept only when it scores
+    for the query (cosine to the image or CLIP text, class-space score for text on an image-only
+    backbone) at or above the calibrated floor. Search engines return logos, maps and diagrams
+    for many terms; unchecked, those would carry the term's label into later searches."""
+    kind = judged_kind(coll, query)
+    thr, _ = collection_thresholds(coll, kind, settings)
+    floor = thr.floor
+    if kind == "textmap":
+        from .textsearch import textmap_scorer
+
+        score = textmap_scorer(coll, str(query.text))
+    else:
+        q = np.asarray(vector, dtype=np.float32).reshape(-1)
+        if kind == "text":
+            q = coll.encoder.embed_texts([str(query.text)])[0]
+
+        def score(vectors: np.ndarray) -> np.ndarray:
+            return np.asarray(vectors, np.float32) @ q
+
+    def check(vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+        s = score(vectors)
+        return s >= floor, s, floor
+
+    return check
+
+
+def _policy_and_providers(settings: Settings) -> tuple[Any, Any]:
+    from .expansion.sources import policy_for, providers_for
+
+    return policy_for(settings), providers_for(settings)
+
+
+def grow_term(coll: Collection, term: str, settings: Settings | None = None, n: int | None = None,
+              progress: Progress | bool | None = None, *, query_vector: np.ndarray | None = None, k: int = 10,
+              accept: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray, float]] | None = None,
+              providers: Any = None) -> ExpansionReport:
+    """Grow ``coll`` with up to ``n`` web images of ``term`` (the batch tab, ``imrs expand``)."""
+    from .expansion.grow import expand
+
+    s = settings or Settings.from_env()
+    policy, default_providers = _policy_and_providers(s)
+    return expand(coll, term, n=n or s.expand_n, policy=policy, phash_threshold=s.expand_phash_distance,
+                  providers=providers if providers is not None else default_providers, progress=progress,
+                  query_vector=query_vector, k=k, accept=accept)
+
+
+def run_query(coll: Collection, query: Query, settings: Settings | None = None,
+              progress: Progress | bool | None = None, *, providers: Any = None) -> QueryOutcome:
+    """Answer ``query``; when it asked for growth and the verdict is weak, grow and answer again.
+
+    Growth needs a term: a text query is its own term; an image query uses ``query.term``, or the
+    best proposed candidate when ``settings.auto_confirm_term`` is on. A failed growth (offline,
+    nothing found) is reported in ``error``; the hits are still the collection's answer."""
+    query.validate()
+    s = settings or Settings.from_env()
+    timings: dict[str, float] = {}
+    t_all = time.perf_counter()
+    t0 = time.perf_counter()
+    vector = encode(coll, query)
+    timings["encode"] = time.perf_counter() - t0
+    hits, verdict = answer(coll, query, vector, s, timings)
+    t0 = time.perf_counter()
+    terms = propose_terms(coll, query, vector, hits, verdict)
+    timings["terms"] = time.perf_counter() - t0
+    from .retrieval.stages import stages_for
+
+    outcome = QueryOutcome(query, hits, verdict, terms, timings=timings, stages=stages_for(coll).names)
+    if query.expand and verdict.weak:
+        _grow(coll, query, vector, s, outcome, progress, providers)
+    timings["total"] = time.perf_counter() - t_all
+    return outcome
+
+
+def _grow(coll: Collection, query: Query, vector: np.ndarray, s: Settings, outcome: QueryOutcome,
+          progress: Progress | bool | None, providers: Any) -> None:
+    term = clean_term(query.term) if query.term else None
+    if term is None and (query.kind == "text" or s.auto_confirm_term) and outcome.terms:
+        term = outcome.terms[0].term
+    if not term:
+        outcome.error = ("coverage is weak; confirm a search term to grow the collection "
+                         + (f"(candidates: {', '.join(t.term for t in outcome.terms[:3])})"
+                            if outcome.terms else "(no candidate: give one with --term)"))
+        return
+    t0 = time.perf_counter()
+    reporter = Reporter(progress)
+    try:
+        report = grow_term(coll, term, s, query.n_images, reporter if reporter.active else None,
+                           query_vector=vector, k=query.k, accept=keep_filter(coll, query, vector, s),
+                           providers=providers)
+    except (NetworkError, OSError) as exc:
+        outcome.error = str(exc) if isinstance(exc, IMRSError) else f"{type(exc).__name__}: {exc}"
+        return
+    finally:
+        reporter.close()
+        outcome.timings["grow"] = time.perf_counter() - t0
+    outcome.report = report
+    if report.kept:
+        # Text on an image-only backbone: its query vector is a prototype of the collection's
+        # best images and has to be rebuilt over the grown collection.
+        again = encode(coll, query) if outcome.verdict.kind == "textmap" else vector
+        outcome.hits_before, outcome.verdict_before = outcome.hits, outcome.verdict
+        outcome.hits, outcome.verdict = answer(coll, replace(query, expand=False), again, s, outcome.timings)
+        report.hits_after = outcome.hits
+        report.best_after = outcome.verdict.best if outcome.verdict.kind != "textmap" else report.best_after

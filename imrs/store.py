@@ -4,6 +4,10 @@ One file per (collection, backbone) for base images, one per (term, backbone) fo
 (``dyn_emb_<slug>_<backbone>.npz``) so an expansion writes a small file instead of rewriting the
 big one. Arrays only (ids int64, relpaths unicode, vectors float32), loaded with
 ``allow_pickle=False``, written atomically.
+
+Each file also names the runtime tag its vectors came from ("fp32" for every float runtime, or
+"int8-<model key>", see :mod:`imrs.encoders.int8`; files from before the tag existed are fp32).
+Sets of different tags are never combined: their vectors are close but not interchangeable.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -22,6 +27,16 @@ from .fsutil import atomic_savez
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
+FP32 = "fp32"
+
+
+def check_same_runtime(sets: Sequence[EmbeddingSet]) -> str:
+    """The one runtime tag of ``sets`` (empty sets do not count); StoreError if they differ."""
+    tags = {s.runtime for s in sets if len(s)} or {s.runtime for s in sets}
+    if len(tags) > 1:
+        raise StoreError(f"refusing to mix embeddings of different runtimes: {sorted(tags)} "
+                         "(re-embed with one runtime: `imrs index --runtime ...`)")
+    return tags.pop() if tags else FP32
 
 
 @dataclass
@@ -32,6 +47,7 @@ class EmbeddingSet:
     ids: np.ndarray  # int64 (n,)
     relpaths: np.ndarray  # unicode (n,)
     vectors: np.ndarray  # float32 (n, dim)
+    runtime: str = FP32  # the encoder's runtime tag: which numerics made these vectors
 
     def __post_init__(self) -> None:
         self.ids = np.ascontiguousarray(self.ids, dtype=np.int64).reshape(-1)
@@ -52,12 +68,13 @@ class EmbeddingSet:
         return len(self.ids)
 
     @classmethod
-    def empty(cls, backbone: str, dim: int) -> EmbeddingSet:
-        return cls(backbone, np.zeros(0, np.int64), np.zeros(0, dtype="<U1"), np.zeros((0, dim), np.float32))
+    def empty(cls, backbone: str, dim: int, runtime: str = FP32) -> EmbeddingSet:
+        return cls(backbone, np.zeros(0, np.int64), np.zeros(0, dtype="<U1"), np.zeros((0, dim), np.float32),
+                   runtime)
 
     def select(self, mask_or_idx: np.ndarray) -> EmbeddingSet:
         return EmbeddingSet(self.backbone, self.ids[mask_or_idx], self.relpaths[mask_or_idx],
-                            self.vectors[mask_or_idx])
+                            self.vectors[mask_or_idx], self.runtime)
 
     def without(self, ids: Iterable[int]) -> EmbeddingSet:
         drop = np.fromiter((int(i) for i in ids), dtype=np.int64)
@@ -66,20 +83,28 @@ class EmbeddingSet:
     def concat(self, other: EmbeddingSet) -> EmbeddingSet:
         if len(other) and len(self) and other.dim != self.dim:
             raise StoreError(f"cannot combine {self.dim}-d and {other.dim}-d embeddings")
+        runtime = check_same_runtime([self, other])
         vecs = other.vectors if not len(self) else (self.vectors if not len(other)
                                                     else np.concatenate([self.vectors, other.vectors]))
         return EmbeddingSet(self.backbone, np.concatenate([self.ids, other.ids]),
-                            np.concatenate([self.relpaths, other.relpaths]), vecs)
+                            np.concatenate([self.relpaths, other.relpaths]), vecs, runtime)
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         atomic_savez(path, ids=self.ids, relpaths=self.relpaths, vectors=self.vectors,
-                     backbone=np.asarray(self.backbone), format_version=np.asarray(FORMAT_VERSION))
+                     backbone=np.asarray(self.backbone), runtime=np.asarray(self.runtime),
+                     format_version=np.asarray(FORMAT_VERSION))
         return Path(path)
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str], backbone: str | None = None) -> EmbeddingSet:
-        file_backbone, arrays = _read(path, backbone, ("ids", "relpaths", "vectors"))
-        return cls(file_backbone, *arrays)
+    def load(cls, path: str | os.PathLike[str], backbone: str | None = None,
+             runtime: str | None = None) -> EmbeddingSet:
+        """``backbone``/``runtime``: what the caller expects; another one in the file is an error."""
+        file_backbone, arrays = _read(path, backbone, ("ids", "relpaths", "vectors", "runtime"))
+        ids, relpaths, vectors, file_runtime = arrays
+        out = cls(file_backbone, ids, relpaths, vectors, str(file_runtime))
+        if runtime is not None and out.runtime != runtime and len(out):
+            raise RuntimeMismatchError(f"{path} holds {out.runtime} embeddings, not {runtime}")
+        return out
 
 
 def load_ids(path: str | os.PathLike[str], backbone: str | None = None) -> np.ndarray:
@@ -90,8 +115,9 @@ def load_ids(path: str | os.PathLike[str], backbone: str | None = None) -> np.nd
 
 
 def _read(path: str | os.PathLike[str], backbone: str | None, wanted: Sequence[str]
-          ) -> tuple[str, list[np.ndarray]]:
-    """(file's backbone, the ``wanted`` arrays) of a validated cache; older key names accepted."""
+          ) -> tuple[str, list[Any]]:
+    """(file's backbone, the ``wanted`` arrays) of a validated cache; older key names accepted
+    (and files from before the runtime tag are fp32)."""
     try:
         with np.load(path, allow_pickle=False) as z:
             keys = set(z.files)
@@ -101,7 +127,8 @@ def _read(path: str | os.PathLike[str], backbone: str | None, wanted: Sequence[s
             if missing:
                 raise StoreError(f"{path}: not an IMRS embedding file (missing {sorted(missing)})")
             file_backbone = str(z["backbone"]) if "backbone" in keys else (backbone or "unknown")
-            arrays = [z[names[k]] for k in wanted]
+            arrays: list[Any] = [(str(z["runtime"]) if "runtime" in keys else FP32) if k == "runtime"
+                                 else z[names[k]] for k in wanted]
     except (OSError, ValueError) as exc:  # truncated zip, or an object array that would need pickle
         raise StoreError(f"{path}: unreadable embedding file ({exc})") from exc
     if backbone is not None and file_backbone not in (backbone, "unknown"):
@@ -110,14 +137,30 @@ def _read(path: str | os.PathLike[str], backbone: str | None, wanted: Sequence[s
 
 
 def concat_all(sets: Sequence[EmbeddingSet]) -> EmbeddingSet:
-    """All rows in one copy (pairwise ``concat`` in a loop copies the big base cache once per term)."""
+    """All rows in one copy (pairwise ``concat`` in a loop copies the big base cache once per term);
+    sets of different runtimes are refused."""
     full = [s for s in sets if len(s)] or list(sets[:1])
     if len(full) == 1:
         return full[0]
+    runtime = check_same_runtime(full)
     if len({s.dim for s in full}) > 1:
         raise StoreError(f"cannot combine embeddings of dims {sorted({s.dim for s in full})}")
     return EmbeddingSet(full[0].backbone, np.concatenate([s.ids for s in full]),
-                        np.concatenate([s.relpaths for s in full]), np.concatenate([s.vectors for s in full]))
+                        np.concatenate([s.relpaths for s in full]), np.concatenate([s.vectors for s in full]),
+                        runtime)
+
+
+class RuntimeMismatchError(StoreError):
+    """An embedding file made by another runtime than the one expected: re-embed, never mix."""
+
+
+def read_runtime(path: str | os.PathLike[str]) -> str | None:
+    """The runtime tag of a cache file without reading its vectors (None if unreadable)."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return str(z["runtime"]) if "runtime" in z.files else FP32
+    except (OSError, ValueError):
+        return None
 
 
 @dataclass
@@ -141,6 +184,7 @@ def merge(sets: Sequence[EmbeddingSet], exists: Callable[[str], bool] | None = N
     backbones = {s.backbone for s in sets} - {"unknown"}
     if len(backbones) > 1:
         raise StoreError(f"cannot merge embeddings of different backbones: {sorted(backbones)}")
+    check_same_runtime(sets)
     dims = {s.dim for s in sets if len(s)}
     if len(dims) > 1:
         raise StoreError(f"cannot merge embeddings of different dims: {sorted(dims)}")

@@ -94,7 +94,7 @@ def embed_sentences(texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
 
 
 def _cache_root() -> Path:
-    from .encoders.base import user_cache_dir
+    from .encoders.weights import user_cache_dir
 
     return user_cache_dir() / "textmap"
 

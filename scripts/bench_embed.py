@@ -6,6 +6,7 @@ Run by hand (not in CI):
     .venv/bin/python scripts/bench_embed.py                      # efficientnet_lite0 + others
     .venv/bin/python scripts/bench_embed.py --backbones efficientnet_lite0 --n 512 --repeats 5
     .venv/bin/python scripts/bench_embed.py --runtimes eager,fused,onnx,compile
+    .venv/bin/python scripts/bench_embed.py --no-int8                       # fp32 only
 
 For each backbone (efficientnet_lite0 with its real weights, the others with seeded random weights:
 same cost) on N real Caltech-101 images it reports images/s for
@@ -17,6 +18,8 @@ same cost) on N real Caltech-101 images it reports images/s for
 - eager model / fast model: the model alone on pre-made uint8 batches through the eager runtime
              (CPU micro-batches of 4-8, which cache far better) and through the default fast
              runtime driven with its own concurrency, like the pipeline does: the ceilings;
+- int8 pipeline / int8 model: the same two with ``runtime="int8"`` (ONNX Runtime static int8,
+             calibrated and gated on ``--calib`` other Caltech-101 images, as a collection does);
 
 each the median of ``--repeats`` interleaved runs, so ratios within a row come from the same
 conditions (the CPU may be shared: the load average is printed too).
@@ -38,8 +41,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from imrs.encoders import get_encoder  # noqa: E402
-from imrs.encoders.base import Encoder, cpu_count, get_spec  # noqa: E402
+from imrs.encoders import Encoder, cpu_count, get_encoder, get_spec  # noqa: E402
 from imrs.encoders.runtime import TorchRunner  # noqa: E402
 
 DEFAULT_BACKBONES = ["efficientnet_lite0", "resnet18", "resnet50", "vit_b16", "clip_vit_b32"]
@@ -123,6 +125,9 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--runtimes", default="", help="extra model-alone ceilings, e.g. fused,onnx,compile")
     ap.add_argument("--no-naive", action="store_true")
+    ap.add_argument("--no-int8", action="store_true", help="skip the int8 runtime")
+    ap.add_argument("--calib", type=int, default=256,
+                    help="images (not timed) the int8 model is calibrated on (half) and gated on (half)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -133,6 +138,7 @@ def main() -> None:
           f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     rows = []
     extra_rows = []
+    int8_rows = []
     for name in [b.strip() for b in args.backbones.split(",") if b.strip()]:
         n = args.n if name == "efficientnet_lite0" else args.heavy_n
         paths = caltech_paths(args.data, n, args.seed)
@@ -160,6 +166,18 @@ def main() -> None:
         }
         if not args.no_naive:
             tests["naive"] = (naive_loop(name, paths[:slow]), slow)
+        int8 = None
+        if not args.no_int8:
+            timed_set = set(paths)
+            calib = [p for p in caltech_paths(args.data, args.calib + len(paths), args.seed + 1)
+                     if p not in timed_set][:args.calib]
+            t0 = time.perf_counter()
+            int8 = get_encoder(name, device="cpu", weights=weights_for(name), runtime="int8", calibration=calib)
+            print(f"# {name}: int8 ready in {time.perf_counter() - t0:.0f}s: {int8.int8_gate.summary()}", flush=True)
+            kb = max(1, min(int8.auto_batch_size(), -(-len(paths) // int8.concurrency)))
+            ib = [np.stack(arrays[i:i + kb]) for i in range(0, len(arrays), kb)]
+            tests["int8_pipeline"] = (pipeline(int8, paths), len(paths))
+            tests["int8_model"] = (model_alone(int8.raw_features_of_array, ib, int8.concurrency), len(paths))
         extra = {}
         for rt in [r.strip() for r in args.runtimes.split(",") if r.strip()]:
             try:
@@ -182,6 +200,11 @@ def main() -> None:
         rows.append((name, fast.runtime, k, len(paths), med, float(cos.min())))
         for key in extra:
             extra_rows.append((name, key, med[key], med["eager_model"]))
+        if int8 is not None:
+            ref32 = fast.raw_features_of_array(np.stack(arrays))
+            got8 = int8.raw_features_of_array(np.stack(arrays))
+            c8 = np.sum(ref32 * got8, 1) / (np.linalg.norm(ref32, axis=1) * np.linalg.norm(got8, axis=1))
+            int8_rows.append((name, fast.runtime, med, res, c8, int8.int8_gate))
         print(f"# {name}: done ({', '.join(f'{k_}={v:.1f}' for k_, v in med.items())})", flush=True)
 
     print()
@@ -194,6 +217,19 @@ def main() -> None:
               f"{med['eager_model']:.1f} | {med['fast_model']:.1f} | {med['pipeline'] / med['eager_b32']:.2f}x | "
               f"{med['pipeline'] / med['eager_model']:.2f}x | {100 * med['pipeline'] / med['fast_model']:.0f}% | "
               f"{med['pipeline'] / naive:.2f}x | {cos:.5f} |")
+    if int8_rows:
+        print()
+        print("| backbone | fp32 pipeline | int8 pipeline | int8 / fp32 pipeline | fp32 model | int8 model "
+              "| int8 / fp32 model | cos(int8, fp32) mean / min | gate (held: mean cos, worst 1%, top-10) | recipe |")
+        print("|---|---|---|---|---|---|---|---|---|---|")
+        for name, rt, med, res, c8, gate in int8_rows:
+            # same-repeat ratios, then their median: both runtimes saw the same load in each repeat
+            rp = statistics.median(a / b for a, b in zip(res["int8_pipeline"], res["pipeline"], strict=True))
+            rm = statistics.median(a / b for a, b in zip(res["int8_model"], res["fast_model"], strict=True))
+            verdict = f"{'pass' if gate.passed else 'FAIL'}: {gate.mean_cosine:.4f}, {gate.p1_cosine:.4f}"
+            print(f"| {name} | {med['pipeline']:.1f} ({rt}) | {med['int8_pipeline']:.1f} | {rp:.2f}x | "
+                  f"{med['fast_model']:.1f} | {med['int8_model']:.1f} | {rm:.2f}x | {c8.mean():.4f} / {c8.min():.4f} | "
+                  f"{verdict}, {gate.top10_overlap:.3f} | {gate.recipe} |")
     if extra_rows:
         print()
         print("| backbone | model alone | images/s | vs eager model |")

@@ -202,7 +202,7 @@ def test_decode_workers_do_not_touch_callers_threads(small_images: list[Path]) -
 
     import torch
 
-    from imrs.encoders.base import Preprocess, single_threaded_torch_worker
+    from imrs.encoders.preprocess import Preprocess, single_threaded_torch_worker
 
     before = torch.get_num_threads()
     pre = Preprocess(size=224, resize=256, interpolation="bilinear")
@@ -220,7 +220,7 @@ def test_decode_workers_do_not_touch_callers_threads(small_images: list[Path]) -
 def test_weights_unobtainable_is_decided_without_loading(monkeypatch):
     import sys
 
-    from imrs.encoders.base import weights_unobtainable
+    from imrs.encoders.weights import weights_unobtainable
 
     monkeypatch.setenv("IMRS_OFFLINE", "1")
     monkeypatch.delenv("IMRS_CHECKPOINT_DIR", raising=False)

@@ -162,7 +162,8 @@ def load_embeddings(data: BenchData, backbone: str, *, cache_dir: Path, home: st
         if not Path(path).is_file() or have.all():
             continue
         try:
-            emb = EmbeddingSet.load(path, backbone=backbone)
+            # benchmarks measure the fp32 vectors: an int8 collection cache is never mixed in
+            emb = EmbeddingSet.load(path, backbone=backbone, runtime="fp32")
         except StoreError as exc:
             log.warning("ignoring %s", exc)
             continue
@@ -188,7 +189,7 @@ def load_embeddings(data: BenchData, backbone: str, *, cache_dir: Path, home: st
         from ..encoders import get_encoder
 
         log.info("embedding %d image(s) with %s (%d cached)", len(todo), backbone, from_cache)
-        enc = get_encoder(backbone, device=device, weights=weights)
+        enc = get_encoder(backbone, device=device, weights=weights, runtime="fp32")
         res = enc.embed_paths([data.root / str(data.relpaths[r]) for r in todo], batch_size=batch_size,
                               progress=progress)
         kept = np.asarray(todo, dtype=np.int64)[res.kept]

@@ -477,6 +477,6 @@ def mark_kept(rows: list[dict[str, Any]]) -> None:
 
 
 def _cores() -> int:
-    from ..encoders.base import cpu_count
+    from ..encoders.pipeline import cpu_count
 
     return cpu_count()

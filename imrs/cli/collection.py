@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ..collection import read_active, remember_active
-from .common import collection_args, open_collection, settings_from
+from .common import collection_args, open_collection, runtime_arg, settings_from
 
 
 def cmd_index(args: argparse.Namespace) -> int:
@@ -19,6 +19,8 @@ def cmd_index(args: argparse.Namespace) -> int:
         print(f"metadata: {n} image(s) annotated from {args.metadata}")
     remember_active(settings_from(args).home, coll)
     print(f"indexed {coll.root} with {coll.backbone}/{coll.indexer}: {report.summary()}")
+    print(f"vectors: {report.runtime}" + (f" (re-embedded, were {report.restamped})" if report.restamped else "")
+          + (f"; {report.runtime_note}" if report.runtime_note else ""))
     print(f"index holds {len(coll.index)} vectors; snapshot in {coll.snap_dir}")
     from ..walk import format_skipped  # every entry left out, with its one reason
 
@@ -106,6 +108,7 @@ def register(sub: Any) -> None:
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--metadata", help="CSV with a 'path' column and extra columns (title, caption, ...)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    runtime_arg(p)
     p.set_defaults(func=cmd_index)
 
     p = sub.add_parser("info", help="what is indexed, per backbone")

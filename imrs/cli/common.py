@@ -71,4 +71,11 @@ def open_collection(args: argparse.Namespace, root: str | None = None,
         if val is not None:
             params[key] = val
     return Collection(root, backbone, indexer, home=s.home, device=s.device, weights=args.weights,
-                      checkpoint=args.checkpoint, index_params=params)
+                      checkpoint=args.checkpoint, index_params=params, runtime=getattr(args, "runtime", None) or "auto")
+
+
+def runtime_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--runtime", default="auto", choices=["auto", "fp32", "int8"],
+                   help="auto (default): int8 on CPU for collections of 1000+ images when its quality gate "
+                        "passes, else fp32 (an indexed collection keeps the runtime its vectors were made with); "
+                        "int8/fp32: force one (indexing re-embeds when the runtime changes)")

@@ -16,7 +16,7 @@ from typing import Any
 from ..collection import SearchHit
 from ..errors import IMRSError
 from ..query import Query, QueryOutcome, run_query
-from .common import collection_args, int_in, open_collection, settings_from
+from .common import collection_args, int_in, open_collection, runtime_arg, settings_from
 
 
 def query_image_arg(spec: str) -> Any:
@@ -138,6 +138,7 @@ def register(sub: Any) -> None:
     p.add_argument("--web-exemplars", action="store_true",
                    help="text: also search with a few web images for the text (downloaded, used, not kept)")
     collection_args(p)
+    runtime_arg(p)
     p.set_defaults(func=cmd_search)
 
     p = sub.add_parser("calibrate", help="measure coverage thresholds on this collection (held-out classes)",

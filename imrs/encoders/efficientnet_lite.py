@@ -15,16 +15,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import WeightsUnavailableError
-from .base import (
+from .preprocess import Preprocess
+from .registry import (
     DEFAULT_RUNTIMES,
     BackboneInfo,
     BackboneSpec,
     LoadedBackbone,
-    Preprocess,
     imagenet_class_names,
-    load_checkpoint_into,
     register_backbone,
 )
+from .weights import load_checkpoint_into
 
 if TYPE_CHECKING:  # pragma: no cover
     from torch import nn

@@ -12,18 +12,9 @@ import os
 from pathlib import Path
 
 from ..errors import WeightsUnavailableError
-from .base import (
-    DEFAULT_RUNTIMES,
-    BackboneInfo,
-    BackboneSpec,
-    LoadedBackbone,
-    Preprocess,
-    checkpoint_env_var,
-    host_reachable,
-    register_backbone,
-    weights_unavailable,
-    wrap_download_errors,
-)
+from .preprocess import Preprocess
+from .registry import DEFAULT_RUNTIMES, BackboneInfo, BackboneSpec, LoadedBackbone, register_backbone
+from .weights import checkpoint_env_var, host_reachable, weights_unavailable, wrap_download_errors
 
 HOST = "huggingface.co"
 OPENAI_MEAN = (0.48145466 * 255, 0.4578275 * 255, 0.40821073 * 255)

@@ -33,7 +33,10 @@ import numpy as np
 
 from ..errors import IMRSError
 from ..fsutil import atomic_path, atomic_write_text
-from .base import LoadedBackbone, Preprocess, cpu_count, user_cache_dir
+from .pipeline import Runner, cpu_count
+from .preprocess import Preprocess
+from .registry import LoadedBackbone
+from .weights import user_cache_dir
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -41,7 +44,6 @@ if TYPE_CHECKING:  # pragma: no cover
 
 log = logging.getLogger(__name__)
 
-Runner = Callable[[np.ndarray], np.ndarray]
 ONNX_OPSET = 17
 _ADAPTER_VERSION = "uint8-nhwc-v1"  # bump when InputAdapter's graph changes: invalidates caches
 VERIFY_MIN_COSINE = 0.999
@@ -260,7 +262,7 @@ _TMP_EXPORTS: list[str] = []
 _TMP_LOCK = threading.Lock()
 
 
-def _scratch_dir() -> Path:
+def scratch_dir() -> Path:
     """Exports of random-weight models (tests, benchmarks) never enter the persistent cache."""
     import atexit
 
@@ -276,7 +278,7 @@ def onnx_path_for(name: str, module: nn.Module, pre: Preprocess, persistent: boo
     torch = _torch()
     key = hashlib.blake2b(digest_size=8)
     key.update(f"{weights_hash(module)}|{pre}|{torch.__version__}|{ONNX_OPSET}|{_ADAPTER_VERSION}".encode())
-    root = user_cache_dir() / "onnx" if persistent else _scratch_dir()
+    root = user_cache_dir() / "onnx" if persistent else scratch_dir()
     return root / f"{name}-{key.hexdigest()}.onnx"
 
 
@@ -353,7 +355,7 @@ def _build_one(runtime: str, loaded: LoadedBackbone, pre: Preprocess, device: st
             export_onnx(adapter, pre.size, path)
         except OSError as exc:  # read-only or full cache dir: export for this process only
             log.warning("cannot cache ONNX export in %s (%s); using a temporary file", path.parent, exc)
-            path = export_onnx(adapter, pre.size, _scratch_dir() / path.name)
+            path = export_onnx(adapter, pre.size, scratch_dir() / path.name)
         workers, threads = onnx_layout(cpu_count())
         return OnnxRunner(path, workers=workers, threads=threads)
     raise IMRSError(f"unknown runtime {runtime!r}")

@@ -9,18 +9,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .base import (
-    DEFAULT_RUNTIMES,
-    BackboneInfo,
-    BackboneSpec,
-    LoadedBackbone,
-    Preprocess,
-    host_reachable,
-    register_backbone,
-    weights_unavailable,
-    wrap_download_errors,
-)
 from .openclip import HOST, hf_cache_dir, hf_cached_file, hf_weights_status
+from .preprocess import Preprocess
+from .registry import DEFAULT_RUNTIMES, BackboneInfo, BackboneSpec, LoadedBackbone, register_backbone
+from .weights import host_reachable, weights_unavailable, wrap_download_errors
 
 TIMM_FILENAMES = ("model.safetensors", "pytorch_model.bin")
 

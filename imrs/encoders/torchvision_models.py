@@ -14,17 +14,19 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .base import (
+from .preprocess import Preprocess
+from .registry import (
     DEFAULT_RUNTIMES,
     BackboneInfo,
     BackboneSpec,
     LoadedBackbone,
-    Preprocess,
+    imagenet_class_names,
+    register_backbone,
+)
+from .weights import (
     checkpoint_env_var,
     host_reachable,
-    imagenet_class_names,
     load_checkpoint_into,
-    register_backbone,
     weights_unavailable,
     wrap_download_errors,
 )

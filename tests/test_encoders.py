@@ -65,7 +65,7 @@ def test_registry() -> None:
     for name, dim in EXPECTED_DIMS.items():
         info = backbone_info(name)
         assert isinstance(info, BackboneInfo) and info.name == name and info.dim == dim
-        assert info.supports_text == (name == "clip_vit_b32")
+        assert info.supports_text == (info.family == "open_clip")
         assert info.family and info.description and info.weights
     assert default_device() in ("cpu", "cuda")
     assert backbone_status("efficientnet_lite0")[0] == "ready"

@@ -208,11 +208,17 @@ def test_demo_text_verdicts_cli(home: Path, capsys: pytest.CaptureFixture[str]) 
     verdicts = {}
     for text in ("a yellow school bus", "a leopard"):
         capsys.readouterr()
-        assert main(["search", "--text", text, "--root", str(demo), "--json", "-k", "3"]) == 0
+        assert main(["search", "--text", text, "--root", str(demo), "--json", "-k", "3", "--no-metadata"]) == 0
         data = json.loads(capsys.readouterr().out)
         assert data["verdict"]["kind"] == "textmap" and len(data["hits"]) == 3
         verdicts[text] = data["verdict"]["weak"]
     assert verdicts == {"a yellow school bus": True, "a leopard": False}
+    # with the collection's words (the default) the Leopards folder answers for itself
+    capsys.readouterr()
+    assert main(["search", "--text", "a leopard", "--root", str(demo), "--json", "-k", "3"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["verdict"]["kind"] == "metadata" and not data["verdict"]["weak"]
+    assert all("label" in h["why"] for h in data["hits"])
     capsys.readouterr()
     assert main(["search", "--text", "a yellow school bus", "--root", str(demo), "-k", "3"]) == 0
     out = capsys.readouterr().out

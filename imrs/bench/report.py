@@ -113,11 +113,12 @@ def summary_markdown(results: dict[str, Any]) -> str:
                 md_table(["backbone", "method", "mAP@10", "mAP", "P@1", "P@10", "note"],
                          [[t["backbone"], t["method"], _f(t["map@10"]), _f(t["map"]), _f(t["p@1"]), _f(t["p@10"]),
                            t.get("note", "")] for t in results["text"]]), ""]
-        worst = sorted((r for r in results["text_per_class"] if r["method"] == "ConSE query vector"),
-                       key=lambda r: r["ap@10"])[:10]
-        if worst:
-            out += ["Hardest classes for ConSE (AP@10): " + ", ".join(f"{r['class']} {r['ap@10']:.2f}"
-                                                                        for r in worst), ""]
+        for method in ("ConSE query vector", "hierarchical ConSE query vector"):
+            worst = sorted((r for r in results["text_per_class"] if r["method"] == method),
+                           key=lambda r: r["ap@10"])[:10]
+            if worst:
+                out += [f"Hardest classes for {method} (AP@10): "
+                        + ", ".join(f"{r['class']} {r['ap@10']:.2f}" for r in worst), ""]
     if results["indexes"]:
         rows = [[r["backbone"], r["indexer"], _f(r["build_s"], 2), _mb(r["memory_bytes"]),
                  _f(r["bytes_per_vector"], 0), _f(r["latency_p50_ms"], 2), _f(r["latency_p95_ms"], 2),

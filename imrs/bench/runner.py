@@ -37,7 +37,7 @@ from .tuning import TUNABLE, search_without_self, tune_index
 
 log = logging.getLogger(__name__)
 
-IMPROVEMENTS = ("qe", "dba", "whiten", "head", "fusion", "conse")
+IMPROVEMENTS = ("qe", "dba", "whiten", "head", "fusion", "conse", "hybrid")
 PROMPT = "a photo of a {}"
 
 
@@ -303,17 +303,22 @@ def bench_text(backbone: str, db: np.ndarray, data: BenchData, cfg: BenchConfig
 
     info = backbone_info(backbone)
     want_conse = "conse" in cfg.improvements
-    if not info.supports_text and not want_conse:
+    want_hybrid = "hybrid" in cfg.improvements
+    if not info.supports_text and not want_conse and not want_hybrid:
         return summary, per_class
     enc = get_encoder(backbone, device=cfg.device, weights=cfg.weights)
     if enc.supports_text:
         record("text tower", M.text_quality(db, labels, enc.embed_texts(prompts), present, k=10),
                "the backbone's own text encoder")
-    if want_conse and getattr(enc, "has_classifier", False):
-        from ..textmap import ConseMapper, ConseParams, estimate_feature_norm
+    norm = 0.0
+    if (want_conse or want_hybrid) and getattr(enc, "has_classifier", False) and not enc.supports_text:
+        from ..textmap import estimate_feature_norm
 
         probe = [data.root / str(r) for r in data.relpaths[:: max(1, len(data) // 16)]]
         norm = estimate_feature_norm(enc, probe, limit=16)
+    if want_conse and getattr(enc, "has_classifier", False):
+        from ..textmap import ConseMapper, ConseParams
+
         base = ConseMapper.from_encoder(enc, feature_norm=norm).fit(db)
         tvecs = [base.text_vectors(p) for p in prompts]  # prompt or WordNet glosses, as in search
         # class-space scores alone (no image-space step): the classic ConSE ranking
@@ -330,8 +335,14 @@ def bench_text(backbone: str, db: np.ndarray, data: BenchData, cfg: BenchConfig
         qv = np.stack([base.query_vector(p, neighbours=lambda r, kk: nb(db[r], kk)[1], text_vec=t)
                        for p, t in zip(prompts, tvecs, strict=True)])
         record("ConSE query vector", M.text_quality(db, labels, qv, present, k=10),
-               f"what text_query_vector returns: weighted mean of the top-{base.params.prototype_size} "
+               f"plain ConSE's query vector: weighted mean of the top-{base.params.prototype_size} "
                "images, searched in image space")
+    if want_conse or want_hybrid:  # hierarchy-aware ConSE and hybrid search (imrs.textsearch)
+        from ..textsearch.bench import bench_text_search
+
+        nb = _exact_neighbours(db)
+        bench_text_search(db, labels, present, prompts, data.relpaths, enc, norm,
+                          lambda r, kk: nb(db[r], kk)[1], record, conse=want_conse, hybrid=want_hybrid)
     return summary, per_class
 
 

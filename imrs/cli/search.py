@@ -34,12 +34,15 @@ def query_image_arg(spec: str) -> Any:
 def format_hits(hits: Sequence[SearchHit]) -> str:
     from ..ids import display_path  # a non-UTF-8 file name must not crash print()
 
-    rows = [("rank", "score", "confidence", "label", "source", "path")]
+    why = any(h.why not in (("visual",), ("same image",)) for h in hits)  # text search says why
+    rows = [("rank", "score", "confidence", "label", "source", *(("why",) if why else ()), "path")]
     rows += [(str(n), f"{h.score:.3f}", h.confidence or "-", h.label or "-",
-              h.source + (" (same image)" if h.why == ("same image",) else ""), display_path(h.path))
+              h.source + (" (same image)" if h.why == ("same image",) else ""),
+              *(("+".join(h.why),) if why else ()), display_path(h.path))
              for n, h in enumerate(hits, 1)]
-    widths = [max(len(r[c]) for r in rows) for c in range(5)]
-    lines = ["  ".join(r[c].ljust(widths[c]) for c in range(5)) + "  " + r[5] for r in rows]
+    n = len(rows[0]) - 1
+    widths = [max(len(r[c]) for r in rows) for c in range(n)]
+    lines = ["  ".join(r[c].ljust(widths[c]) for c in range(n)) + "  " + r[n] for r in rows]
     lines.insert(1, "-" * min(120, len(lines[0]) + 20))
     return "\n".join(lines)
 
@@ -61,7 +64,9 @@ def cmd_search(args: argparse.Namespace) -> int:
     s = settings_from(args)
     coll = open_collection(args, settings=s)
     query = Query(text=args.text, image=query_image_arg(args.image) if args.image else None, k=args.k, qe=args.qe,
-                  expand=args.expand, term=args.term, n_images=args.n, where=args.where)
+                  expand=args.expand, term=args.term, n_images=args.n, where=args.where,
+                  metadata=not getattr(args, "no_metadata", False),
+                  web_exemplars=bool(getattr(args, "web_exemplars", False)))
     outcome = run_query(coll, query, s, progress=bool(args.expand and not args.json))
     if args.json:
         print(json.dumps(outcome.to_dict(), indent=2))
@@ -129,6 +134,10 @@ def register(sub: Any) -> None:
                    help="image queries: grow with the best proposed term without asking")
     p.add_argument("-n", type=int_in(1, 500, "-n"), default=None, help="web images to add when growing")
     p.add_argument("--allow-loopback", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--no-metadata", action="store_true",
+                   help="text search by pixels only (ignore folder labels, file names, captions, web terms)")
+    p.add_argument("--web-exemplars", action="store_true",
+                   help="text: also search with a few web images for the text (downloaded, used, not kept)")
     collection_args(p)
     runtime_arg(p)
     add_where_arg(p)

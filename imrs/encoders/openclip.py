@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from ..errors import WeightsUnavailableError
 from .preprocess import Preprocess
 from .registry import DEFAULT_RUNTIMES, BackboneInfo, BackboneSpec, LoadedBackbone, register_backbone
 from .weights import checkpoint_env_var, host_reachable, weights_unavailable, wrap_download_errors
@@ -55,17 +56,48 @@ def hf_cache_dir() -> str:
         return "~/.cache/huggingface/hub"
 
 
+#: (what, hub repo, any of these files) a model needs besides its weights
+HubDep = tuple[str, str, tuple[str, ...]]
+
+
+def missing_hub_deps(deps: tuple[HubDep, ...]) -> list[HubDep]:
+    """Hub files (tokenizers, text-tower configs) that are neither cached nor downloadable now."""
+    missing = [d for d in deps if hf_cached_file(d[1], d[2]) is None]
+    return missing if missing and not host_reachable(HOST) else []
+
+
+def hub_deps_error(name: str, missing: list[HubDep]) -> WeightsUnavailableError:
+    what = ", ".join(f"{w} (hf.co/{repo})" for w, repo, _ in missing)
+    return WeightsUnavailableError(
+        f"{name} needs {what}, not cached and {HOST} is unreachable, even for random weights: connect to "
+        f"the internet once (they are then cached in {hf_cache_dir()}), or choose another backbone")
+
+
 def openclip_backbone(name: str, model_name: str, pretrained: str, hf_repo: str, dim: int,
                       preprocess: Preprocess, description: str, *, quick_gelu: bool = False,
                       cpu_batch_size: int = 32, cuda_batch_size: int = 256,
-                      default_runtime: dict[str, str] | None = None) -> BackboneSpec:
-    """Register open_clip ``model_name`` with weights ``pretrained`` (hosted at ``hf_repo``)."""
+                      default_runtime: dict[str, str] | None = None,
+                      hub_deps: tuple[HubDep, ...] = ()) -> BackboneSpec:
+    """Register open_clip ``model_name`` with weights ``pretrained`` (hosted at ``hf_repo``).
+
+    ``hub_deps``: files the model needs from the hub besides its weights (a Hugging Face tokenizer,
+    an HF text tower's config); checked before anything is built, so a missing one is one clear
+    error within seconds, with random weights too."""
 
     def status() -> tuple[str, str]:
         size = "600" if dim >= 512 else "300"
-        return hf_weights_status(name, hf_repo, HF_FILENAMES, f"{hf_repo} (~{size} MB)")
+        state, why = hf_weights_status(name, hf_repo, HF_FILENAMES, f"{hf_repo} (~{size} MB)")
+        lacking = [d for d in hub_deps if hf_cached_file(d[1], d[2]) is None]
+        if lacking and state == "ready":
+            state = "needs download"
+            why += "; " + ", ".join(f"{w} from hf.co/{repo}" for w, repo, _ in lacking) + " still to download"
+        return state, why
 
     def load(which: str, checkpoint: Path | None) -> LoadedBackbone:
+        missing = missing_hub_deps(hub_deps)
+        if missing:
+            raise hub_deps_error(name, missing)
+
         import open_clip
         from torch import nn
 
@@ -83,7 +115,8 @@ def openclip_backbone(name: str, model_name: str, pretrained: str, hf_repo: str,
                 model = open_clip.create_model(model_name, pretrained=str(path), force_quick_gelu=quick_gelu)
             label = str(path)
         else:
-            model = open_clip.create_model(model_name, pretrained=None, force_quick_gelu=quick_gelu)
+            with wrap_download_errors(name, HOST, hf_cache_dir(), HF_FILENAMES):
+                model = open_clip.create_model(model_name, pretrained=None, force_quick_gelu=quick_gelu)
         model.eval()
 
         class ClipImage(nn.Module):
@@ -102,10 +135,12 @@ def openclip_backbone(name: str, model_name: str, pretrained: str, hf_repo: str,
             def forward(self, tokens):
                 return self.clip.encode_text(tokens)
 
+        with wrap_download_errors(name, HOST, hf_cache_dir(), HF_FILENAMES):
+            tokenizer = open_clip.get_tokenizer(model_name)
         return LoadedBackbone(
             image_model=ClipImage().eval(),
             text_model=ClipText().eval(),
-            tokenizer=open_clip.get_tokenizer(model_name),
+            tokenizer=tokenizer,
             convnet=False,
             weights_label=label,
         )
@@ -130,3 +165,23 @@ CLIP_VIT_B32 = openclip_backbone(
     "clip_vit_b32", "ViT-B-32", "openai", "timm/vit_base_patch32_clip_224.openai", 512,
     Preprocess(size=224, resize=224, interpolation="bicubic", mean=OPENAI_MEAN, std=OPENAI_STD),
     "OpenAI CLIP ViT-B/32 (open_clip), 512-d, images and text", quick_gelu=True)
+
+SIGLIP_MEAN = (0.5 * 255, 0.5 * 255, 0.5 * 255)
+#: SigLIP (sigmoid-loss CLIP, WebLI): better zero-shot retrieval than OpenAI CLIP at the same size.
+#: Its text side needs the Hugging Face tokenizer of its hub repo. open_clip squashes images to
+#: 224x224; the shared preprocessing centre-crops instead (same as every other backbone here).
+SIGLIP_VIT_B16 = openclip_backbone(
+    "siglip_vit_b16", "ViT-B-16-SigLIP", "webli", "timm/ViT-B-16-SigLIP", 768,
+    Preprocess(size=224, resize=224, interpolation="bicubic", mean=SIGLIP_MEAN, std=SIGLIP_MEAN),
+    "SigLIP ViT-B/16 (open_clip, WebLI), 768-d, images and English text",
+    hub_deps=(("its tokenizer", "timm/ViT-B-16-SigLIP", ("tokenizer.json", "spiece.model")),))
+
+#: Multilingual CLIP: an XLM-RoBERTa text tower trained against a ViT-B/32 on LAION-5B, so queries in
+#: ~100 languages land in one image space. The text tower is built from the hub's xlm-roberta-base.
+MCLIP_XLMR_VIT_B32 = openclip_backbone(
+    "mclip_xlmr_vit_b32", "xlm-roberta-base-ViT-B-32", "laion5b_s13b_b90k",
+    "laion/CLIP-ViT-B-32-xlm-roberta-base-laion5B-s13B-b90k", 512,
+    Preprocess(size=224, resize=224, interpolation="bicubic", mean=OPENAI_MEAN, std=OPENAI_STD),
+    "multilingual CLIP ViT-B/32 + XLM-RoBERTa (open_clip, LAION-5B), 512-d, images and text in ~100 languages",
+    hub_deps=(("the xlm-roberta-base config", "xlm-roberta-base", ("config.json",)),
+              ("its tokenizer", "xlm-roberta-base", ("tokenizer.json", "sentencepiece.bpe.model"))))

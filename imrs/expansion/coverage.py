@@ -9,7 +9,8 @@ The EfficientNet-Lite0 numbers were measured on Caltech-101 (``scripts/bench_exp
 --thresholds``): 40 classes indexed (8 and 28 images each); queries were held-out images (or the
 class names, for text) of those classes -- covered -- versus 40 other classes and the shared photos
 -- not covered. The thresholds maximise the balanced accuracy over both collection sizes: 0.84 for
-image queries (0.82 / 0.86), 0.76 for text through textmap (0.74 / 0.79). CLIP numbers are the
+image queries (0.82 / 0.86), 0.78 for text through hierarchy-aware ConSE (0.79 / 0.76; class-space
+scores times closeness, re-measured for ``imrs.textsearch``). CLIP numbers are the
 usual ranges for ViT-B/32 (its weights are not available offline here, so they are not measured).
 Every value can be overridden per call, or globally with ``IMRS_COVERAGE_BEST_MIN``,
 ``IMRS_COVERAGE_GOOD_MIN`` and ``IMRS_COVERAGE_MIN_GOOD``.
@@ -29,7 +30,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-QUERY_KINDS = ("text", "image", "textmap")
+QUERY_KINDS = ("text", "image", "textmap", "metadata")
 
 
 @dataclass(frozen=True)
@@ -90,11 +91,12 @@ LIKELY, UNCERTAIN, NO_MATCH = "likely match", "uncertain", "no match"
 _CLIP_TEXT = CoverageThresholds(best_min=0.25, good_min=0.22, min_good=3, keep_floor=0.20)
 _CLIP_IMAGE = CoverageThresholds(best_min=0.75, good_min=0.70, min_good=3, keep_floor=0.60)
 _EFFNET_IMAGE = CoverageThresholds(best_min=0.53, good_min=0.48, min_good=3, keep_floor=0.35)
-#: Text on an image-only backbone goes through ``imrs.textmap`` (ConSE): the query vector is a
-#: prototype of the best images, so its cosine scores are high whether or not the collection has
-#: the concept (median best 0.88 for classes present, 0.86 for absent ones). The class-space
-#: scores that chose those images do separate the two, so they are what is judged, on this scale.
-_TEXTMAP = CoverageThresholds(best_min=0.05, good_min=0.085, min_good=2, keep_floor=0.03)
+#: Text on an image-only backbone goes through hierarchy-aware ConSE (``imrs.textsearch.conse``):
+#: the query vector is a prototype of the best images, so its cosine scores are high whether or not
+#: the collection has the concept. The class-space scores that chose those images, times how close
+#: ImageNet's classes are to the query at all, do separate the two (median best 0.70-0.73 for
+#: classes present, 0.04-0.09 for absent ones), so they are what is judged, on this scale.
+_TEXTMAP = CoverageThresholds(best_min=0.34, good_min=0.14, min_good=4, keep_floor=0.05)
 DEFAULT_THRESHOLDS: dict[tuple[str, str], CoverageThresholds] = {
     ("open_clip", "text"): _CLIP_TEXT,
     ("open_clip", "image"): _CLIP_IMAGE,
@@ -103,7 +105,11 @@ DEFAULT_THRESHOLDS: dict[tuple[str, str], CoverageThresholds] = {
 }
 #: For backbones not measured here (ResNet/VGG/ViT weights are not available offline): their pooled
 #: features behave like EfficientNet's, so its numbers are the starting point. Override as needed.
-GENERIC_THRESHOLDS = {"image": _EFFNET_IMAGE, "text": _CLIP_TEXT, "textmap": _TEXTMAP}
+#: Text answered by the collection's own words (``imrs.textsearch.hybrid``): the judged scores are
+#: match strengths in [0, 1] (1 = every query word in a label or caption, 0.9 = a label naming a
+#: kind of the query); two strong matches are coverage whatever the backbone.
+_METADATA = CoverageThresholds(best_min=0.8, good_min=0.8, min_good=2)
+GENERIC_THRESHOLDS = {"image": _EFFNET_IMAGE, "text": _CLIP_TEXT, "textmap": _TEXTMAP, "metadata": _METADATA}
 
 CLUTTER_WORDS = ("background", "clutter", "misc", "other", "unknown", "unsorted", "random")
 

@@ -208,6 +208,9 @@ class Collection:
         path = self.base_npz()
         return read_runtime(path) if path.exists() else None
 
+    def _runtime_label(self) -> str:
+        return self.cached_runtime() or "fp32"
+
     def _make_encoder(self, sync_files: Sequence[Path] | None) -> Encoder:
         """The encoder for this collection. ``sync_files`` (when indexing) lets int8 be calibrated
         on the collection's own images; without them an int8 model is only reopened."""
@@ -490,7 +493,7 @@ class Collection:
     def _persist_index(self) -> None:
         with self._index_lock:
             snap.save_snapshot(self.snap_dir, self.live_name, self.index, self.backbone,
-                               collection_root=str(self.root), extra={"runtime": self.cached_runtime() or "fp32"})
+                               collection_root=str(self.root), extra={"runtime": self._runtime_label()})
             self._index_version = self._disk_version()
 
     @contextlib.contextmanager
@@ -642,13 +645,18 @@ class Collection:
     def save_snapshot(self, name: str) -> snap.Manifest:
         with self.writing(), self._index_lock:
             return snap.save_snapshot(self.snap_dir, name, self.index, self.backbone, catalog=self.catalog,
-                                      collection_root=str(self.root))
+                                      collection_root=str(self.root), extra={"runtime": self._runtime_label()})
 
     def load_snapshot(self, name: str) -> snap.Manifest:
-        """Restore index and catalog from a named snapshot (refused if made with another backbone)."""
+        """Restore index and catalog from a named snapshot (refused if made with another backbone, or
+        from vectors of another runtime than the caches hold: the next sync would mix them)."""
         with self.writing():
             index, manifest, cat_path = snap.load_snapshot(self.snap_dir, name, expect_backbone=self.backbone,
                                                            expect_dim=self.dim)
+            held = manifest.extra.get("runtime", "fp32")
+            if held != self._runtime_label():
+                raise SnapshotError(f"snapshot {name!r} holds {held} vectors but the collection's caches are "
+                                    f"{self._runtime_label()}: re-index with that runtime first")
             if cat_path is not None:
                 Catalog(cat_path).backup_to(self.catalog.path)
                 self.catalog.close()

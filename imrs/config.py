@@ -27,9 +27,9 @@ def state_dir_for(root: str | os.PathLike[str], home: str | os.PathLike[str] | N
     return home_dir(home) / "collections" / f"{base}-{tag}"
 
 
-#: Collections smaller than this stay on fp32 under ``--runtime auto``: calibrating and gating an
-#: int8 model costs about as much CPU as embedding this many images in fp32, so below it int8
-#: cannot pay for itself on the first index. ``--runtime int8`` builds it regardless.
+#: Collections smaller than this stay on fp32 under ``--runtime auto``: building and gating an int8
+#: model (10-40 s for EfficientNet-Lite0, about 2 min for ViT-B/16 on 2 shared cores) costs more
+#: than int8 saves when embedding fewer images. ``--runtime int8`` builds it regardless.
 INT8_AUTO_MIN_IMAGES = 1000
 
 

@@ -237,6 +237,9 @@ class Collection:
         path = self.base_npz()
         return read_runtime(path) if path.exists() else None
 
+    def _runtime_label(self) -> str:
+        return self.cached_runtime() or "fp32"
+
     def _make_encoder(self, sync_files: Sequence[Path] | None) -> Encoder:
         """The encoder for this collection. ``sync_files`` (when indexing) lets int8 be calibrated
         on the collection's own images; without them an int8 model is only reopened."""
@@ -673,7 +676,7 @@ class Collection:
         self._snapshot_stale = False
         with self._index_lock:
             snap.save_snapshot(self.snap_dir, self.live_name, self._index_unchecked(), self.backbone,
-                               collection_root=str(self.root), extra={"runtime": self.cached_runtime() or "fp32"})
+                               collection_root=str(self.root), extra={"runtime": self._runtime_label()})
             self._index_version = self._disk_version()
 
     @contextlib.contextmanager
@@ -892,7 +895,7 @@ class Collection:
         with self.writing("snapshot-save"), self._index_lock:
             self.begin_changes()  # a killed save leaves a version folder for the repair to collect
             return snap.save_snapshot(self.snap_dir, name, self.index, self.backbone, catalog=self._catalog,
-                                      collection_root=str(self.root))
+                                      collection_root=str(self.root), extra={"runtime": self._runtime_label()})
 
     def load_snapshot(self, name: str) -> snap.Manifest:
         """Restore index and catalog from a named snapshot (refused if made with another backbone).
@@ -904,6 +907,10 @@ class Collection:
         with self.writing("snapshot-load"):
             index, manifest, cat_path = snap.load_snapshot(self.snap_dir, name, expect_backbone=self.backbone,
                                                            expect_dim=self.dim)
+            held = manifest.extra.get("runtime", "fp32")
+            if held != self._runtime_label():  # the next sync would mix the two runtimes
+                raise SnapshotError(f"snapshot {name!r} holds {held} vectors but the collection's caches are "
+                                    f"{self._runtime_label()}: re-index with that runtime first")
             self.begin_changes()
             index.set_attribute_source(lambda ids: attributes_of(self._catalog, ids))
             if cat_path is not None:

@@ -28,6 +28,7 @@ conditions (the CPU may be shared: the load average is printed too).
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import os
 import statistics
@@ -41,7 +42,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from imrs.encoders import Encoder, cpu_count, get_encoder, get_spec  # noqa: E402
+from imrs.encoders import Encoder, clear_encoder_cache, cpu_count, get_encoder, get_spec  # noqa: E402
 from imrs.encoders.runtime import TorchRunner  # noqa: E402
 
 DEFAULT_BACKBONES = ["efficientnet_lite0", "resnet18", "resnet50", "vit_b16", "clip_vit_b32"]
@@ -142,6 +143,15 @@ def main() -> None:
     for name in [b.strip() for b in args.backbones.split(",") if b.strip()]:
         n = args.n if name == "efficientnet_lite0" else args.heavy_n
         paths = caltech_paths(args.data, n, args.seed)
+        # int8 first: its calibration is the memory peak, better with no other model loaded yet
+        int8 = None
+        if not args.no_int8:
+            timed_set = set(paths)
+            calib = [p for p in caltech_paths(args.data, args.calib + len(paths), args.seed + 1)
+                     if p not in timed_set][:args.calib]
+            t0 = time.perf_counter()
+            int8 = get_encoder(name, device="cpu", weights=weights_for(name), runtime="int8", calibration=calib)
+            print(f"# {name}: int8 ready in {time.perf_counter() - t0:.0f}s: {int8.int8_gate.summary()}", flush=True)
         fast = get_encoder(name, device="cpu", weights=weights_for(name))
         eager = get_encoder(name, device="cpu", weights=weights_for(name), runtime="eager")
         pre = fast.preprocess
@@ -166,14 +176,7 @@ def main() -> None:
         }
         if not args.no_naive:
             tests["naive"] = (naive_loop(name, paths[:slow]), slow)
-        int8 = None
-        if not args.no_int8:
-            timed_set = set(paths)
-            calib = [p for p in caltech_paths(args.data, args.calib + len(paths), args.seed + 1)
-                     if p not in timed_set][:args.calib]
-            t0 = time.perf_counter()
-            int8 = get_encoder(name, device="cpu", weights=weights_for(name), runtime="int8", calibration=calib)
-            print(f"# {name}: int8 ready in {time.perf_counter() - t0:.0f}s: {int8.int8_gate.summary()}", flush=True)
+        if int8 is not None:
             kb = max(1, min(int8.auto_batch_size(), -(-len(paths) // int8.concurrency)))
             ib = [np.stack(arrays[i:i + kb]) for i in range(0, len(arrays), kb)]
             tests["int8_pipeline"] = (pipeline(int8, paths), len(paths))
@@ -206,6 +209,9 @@ def main() -> None:
             c8 = np.sum(ref32 * got8, 1) / (np.linalg.norm(ref32, axis=1) * np.linalg.norm(got8, axis=1))
             int8_rows.append((name, fast.runtime, med, res, c8, int8.int8_gate))
         print(f"# {name}: done ({', '.join(f'{k_}={v:.1f}' for k_, v in med.items())})", flush=True)
+        del fast, eager, int8, tests, extra, batches, arrays
+        clear_encoder_cache()  # one backbone's models at a time: ViT-B fp32 + int8 sessions are ~2 GB
+        gc.collect()
 
     print()
     print("| backbone | runtime (workers) | N | naive | pipeline | eager model b32 | eager model | fast model "

@@ -14,7 +14,7 @@ from imrs.cli import main
 from imrs.collection import Collection
 from imrs.encoders import clear_encoder_cache, get_encoder
 from imrs.encoders import int8 as q
-from imrs.errors import IMRSError, StoreError
+from imrs.errors import IMRSError, SnapshotError, StoreError
 from imrs.store import EmbeddingSet, RuntimeMismatchError, merge, read_runtime
 from tests.conftest import caltech_subset
 
@@ -36,9 +36,13 @@ def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     clear_encoder_cache()
 
 
+def int8_encoder_calibration() -> list[Path]:
+    return caltech_subset(CLASSES, 8)  # 24 calibrate, 24 held out for the gate
+
+
 @pytest.fixture(scope="module")
 def calibration(cache_dir: Path) -> list[Path]:
-    return caltech_subset(CLASSES, 8)  # 24 calibrate, 24 held out for the gate
+    return int8_encoder_calibration()
 
 
 @pytest.fixture(scope="module")
@@ -75,6 +79,10 @@ def test_int8_is_chosen_and_close_to_fp32(int8_encoder, cache_dir: Path) -> None
     again = get_encoder(BB, device="cpu", runtime="auto", int8_tag=enc.runtime_tag)
     assert again.runtime == "int8" and again.runtime_tag == enc.runtime_tag
     np.testing.assert_allclose(again.embed_images(fresh[:3]), got[:3], atol=1e-5)
+    # a tag whose model is gone is never reused for another model: the calibration's own tag comes back
+    other = get_encoder(BB, device="cpu", runtime="auto", int8_tag="int8-0123456789abcdef",
+                        calibration=int8_encoder_calibration())
+    assert other.runtime_tag == enc.runtime_tag
 
 
 def _break_model(path: Path) -> None:
@@ -182,11 +190,14 @@ def test_collection_reembeds_a_cache_of_another_runtime(small_collection: Path, 
     coll = Collection(small_collection, BB, "flat_ip", home=home)
     first = coll.sync()
     assert first.embedded == 24 and first.runtime == "fp32" and coll.cached_runtime() == "fp32"
+    coll.save_snapshot("before")
     # the cache (and the live index) now claim another runtime, e.g. written by an int8 run
     emb = EmbeddingSet.load(coll.base_npz())
     EmbeddingSet(BB, emb.ids, emb.relpaths, emb.vectors * 0.5 + 0.1, runtime="int8-feedfacecafebeef").save(
         coll.base_npz())
     coll2 = Collection(small_collection, BB, "flat_ip", home=home, runtime="fp32")
+    with pytest.raises(SnapshotError, match="holds fp32 vectors"):  # restoring it would mix runtimes
+        coll2.load_snapshot("before")
     report = coll2.sync()
     assert report.restamped == "int8-feedfacecafebeef" and report.embedded == 24 and report.runtime == "fp32"
     after = EmbeddingSet.load(coll2.base_npz())
@@ -198,6 +209,7 @@ def test_collection_reembeds_a_cache_of_another_runtime(small_collection: Path, 
     got = coll3.index.search(after.vectors[:1], 1)
     assert got[1][0, 0] == after.ids[0] and got[0][0, 0] == pytest.approx(1.0, abs=1e-4)
     assert coll3.sync().embedded == 0  # and "auto" follows the cache: nothing to redo
+    assert coll3.load_snapshot("before").count == 24  # same runtime again: restorable
 
 
 @pytest.mark.slow

@@ -61,7 +61,8 @@ def cmd_info(args: argparse.Namespace) -> int:
               f"{info['labels']} labels; state in {info['state_dir']}")
         for bb, d in info["embeddings"].items():
             mb = d["bytes"] / 1e6
-            print(f"  {bb}: {d['rows']} embeddings x {d['dim']}-d, {mb:.1f} MB in {len(d['files'])} file(s)")
+            print(f"  {bb}: {d['rows']} embeddings x {d['dim']}-d ({', '.join(d.get('runtimes', []))}), "
+                  f"{mb:.1f} MB in {len(d['files'])} file(s)")
         for s in info["snapshots"]:
             print(f"  snapshot {s['name']}: {s['backbone']}/{s['indexer']}, {s['count']} vectors, {s['created']}")
     if args.json:

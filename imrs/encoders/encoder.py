@@ -109,7 +109,8 @@ class Encoder:
 
     def _use_int8(self, explicit: bool, convnet: bool, calibration: Sequence[str | os.PathLike[str]] | None,
                   tag: str | None) -> None:
-        """Switch to the int8 model when it was asked for, or when it passes its gate."""
+        """Switch to the int8 model when it was asked for by name or by the tag of a collection's
+        vectors, or when it passes its gate."""
         from . import int8
 
         try:
@@ -125,7 +126,8 @@ class Encoder:
             log.warning("%s: %s; staying on %s", self.name, self.int8_note, self.runtime)
             return
         self.int8_gate = gate
-        if not gate.passed and not explicit and tag is None:
+        follows_cache = new_tag == tag  # the model a collection's vectors were made with: used as it is
+        if not gate.passed and not explicit and not follows_cache:
             self.int8_note = gate.summary()
             log.warning("%s: %s; staying on fp32 (%s)", self.name, self.int8_note, self.runtime)
             return

@@ -485,14 +485,22 @@ def int8_runner(name: str, fp32: OnnxRunner, pre: Preprocess, convnet: bool, *,
     with); with ``calibration`` images, the model for them is reused or built. Raises IMRSError
     when neither gives a model.
     """
+    key = None
     if tag is not None:
         if not is_int8_tag(tag):
             raise IMRSError(f"not an int8 runtime tag: {tag!r}")
         key = tag[len(TAG_PREFIX):]
-    elif calibration:
+        if not artefacts(fp32.path, key)[0].is_file():
+            if not calibration:
+                raise IMRSError(f"the int8 model {tag} of {name} is no longer cached ({fp32.path.parent})")
+            # a new model gets its own tag: vectors of the lost one must not be mixed with its
+            log.warning("the int8 model %s of %s is no longer cached: building one from the calibration images",
+                        tag, name)
+            key = None
+    if key is None:
+        if not calibration:
+            raise IMRSError(f"int8 for {name} needs calibration images (a collection passes a sample of its own)")
         key = int8_key(fp32.path, calibration_identity(calibration))
-    else:
-        raise IMRSError(f"int8 for {name} needs calibration images (a collection passes a sample of its own)")
     model_path, gate_path = artefacts(fp32.path, key)
     gate: GateResult | None = None
     if model_path.is_file() and gate_path.is_file():
@@ -502,7 +510,8 @@ def int8_runner(name: str, fp32: OnnxRunner, pre: Preprocess, convnet: bool, *,
             log.warning("unreadable int8 gate result %s (%s): measuring again", gate_path, exc)
     if gate is None:
         if not calibration:
-            raise IMRSError(f"the int8 model {tag} of {name} is no longer cached ({model_path.parent})")
+            raise IMRSError(f"the int8 model {tag} of {name} has lost its gate result ({gate_path}); "
+                            "index again to measure it")
         if model_path.is_file():
             gate = regate(name, fp32, pre, calibration, model_path, gate_path)
         else:

@@ -109,9 +109,11 @@ def test_killed_holder_frees_the_lock(tmp_path: Path) -> None:
     try:
         _wait_held(proc)
         proc.send_signal(signal.SIGKILL)
-        proc.wait(10)
-        with WriterLock(path, timeout=5).hold():  # no stale lock to break by hand
-            pass
+        assert proc.wait(10) == -signal.SIGKILL
+        lock = WriterLock(path, timeout=5)
+        assert not lock.busy()  # the kernel dropped the dead holder's lock
+        with lock.hold():  # no stale lock to break by hand (a held one would time out and raise)
+            assert lock.busy() is False  # the holder never sees itself as "someone else"
     finally:
         proc.kill()
         proc.wait()

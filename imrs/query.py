@@ -41,6 +41,8 @@ from .expansion.coverage import (
     is_clutter_label,
     thresholds_with_source,
 )
+from .expansion.judge import JUDGE_DEPTH, decide, gather
+from .expansion.judge import context as judge_context
 from .expansion.terms import clean_term, readable_label
 from .progress import Progress, Reporter
 
@@ -52,8 +54,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: How many results the verdict looks at, whatever ``k`` was asked for.
-JUDGE_DEPTH = 20
 #: A hit this close to the query is the query image itself (or a byte-identical copy).
 SAME_IMAGE = 0.9995
 MAX_TERMS = 6
@@ -103,6 +103,7 @@ class Verdict:
     label: str  # "likely match" | "uncertain" | "no match"
     thresholds: CoverageThresholds | None = None
     n_good: int = 0
+    probability: float | None = None  # the judge's p(covered), when a fitted judge decided
 
     def line(self) -> str:
         word = "weak" if self.weak else "ok"
@@ -111,6 +112,7 @@ class Verdict:
     def as_dict(self) -> dict[str, Any]:
         return {"weak": self.weak, "reason": self.reason, "kind": self.kind, "label": self.label,
                 "best": _num(self.best), "n_good": self.n_good, "source": self.source,
+                "probability": None if self.probability is None else round(self.probability, 4),
                 "scores": [round(float(s), 4) for s in self.scores],
                 "thresholds": self.thresholds.as_dict() if self.thresholds else None}
 
@@ -293,6 +295,7 @@ def answer(coll: Collection, query: Query, vector: np.ndarray, settings: Setting
         ids, scores = ids[keep], scores[keep]
         order = np.argsort(-scores, kind="stable")[:JUDGE_DEPTH]
         judged = [float(s) for s in scores[order]]
+        judged_ids = [int(i) for i in ids[order]]
         top_label = ""
         if len(order):
             rec = coll.catalog.get(int(ids[order[0]]))
@@ -303,6 +306,7 @@ def answer(coll: Collection, query: Query, vector: np.ndarray, settings: Setting
     else:
         rest = [h for h in plain if h.id not in same][:JUDGE_DEPTH]
         judged = [h.score for h in rest]
+        judged_ids = [h.id for h in rest]
         top_label = rest[0].label if rest else ""
         per_hit = {h.id: h.score for h in hits}
         what = "score"
@@ -322,6 +326,19 @@ def answer(coll: Collection, query: Query, vector: np.ndarray, settings: Setting
     if cov.weak and label == LIKELY:  # a strong best hit alone (too few good ones) is not coverage
         label = UNCERTAIN
     verdict = Verdict(cov.weak, cov.reason, kind, judged, cov.best, source, label, thr, cov.n_good)
+    judged_label = ""
+    if kind != "metadata" and source != "env":  # hand-set thresholds win over a fitted judge
+        from .expansion.calibrate import load_judges
+
+        model = load_judges(coll).get(kind)
+        if model is not None:
+            closeness = float(coll.text_index.plan(str(query.text)).closeness) if kind == "textmap" else None
+            ev = gather(judge_context(coll), kind, judged_ids, judged, vector if kind == "image" else None,
+                        closeness)
+            d = decide(model, ev, settings.coverage_precision)
+            verdict = Verdict(d.weak, d.reason, kind, judged, cov.best, "calibrated", d.outcome, thr, cov.n_good,
+                              d.probability)
+            judged_label = ev.top_label
 
     out = []
     for h in hits:
@@ -329,12 +346,30 @@ def answer(coll: Collection, query: Query, vector: np.ndarray, settings: Setting
             if h.id in own:  # the query image itself: leave it out of the answer
                 continue
             h.why = ("same image",)
-        h.confidence = hit_thr.get(h.id, thr).confidence(per_hit.get(h.id, h.score))
+        h.confidence = hit_confidence(verdict, hit_thr.get(h.id, thr), per_hit.get(h.id, h.score), h.label,
+                                      judged_label)
         out.append(h)
         if len(out) >= query.k:
             break
     timings["verdict"] = timings.get("verdict", 0.0) + time.perf_counter() - t0
     return out, verdict
+
+
+_RANK = {NO_MATCH: 0, UNCERTAIN: 1, LIKELY: 2}
+
+
+def hit_confidence(verdict: Verdict, thr: CoverageThresholds, score: float, label: str, judged_label: str) -> str:
+    """A hit's badge follows the verdict: no hit is surer than the answer as a whole (okapis are
+    not a "likely match" for "giraffe" when the judge is unsure the collection has giraffes), and
+    when a fitted judge found the concept, the hits of the folder it found it in are likely
+    matches down to the floor a genuine image of a concept reaches (a real watch is not "no match"
+    for scoring below the best-hit bar)."""
+    own = thr.confidence(score)
+    if verdict.label == LIKELY and judged_label and label == judged_label and score >= thr.floor:
+        return LIKELY
+    if _RANK[own] > _RANK[verdict.label]:
+        return verdict.label
+    return own
 
 
 # ---------------------------------------------------------------------------------------------

@@ -174,7 +174,10 @@ def test_calibrate_stores_and_is_used(tmp_path: Path, home: Path, encoder: Any) 
     assert load_calibration(c) == {}
     report = calibrate(c, kinds=["image"], per_class=3)
     [r] = report.results
-    assert r.kind == "image" and r.classes_fit == 4 and r.classes_held_out == 4 and r.queries == 8 * 3 * 2
+    # 8 folders: 3 fit the judge, 2 set its thresholds (too few to fit it: the rule judges), 3 report;
+    # every query as indexed and as an external-style view, present and absent
+    assert r.kind == "image" and r.classes_fit == 5 and r.classes_held_out == 3 and r.queries == 8 * 3 * 2 * 2
+    assert r.judge is None and not r.judge_report["fitted"]
     assert 0.5 <= r.accuracy_fit <= 1.0 and 0.0 <= r.accuracy_held_out <= 1.0
     stored = load_calibration(c)["image"]
     assert stored == r.thresholds and stored.keep_floor is not None

@@ -19,6 +19,10 @@ from ..query import Query, QueryOutcome, run_query
 from .common import collection_args, int_in, open_collection, runtime_arg, settings_from
 from .scale import add_where_arg
 
+#: ``imrs search --expand``: the answer was weak and the collection did not grow (no confirmed term,
+#: offline, nothing found); the reason is the "growth:" line.
+GROWTH_FAILED = 3
+
 
 def query_image_arg(spec: str) -> Any:
     """A path or an http(s) URL; URLs go through the safe downloader (never a raw fetch)."""
@@ -73,6 +77,8 @@ def cmd_search(args: argparse.Namespace) -> int:
     else:
         print(describe(outcome))
         print(format_hits(outcome.hits))
+    if query.expand and outcome.verdict.weak and outcome.report is None:
+        return GROWTH_FAILED  # scripts can tell an answer that should have grown and could not
     return 0
 
 
@@ -128,7 +134,8 @@ def register(sub: Any) -> None:
     p.add_argument("--qe", type=int_in(0, 100, "--qe"), default=None, metavar="N",
                    help="alpha query expansion over the top N hits (5 is a good start; default $IMRS_QE or 0)")
     p.add_argument("--json", action="store_true", help="print hits, verdict, proposed terms and timings as JSON")
-    p.add_argument("--expand", action="store_true", help="grow the collection from the web when coverage is weak")
+    p.add_argument("--expand", action="store_true",
+                   help="grow the collection from the web when coverage is weak (exit status 3 when it could not)")
     p.add_argument("--term", help="the web search term to grow with (image queries: pick one of the proposed)")
     p.add_argument("--auto-term", action="store_true",
                    help="image queries: grow with the best proposed term without asking")

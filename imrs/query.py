@@ -54,6 +54,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+#: A metadata match this strong is the query's own words (a kind or a similar phrase scores less).
+EXACT_WORDS = 0.999
+#: Exact word matches needed before the collection's words alone decide the verdict.
+METADATA_EXACT_HITS = 2
 #: A hit this close to the query is the query image itself (or a byte-identical copy).
 SAME_IMAGE = 0.9995
 MAX_TERMS = 6
@@ -311,16 +315,27 @@ def answer(coll: Collection, query: Query, vector: np.ndarray, settings: Setting
         per_hit = {h.id: h.score for h in hits}
         what = "score"
     hit_thr = {h.id: thr for h in hits}
+    related_only = False
     if fusion is not None and fusion.metadata_judged is not None:
         # the collection's own words answered: judge their match strengths; hits they matched get
-        # their confidence from those, the others keep the visual one
-        kind = "metadata"
-        thr, source = collection_thresholds(coll, kind, settings)
-        judged = fusion.metadata_judged[:JUDGE_DEPTH]
-        top_label, what = (hits[0].label if hits else ""), "metadata match"
+        # their confidence from those, the others keep the visual one. Words that only name a
+        # relative ("okapi" is a kind of giraffe to WordNet, a similar sentence) are no proof: the
+        # pixels judge, and the answer is at best uncertain.
+        meta_thr, meta_source = collection_thresholds(coll, "metadata", settings)
+        from .textsearch.hybrid import HybridParams, names_category
+
+        # a folder of a kind answers a category ("dalmatian" for "dog"); for anything narrower only
+        # the query's own words do
+        bar = HybridParams().kind_strength - 1e-6 if names_category(str(query.text)) else EXACT_WORDS
+        exact = sum(x >= bar for x in fusion.metadata_judged)
+        related_only = exact < min(meta_thr.min_good, METADATA_EXACT_HITS)
+        if not related_only:
+            kind, thr, source = "metadata", meta_thr, meta_source
+            judged = fusion.metadata_judged[:JUDGE_DEPTH]
+            top_label, what = (hits[0].label if hits else ""), "metadata match"
         for h in hits:
             if fusion.strength.get(h.id, 0.0) > 0:
-                per_hit[h.id], hit_thr[h.id] = fusion.strength[h.id], thr
+                per_hit[h.id], hit_thr[h.id] = fusion.strength[h.id], meta_thr
     cov = check_coverage(judged, thr, what=what, class_size=_class_size(coll, top_label))
     label = thr.confidence(cov.best) if judged else NO_MATCH
     if cov.weak and label == LIKELY:  # a strong best hit alone (too few good ones) is not coverage
@@ -339,6 +354,9 @@ def answer(coll: Collection, query: Query, vector: np.ndarray, settings: Setting
             verdict = Verdict(d.weak, d.reason, kind, judged, cov.best, "calibrated", d.outcome, thr, cov.n_good,
                               d.probability)
             judged_label = ev.top_label
+    if related_only and verdict.label == LIKELY:
+        verdict.label = UNCERTAIN
+        verdict.reason += "; the collection's words name only relatives of it"
 
     out = []
     for h in hits:

@@ -226,6 +226,21 @@ def test_demo_text_verdicts_cli(home: Path, capsys: pytest.CaptureFixture[str]) 
     assert main(["search", "--text", "a yellow school bus", "--root", str(demo), "-k", "3"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("coverage weak:") and "add --expand" in out and "no match" in out
+    # words that name only a relative are no proof: okapis are at best uncertain for "giraffe" ...
+    capsys.readouterr()
+    assert main(["search", "--text", "giraffe", "--root", str(demo), "--json", "-k", "4"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert [h["label"] for h in data["hits"]][:2] == ["okapi", "okapi"]
+    assert data["verdict"]["label"] != "likely match" and data["verdict"]["kind"] == "textmap"
+    assert all(h["confidence"] != "likely match" for h in data["hits"])
+    # ... while a folder of a kind answers a category ("dalmatian" for "dog"), and the small watch
+    # folder is a likely match, not "no match"
+    for text, label in (("dog", "dalmatian"), ("watch", "watch")):
+        capsys.readouterr()
+        assert main(["search", "--text", text, "--root", str(demo), "--json", "-k", "3"]) == 0
+        data = json.loads(capsys.readouterr().out)
+        assert data["verdict"]["kind"] == "metadata" and data["verdict"]["label"] == "likely match"
+        assert all(h["label"] == label and h["confidence"] == "likely match" for h in data["hits"])
 
 
 # ---------------------------------------------------------------------------------------------

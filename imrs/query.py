@@ -80,6 +80,7 @@ class Query:
     where: str | None = None  # filter: source == 'dynamic', label in ['a', 'b'], ... (imrs.filters)
     metadata: bool = True  # text: fuse what the collection says in words (labels, captions, ...)
     web_exemplars: bool = False  # text: also search with a few web images for it (not kept)
+    ask_web: bool | None = None  # an uncertain verdict asks the web (None: when growth was asked for)
 
     def validate(self) -> None:
         if (self.text is None or not str(self.text).strip()) == (self.image is None):
@@ -108,6 +109,8 @@ class Verdict:
     thresholds: CoverageThresholds | None = None
     n_good: int = 0
     probability: float | None = None  # the judge's p(covered), when a fitted judge decided
+    folder: str = ""  # the folder the answer came from (its leading label)
+    web: dict[str, Any] | None = None  # what asking the web said (``judge.WebTest``), when it was asked
 
     def line(self) -> str:
         word = "weak" if self.weak else "ok"
@@ -117,6 +120,7 @@ class Verdict:
         return {"weak": self.weak, "reason": self.reason, "kind": self.kind, "label": self.label,
                 "best": _num(self.best), "n_good": self.n_good, "source": self.source,
                 "probability": None if self.probability is None else round(self.probability, 4),
+                "folder": self.folder, "web": self.web,
                 "scores": [round(float(s), 4) for s in self.scores],
                 "thresholds": self.thresholds.as_dict() if self.thresholds else None}
 
@@ -340,7 +344,8 @@ def answer(coll: Collection, query: Query, vector: np.ndarray, settings: Setting
     label = thr.confidence(cov.best) if judged else NO_MATCH
     if cov.weak and label == LIKELY:  # a strong best hit alone (too few good ones) is not coverage
         label = UNCERTAIN
-    verdict = Verdict(cov.weak, cov.reason, kind, judged, cov.best, source, label, thr, cov.n_good)
+    verdict = Verdict(cov.weak, cov.reason, kind, judged, cov.best, source, label, thr, cov.n_good,
+                      folder=top_label if top_label and not is_clutter_label(top_label) else "")
     judged_label = ""
     if kind != "metadata" and source != "env":  # hand-set thresholds win over a fitted judge
         from .expansion.calibrate import load_judges
@@ -352,7 +357,7 @@ def answer(coll: Collection, query: Query, vector: np.ndarray, settings: Setting
                         closeness)
             d = decide(model, ev, settings.coverage_precision)
             verdict = Verdict(d.weak, d.reason, kind, judged, cov.best, "calibrated", d.outcome, thr, cov.n_good,
-                              d.probability)
+                              d.probability, folder=ev.top_label)
             judged_label = ev.top_label
     if related_only and verdict.label == LIKELY:
         verdict.label = UNCERTAIN
@@ -523,10 +528,57 @@ def run_query(coll: Collection, query: Query, settings: Settings | None = None,
     from .retrieval.stages import stages_for
 
     outcome = QueryOutcome(query, hits, verdict, terms, timings=timings, stages=stages_for(coll).names)
-    if query.expand and verdict.weak:
+    ask = query.expand if query.ask_web is None else query.ask_web
+    if ask and verdict.label == UNCERTAIN and (query.term or terms):
+        ask_web(coll, query, outcome, s, providers)
+    if query.expand and outcome.verdict.weak:
         _grow(coll, query, vector, s, outcome, progress, providers)
     timings["total"] = time.perf_counter() - t_all
     return outcome
+
+
+def ask_web(coll: Collection, query: Query, outcome: QueryOutcome, s: Settings, providers: Any = None,
+            n: int = 6) -> None:
+    """An uncertain verdict asks the web: a few images of the term (the confirmed one, else the best
+    proposed) are fetched with the growth's providers and download guard, embedded, compared with
+    the collection (``judge.web_test``) and deleted. A clear answer replaces "uncertain"; no
+    network or too few images leave the verdict as it was and say why. The time counts in the
+    timings ("web_check")."""
+    from .expansion.judge import web_test
+    from .textsearch.web import exemplar_vectors
+
+    v = outcome.verdict
+    term = clean_term(query.term) if query.term else outcome.terms[0].term
+    t0 = time.perf_counter()
+    try:
+        policy, default_providers = _policy_and_providers(s)
+        vectors, report = exemplar_vectors(coll, term, n, providers if providers is not None else default_providers,
+                                           policy)
+        if vectors is None:
+            v.web = {"term": term, "error": report.error}
+            v.reason += f"; web check of '{term}': {report.error}"
+            return
+        scores, ids = coll.index.search(np.asarray(vectors, np.float32), 10)
+        test = web_test(judge_context(coll), vectors, scores, ids, v.folder, term)
+        if test is None:
+            v.web = {"term": term, "error": f"only {len(vectors)} web image(s)"}
+            v.reason += f"; web check of '{term}': too few web images ({len(vectors)})"
+            return
+        v.web = {"term": term, "exemplars": test.exemplars, "to_collection": round(test.to_collection, 4),
+                 "to_each_other": round(test.to_each_other, 4), "on_label": round(test.on_label, 4),
+                 "outcome": test.outcome}
+        v.reason += "; " + test.describe()
+        if test.outcome != UNCERTAIN:
+            v.label, v.weak = test.outcome, test.outcome == NO_MATCH
+            for h in outcome.hits:  # the badges follow the new verdict
+                if h.why == ("same image",):
+                    continue
+                if test.outcome == NO_MATCH:
+                    h.confidence = NO_MATCH
+                elif v.folder and h.label == v.folder and v.thresholds is not None and h.score >= v.thresholds.floor:
+                    h.confidence = LIKELY
+    finally:
+        outcome.timings["web_check"] = time.perf_counter() - t0
 
 
 def _grow(coll: Collection, query: Query, vector: np.ndarray, s: Settings, outcome: QueryOutcome,

@@ -25,7 +25,7 @@ from imrs.expansion.judge import (
 )
 from imrs.query import Query, Verdict, hit_confidence, run_query
 from tests.conftest import CALTECH, PHOTOS, REPO
-from tests.test_expansion import BACKBONE, encoder, make_base  # noqa: F401 - fixtures
+from tests.test_expansion import BACKBONE, encoder, make_base, sun_urls, web  # noqa: F401 - fixtures
 
 # ---------------------------------------------------------------------------------------------
 # Statistics, on synthetic data whose truth is known
@@ -200,3 +200,51 @@ def test_expand_that_cannot_grow_exits_non_zero(tmp_path: Path, home: Path) -> N
     ok = subprocess.run([*run, "search", "--image", str(PHOTOS / "giraffe.jpg"), "--root", str(root)],
                         env=env, capture_output=True, text=True, timeout=300)
     assert ok.returncode == 0  # no growth asked: a weak verdict is an answer, not a failure
+
+
+# ---------------------------------------------------------------------------------------------
+# Asking the web, for answers that stay uncertain (loopback web server)
+# ---------------------------------------------------------------------------------------------
+
+
+def _collection_of(root: Path, files: dict[str, list[Path]]) -> Path:
+    for label, paths in files.items():
+        for src in paths:
+            dst = root / label / src.name
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            dst.symlink_to(src)
+    return root
+
+
+def test_uncertain_answers_ask_the_web(tmp_path: Path, home: Path, encoder: Any, web: Any) -> None:  # noqa: F811
+    from imrs.web import StaticProvider
+
+    sunflowers = sorted((CALTECH / "sunflower").glob("*.jpg"))[20:26]  # not what the web serves
+    others = {c: sorted((CALTECH / c).glob("*.jpg"))[:6] for c in ("airplanes", "Leopards", "watch")}
+    with_sun = Collection(_collection_of(tmp_path / "a", {**others, "sunflower": sunflowers}), BACKBONE, "flat_ip",
+                          home=home, encoder=encoder)
+    without = Collection(_collection_of(tmp_path / "b", others), BACKBONE, "flat_ip", home=home, encoder=encoder)
+    for c in (with_sun, without):
+        c.sync()
+    # hand-set bars that leave any answer "uncertain", so the web decides
+    s = Settings.from_env(home=home, allow_loopback=True, coverage_best_min=0.99, coverage_good_min=0.05)
+    provider = StaticProvider(sun_urls(web, 6))
+    query = Query(image=str(PHOTOS / "sunflower.jpg"), k=5, term="sunflower", ask_web=True)
+    rows_before = len(with_sun.catalog)
+    has = run_query(with_sun, query, s, providers=provider)
+    assert has.verdict.web is not None and has.verdict.web["exemplars"] == 6
+    assert has.verdict.web["outcome"] == LIKELY and has.verdict.label == LIKELY and not has.verdict.weak
+    assert has.hits[0].label == "sunflower" and has.hits[0].confidence == LIKELY
+    assert "web check of 'sunflower': covered" in has.verdict.reason and has.timings["web_check"] > 0
+    assert len(with_sun.catalog) == rows_before and not list((tmp_path / "a").glob("dynamic*"))  # nothing kept
+    lacks = run_query(without, query, s, providers=provider)
+    assert lacks.verdict.web["outcome"] == NO_MATCH and lacks.verdict.label == NO_MATCH and lacks.verdict.weak
+    assert all(h.confidence == NO_MATCH for h in lacks.hits)
+    assert lacks.verdict.web["to_each_other"] > lacks.verdict.web["to_collection"]
+    # not asked (no growth, no --ask-web): the web is never touched
+    quiet = run_query(without, Query(image=str(PHOTOS / "sunflower.jpg"), k=5), s, providers=provider)
+    assert quiet.verdict.web is None and quiet.verdict.label == UNCERTAIN and "web_check" not in quiet.timings
+    # offline: the verdict stays as it was and says why
+    dead = StaticProvider([web.url("/status/404")] * 6)
+    off = run_query(without, query, s, providers=dead)
+    assert off.verdict.label == UNCERTAIN and off.verdict.web and off.verdict.web.get("error")

@@ -70,7 +70,8 @@ def cmd_search(args: argparse.Namespace) -> int:
     query = Query(text=args.text, image=query_image_arg(args.image) if args.image else None, k=args.k, qe=args.qe,
                   expand=args.expand, term=args.term, n_images=args.n, where=args.where,
                   metadata=not getattr(args, "no_metadata", False),
-                  web_exemplars=bool(getattr(args, "web_exemplars", False)))
+                  web_exemplars=bool(getattr(args, "web_exemplars", False)),
+                  ask_web=True if getattr(args, "ask_web", False) else None)
     outcome = run_query(coll, query, s, progress=bool(args.expand and not args.json))
     if args.json:
         print(json.dumps(outcome.to_dict(), indent=2))
@@ -143,6 +144,9 @@ def register(sub: Any) -> None:
     p.add_argument("--allow-loopback", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--no-metadata", action="store_true",
                    help="text search by pixels only (ignore folder labels, file names, captions, web terms)")
+    p.add_argument("--ask-web", action="store_true",
+                   help="an uncertain verdict asks the web: a few images of the proposed term are compared with "
+                        "the collection, then deleted (on by default with --expand)")
     p.add_argument("--web-exemplars", action="store_true",
                    help="text: also search with a few web images for the text (downloaded, used, not kept)")
     collection_args(p)

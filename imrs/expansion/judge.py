@@ -383,3 +383,64 @@ def decide(model: JudgeModel, ev: Evidence, precision: float) -> Decision:
     weak = p < model.t_mid
     word = {LIKELY: "covered", NO_MATCH: "not covered", UNCERTAIN: "uncertain"}[outcome]
     return Decision(outcome, weak, p, f"{word} (p={p:.2f}): {ev.describe()}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Asking the web, for answers that stay uncertain
+# ---------------------------------------------------------------------------------------------
+
+#: Fewest web exemplars the web test decides on.
+WEB_MIN_EXEMPLARS = 3
+
+
+@dataclass
+class WebTest:
+    """What a handful of web images of the proposed term say: how well they find the collection's
+    images (``to_collection``, median best cosine) against how well they find each other
+    (``to_each_other``, median cosine to the other exemplars), and how many of them land on the
+    answer's leading folder (``on_label``)."""
+
+    term: str
+    exemplars: int
+    to_collection: float
+    to_each_other: float
+    on_label: float
+    outcome: str  # LIKELY | NO_MATCH | UNCERTAIN
+
+    def describe(self) -> str:
+        word = {LIKELY: "covered", NO_MATCH: "not covered", UNCERTAIN: "still uncertain"}[self.outcome]
+        return (f"web check of '{self.term}': {word} ({self.exemplars} web images find the collection at "
+                f"{self.to_collection:.2f}, each other at {self.to_each_other:.2f}; "
+                f"{self.on_label:.0%} land on the answer's folder)")
+
+
+def web_test(ctx: ClassContext, exemplars: np.ndarray, collection_scores: np.ndarray,
+             collection_ids: np.ndarray, top_label: str, term: str) -> WebTest | None:
+    """A per-concept, self-calibrating test. Web images of a concept resemble each other about as
+    much as the concept's photos ever will; if the collection holds the concept, they find its
+    images about as well as they find each other, and in the folder the answer came from. If it
+    does not, they find each other much better than anything in the collection.
+
+    ``collection_scores``/``collection_ids``: each exemplar's best collection hits (rows)."""
+    E = np.asarray(exemplars, np.float32)
+    m = len(E)
+    if m < WEB_MIN_EXEMPLARS:
+        return None
+    S = E @ E.T
+    np.fill_diagonal(S, np.nan)
+    each_other = float(np.median(np.nanmean(S, axis=1)))
+    to_coll = float(np.median(collection_scores[:, 0]))
+    on_label = 0.0
+    if top_label:
+        votes = []
+        for row in collection_ids:
+            labels = [ctx.label_of.get(int(i), "") for i in row[:5] if int(i) != -1]
+            votes.append(bool(labels) and max(set(labels), key=labels.count) == top_label)
+        on_label = float(np.mean(votes))
+    if to_coll >= each_other and on_label >= 0.5:
+        outcome = LIKELY
+    elif to_coll < 0.85 * each_other or (top_label and on_label < 0.25 and to_coll < each_other):
+        outcome = NO_MATCH
+    else:
+        outcome = UNCERTAIN
+    return WebTest(term, m, to_coll, each_other, on_label, outcome)

@@ -13,7 +13,8 @@ Queries must look like what people really search with, not like the collection's
 image query is asked twice, as the indexed image and as an "external-style" view of it (a crop of
 45-100% of the picture, rescaled, colour-shifted, re-encoded as a JPEG of quality 40-90), the view
 that predicts how photos from outside the collection are judged. Text queries are the folders'
-names, embedded exactly as a live query is.
+names in a few phrasings ("okapi", "a photo of a okapi", "okapi pictures"), embedded exactly as a
+live query is.
 
 Classes are split three ways at random: the judge's model is fitted on 40% (``fit``), its
 precision thresholds are set on 30% (``calibration``), and everything reported is measured on the
@@ -126,7 +127,8 @@ class CalibrationReport:
                 out.append(f"{'':{len(name)}s}  grow-or-not decision right {_pct(ext['balanced_accuracy'])} "
                            f"(balanced, {_ci(ext['balanced_accuracy_ci'])}); target precision "
                            f"{_pct(j['precision_target'])}; measured on {j['classes_report']} folders never used "
-                           f"for fitting, photos of other people's style")
+                           + ("for fitting, on photos in other people's style" if j.get("external")
+                              else "for fitting"))
             else:
                 out.append(f"{name}: {j.get('why', 'judged by thresholds')}; thresholds "
                            f"balanced accuracy {r.accuracy_held_out:.2f} on {r.classes_held_out} held-out folders")
@@ -398,10 +400,14 @@ def _image_cases(coll: Collection, classes: dict[str, list[int]], fam: dict[str,
     return b.cases()
 
 
+#: How people type a concept: each folder's name is asked in these forms.
+PHRASINGS = ("{}", "a photo of a {}", "{} pictures")
+
+
 def _text_cases(coll: Collection, classes: dict[str, list[int]], fam: dict[str, set[str]], depth: int,
                 b: _CaseBuilder, rep: Reporter) -> Cases:
-    """Text queries: each folder's readable name, embedded and judged exactly as a live text query
-    (``imrs.query`` embeds the raw text, no prompt template)."""
+    """Text queries: each folder's readable name in a few phrasings, embedded and judged exactly as
+    a live text query (``imrs.query`` embeds the raw text, no prompt template)."""
     from ..textsearch import text_class_space
 
     names = b.names
@@ -409,18 +415,19 @@ def _text_cases(coll: Collection, classes: dict[str, list[int]], fam: dict[str, 
     biggest = max(len(v) for v in classes.values()) * 4
     for c, name in enumerate(names):
         members = {i for m in fam[name] for i in classes.get(m, [])}
-        text = readable_label(name)
-        closeness = None
-        if textmap:
-            ids, scores = text_class_space(coll, text)
-            order = np.argsort(-scores, kind="stable")[:depth + len(members) + 1]
-            pairs = [(float(scores[j]), int(ids[j])) for j in order]
-            closeness = float(coll.text_index.plan(text).closeness)
-        else:
-            vec = coll.embed_query_text(text)
-            srow, irow = coll.index.search(np.asarray([vec], np.float32), depth + biggest + 1)
-            pairs = [(float(x), int(i)) for x, i in zip(srow[0].tolist(), irow[0].tolist(), strict=True)]
-        b.add(c, pairs, members, closeness=closeness)
+        for form in PHRASINGS:
+            text = form.format(readable_label(name))
+            closeness = None
+            if textmap:
+                ids, scores = text_class_space(coll, text)
+                order = np.argsort(-scores, kind="stable")[:depth + len(members) + 1]
+                pairs = [(float(scores[j]), int(ids[j])) for j in order]
+                closeness = float(coll.text_index.plan(text).closeness)
+            else:
+                vec = coll.embed_query_text(text)
+                srow, irow = coll.index.search(np.asarray([vec], np.float32), depth + biggest + 1)
+                pairs = [(float(x), int(i)) for x, i in zip(srow[0].tolist(), irow[0].tolist(), strict=True)]
+            b.add(c, pairs, members, closeness=closeness)
         rep("calibrate text", c + 1, len(names))
     return b.cases()
 

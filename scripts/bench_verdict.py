@@ -16,8 +16,8 @@ dragonfly, sunflower and the portrait are concepts Caltech-101 has; the others a
 
     python scripts/bench_verdict.py --root ../shared/datasets/caltech101 --write-docs
 
-``--write-docs`` replaces the block between ``<!-- bench_verdict:start -->`` and
-``<!-- bench_verdict:end -->`` in docs/benchmarks.md with what this run printed.
+``--write-docs`` replaces the block between ``<!-- bench_verdict:BACKBONE:start -->`` and
+``<!-- bench_verdict:BACKBONE:end -->`` in docs/benchmarks.md with what this run printed.
 """
 
 from __future__ import annotations
@@ -39,7 +39,6 @@ from imrs.expansion.calibrate import calibrate, save_calibration  # noqa: E402
 from imrs.query import Query, run_query  # noqa: E402
 
 PHOTO_TRUTH = {"dragonfly.jpg": True, "sunflower.jpg": True, "grace_hopper.jpg": True}
-START, END = "<!-- bench_verdict:start -->", "<!-- bench_verdict:end -->"
 
 
 def cpu_line() -> str:
@@ -129,13 +128,15 @@ def main() -> int:
     text = "\n".join(out)
     print(text)
     if args.write_docs:
+        start, end = f"<!-- bench_verdict:{args.backbone}:start -->", f"<!-- bench_verdict:{args.backbone}:end -->"
         doc = REPO / "docs" / "benchmarks.md"
         body = doc.read_text()
-        block = f"{START}\n{text}\n{END}"
-        if START in body and END in body:
-            body = body[:body.index(START)] + block + body[body.index(END) + len(END):]
+        block = f"{start}\n{text}\n{end}"
+        if start in body and end in body:
+            body = body[:body.index(start)] + block + body[body.index(end) + len(end):]
         else:
-            body += "\n\n## Coverage verdict on external-style queries (`scripts/bench_verdict.py`)\n\n" + block + "\n"
+            title = f"### Coverage verdict, {args.backbone} (`scripts/bench_verdict.py --backbone {args.backbone}`)"
+            body += f"\n\n{title}\n\n{block}\n"
         doc.write_text(body)
         print(f"wrote {doc}")
     return 0

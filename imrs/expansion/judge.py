@@ -53,8 +53,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: Confidence of the precision guarantee (the thresholds hold with probability 1 - DELTA).
-DELTA = 0.1
+#: Confidence of the precision bound (the thresholds hold with probability 1 - DELTA).
+DELTA = 0.05
+#: A confident side must rest on at least this many folders: a bound drawn from a handful of
+#: concepts says little about the next one.
+MIN_GROUPS = 8
 #: How many results the verdict looks at, whatever ``k`` was asked for.
 JUDGE_DEPTH = 20
 #: How many best judged results the label and ImageNet features look at.
@@ -248,7 +251,7 @@ def min_answers(alpha: float, delta: float = DELTA) -> int:
 
 
 def _side(p: np.ndarray, wrong: np.ndarray, W: np.ndarray, precision: float, need: int, delta: float,
-          descending: bool) -> float | None:
+          descending: bool, inv: np.ndarray | None = None) -> float | None:
     """The most liberal threshold on one side whose bootstrap lower bound of precision stays at
     ``precision``, scanning from the most conservative (fixed sequence); None: none qualifies."""
     order = np.argsort(-p if descending else p, kind="stable")
@@ -266,6 +269,8 @@ def _side(p: np.ndarray, wrong: np.ndarray, W: np.ndarray, precision: float, nee
     for j in range(max(need, len(ps) // 20) - 1, len(ps), step):
         while j + 1 < len(ps) and ps[j + 1] == ps[j]:
             j += 1  # a threshold selects every tie
+        if inv is not None and len(np.unique(inv[order[:j + 1]])) < min(MIN_GROUPS, len(np.unique(inv))):
+            continue
         if lower[j] < precision:
             break
         best = float(ps[j])
@@ -294,8 +299,9 @@ def precision_thresholds(p: np.ndarray, y: np.ndarray, precision: float, groups:
     rng = np.random.default_rng(0)
     W = np.stack([np.bincount(rng.integers(0, len(ug), len(ug)), minlength=len(ug))[inv] for _ in range(reps)])
     need = min_answers(1.0 - precision, delta)
-    hi = _side(p, y == 0, W, precision, need, delta, descending=True)
-    lo = _side(p, y == 1, W, precision, need, delta, descending=False)
+    grouped = inv if len(ug) < len(p) else None
+    hi = _side(p, y == 0, W, precision, need, delta, descending=True, inv=grouped)
+    lo = _side(p, y == 1, W, precision, need, delta, descending=False, inv=grouped)
     t_high = math.inf if hi is None else hi
     t_low = -math.inf if lo is None else lo
     if t_low >= t_high:  # both sides confident everywhere: split at the middle

@@ -45,7 +45,7 @@ CLASSES = ("Leopards", "airplanes", "sunflower", "watch", "pizza", "Motorbikes",
 #: A folder and a file name a person could create: Markdown, Streamlit's colour, maths and icon
 #: syntax, and images/links relative to the page (a name cannot hold "//").
 HOSTILE_FOLDER = ":red[x] [f](phish.html) ![i](kite.jpg) $x^2$"
-HOSTILE_FILE = "![j](kite2.jpg) :material/home: _b_.jpg"
+HOSTILE_FILE = "![j](kite2.jpg) :rocket: _b_ $y$.jpg"
 EDITOR_TOKEN = "browser-test-editor-token"
 
 

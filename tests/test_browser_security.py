@@ -67,6 +67,7 @@ def assert_inert(page: Any, rec: Recorder, *words: str) -> None:
     icons = main.locator("[data-testid='stMarkdownContainer'] span[role='img']").all_inner_texts()
     assert "home" not in icons, icons
     text = visible(page)
+    assert "🚀" not in text  # no emoji from a shortcode in a hostile name
     for w in words:
         assert w in text, (w, text[:2000])
 
@@ -125,12 +126,14 @@ def test_hostile_links_and_stored_text_stay_text(browser: Any, app: AppHolder, r
         caption(visitor, "“[click here to log in]").wait_for()
         wait_idle(visitor)
         cap = visitor.get_by_text(re.compile(r"\d+ results for ")).inner_text().replace(JOINER, "")
-        assert f"[click here to log in]({r}/phish) ![x]({r}/kite.jpg) :red[r] $x^2$" in cap, cap
+        assert (f"[click here to log in]({r}/phish) ![x]({r}/kite.jpg) :red[r] $x^2$ :material/home: "
+                f"www.example.com") in cap, cap
+        expect(visitor.get_by_label(TEXT_BOX)).to_have_value(hostile_q.strip())
         assert len(cap) < 400, len(cap)  # 5,000 characters are not echoed in full
         assert "auto_expand" not in visitor.url and "auto_confirm" not in visitor.url
         assert visitor.locator(".st-key-auto_expand").count() == 0  # growth switches are for editors
         assert visitor.locator(".st-key-grow_text").count() == 0
-        assert_inert(visitor, recorder, ":red[r] $x^2$ :material/home: www.example.com")
+        assert_inert(visitor, recorder)
         assert web_count(visitor) == grown  # nothing was written
         no_tracebacks(visitor)
         visitor.screenshot(path=str(ARTIFACTS / "22-hostile-link-desktop.png"))

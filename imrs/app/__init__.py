@@ -22,7 +22,6 @@ as a short error box, never a traceback.
 from __future__ import annotations
 
 import logging
-import time
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +51,6 @@ def main() -> None:
     with st.sidebar:
         timing.install()  # the browser notes each click, so results can say how long the person waited
     ss = st.session_state
-    ss["_t_run"] = time.perf_counter()  # a click starts a run: "answered in" is measured from here
     ss["_full_run"] = True
     try:
         _page()

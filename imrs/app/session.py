@@ -16,7 +16,6 @@ session settings no URL can switch on, and a restored search never grows the col
 from __future__ import annotations
 
 import re
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -99,7 +98,6 @@ def request_search(kind: str, *, expand: bool | None = None, term: str | None = 
     ss = st.session_state
     wanted = ss.get("auto_expand", False) if expand is None else expand
     ss["_pending"] = Pending(kind, bool(wanted) and bool(ss.get("_editor")), term)
-    st.session_state["_t_request"] = time.perf_counter()
 
 
 def take_pending() -> Pending | None:

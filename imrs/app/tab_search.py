@@ -28,7 +28,7 @@ IMAGE_TYPES = ["jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff"]
 TEXT_BOX = "Describe what you are looking for"
 PREVIEW_SIDE = 220  # the crop box is drawn on a preview this large (the crop applies to the original)
 #: A query is echoed (caption, grow button) up to this many characters; the search uses all of it.
-ECHO_CHARS = 100
+ECHO_CHARS = 160
 _RESULTS = itertools.count(1)  # numbers each drawn result, so the page times each one once
 
 

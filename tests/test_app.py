@@ -534,6 +534,7 @@ def test_links_never_switch_writes_on_and_odd_references_are_one_line(app_env: P
         img = start(query_params={"img": f"c:{stable_id(rel)}", "hide_query": "false"})
         assert_clean(img)
         assert labels(img)[0] == rel.split("/")[0], (rel, labels(img))
+        assert "query image" in scores_line(img)[0], scores_line(img)  # the link's "show it" was kept
 
 
 def test_visitor_searches_but_cannot_change_the_collection(app_env: Path, monkeypatch: pytest.MonkeyPatch,
@@ -588,3 +589,13 @@ def test_hostile_text_is_shown_as_text(app_env: Path) -> None:
     assert any(c.startswith("**#") and c.endswith("· :\u2060red\\[x\\] \\[f\\](phish.html) !\\[i\\](kite.jpg)")
                for c in cards(at)), cards(at)
     assert any("!\\[j\\](kite2.jpg) \\_b\\_.jpg" in c.value for c in at.caption), [c.value for c in at.caption]
+
+
+def test_truncated_upload_is_named_as_truncated(app_env: Path) -> None:
+    at = to_image_mode(start())
+    data = photo("sunflower.jpg")
+    at.file_uploader(key="upload").set_value(("half.jpg", data[: len(data) // 2], "image/jpeg")).run()
+    assert not at.exception
+    said = errors(at)
+    assert len(said) == 1 and "upload: half.jpg is truncated: the file ends early" in said[0], said
+    assert not cards(at)

@@ -54,7 +54,8 @@ def init_session(base: Settings, default_backbone: Callable[[], str], default_ro
     ss.setdefault("indexer", base.indexer)
     ss.setdefault("top_k", 12)
     ss.setdefault("qe", int(base.qe))
-    ss.setdefault("hide_query", True)
+    # "hide_query" gets its default from its widget: a seeded boolean would make Streamlit ignore
+    # the link's value for it
     ss.setdefault("auto_expand", False)
     ss.setdefault("auto_confirm", bool(base.auto_confirm_term))
     ss.setdefault("expand_n", int(base.expand_n))

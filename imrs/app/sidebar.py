@@ -95,7 +95,7 @@ def search_settings(opened: W.Opened, role: Role) -> dict[str, Any]:
     sb.slider("Results (top-k)", 1, 60, key="top_k", bind="query-params")
     sb.number_input("Query expansion (top N)", min_value=0, max_value=20, key="qe", bind="query-params",
                     help="alpha query expansion: re-search with the query blended with its top N hits; 0 = off")
-    sb.toggle("Hide the query image from results", key="hide_query", bind="query-params",
+    sb.toggle("Hide the query image from results", value=True, key="hide_query", bind="query-params",
               help="when the query is an image of this collection, leave it out of its own results")
     params: dict[str, int] = {}
     shared = coll.index.get_params() if opened.ws.synced else {}

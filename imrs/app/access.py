@@ -78,7 +78,14 @@ def oidc_configured() -> bool:
         if not st.secrets.load_if_toml_exists():
             return False
         auth = st.secrets.get("auth")
-        return bool(auth) and "redirect_uri" in auth and "cookie_secret" in auth
+        if not (bool(auth) and "redirect_uri" in auth and "cookie_secret" in auth):
+            return False
+        import importlib.util
+
+        if importlib.util.find_spec("authlib") is None:  # st.login needs it; without it, no login at all
+            log.warning("[auth] is configured but Authlib is not installed (pip install Authlib): no st.login")
+            return False
+        return True
     except Exception as exc:  # noqa: BLE001 - unreadable secrets: no login, never a crash
         log.warning("secrets not readable, st.login is off: %s", exc)
         return False

@@ -892,6 +892,7 @@ class Collection:
 
     # -- snapshots ----------------------------------------------------------------------------------
     def save_snapshot(self, name: str) -> snap.Manifest:
+        snap.check_user_name(name)
         with self.writing("snapshot-save"), self._index_lock:
             self.begin_changes()  # a killed save leaves a version folder for the repair to collect
             return snap.save_snapshot(self.snap_dir, name, self.index, self.backbone, catalog=self._catalog,

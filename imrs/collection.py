@@ -38,6 +38,7 @@ from .store import (
     RuntimeMismatchError,
     base_name,
     dynamic_name,
+    load_ids,
     merge,
     merge_files,
     merged_name,
@@ -316,6 +317,7 @@ class Collection:
 
     def _check_locked(self) -> None:
         """Under the writer lock (outermost hold): repair whatever a crash left behind."""
+        reconcile.migrate(self)
         status = reconcile.check(self)
         self._checked = True  # the repair itself uses the catalog and index
         if not status.clean:
@@ -436,14 +438,45 @@ class Collection:
                 self._index.set_params(**_tunables(params))
 
     # -- embeddings on disk ------------------------------------------------------------------------
+    # Caches are shard stores (imrs.shards): ``<name>.store/``. A single-file ``<name>.npz`` from
+    # before stores is read as it is until the first write migrates it (``reconcile.migrate``).
+    def _cache_path(self, store: str, legacy: str) -> Path:
+        path = self.emb_dir / store
+        old = self.emb_dir / legacy
+        return old if not path.exists() and old.is_file() else path
+
     def base_npz(self) -> Path:
-        return self.emb_dir / base_name(self.backbone)
+        """The base cache (a shard store; a not yet migrated single NPZ file until the next write)."""
+        return self._cache_path(base_name(self.backbone), base_name(self.backbone, ".npz"))
 
     def dynamic_npz(self, slug: str) -> Path:
-        return self.emb_dir / dynamic_name(slug, self.backbone)
+        return self._cache_path(dynamic_name(slug, self.backbone), dynamic_name(slug, self.backbone, ".npz"))
 
     def dynamic_npzs(self) -> list[Path]:
-        return sorted(self.emb_dir.glob(f"dyn_emb_*_{self.backbone}.npz"))
+        stores = set(self.emb_dir.glob(f"dyn_emb_*_{self.backbone}.store"))
+        legacy = {p for p in self.emb_dir.glob(f"dyn_emb_*_{self.backbone}.npz")
+                  if p.with_suffix(".store") not in stores}
+        return sorted(stores | legacy)
+
+    def _write_cache(self, path: Path, add: EmbeddingSet | None = None, remove: Iterable[int] = ()) -> int:
+        """One change to one cache: a new delta in its store (never a rewrite of the whole cache)."""
+        from .shards import ShardStore
+
+        return ShardStore(path).update(add, remove, backbone=self.backbone, dim=self.dim)
+
+    def compact(self) -> dict[str, int]:
+        """Rewrite every store of this backbone as one delta of its live rows (``imrs compact``).
+        Returns store name -> bytes written."""
+        from .shards import ShardStore
+
+        out: dict[str, int] = {}
+        with self.writing("compact"):
+            for path in [self.base_npz(), *self.dynamic_npzs()]:
+                if not path.exists():
+                    continue
+                self.begin_changes()
+                out[path.name] = ShardStore(path).compact(backbone=self.backbone, dim=self.dim)
+        return out
 
     def load_base_embeddings(self) -> EmbeddingSet:
         path = self.base_npz()
@@ -519,8 +552,7 @@ class Collection:
 
     def _cached_ids(self) -> np.ndarray:
         """Ids of every row in this backbone's caches."""
-        parts = [EmbeddingSet.load(p, self.backbone).ids for p in [self.base_npz(), *self.dynamic_npzs()]
-                 if p.exists()]
+        parts = [load_ids(p, self.backbone) for p in [self.base_npz(), *self.dynamic_npzs()] if p.exists()]
         return np.concatenate(parts) if parts else np.zeros(0, np.int64)
 
     def _save_to_caches(self, rows: EmbeddingSet) -> None:
@@ -529,9 +561,7 @@ class Collection:
         for slug in sorted(set(slugs.tolist()), key=lambda x: x or ""):
             part = rows.select(slugs == slug)
             path = self.base_npz() if slug is None else self.dynamic_npz(slug)
-            old = EmbeddingSet.load(path, self.backbone) if path.exists() else EmbeddingSet.empty(
-                self.backbone, self.dim)
-            old.without(part.ids).concat(part).save(path)
+            self._write_cache(path, add=part)
 
     # -- indexing a folder ------------------------------------------------------------------------
     def sync(self, progress: Progress | bool = False, batch_size: int | None = None,
@@ -603,8 +633,10 @@ class Collection:
                 self.begin_changes()
                 self._catalog.delete(gone_ids, allow_base=True)  # files already gone; never touches files
                 fault_point("sync.after_catalog_delete")
-                base = base.without(drop).concat(new_emb)
-                base.save(self.base_npz())
+                if report.restamped:  # every vector changed space: the store starts over
+                    new_emb.save(self.base_npz())
+                else:
+                    self._write_cache(self.base_npz(), add=new_emb, remove=drop)
                 fault_point("sync.after_cache")
                 self._catalog.upsert(records)
                 fault_point("sync.after_catalog")
@@ -739,10 +771,7 @@ class Collection:
             self.begin_changes()
             new = EmbeddingSet(self.backbone, [r.id for r in records], [r.relpath for r in records], vectors,
                                runtime=tag)
-            path = self.dynamic_npz(slug)
-            old = EmbeddingSet.load(path, self.backbone) if path.exists() else EmbeddingSet.empty(
-                self.backbone, self.dim, runtime=tag)
-            old.without(new.ids).concat(new).save(path)
+            self._write_cache(self.dynamic_npz(slug), add=new)
             fault_point("expand.after_cache")
             self._catalog.upsert(records)
             fault_point("expand.after_catalog")
@@ -774,9 +803,8 @@ class Collection:
             self._catalog.delete(gone)
             fault_point("prune.after_catalog")
             for npz in self.dynamic_npzs():
-                emb = EmbeddingSet.load(npz, self.backbone)
-                if np.isin(emb.ids, gone).any():
-                    emb.without(gone).save(npz)
+                if np.isin(load_ids(npz, self.backbone), gone).any():
+                    self._write_cache(npz, remove=gone)
             fault_point("prune.after_cache")
             for r in recs.values():
                 path = self._safe_dynamic_file(r.relpath)
@@ -950,7 +978,7 @@ class Collection:
     # -- reporting ----------------------------------------------------------------------------------
     def info(self) -> dict[str, Any]:
         per_backbone: dict[str, dict[str, Any]] = {}
-        for npz in sorted(self.emb_dir.glob("*.npz")):
+        for npz in sorted([*self.emb_dir.glob("*.npz"), *self.emb_dir.glob("*.store")]):
             try:
                 emb = EmbeddingSet.load(npz)
             except StoreError:
@@ -961,7 +989,8 @@ class Collection:
                 d["runtimes"].append(emb.runtime)
             if not npz.name.startswith("emb_merged_"):
                 d["rows"] += len(emb)
-            d["bytes"] += npz.stat().st_size
+            d["bytes"] += (sum(f.stat().st_size for f in npz.iterdir() if f.is_file()) if npz.is_dir()
+                           else npz.stat().st_size)
             d["files"].append(npz.name)
         snaps = snap.list_snapshots(self.snap_dir)
         return {"root": str(self.root), "state_dir": str(self.state_dir),

@@ -59,6 +59,7 @@ from . import snapshot as snap
 from .errors import StoreError
 from .faults import fault_point
 from .fsutil import atomic_write_json, read_json
+from .shards import ShardStore, migrate_file
 from .store import EmbeddingSet, load_ids, merge
 
 if TYPE_CHECKING:
@@ -101,11 +102,36 @@ def fingerprint(coll: Collection) -> dict[str, Any]:
     (a backup put back) is still the same state and needs no repair."""
     caches = []
     for p in cache_files(coll):
+        if p.is_dir():  # a shard store: its manifest's checksum names every delta's checksum
+            caches.append([p.name, ShardStore(p).fingerprint()])
+            continue
         with contextlib.suppress(FileNotFoundError):
             st = p.stat()
             caches.append([p.name, st.st_size, st.st_mtime_ns])
     return {"catalog": coll._catalog.generation(), "caches": caches,
             "version": snap.pointed_version(coll.snap_dir, coll.live_name)}
+
+
+def migrate(coll: Collection) -> int:
+    """Under the writer lock: single-file caches (from before shard stores) become stores, and a
+    store folder whose manifest is missing gets it back from its deltas. The stores' content is
+    unchanged, so a clean commit record is renewed rather than sending the next check to a repair."""
+    legacy = [p for p in cache_files(coll) if p.is_file()]
+    broken = [p for p in cache_files(coll) if p.is_dir() and not ShardStore(p).exists()]
+    if not legacy and not broken:
+        return 0
+    was_clean = not check(coll).full
+    for p in legacy:
+        try:
+            migrate_file(p, p.with_suffix(".store"))
+        except StoreError as exc:
+            log.warning("not migrating a damaged cache: %s", exc)
+    for p in broken:
+        n = ShardStore(p).rebuild_manifest(coll.backbone, coll.dim, coll._runtime_label())
+        log.warning("%s had no manifest: rebuilt it from its %d delta file(s)", p, n)
+    if was_clean and not broken:
+        commit(coll)
+    return len(legacy) + len(broken)
 
 
 def begin(coll: Collection, op: str) -> None:
@@ -337,7 +363,8 @@ def repair(coll: Collection, status: Status | None = None) -> RepairReport:
     report.staging_removed = clean_staging(coll, scan_folders=status.full)
     if status.full:
         report.garbage_removed = (_clean_temp_files(coll.emb_dir) + snap.collect_garbage(coll.snap_dir)
-                                  + _clean_temp_files(coll.state_dir, unlocked_min_age=TEMP_MAX_AGE))
+                                  + _clean_temp_files(coll.state_dir, unlocked_min_age=TEMP_MAX_AGE)
+                                  + sum(ShardStore(p).collect_garbage() for p in cache_files(coll) if p.is_dir()))
         align(coll, report)
         commit(coll)
     report.seconds = time.perf_counter() - t0
@@ -369,7 +396,10 @@ def align(coll: Collection, report: RepairReport | None = None) -> RepairReport:
             continue
         keep = np.isin(ids, cat_ids)
         if not keep.all():
-            EmbeddingSet.load(path, backbone=coll.backbone).select(keep).save(path)
+            if path.is_dir():
+                coll._write_cache(path, remove=ids[~keep])
+            else:
+                EmbeddingSet.load(path, backbone=coll.backbone).select(keep).save(path)
             report.cache_rows_dropped += int((~keep).sum())
             report.cache_files_rewritten += 1
             ids = ids[keep]

@@ -1,4 +1,4 @@
-"""``imrs index``, ``info``, ``backbones``, ``merge`` and ``snapshot``: the collection itself."""
+"""``imrs index``, ``info``, ``backbones``, ``merge``, ``compact`` and ``snapshot``: the collection itself."""
 
 from __future__ import annotations
 
@@ -88,6 +88,15 @@ def cmd_merge(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compact(args: argparse.Namespace) -> int:
+    coll = open_collection(args)
+    written = coll.compact()
+    total = sum(written.values())
+    print(f"compacted {len(written)} cache(s) of {coll.backbone}: {total / 1e6:.1f} MB rewritten"
+          + ("" if total else " (nothing to compact)"))
+    return 0
+
+
 def cmd_snapshot(args: argparse.Namespace) -> int:
     coll = open_collection(args)
     if args.action == "save":
@@ -126,6 +135,10 @@ def register(sub: Any) -> None:
     p.add_argument("extra", nargs="*", help="more NPZ files of the same backbone")
     collection_args(p)
     p.set_defaults(func=cmd_merge)
+
+    p = sub.add_parser("compact", help="rewrite the embedding caches without their deleted and replaced rows")
+    collection_args(p)
+    p.set_defaults(func=cmd_compact)
 
     p = sub.add_parser("snapshot", help="save, load or list named snapshots")
     p.add_argument("action", choices=["save", "load", "list"])

@@ -25,7 +25,7 @@ import numpy as np
 
 from . import reconcile
 from . import snapshot as snap
-from .catalog import Catalog, ImageRecord, label_for
+from .catalog import Catalog, CatalogDamagedError, ImageRecord, label_for
 from .config import DEFAULT_INDEXER, state_dir_for
 from .errors import EmptyCollectionError, IMRSError, SnapshotError, StoreError
 from .faults import fault_point
@@ -96,11 +96,14 @@ class SyncReport:
     runtime: str = ""  # runtime tag of the vectors now cached ("fp32", "int8-<key>")
     restamped: str = ""  # the previous tag, when a runtime change re-embedded everything
     runtime_note: str = ""  # the int8 gate's verdict, or why int8 is not in use, when it was considered
+    adopted: int = 0  # web images found on disk or in the quarantine and taken (back) into the catalog
+    recovered: list[str] = field(default_factory=list)  # damaged stores found and rebuilt, one line each
 
     def summary(self) -> str:
+        adopted = f"; {self.adopted} web image(s) taken back with their provenance" if self.adopted else ""
         return (f"{self.scanned} files: {self.added} new, {self.changed} changed, {self.removed} removed, "
                 f"{self.unchanged} unchanged; embedded {self.embedded}, {len(self.failed)} failed, "
-                f"{len(self.skipped)} skipped in {self.seconds:.1f}s")
+                f"{len(self.skipped)} skipped{adopted} in {self.seconds:.1f}s")
 
 
 @dataclass
@@ -172,9 +175,12 @@ class Collection:
         self.emb_dir = self.state_dir / "emb"
         self.snap_dir = self.state_dir / "snapshots"
         self.dynamic_root = Path(dynamic_root) if dynamic_root else self._default_dynamic_root()
-        self._catalog = Catalog(self.state_dir / "catalog.sqlite")
-        self._catalog.set_kv("root", str(self.root))
         self.writer = WriterLock(self.state_dir / "write.lock")
+        try:
+            self._catalog = Catalog(self.state_dir / "catalog.sqlite")
+            self._catalog.set_kv("root", str(self.root))
+        except CatalogDamagedError as exc:
+            self._replace_catalog(exc)
         self._checked = False  # crash-consistency check done (see ``_ensure_consistent``)
         self._index_lock = threading.RLock()
         self._encoder_lock = threading.Lock()  # two UI sessions must not load the model twice
@@ -205,10 +211,27 @@ class Collection:
     # -- paths ---------------------------------------------------------------------------------
     def _default_dynamic_root(self) -> Path:
         """Dynamic images live beside the base ones (``<root>/dynamic_<slug>/``) when the folder is
-        writable; a read-only collection (a shared dataset) keeps them in the state folder instead."""
+        writable and this state folder owns them (``reconcile.claim_owner``); a read-only collection
+        (a shared dataset), or one another state folder owns, keeps them in the state folder."""
         if os.access(self.root, os.W_OK):
-            return self.root
+            owner = reconcile.claim_owner(self.root, self.state_dir)
+            if owner is None:
+                return self.root
+            log.warning("%s belongs to the state folder %s: this one (%s) keeps its own web images and never "
+                        "touches that one's", self.root, owner, self.state_dir)
         return self.state_dir / "dynamic"
+
+    def _replace_catalog(self, exc: CatalogDamagedError) -> None:
+        """A catalog that does not open: quarantined and rebuilt under the writer lock (if another
+        writer holds it, the one line of ``exc`` is the answer for now)."""
+        try:
+            with self.writer.hold(timeout=0):
+                reconcile.replace_damaged_catalog(self, str(exc.__cause__ or exc))
+                self._catalog.set_kv("root", str(self.root))
+        except IMRSError as busy:
+            if isinstance(busy, CatalogDamagedError):
+                raise
+            raise exc from None
 
     def abspath(self, relpath: str, source: str | None = None) -> Path:
         if source == "dynamic" or (source is None and is_dynamic_relpath(relpath)):
@@ -290,7 +313,19 @@ class Collection:
         with self._index_lock:
             if self._index is None:
                 self._index = self._open_index()
+                self._warn_if_partial(self._index)
             return self._index
+
+    def _warn_if_partial(self, index: VectorIndex) -> None:
+        """No search answers silently from part of the collection: say so when the index holds
+        fewer images than the catalog lists (a damaged cache, images not yet embedded)."""
+        try:
+            n = len(self._catalog)
+        except IMRSError:
+            return
+        if len(index) < n:
+            log.warning("the %s index holds %d of the collection's %d images: %d have no vector yet "
+                        "(`imrs index` embeds them)", self.backbone, len(index), n, n - len(index))
 
     # -- crash consistency (imrs.reconcile) ------------------------------------------------------
     def _ensure_consistent(self) -> None:
@@ -300,9 +335,12 @@ class Collection:
         (not a crash) and ends consistent, so this reader goes on and the next write re-checks."""
         if self._checked:
             return
-        if reconcile.check(self).clean:
-            self._checked = True
-            return
+        try:
+            if reconcile.check(self).clean:
+                self._checked = True
+                return
+        except CatalogDamagedError:
+            pass  # repaired under the lock below
         try:
             with contextlib.ExitStack() as stack:
                 try:
@@ -317,8 +355,12 @@ class Collection:
 
     def _check_locked(self) -> None:
         """Under the writer lock (outermost hold): repair whatever a crash left behind."""
-        reconcile.migrate(self)
-        status = reconcile.check(self)
+        try:
+            reconcile.migrate(self)
+            status = reconcile.check(self)
+        except CatalogDamagedError as exc:
+            reconcile.replace_damaged_catalog(self, str(exc.__cause__ or exc))
+            status = reconcile.check(self)
         self._checked = True  # the repair itself uses the catalog and index
         if not status.clean:
             try:
@@ -573,6 +615,7 @@ class Collection:
         t0 = time.perf_counter()
         report = SyncReport()
         with self.writing("sync"):
+            self._verify_stores(report)
             # The hostile-folder-proof walk; everything it leaves out is reported.
             from .walk import walk_images
 
@@ -654,9 +697,60 @@ class Collection:
             elif not snap.snapshot_exists(self.snap_dir, self.live_name) or self._rebuilt_on_open():
                 self.begin_changes()
                 self._persist_index()
+            self._adopt_dynamic(report, lambda: encoder or engine or self._sync_encoder(
+                [self.root / rel for rel, _, _ in files]), batch_size)
         report.seconds = time.perf_counter() - t0
         log.info("sync %s: %s", self.root, report.summary())
         return report
+
+    # -- damaged stores and the user's web images (imrs.reconcile) --------------------------------------
+    def _verify_stores(self, report: SyncReport) -> None:
+        """``imrs index`` checks every store whole (SQLite quick_check, cache checksums: O(n), as the
+        folder walk is): a damaged catalog is rebuilt, a damaged cache quarantined (its images are
+        re-embedded below), each named in one line."""
+        problem = self._catalog.integrity_problem()
+        damaged = reconcile.quarantine_damaged_caches(self, verify=True)
+        if problem is None and not damaged:
+            return
+        self.begin_changes()
+        if problem is not None:
+            n = reconcile.replace_damaged_catalog(self, problem)
+            report.recovered.append(f"catalog damaged ({problem}): rebuilt with {n} image(s)")
+        report.recovered += [f"cache {p.name} damaged: moved to {reconcile.quarantine_dir(self)}, re-embedding"
+                             for p in damaged]
+        reconcile.align(self)
+
+    def _adopt_dynamic(self, report: SyncReport, encoder: Callable[[], Any], batch_size: int | None) -> None:
+        """Web images the catalog lacks (back from the quarantine, or found in ``dynamic_*`` after a lost
+        catalog) get their rows from their sidecars; catalogued web images no cache of this backbone
+        holds (a damaged cache) are re-embedded from their files. Cache, then catalog, then index."""
+        known = self._catalog.ids_set()
+        reconcile.unquarantine(self, known)
+        rels = reconcile.unrecorded_dynamic(self, known)
+        cached = set(self._cached_ids().tolist())
+        records = [reconcile.dynamic_record(self, rel, self.abspath(rel, "dynamic")) for rel in rels]
+        records += [r for r in self._catalog.iter_records(source="dynamic")
+                    if r.id not in cached and self.abspath(r.relpath, "dynamic").is_file()]
+        if not records:
+            return
+        enc = encoder()
+        res = enc.embed_paths([self.abspath(r.relpath, "dynamic") for r in records], batch_size=batch_size)
+        kept = [records[i] for i in res.kept.tolist()]
+        report.failed += [(records[i].relpath, reason) for i, reason in res.failures]
+        if not kept:
+            return
+        emb = EmbeddingSet(self.backbone, [r.id for r in kept], [r.relpath for r in kept], res.vectors,
+                           runtime=getattr(enc, "runtime_tag", "fp32"))
+        self.begin_changes()
+        self._save_to_caches(emb)
+        self._catalog.upsert([r for r in kept if r.id not in known])
+        with self._index_lock:
+            index = self.index
+            index.remove(emb.ids)
+            index.add(emb.ids, emb.vectors)
+        self._persist_index()
+        report.adopted = sum(r.id not in known for r in kept)
+        report.embedded += len(kept)
 
     def _runtime_may_change(self, base: EmbeddingSet) -> bool:
         """Whether this sync's encoder may write another runtime than ``base`` holds (decided
@@ -810,6 +904,7 @@ class Collection:
                 path = self._safe_dynamic_file(r.relpath)
                 if path is not None and path.exists():
                     path.unlink()
+                    reconcile.sidecar_of(path).unlink(missing_ok=True)
                     report.files_deleted += 1
                     if report.files_deleted == 1:
                         fault_point("prune.mid_files")

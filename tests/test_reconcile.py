@@ -131,7 +131,7 @@ def test_staging_of_a_live_expansion_survives_a_dead_one_does_not(root: Path, tm
     assert not live[0].exists() and not list((coll.state_dir / "staging").iterdir())
 
 
-def test_repair_deletes_only_unrecorded_files_it_named(root: Path, tmp_path: Path) -> None:
+def test_repair_moves_only_unrecorded_files_it_named(root: Path, tmp_path: Path) -> None:
     home = tmp_path / "home"
     coll = Collection(root, A, "hnsw", home=home)
     recs = _add(coll, "x", 2)
@@ -148,7 +148,8 @@ def test_repair_deletes_only_unrecorded_files_it_named(root: Path, tmp_path: Pat
     os.utime(temps[2], (1e9, 1e9))
     reconcile.begin(coll, "expand")
     report = reconcile.repair(coll)
-    assert report.orphan_files == 1 and not orphan.exists()
+    assert report.orphan_files == 1 and not orphan.exists()  # moved, never deleted: imrs index takes it back
+    assert (reconcile.quarantine_dir(coll) / "dynamic_x" / orphan.name).read_bytes() == mine.read_bytes()
     assert report.garbage_removed == 3 and not any(t.exists() for t in temps) and young.exists()
     assert mine.exists() and (root / "base" / "mine.jpg").exists()
     assert all(coll.abspath(r.relpath).exists() for r in recs)

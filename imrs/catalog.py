@@ -477,9 +477,9 @@ class Catalog:
         return [asdict(recs[i]) for i in ids if i in recs]
 
 
+_UNGUARDED = ("guard", "integrity_problem", "_con", "_tx", "close")
 for _name, _fn in list(vars(Catalog).items()):
-    if inspect.isfunction(_fn) and not _name.startswith("__") and _name not in ("guard", "integrity_problem", "_con",
-                                                                      "_tx", "close"):
+    if inspect.isfunction(_fn) and (_name == "__len__" or not _name.startswith("__")) and _name not in _UNGUARDED:
         setattr(Catalog, _name, _guarded(_fn))
 
 

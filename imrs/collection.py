@@ -319,6 +319,8 @@ class Collection:
     def _warn_if_partial(self, index: VectorIndex) -> None:
         """No search answers silently from part of the collection: say so when the index holds
         fewer images than the catalog lists (a damaged cache, images not yet embedded)."""
+        if self.writer.depth:  # inside a write the catalog may lead the index by design
+            return
         try:
             n = len(self._catalog)
         except IMRSError:
@@ -352,6 +354,8 @@ class Collection:
         except OSError as exc:  # e.g. a read-only state folder: reading must still work
             log.warning("cannot repair %s (%s): reading it as it is", self.state_dir, exc)
         self._checked = True
+        if self._index is not None:  # built by the repair, under the lock: say now if it is partial
+            self._warn_if_partial(self._index)
 
     def _check_locked(self) -> None:
         """Under the writer lock (outermost hold): repair whatever a crash left behind."""

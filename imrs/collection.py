@@ -181,6 +181,10 @@ class Collection:
             self._catalog.set_kv("root", str(self.root))
         except CatalogDamagedError as exc:
             self._replace_catalog(exc)
+        if dynamic_root is None and self.dynamic_root == self.root:
+            with contextlib.suppress(IMRSError):  # web images of ours already there: say whose they are
+                if self._catalog.count("dynamic"):
+                    reconcile.claim_owner(self.root, self.state_dir)
         self._checked = False  # crash-consistency check done (see ``_ensure_consistent``)
         self._index_lock = threading.RLock()
         self._encoder_lock = threading.Lock()  # two UI sessions must not load the model twice
@@ -214,7 +218,7 @@ class Collection:
         writable and this state folder owns them (``reconcile.claim_owner``); a read-only collection
         (a shared dataset), or one another state folder owns, keeps them in the state folder."""
         if os.access(self.root, os.W_OK):
-            owner = reconcile.claim_owner(self.root, self.state_dir)
+            owner = reconcile.other_owner(self.root, self.state_dir)
             if owner is None:
                 return self.root
             log.warning("%s belongs to the state folder %s: this one (%s) keeps its own web images and never "
@@ -866,6 +870,10 @@ class Collection:
             raise IMRSError(f"the collection holds {cached} vectors but the encoder writes {tag}: "
                             "run `imrs index` first so one runtime embeds everything")
         with self.writing("expand"):
+            if self.dynamic_root == self.root:  # web images recorded in the user's folder: claim it
+                other = reconcile.claim_owner(self.root, self.state_dir)
+                if other is not None:
+                    raise IMRSError(f"{self.root} belongs to the state folder {other}: grow it from there")
             self.begin_changes()
             new = EmbeddingSet(self.backbone, [r.id for r in records], [r.relpath for r in records], vectors,
                                runtime=tag)

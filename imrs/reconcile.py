@@ -67,7 +67,7 @@ from filelock import FileLock, Timeout
 
 from . import snapshot as snap
 from .catalog import Catalog, ImageRecord, label_for
-from .errors import StoreError
+from .errors import IMRSError, StoreError
 from .faults import fault_point
 from .fsutil import atomic_write_json, read_json
 from .shards import ShardStore, migrate_file
@@ -191,6 +191,11 @@ def staging_folder(coll: Collection, folder: Path) -> Iterator[Path]:
     downloads, guarded by a lock its owner holds until it is gone: removed here on exit, and by
     ``repair`` if the owner was killed. The lock exists before the folder, so a folder without a
     held lock is always dead."""
+    if Path(coll.dynamic_root) == coll.root:
+        other = claim_owner(coll.root, coll.state_dir)
+        if other is not None:
+            raise IMRSError(f"{coll.root} belongs to the state folder {other}: grow it from there "
+                            "(or remove that state folder)")
     token = uuid.uuid4().hex[:12]
     lock_dir = _staging_lock_dir(coll)
     lock_dir.mkdir(parents=True, exist_ok=True)
@@ -626,21 +631,34 @@ def unrecorded_dynamic(coll: Collection, known: set[int]) -> list[str]:
     return sorted(out)
 
 
-def claim_owner(root: Path, state_dir: Path) -> Path | None:
-    """Make ``state_dir`` the owner of ``root``'s dynamic folders unless another living state folder
-    is. Returns that other owner's state folder, or None when ``state_dir`` owns them now."""
-    marker = root / OWNER_FILE
+def _marked_owner(root: Path) -> Path | None:
     try:
-        owner = Path(str(read_json(marker)["state_dir"]))
+        return Path(str(read_json(root / OWNER_FILE)["state_dir"]))
     except (OSError, ValueError, KeyError, TypeError):
-        owner = None
+        return None
+
+
+def other_owner(root: Path, state_dir: Path) -> Path | None:
+    """The living state folder other than ``state_dir`` that owns ``root``'s web images, if any
+    (read only: opening a collection writes nothing into the user's folder)."""
+    owner = _marked_owner(root)
+    if owner is not None and owner != state_dir and (owner / "catalog.sqlite").exists():
+        return owner
+    return None
+
+
+def claim_owner(root: Path, state_dir: Path) -> Path | None:
+    """Make ``state_dir`` the owner of ``root``'s dynamic folders (before it first writes web images
+    there) unless another living state folder is. Returns that other owner, or None."""
+    owner = _marked_owner(root)
     if owner is not None and owner != state_dir:
         if (owner / "catalog.sqlite").exists():
             return owner
         log.info("the state folder %s that owned %s is gone: %s takes its web images over", owner, root, state_dir)
     if owner != state_dir:
         try:
-            atomic_write_json(marker, {"state_dir": str(state_dir), "claimed": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+            atomic_write_json(root / OWNER_FILE, {"state_dir": str(state_dir),
+                                                  "claimed": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
         except OSError as exc:  # a folder we cannot write: dynamic images live in the state folder anyway
             log.debug("cannot claim %s: %s", root, exc)
     return None
@@ -652,10 +670,7 @@ def owns_dynamic_root(coll: Collection) -> bool:
     root = Path(coll.dynamic_root)
     if root != coll.root:
         return True
-    try:
-        return Path(str(read_json(root / OWNER_FILE)["state_dir"])) == coll.state_dir
-    except (OSError, ValueError, KeyError, TypeError):
-        return True  # no marker: nobody else claimed it
+    return _marked_owner(root) == coll.state_dir  # unclaimed: web images there are nobody's we know
 
 
 # ---------------------------------------------------------------------------------------------

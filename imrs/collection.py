@@ -737,8 +737,15 @@ class Collection:
         rels = reconcile.unrecorded_dynamic(self, known)
         cached = set(self._cached_ids().tolist())
         records = [reconcile.dynamic_record(self, rel, self.abspath(rel, "dynamic")) for rel in rels]
-        records += [r for r in self._catalog.iter_records(source="dynamic")
-                    if r.id not in cached and self.abspath(r.relpath, "dynamic").is_file()]
+        unvectored = [r for r in self._catalog.iter_records(source="dynamic") if r.id not in cached]
+        records += [r for r in unvectored if self.abspath(r.relpath, "dynamic").is_file()]
+        lost = [r for r in unvectored if not self.abspath(r.relpath, "dynamic").is_file()]
+        if lost:  # neither a vector nor a file: nothing here can rebuild them
+            line = (f"{len(lost)} web image(s) (e.g. {lost[0].relpath}, from {lost[0].source_url or '?'}) have "
+                    f"neither a {self.backbone} vector nor a file: restore them with `imrs snapshot load NAME` "
+                    "or forget them with `imrs prune`")
+            log.warning("%s", line)
+            report.recovered.append(line)
         if not records:
             return
         enc = encoder()

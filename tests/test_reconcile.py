@@ -181,3 +181,36 @@ def test_non_finite_vectors_are_refused_before_any_write(root: Path, tmp_path: P
     with pytest.raises(Exception, match="NaN"):
         coll.add_dynamic("x", [rec], vec)
     assert not coll.dynamic_npz("x").exists() and len(coll.catalog) == 0
+
+
+def test_single_file_caches_are_read_as_they_are_and_migrated_on_the_first_write(root: Path, tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    coll = Collection(root, A, "hnsw", home=home)
+    recs = _add(coll, "x", 3)
+    store = coll.dynamic_npz("x")
+    legacy = store.with_suffix(".npz")
+    EmbeddingSet.load(store).save(legacy)  # what a cache was before shard stores
+    shutil.rmtree(store)
+    reconcile.commit(coll)
+    before = _ids(coll)
+    again = Collection(root, A, "hnsw", home=home)
+    assert again.dynamic_npz("x") == legacy and reconcile.check(again).clean
+    assert _ids(again) == before and legacy.is_file()  # reading writes nothing
+    more = _add(again, "x", 2, seed=7)
+    assert not legacy.exists() and again.dynamic_npz("x").is_dir()
+    assert _ids(again) == ({r.id for r in recs + more},) * 3 and reconcile.check(again).clean
+
+
+def test_scratch_folders_of_killed_runs_are_cleaned_on_the_next_open(root: Path, tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    coll = Collection(root, A, "hnsw", home=home)
+    with reconcile.temp_folder(coll) as live:
+        (live / "part.bin").write_bytes(b"x" * 1000)
+        dead = coll.state_dir / reconcile.TEMP_DIR / "deadbeef0000"  # a killed run: its lock is not held
+        dead.mkdir()
+        (dead / "model.onnx").write_bytes(b"x" * 1000)
+        (coll.state_dir / "staging" / f"{reconcile.TEMP_DIR}.deadbeef0000.lock").touch()
+        assert reconcile.check(coll).staging
+        Collection(root, A, "hnsw", home=home).catalog  # noqa: B018 - opening is what repairs
+        assert not dead.exists() and (live / "part.bin").exists()
+    assert not live.exists() and not list((coll.state_dir / reconcile.TEMP_DIR).iterdir())

@@ -23,6 +23,8 @@ def cmd_index(args: argparse.Namespace) -> int:
     print(f"vectors: {report.runtime}" + (f" (re-embedded, were {report.restamped})" if report.restamped else "")
           + (f"; {report.runtime_note}" if report.runtime_note else ""))
     print(f"index holds {len(coll.index)} vectors; snapshot in {coll.snap_dir}")
+    for line in report.recovered:  # damaged stores found and what became of them
+        print(f"repaired: {line}")
     from ..walk import format_skipped  # every entry left out, with its one reason
 
     for line in format_skipped(sorted(report.skipped + report.failed)):

@@ -1046,7 +1046,8 @@ class Collection:
         The caches stay the truth for vectors, so the snapshot's vectors of images the caches lack
         are copied into them first, then the catalog is restored, then caches and index are cut
         to the restored catalog (``reconcile.align``): images added since the snapshot leave the
-        collection (their downloaded files too; a later ``imrs index`` re-finds base files)."""
+        collection (their downloaded files move to ``<state>/quarantine/released-*``; a later
+        ``imrs index`` re-finds base files, not those)."""
         with self.writing("snapshot-load"):
             index, manifest, cat_path = snap.load_snapshot(self.snap_dir, name, expect_backbone=self.backbone,
                                                            expect_dim=self.dim)
@@ -1071,7 +1072,7 @@ class Collection:
             with self._index_lock:
                 self._index = index
                 self.indexer = manifest.indexer
-            reconcile.align(self)
+            reconcile.align(self, release=f"snapshot {name!r}")
             self._persist_index()
             fault_point("snapshot.load.after_index")
             return manifest

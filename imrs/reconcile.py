@@ -456,10 +456,12 @@ def repair(coll: Collection, status: Status | None = None) -> RepairReport:
     return report
 
 
-def align(coll: Collection, report: RepairReport | None = None) -> RepairReport:
+def align(coll: Collection, report: RepairReport | None = None, release: str | None = None) -> RepairReport:
     """The O(n) part: caches lose rows the catalog lacks, unrecorded dynamic files go, the live
     index becomes exactly the cached vectors. Compares ids only (vectors are read just for the
-    rows the index lacks); persists the index only if it changed."""
+    rows the index lacks); persists the index only if it changed. ``release`` (a snapshot load):
+    web images the catalog no longer lists were dropped on purpose, so they go to a quarantine
+    folder ``imrs index`` does not take back from."""
     report = report or RepairReport()
     damaged = quarantine_damaged_caches(coll, verify=True)
     report.caches_quarantined = len(damaged)
@@ -486,7 +488,7 @@ def align(coll: Collection, report: RepairReport | None = None) -> RepairReport:
             ids = ids[keep]
         files.append((path, ids))
     cached = np.unique(np.concatenate([ids for _, ids in files])) if files else np.zeros(0, np.int64)
-    report.orphan_files = quarantine_orphans(coll, set(catalog))
+    report.orphan_files = quarantine_orphans(coll, set(catalog), release)
     index, fresh = coll._index_for_repair(lambda: _load_rows(coll, files, cached))
     have = index.ids()
     extra = np.setdiff1d(have, cached)
@@ -565,7 +567,7 @@ def _move_pair(src: Path, dest: Path) -> None:
         os.replace(side, sidecar_of(dest))
 
 
-def quarantine_orphans(coll: Collection, catalog_ids: set[int]) -> int:
+def quarantine_orphans(coll: Collection, catalog_ids: set[int], release: str | None = None) -> int:
     """Web images an expansion moved into ``dynamic_<slug>/`` but never recorded (killed in between),
     or that a catalog no longer lists: moved with their sidecars to ``<state>/quarantine/``, never
     deleted. A state folder that does not own the collection's dynamic folders touches nothing."""
@@ -574,7 +576,7 @@ def quarantine_orphans(coll: Collection, catalog_ids: set[int]) -> int:
     if not owns_dynamic_root(coll):
         return 0
     moved = 0
-    target = quarantine_dir(coll)
+    target = quarantine_dir(coll) / f"released-{_stamp()}" if release else quarantine_dir(coll)
     for folder in _dynamic_folders(Path(coll.dynamic_root)):
         for entry in _scandir(folder):
             if not DYNAMIC_FILE_RE.fullmatch(entry.name) or not entry.is_file(follow_symlinks=False):
@@ -584,7 +586,10 @@ def quarantine_orphans(coll: Collection, catalog_ids: set[int]) -> int:
                 _move_pair(Path(entry.path), target / rel)
                 moved += 1
         _rmdir_if_empty(folder)
-    if moved:
+    if moved and release:
+        log.warning("%d web image(s) not in %s moved to %s (delete that folder to free the space)", moved,
+                    release, target)
+    elif moved:
         log.warning("%d web image(s) the catalog does not list moved to %s; `imrs index` takes them back",
                     moved, target)
     return moved

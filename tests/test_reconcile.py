@@ -214,3 +214,17 @@ def test_scratch_folders_of_killed_runs_are_cleaned_on_the_next_open(root: Path,
         Collection(root, A, "hnsw", home=home).catalog  # noqa: B018 - opening is what repairs
         assert not dead.exists() and (live / "part.bin").exists()
     assert not live.exists() and not list((coll.state_dir / reconcile.TEMP_DIR).iterdir())
+
+
+def test_a_snapshot_load_releases_later_web_images_instead_of_deleting_them(root: Path, tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    coll = Collection(root, A, "hnsw", home=home)
+    kept = _add(coll, "x", 2)
+    coll.save_snapshot("s1")
+    later = _add(coll, "y", 2, seed=3)
+    data = {r.relpath: coll.abspath(r.relpath).read_bytes() for r in later}
+    coll.load_snapshot("s1")
+    assert _ids(coll) == ({r.id for r in kept},) * 3
+    released = list(reconcile.quarantine_dir(coll).glob("released-*"))
+    assert len(released) == 1 and {rel: (released[0] / rel).read_bytes() for rel in data} == data
+    assert reconcile.quarantined(coll) == []  # not taken back by imrs index: dropped on purpose

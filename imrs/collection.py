@@ -512,6 +512,9 @@ class Collection:
         """One change to one cache: a new delta in its store (never a rewrite of the whole cache)."""
         from .shards import ShardStore
 
+        if path.is_file():  # a single-file cache the migration left: it did not read whole
+            raise StoreError(f"cache {path} could not be migrated (damaged?): `imrs index` checks, moves it "
+                             "aside and re-embeds its images")
         return ShardStore(path).update(add, remove, backbone=self.backbone, dim=self.dim)
 
     def compact(self) -> dict[str, int]:

@@ -197,16 +197,29 @@ class ShardStore:
                                                + [p["ids"].astype(np.int64, copy=False) for p in parts]))
         return out, killed
 
+    def _consistent(self, with_vectors: bool) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """(manifest, live rows) read without the writer lock: a compaction may delete the deltas a
+        manifest just read names, so a failed read is retried while the manifest keeps changing."""
+        for attempt in range(3):
+            before = self.fingerprint()
+            m = self.manifest()
+            try:
+                deltas = [Delta(**d) for d in m["deltas"]]
+                return m, self._live(deltas, with_vectors)[0]
+            except StoreError:
+                if attempt == 2 or self.fingerprint() == before:
+                    raise
+            except TypeError as exc:
+                raise StoreError(f"{self.manifest_path}: not an IMRS store manifest ({exc})") from exc
+        raise AssertionError("unreachable")
+
     def load_ids(self) -> np.ndarray:
-        rows, _ = self._live(self.deltas(), with_vectors=False)
-        return rows["ids"]
+        return self._consistent(with_vectors=False)[1]["ids"]
 
     def load(self) -> EmbeddingSet:
         from .store import EmbeddingSet
 
-        m = self.manifest()
-        deltas = [Delta(**d) for d in m["deltas"]]
-        rows, _ = self._live(deltas, with_vectors=True)
+        m, rows = self._consistent(with_vectors=True)
         dim = int(m.get("dim") or 0)
         vectors = rows["vectors"] if len(rows["ids"]) else np.zeros((0, dim), np.float32)
         return EmbeddingSet(str(m.get("backbone") or "unknown"), rows["ids"], rows.get("relpaths", []), vectors,
@@ -292,7 +305,7 @@ class ShardStore:
         old = self.deltas() if self.exists() else []
         delta = self._write_delta(emb.ids, emb.relpaths, emb.vectors, np.zeros(0, np.int64))
         fault_point("store.after_delta")
-        self._write_manifest(emb.backbone, emb.runtime, dim or (emb.dim if len(emb) else 0), [delta])
+        self._write_manifest(emb.backbone, emb.runtime, dim or int(emb.vectors.shape[1]), [delta])
         fault_point("store.after_manifest")
         self._remove_files([d.file for d in old if d.file != delta.file])
         return delta.bytes

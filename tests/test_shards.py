@@ -132,3 +132,34 @@ def test_single_file_cache_migrates_and_a_lost_manifest_is_rebuilt(tmp_path: Pat
     orphan.write_bytes(b"partial")
     assert store.collect_garbage() == 1 and not orphan.exists()
     assert json.loads((store.path / MANIFEST).read_text())["rows"] == 52
+
+
+def test_readers_without_the_lock_survive_compactions(tmp_path: Path) -> None:
+    """A compaction deletes the deltas an older manifest names; a reader that read that manifest
+    retries instead of reporting a damaged cache."""
+    import threading
+
+    store = ShardStore(tmp_path / "s.store")
+    store.update(_rows(list(range(2000)), 1), backbone=BB, dim=DIM)
+    stop, errors, reads = threading.Event(), [], [0]
+
+    def reader() -> None:
+        while not stop.is_set():
+            try:
+                ids = set(store.load().ids.tolist())
+                assert set(range(1000)) <= ids  # rows no change touches are always there
+                reads[0] += 1
+            except Exception as exc:  # noqa: BLE001 - collected for the assertion below
+                errors.append(exc)
+
+    t = threading.Thread(target=reader)
+    t.start()
+    try:
+        for k in range(30):
+            store.update(_rows([5000 + k], k), [1000 + k], backbone=BB, dim=DIM, compact=False)
+            store.compact(backbone=BB, dim=DIM)
+    finally:
+        stop.set()
+        t.join(30)
+    assert not errors, errors[:3]
+    assert reads[0] > 0

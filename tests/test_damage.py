@@ -37,7 +37,7 @@ CLASSES = ["Leopards", "airplanes", "watch", "bonsai"]
 WEB = "sunflower"
 N_WEB = 4
 
-pytestmark = pytest.mark.skipif(not DEMO.is_dir(), reason=f"{DEMO} is absent")
+pytestmark = [pytest.mark.skipif(not DEMO.is_dir(), reason=f"{DEMO} is absent"), pytest.mark.slow]
 
 
 def _run(argv: list[str]) -> tuple[int, str]:

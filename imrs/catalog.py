@@ -227,7 +227,7 @@ class Catalog:
         except sqlite3.DatabaseError as exc:
             return str(exc)
         first = str(rows[0][0]) if rows else "no answer"
-        return None if first == "ok" else first
+        return None if first == "ok" else " ".join(first.replace("*", "").split())  # one line
 
     # -- connections ---------------------------------------------------------------------------
     def _con(self) -> sqlite3.Connection:

@@ -70,7 +70,7 @@ from .catalog import Catalog, ImageRecord, label_for
 from .errors import IMRSError, StoreError
 from .faults import fault_point
 from .fsutil import atomic_write_json, read_json
-from .shards import ShardStore, migrate_file
+from .shards import ShardStore, migrate_file, sorted_unique
 from .store import EmbeddingSet, load_ids, merge
 
 if TYPE_CHECKING:
@@ -487,14 +487,15 @@ def align(coll: Collection, report: RepairReport | None = None, release: str | N
             report.cache_files_rewritten += 1
             ids = ids[keep]
         files.append((path, ids))
-    cached = np.unique(np.concatenate([ids for _, ids in files])) if files else np.zeros(0, np.int64)
+    cached = sorted_unique(np.concatenate([ids for _, ids in files])) if files else np.zeros(0, np.int64)
     report.orphan_files = quarantine_orphans(coll, set(catalog), release)
     index, fresh = coll._index_for_repair(lambda: _load_rows(coll, files, cached))
     have = index.ids()
-    extra = np.setdiff1d(have, cached)
+    have = sorted_unique(have)
+    extra = np.setdiff1d(have, cached, assume_unique=True)  # (NumPy's hash unique is slow at 1M ids)
     if damaged:  # the index keeps the vectors of catalogued images until imrs index re-embeds them
-        extra = np.setdiff1d(extra, cat_ids)
-    missing = np.setdiff1d(cached, have)
+        extra = np.setdiff1d(extra, cat_ids, assume_unique=True)
+    missing = np.setdiff1d(cached, have, assume_unique=True)
     if len(extra):
         index.remove(extra)
         report.index_removed = len(extra)

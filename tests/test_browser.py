@@ -432,7 +432,7 @@ def test_app_in_chromium(browser: Any, app_env: dict[str, str]) -> None:  # noqa
         server.stop()
 
     # restart on the same state: nothing is embedded again, and the first text query is quick
-    caches = sorted(Path(app_env["IMRS_HOME"]).glob("collections/*/emb/emb_efficientnet_lite0.npz"))
+    caches = sorted(Path(app_env["IMRS_HOME"]).glob("collections/*/emb/emb_efficientnet_lite0.store/manifest.json"))
     mtime = caches[0].stat().st_mtime_ns
     server = AppServer(app_env, ARTIFACTS / "streamlit-restart.log")
     try:

@@ -1111,7 +1111,11 @@ class Collection:
                            else npz.stat().st_size)
             d["files"].append(npz.name)
         snaps = snap.list_snapshots(self.snap_dir)
-        return {"root": str(self.root), "state_dir": str(self.state_dir),
+        qdir = reconcile.quarantine_dir(self)
+        quarantine = {"web_images": len(reconcile.quarantined(self)),
+                      "damaged_files": sorted(p.name for p in qdir.glob("*.damaged-*")) if qdir.is_dir() else [],
+                      "folder": str(qdir)}
+        return {"root": str(self.root), "state_dir": str(self.state_dir), "quarantine": quarantine,
                 "images": len(self.catalog), "base": self.catalog.count("base"),
                 "dynamic": self.catalog.count("dynamic"), "labels": len(self.catalog.labels()),
                 "embeddings": per_backbone,

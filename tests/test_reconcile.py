@@ -150,6 +150,7 @@ def test_repair_moves_only_unrecorded_files_it_named(root: Path, tmp_path: Path)
     report = reconcile.repair(coll)
     assert report.orphan_files == 1 and not orphan.exists()  # moved, never deleted: imrs index takes it back
     assert (reconcile.quarantine_dir(coll) / "dynamic_x" / orphan.name).read_bytes() == mine.read_bytes()
+    assert coll.info()["quarantine"]["web_images"] == 1
     assert report.garbage_removed == 3 and not any(t.exists() for t in temps) and young.exists()
     assert mine.exists() and (root / "base" / "mine.jpg").exists()
     assert all(coll.abspath(r.relpath).exists() for r in recs)
@@ -228,3 +229,4 @@ def test_a_snapshot_load_releases_later_web_images_instead_of_deleting_them(root
     released = list(reconcile.quarantine_dir(coll).glob("released-*"))
     assert len(released) == 1 and {rel: (released[0] / rel).read_bytes() for rel in data} == data
     assert reconcile.quarantined(coll) == []  # not taken back by imrs index: dropped on purpose
+    assert coll.info()["quarantine"]["web_images"] == 0

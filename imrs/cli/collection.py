@@ -65,6 +65,10 @@ def cmd_info(args: argparse.Namespace) -> int:
             mb = d["bytes"] / 1e6
             print(f"  {bb}: {d['rows']} embeddings x {d['dim']}-d ({', '.join(d.get('runtimes', []))}), "
                   f"{mb:.1f} MB in {len(d['files'])} file(s)")
+        q = info["quarantine"]
+        if q["web_images"] or q["damaged_files"]:
+            print(f"  quarantine ({q['folder']}): {q['web_images']} web image(s) `imrs index` takes back, "
+                  f"{len(q['damaged_files'])} damaged file(s) kept for inspection")
         for s in info["snapshots"]:
             print(f"  snapshot {s['name']}: {s['backbone']}/{s['indexer']}, {s['count']} vectors, {s['created']}")
     if args.json:

@@ -1113,7 +1113,8 @@ class Collection:
         snaps = snap.list_snapshots(self.snap_dir)
         qdir = reconcile.quarantine_dir(self)
         quarantine = {"web_images": len(reconcile.quarantined(self)),
-                      "damaged_files": sorted(p.name for p in qdir.glob("*.damaged-*")) if qdir.is_dir() else [],
+                      "damaged_files": sorted(p.name for p in qdir.glob("*.damaged-*")
+                                             if not p.name.endswith(("-wal", "-shm"))) if qdir.is_dir() else [],
                       "folder": str(qdir)}
         return {"root": str(self.root), "state_dir": str(self.state_dir), "quarantine": quarantine,
                 "images": len(self.catalog), "base": self.catalog.count("base"),

@@ -79,7 +79,9 @@ def test_bench_end_to_end_writes_every_output(subset: Path, tmp_path: Path, home
     assert latest_run(home)["run_dir"] == str(out2.resolve())
 
 
-def test_bench_reuses_collection_cache_without_embedding(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("cache", ["emb_efficientnet_lite0.npz", "emb_efficientnet_lite0.store"])
+def test_bench_reuses_collection_cache_without_embedding(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                         cache: str) -> None:
     root = tmp_path / "data"
     for c in ("a", "b"):
         for i in range(3):
@@ -89,7 +91,7 @@ def test_bench_reuses_collection_cache_without_embedding(tmp_path: Path, monkeyp
     home = tmp_path / "home"
     emb_dir = state_dir_for(data.root, home) / "emb"
     vecs = np.random.default_rng(0).normal(size=(len(data), 1280)).astype(np.float32)
-    EmbeddingSet("efficientnet_lite0", data.ids, data.relpaths, vecs).save(emb_dir / "emb_efficientnet_lite0.npz")
+    EmbeddingSet("efficientnet_lite0", data.ids, data.relpaths, vecs).save(emb_dir / cache)  # file or shard store
     assert collection_caches(data.root, "efficientnet_lite0", home)
 
     def boom(*a, **k):  # embedding would mean the cache was not found

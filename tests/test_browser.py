@@ -258,7 +258,7 @@ def test_restart_finds_the_index_and_answers_quickly(browser: Any, app: AppHolde
     The restarted server stays up for the security story."""
     timings, text_s = TIMINGS, TEXT_S
     app.running()  # when run alone: the first start indexes the collection
-    caches = sorted(Path(app_env["IMRS_HOME"]).glob("collections/*/emb/emb_efficientnet_lite0.npz"))
+    caches = sorted(Path(app_env["IMRS_HOME"]).glob("collections/*/emb/emb_efficientnet_lite0.store/manifest.json"))
     mtime = caches[0].stat().st_mtime_ns
     server = app.restart("streamlit-restart.log")
     page = browser.new_page(viewport=DESKTOP)

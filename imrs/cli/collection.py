@@ -1,4 +1,4 @@
-"""``imrs index``, ``info``, ``backbones``, ``merge`` and ``snapshot``: the collection itself."""
+"""``imrs index``, ``info``, ``backbones``, ``merge``, ``compact`` and ``snapshot``: the collection itself."""
 
 from __future__ import annotations
 
@@ -23,6 +23,8 @@ def cmd_index(args: argparse.Namespace) -> int:
     print(f"vectors: {report.runtime}" + (f" (re-embedded, were {report.restamped})" if report.restamped else "")
           + (f"; {report.runtime_note}" if report.runtime_note else ""))
     print(f"index holds {len(coll.index)} vectors; snapshot in {coll.snap_dir}")
+    for line in report.recovered:  # damaged stores found and what became of them
+        print(f"repaired: {line}")
     from ..walk import format_skipped  # every entry left out, with its one reason
 
     for line in format_skipped(sorted(report.skipped + report.failed)):
@@ -63,6 +65,10 @@ def cmd_info(args: argparse.Namespace) -> int:
             mb = d["bytes"] / 1e6
             print(f"  {bb}: {d['rows']} embeddings x {d['dim']}-d ({', '.join(d.get('runtimes', []))}), "
                   f"{mb:.1f} MB in {len(d['files'])} file(s)")
+        q = info["quarantine"]
+        if q["web_images"] or q["damaged_files"]:
+            print(f"  quarantine ({q['folder']}): {q['web_images']} web image(s) `imrs index` takes back, "
+                  f"{len(q['damaged_files'])} damaged file(s) kept for inspection")
         for s in info["snapshots"]:
             print(f"  snapshot {s['name']}: {s['backbone']}/{s['indexer']}, {s['count']} vectors, {s['created']}")
     if args.json:
@@ -85,6 +91,15 @@ def cmd_merge(args: argparse.Namespace) -> int:
     coll = open_collection(args)
     out, rows, added = coll.merge_caches(args.extra or [])
     print(f"wrote {out}: {rows} rows; {added} new vector(s) added to the live index")
+    return 0
+
+
+def cmd_compact(args: argparse.Namespace) -> int:
+    coll = open_collection(args)
+    written = coll.compact()
+    total = sum(written.values())
+    print(f"compacted {len(written)} cache(s) of {coll.backbone}: {total / 1e6:.1f} MB rewritten"
+          + ("" if total else " (nothing to compact)"))
     return 0
 
 
@@ -126,6 +141,10 @@ def register(sub: Any) -> None:
     p.add_argument("extra", nargs="*", help="more NPZ files of the same backbone")
     collection_args(p)
     p.set_defaults(func=cmd_merge)
+
+    p = sub.add_parser("compact", help="rewrite the embedding caches without their deleted and replaced rows")
+    collection_args(p)
+    p.set_defaults(func=cmd_compact)
 
     p = sub.add_parser("snapshot", help="save, load or list named snapshots")
     p.add_argument("action", choices=["save", "load", "list"])

@@ -548,3 +548,50 @@ def test_get_vectors_follows_adds_removes_and_compaction(kind: str) -> None:
     got = idx.get_vectors(np.array([ids[0], ids[450], 10**12]))
     assert not got[0].any() and not got[2].any()
     assert np.allclose(got[1], unit[450], atol=1e-5)
+
+
+#: Per kind: (weak, strong) search-time parameters whose answers differ on the clustered data.
+PER_CALL = {"hnsw": ({"efSearch": 1}, {"efSearch": 400}), "ivf_flat": ({"nprobe": 1}, {"nprobe": 16}),
+            "ivf_pq": ({"nprobe": 1, "k_factor": 1}, {"nprobe": 16, "k_factor": 16}),
+            "annoy": ({"search_k": 10}, {"search_k": 100_000}), "milvus": ({"efSearch": 1}, {"efSearch": 400})}
+
+
+@pytest.mark.parametrize("kind", [k for k in ANN_KINDS if k != "milvus"])
+def test_per_call_params_in_concurrent_threads(kind: str) -> None:
+    """Threads searching one index with different per-call params each get exactly the answer of their
+    own params, and the index's settings never change: with a set-params-search-restore scheme, a
+    thread would now and then run with another thread's params."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    x = clustered(N, DIM, seed=31, noise=2.2)
+    index = small(kind, nlist=16) if kind.startswith("ivf") else small(kind)
+    index.add(ids_for(N), x)
+    q = clustered(64, DIM, seed=32, noise=2.2)
+    before = index.get_params()
+    weak, strong = PER_CALL[kind]
+    expect = {name: index.search(q, 10, params=p)[1] for name, p in (("weak", weak), ("strong", strong))}
+    assert not np.array_equal(expect["weak"], expect["strong"])  # the test can tell the two apart
+    assert np.array_equal(expect["strong"], index.search(q, 10, params=strong)[1])  # deterministic
+
+    def run(n: int) -> bool:
+        name = "weak" if n % 2 else "strong"
+        return all(np.array_equal(index.search(q, 10, params=weak if n % 2 else strong)[1], expect[name])
+                   for _ in range(5))
+
+    with ThreadPoolExecutor(8) as pool:
+        assert all(pool.map(run, range(32)))
+    assert index.get_params() == before
+
+
+@pytest.mark.parametrize("kind", INDEX_KINDS)
+def test_per_call_params_checked_and_never_stored(kind: str) -> None:
+    index = small(kind)
+    index.add(ids_for(200), clustered(200, DIM, seed=33))
+    before = index.get_params()
+    weak, strong = PER_CALL.get(kind, ({}, {}))
+    for p in (weak, strong, {"nprobe": 3, "search_k": 7, "efSearch": 5}):  # other kinds' tunables are ignored
+        scores, found = index.search(clustered(3, DIM, seed=34), 5, params=p)
+        assert found.shape == (3, 5) and (found != -1).all()
+    assert index.get_params() == before
+    with pytest.raises(ValueError, match="not search-time"):
+        index.search(clustered(1, DIM, seed=35), 5, params={"M": 8})

@@ -37,7 +37,7 @@ import numpy as np
 
 from ..errors import SnapshotError
 from ..fsutil import atomic_path, atomic_write_json, read_json
-from .params import BUILD_PARAMS, KIND_PARAMS, auto_params, validate_params
+from .params import BUILD_PARAMS, KIND_PARAMS, SEARCH_PARAMS, auto_params, validate_params
 
 if TYPE_CHECKING:
     from ..filters import Where as WhereLike
@@ -498,15 +498,20 @@ class VectorIndex(ABC):
         return self._table.nbytes() + self._native_bytes()
 
     # -- search ---------------------------------------------------------------------------------------
-    def search(self, queries: Any, k: int, where: WhereLike | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def search(self, queries: Any, k: int, where: WhereLike | None = None,
+               params: dict[str, Any] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` cosine scores (float32) and ids (int64), best first, each (n, k).
 
         A single (dim,) query gives (1, k). Rows are padded with -inf / -1 when fewer than ``k``
         live vectors exist; an empty index gives fully padded rows rather than an error.
         ``where`` (an ``imrs.filters.Where``) restricts results to the ids it allows; rows are
         then padded only when fewer than ``k`` allowed vectors exist.
+        ``params`` (``efSearch``, ``nprobe``, ``k_factor``, ``search_k``) apply to this call only,
+        like FAISS's per-call ``SearchParameters``: callers in several threads share one index
+        without ever changing its settings for each other.
         """
         q, k = self._query_args(queries, k)
+        p = self.search_params(params)
         nq = len(q)
         scores = np.full((nq, k), -np.inf, np.float32)
         ids = np.full((nq, k), -1, np.int64)
@@ -514,11 +519,11 @@ class VectorIndex(ABC):
             return scores, ids
         t = self._table
         if where is not None:
-            D, S = self._search_where(q, k, np.asarray(where.allowed_ids(), dtype=np.int64))
+            D, S = self._search_where(q, k, np.asarray(where.allowed_ids(), dtype=np.int64), p)
         else:
             parts = []
             if t.frozen - t.n_dead > 0:
-                parts.append(self._search_frozen(q, k))
+                parts.append(self._search_frozen(q, k, None, p))
             if t.n_loose:
                 d, i = exact_search(q, t.vecs[t.frozen :], k)
                 parts.append((d, np.where(i >= 0, i + t.frozen, -1)))
@@ -529,13 +534,25 @@ class VectorIndex(ABC):
         ids[:, :w] = np.where(valid, t.ids[np.where(valid, S, 0)], -1)
         return scores, ids
 
+    def search_params(self, params: dict[str, Any] | None) -> dict[str, Any]:
+        """The parameters one search runs with: the index's own, with ``params`` (search-time
+        tunables of this kind only; others are ignored like in ``make_index``) over them."""
+        if not params:
+            return self._params
+        build = sorted(set(params) - SEARCH_PARAMS)
+        if build:
+            raise ValueError(f"{', '.join(build)}: not search-time parameters (per-search params are "
+                             f"{', '.join(sorted(SEARCH_PARAMS))})")
+        return {**self._params, **validate_params(self.kind, self.dim, params)}
+
     def _query_args(self, queries: Any, k: Any) -> tuple[np.ndarray, int]:
         q = self._as_matrix(queries, "queries", allow_1d=True)
         if isinstance(k, bool) or int(k) != k or k < 1:
             raise ValueError(f"k must be a positive integer, got {k!r}")
         return q, int(k)
 
-    def _search_where(self, q: np.ndarray, k: int, allowed_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _search_where(self, q: np.ndarray, k: int, allowed_ids: np.ndarray, params: dict[str, Any]
+                      ) -> tuple[np.ndarray, np.ndarray]:
         """(scores, slots) among the allowed ids only.
 
         A small allowed set (the usual case: one label, the dynamic images) is searched exactly over
@@ -555,7 +572,7 @@ class VectorIndex(ABC):
         mask[slots] = True
         parts = []
         if t.frozen and mask[: t.frozen].any():
-            parts.append(self._search_frozen(q, k, mask[: t.frozen]))
+            parts.append(self._search_frozen(q, k, mask[: t.frozen], params))
         loose = t.frozen + np.flatnonzero(mask[t.frozen :])
         if len(loose):
             d, rows = exact_search(q, t.vecs[loose], k)
@@ -610,10 +627,11 @@ class VectorIndex(ABC):
         """Frozen ``slots`` died: remove natively, or leave as tombstones that search filters."""
 
     @abstractmethod
-    def _search_frozen(self, q: np.ndarray, k: int, mask: np.ndarray | None = None
+    def _search_frozen(self, q: np.ndarray, k: int, mask: np.ndarray | None, params: dict[str, Any]
                        ) -> tuple[np.ndarray, np.ndarray]:
         """(scores, slots) of the native structure, best first, never returning dead slots, nor
-        (when ``mask``, a bool per frozen slot, is given) slots outside the mask."""
+        (when ``mask``, a bool per frozen slot, is given) slots outside the mask. ``params`` are
+        this search's (``search_params``): read them, never ``self._params``, for search-time knobs."""
 
     @abstractmethod
     def _compact(self) -> None:

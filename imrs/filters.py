@@ -36,6 +36,8 @@ _SQL_FIELD = {"source": "source", "label": "label", "term": "COALESCE(term, '')"
 MAX_EXPRESSION_CHARS = 4000
 #: Longest string value stored in / compared against a Milvus VARCHAR field.
 MAX_VALUE_CHARS = 512
+#: Parentheses and ``not`` nest at most this deep (the parser recurses once per level).
+MAX_DEPTH = 64
 
 
 class FilterError(IMRSError):
@@ -118,6 +120,7 @@ class _Parser:
         self.text = text
         self.toks = _tokens(text)
         self.i = 0
+        self.depth = 0
 
     def peek(self) -> tuple[str, str, int] | None:
         return self.toks[self.i] if self.i < len(self.toks) else None
@@ -158,13 +161,17 @@ class _Parser:
 
     def unary(self) -> Node:
         tok = self.peek()
-        if tok and tok[:2] == ("kw", "not"):
+        if tok and tok[:2] in (("kw", "not"), ("op", "(")):
+            self.depth += 1
+            if self.depth > MAX_DEPTH:
+                raise FilterError(f"filter nested deeper than {MAX_DEPTH} levels")
             self.i += 1
-            return Not(self.unary())
-        if tok and tok[:2] == ("op", "("):
-            self.i += 1
-            node = self.expr()
-            self.take("op", ")")
+            if tok[1] == "not":
+                node: Node = Not(self.unary())
+            else:
+                node = self.expr()
+                self.take("op", ")")
+            self.depth -= 1
             return node
         name = self.take("name")[1]
         if name not in FIELDS:

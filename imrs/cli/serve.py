@@ -71,7 +71,8 @@ def cmd_keys(args: argparse.Namespace) -> int:
         keys = store.list()
         if args.json:
             print(json.dumps([k.as_dict() for k in keys], indent=2))
-        elif not keys:
+            return 0
+        if not keys:
             print("no API keys: the server answers anyone on loopback, and listens nowhere else")
         for k in keys:
             rate = f"{k.rate_per_minute}/min" if k.rate_per_minute is not None else "server's rate"

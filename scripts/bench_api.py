@@ -155,19 +155,24 @@ def warm_latency(base: str, images: list[bytes], k: int, n: int) -> dict[str, li
     """One client, one request at a time: the latency a person sees on an idle server. ``new text``
     is each text's first search (its query plan is built), ``text`` the searches after that."""
     out: dict[str, list[float]] = {"new text": [], "text": [], "image": []}
+    pipeline = {kind: [] for kind in out}
     with httpx.Client(base_url=base, timeout=60.0) as c:
         def timed(kind: str, **kw: Any) -> None:
             t0 = time.perf_counter()
             resp = c.post(**kw)
             out[kind].append(time.perf_counter() - t0)
             resp.raise_for_status()
+            pipeline[kind].append(sum(v for key, v in resp.json()["timings"].items() if key != "total"))
 
         for text in TEXTS:
             timed("new text", url="/v1/search", json={"text": text, "k": k})
-        for i in range(n):
+        for i in range(n):  # one kind at a time: a person does not send both at once
             timed("text", url="/v1/search", json={"text": TEXTS[i % len(TEXTS)], "k": k})
+        for i in range(n):
             timed("image", url="/v1/search/image", files={"file": ("q.jpg", images[i % len(images)], "image/jpeg")},
                   data={"k": str(k)})
+    for kind, values in pipeline.items():
+        out[f"{kind} (server)"] = values
     return out
 
 
@@ -269,24 +274,25 @@ def main() -> int:
     inconsistent = len(run.inconsistent) + len(partial)
     row = {k: (1000 * statistics.median(v) if v else float("nan"), 1000 * pct(v, 0.95)) for k, v in run.lat.items()}
     warm_row = {k: (1000 * statistics.median(v), 1000 * pct(v, 0.95)) for k, v in warm.items()}
+    server = {k: warm_row[f"{k} (server)"][0] for k in ("new text", "text", "image")}
     lines = [
         f"Host: {facts['cpu']}, {facts['cores']} cores (shared with other work), flags: {facts['flags']}. "
         f"Load average before: {load_before}; during the load: {load_start} -> {load_end}.",
         f"Collection: {Path(args.root).name} ({before} images), {args.backbone} / {args.indexer}, k={args.k}, "
         f"{args.workers} server worker(s).",
         "",
-        "| phase | query | requests | p50 ms | p95 ms |",
-        "|---|---|---:|---:|---:|",
+        "| phase | query | requests | p50 ms | p95 ms | p50 ms in the server's pipeline |",
+        "|---|---|---:|---:|---:|---:|",
         f"| warm, one client | text, first time | {len(warm['new text'])} | {warm_row['new text'][0]:.1f} | "
-        f"{warm_row['new text'][1]:.1f} |",
+        f"{warm_row['new text'][1]:.1f} | {server['new text']:.1f} |",
         f"| warm, one client | text, seen before | {len(warm['text'])} | {warm_row['text'][0]:.1f} | "
-        f"{warm_row['text'][1]:.1f} |",
+        f"{warm_row['text'][1]:.1f} | {server['text']:.1f} |",
         f"| warm, one client | image (upload) | {len(warm['image'])} | {warm_row['image'][0]:.1f} | "
-        f"{warm_row['image'][1]:.1f} |",
+        f"{warm_row['image'][1]:.1f} | {server['image']:.1f} |",
         f"| {args.clients} clients during growth | text (a fixed list of {len(TEXTS)}) | {len(run.lat['text'])} | "
-        f"{row['text'][0]:.1f} | {row['text'][1]:.1f} |",
+        f"{row['text'][0]:.1f} | {row['text'][1]:.1f} | |",
         f"| {args.clients} clients during growth | image (upload) | {len(run.lat['image'])} | {row['image'][0]:.1f} | "
-        f"{row['image'][1]:.1f} |",
+        f"{row['image'][1]:.1f} | |",
         "",
         f"Load phase: {n_ok} answers in {elapsed:.1f}s = {n_ok / elapsed:.1f} QPS, {len(run.errors)} errors, "
         f"{inconsistent} inconsistent answers; growth job: {job['status']}, {kept} image(s) added while the "

@@ -124,7 +124,7 @@ def api(tmp_path_factory: pytest.TempPathFactory, web_server: LoopbackServer) ->
     keys = KeyStore(home)
     write_key, read_key = keys.add("tests-writer", ("read", "write")), keys.add("tests-reader", ("read",))
     # two workers: every test also runs against the shared job queue and the reload after a commit
-    with serving(root, home, growth_env(web_server), "--rate", "0", "--workers", "2") as server:
+    with serving(root, home, growth_env(web_server), "--rate", "0", "--workers", "2", "--timeout", "6") as server:
         yield Api(server, root, home, web_server, write_key, read_key)
 
 
@@ -290,6 +290,18 @@ def test_image_url_redirecting_to_a_private_address(api: Api) -> None:
             url = api.web.url(f"/redirect?hops=1&to={target}")
             body = assert_problem(c.post("/v1/search", json={"image_url": url}), 422)
             assert "private" in body["detail"] or "link-local" in body["detail"] or "not allowed" in body["detail"]
+
+
+def test_slow_requests_time_out(api: Api) -> None:
+    """An image URL that drips one byte every half second: the answer is a 504 at the server's
+    request timeout (6 s here), not a connection held for as long as the remote likes."""
+    t0 = time.monotonic()
+    with api.r() as c:
+        resp = c.post("/v1/search", json={"image_url": api.web.url("/drip.jpg?interval=0.5")})
+    assert_problem(resp, 504, "longer than 6s")
+    assert time.monotonic() - t0 < 20
+    with api.r() as c:
+        assert c.get("/v1/info").status_code == 200
 
 
 def test_rate_limit_per_key(api: Api) -> None:

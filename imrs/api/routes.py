@@ -226,8 +226,10 @@ def _image_out(r: Any) -> ImageOut:
                     width=r.width, height=r.height, **_image_urls(r.id))
 
 
-def _answer(state: ServerState, outcome: QueryOutcome, req: SearchRequest, query_desc: dict[str, Any]) -> SearchAnswer:
+def _answer(state: ServerState, outcome: QueryOutcome, req: SearchRequest, query_desc: dict[str, Any],
+            before: dict[str, float]) -> SearchAnswer:
     d = outcome.to_dict()
+    d["timings"] = {**{k: round(v, 4) for k, v in before.items()}, **d["timings"]}
     start = (req.page - 1) * req.k
     hits = [_hit(n, h) for n, h in enumerate(outcome.hits[start : start + req.k], start + 1)]
     coll = state.coll
@@ -253,7 +255,9 @@ def _decode_upload(state: ServerState, data: bytes) -> Any:
 
 
 def _run_search(state: ServerState, req: SearchRequest, image: Any = None,
-                query_desc: dict[str, Any] | None = None) -> SearchAnswer:
+                query_desc: dict[str, Any] | None = None, timings: dict[str, float] | None = None) -> SearchAnswer:
+    """``timings``: what happened before the pipeline (decoding an upload), reported with its own."""
+    timings = dict(timings or {})
     exclude: tuple[int, ...] = ()
     desc = dict(query_desc or {})
     if req.image_id is not None:
@@ -264,14 +268,18 @@ def _run_search(state: ServerState, req: SearchRequest, image: Any = None,
         from ..expansion.sources import policy_for
         from ..web.download import fetch_image_bytes
 
+        t0 = time.perf_counter()
         data = fetch_image_bytes(req.image_url, policy_for(state.settings, max_side=QUERY_MAX_SIDE))
+        timings["fetch"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
         image, desc = _decode_upload(state, data), {"image_url": req.image_url}
+        timings["decode"] = time.perf_counter() - t0
     elif image is None:
         desc = {"text": req.text}
     desc.update(k=req.k, page=req.page, where=req.where, qe=req.qe, metadata=req.metadata)
     query = ImrsQuery(text=req.text if image is None else None, image=image, k=req.k * req.page, qe=req.qe,
                       where=req.where or None, metadata=req.metadata, exclude_ids=exclude)
-    return _answer(state, run_query(state.coll, query, state.settings), req, desc)
+    return _answer(state, run_query(state.coll, query, state.settings), req, desc, timings)
 
 
 # -- writer jobs ------------------------------------------------------------------------------------------
@@ -378,10 +386,13 @@ def build_router(box: dict[str, ServerState]) -> APIRouter:
             raise ApiProblem(413, f"uploaded image over {cap // (1 << 20)} MiB")
         if not data:
             raise ApiProblem(422, "the uploaded file is empty")
+        t0 = time.perf_counter()
         image = _decode_upload(st, data)
+        decode = time.perf_counter() - t0
         req = SearchRequest.model_construct(text=None, image_id=None, image_url=None, k=k, page=page, where=where,
                                             qe=qe, metadata=True)
-        return _run_search(st, req, image=image, query_desc={"upload": (file.filename or "")[:200]})
+        return _run_search(st, req, image=image, query_desc={"upload": (file.filename or "")[:200]},
+                           timings={"decode": decode})
 
     @router.get("/images/{image_id}", response_model=ImageOut, tags=["images"])
     def image(image_id: Annotated[int, Path(ge=-(2**63), le=2**63 - 1)], st: Reader) -> ImageOut:

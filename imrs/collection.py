@@ -823,17 +823,18 @@ class Collection:
         self.refresh_if_stale()  # a long-lived reader (the app) sees other writers' changes
         with self._index_lock:
             index = self.index
-            if len(index) == 0:
-                raise EmptyCollectionError("the index is empty: index a folder first (imrs index FOLDER)")
-            if qe > 0:
-                from .retrieval.qe import expand_queries
+        # the index's own read/write lock lets searches run in parallel, never beside an add
+        if len(index) == 0:
+            raise EmptyCollectionError("the index is empty: index a folder first (imrs index FOLDER)")
+        if qe > 0:
+            from .retrieval.qe import expand_queries
 
-                sims, nn = index.search(q, qe, where=cond, params=own)
-                flat_nn = nn.ravel()
-                vecs = index.get_vectors(np.where(flat_nn == -1, 0, flat_nn))
-                rows = np.where(nn == -1, -1, np.arange(nn.size).reshape(nn.shape))
-                q = expand_queries(q, vecs, sims, rows, qe, alpha=qe_alpha)
-            scores, ids = index.search(q, k, where=cond, params=own)
+            sims, nn = index.search(q, qe, where=cond, params=own)
+            flat_nn = nn.ravel()
+            vecs = index.get_vectors(np.where(flat_nn == -1, 0, flat_nn))
+            rows = np.where(nn == -1, -1, np.arange(nn.size).reshape(nn.shape))
+            q = expand_queries(q, vecs, sims, rows, qe, alpha=qe_alpha)
+        scores, ids = index.search(q, k, where=cond, params=own)
         return [self.hits_for([i for i in irow.tolist() if i != -1],
                               [s for s, i in zip(srow.tolist(), irow.tolist(), strict=True) if i != -1])
                 for srow, irow in zip(scores, ids, strict=True)]

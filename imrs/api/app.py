@@ -14,13 +14,12 @@ import logging
 import sys
 import threading
 import time
-from collections.abc import Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI, Request
 from fastapi.responses import PlainTextResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -233,6 +232,54 @@ class BodyLimit:
                 await _send_problem(scope, send, 413, f"request body over {cap // 1024} KiB")
 
 
+class Observe:
+    """Request timeout, metrics and one JSON access-log line per request (plain ASGI: no extra task
+    or stream per request on the search path)."""
+
+    def __init__(self, app: ASGIApp, box: dict[str, ServerState], timeout: float) -> None:
+        self.app = app
+        self.box = box
+        self.timeout = timeout
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        t0 = time.perf_counter()
+        status = [500]
+        started = [False]
+
+        async def observed(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status[0], started[0] = int(message["status"]), True
+            await send(message)
+
+        try:
+            if scope["path"].endswith("/events") or self.timeout <= 0:  # event streams run as long as their job
+                await self.app(scope, receive, observed)
+            else:
+                await asyncio.wait_for(self.app(scope, receive, observed), self.timeout)
+        except TimeoutError:
+            if started[0]:
+                raise
+            await problem_response(504, f"the request took longer than {self.timeout:g}s",
+                                   scope.get("path"))(scope, receive, observed)
+        finally:
+            self._record(scope, status[0], time.perf_counter() - t0)
+
+    def _record(self, scope: Scope, status: int, seconds: float) -> None:
+        route = getattr(scope.get("route"), "path", None) or "unmatched"
+        state = self.box.get("state")
+        if state is not None:
+            state.metrics.observe(scope["method"], route, status, seconds)
+        if access_log.isEnabledFor(logging.INFO):
+            client = scope.get("client")
+            access_log.info(json.dumps({
+                "ts": round(time.time(), 3), "method": scope["method"], "path": scope["path"][:200], "route": route,
+                "status": status, "ms": round(seconds * 1000, 2), "key": (scope.get("state") or {}).get("key"),
+                "client": client[0] if client else None}))
+
+
 class _TooBig(Exception):
     pass
 
@@ -280,31 +327,8 @@ def create_app(config: ServeConfig, collection: Collection | None = None) -> Fas
                               "collection from the web: the same pipeline as the `imrs` CLI and the app.")
     problems.install(app)
 
-    @app.middleware("http")
-    async def observe(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        t0 = time.perf_counter()
-        stream = request.url.path.endswith("/events")
-        try:
-            if stream or config.request_timeout <= 0:
-                response = await call_next(request)
-            else:
-                response = await asyncio.wait_for(call_next(request), config.request_timeout)
-        except TimeoutError:
-            response = problem_response(504, f"the request took longer than {config.request_timeout:g}s",
-                                        request.url.path)
-        seconds = time.perf_counter() - t0
-        route = getattr(request.scope.get("route"), "path", None) or "unmatched"
-        state = state_box.get("state")
-        if state is not None:
-            state.metrics.observe(request.method, route, response.status_code, seconds)
-        access_log.info(json.dumps({
-            "ts": round(time.time(), 3), "method": request.method, "path": request.url.path[:200], "route": route,
-            "status": response.status_code, "ms": round(seconds * 1000, 2),
-            "key": getattr(request.state, "key", None),
-            "client": request.client.host if request.client else None}))
-        return response
-
     app.add_middleware(BodyLimit, json_cap=config.max_body_bytes, upload_cap=config.max_upload_bytes)
+    app.add_middleware(Observe, box=state_box, timeout=config.request_timeout)  # outermost: sees every answer
 
     from .routes import build_router
 

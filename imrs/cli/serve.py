@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import json
-import os
 from typing import Any
 
 from ..errors import IMRSError
@@ -51,7 +50,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         uvicorn.run(create_app(config, coll), **common)
     else:
         coll = None  # each worker opens its own
-        os.environ["IMRS_SERVE_CONFIG"] = config.to_json()
+        from ..config import hand_serve_config
+
+        hand_serve_config(config.to_json())
         uvicorn.run("imrs.api.app:app_from_env", factory=True, workers=args.workers, **common)
     return 0
 

@@ -8,7 +8,7 @@ PIP := $(PY) -m pip
 $(VENV)/.installed: pyproject.toml constraints.txt
 	python3.11 -m venv $(VENV) || python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q -c constraints.txt -e '.[test,scale]'
+	$(PIP) install -q -c constraints.txt -e '.[test,scale,api]'
 	touch $@
 
 install: $(VENV)/.installed

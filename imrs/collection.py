@@ -134,8 +134,8 @@ _CALLER_SEARCH_PARAMS: contextvars.ContextVar[dict[str, Any] | None] = contextva
 
 @contextlib.contextmanager
 def caller_search_params(**params: Any) -> Iterator[None]:
-    """Within this block, searches in this thread use ``params`` (efSearch, nprobe, search_k,
-    k_factor) and the shared index keeps its own settings for everyone else."""
+    """Within this block, searches in this context use ``params`` (efSearch, nprobe, search_k,
+    k_factor), passed to each ``VectorIndex.search`` call; the shared index's settings never change."""
     token = _CALLER_SEARCH_PARAMS.set(_tunables(params) or None)
     try:
         yield
@@ -952,41 +952,34 @@ class Collection:
 
     # -- search -------------------------------------------------------------------------------------
     def search_vectors(self, queries: np.ndarray, k: int = 10, qe: int = 0,
-                       qe_alpha: float = 3.0, where: str | None = None) -> list[list[SearchHit]]:
+                       qe_alpha: float = 3.0, where: str | None = None,
+                       params: dict[str, Any] | None = None) -> list[list[SearchHit]]:
         """k nearest images per query. ``qe`` > 0 turns on alpha query expansion: the query is
         re-issued as the alpha-weighted mean of itself and its top ``qe`` hits (measured by
         ``imrs bench``: +0.012 P@10 and +0.04 full mAP on Caltech-101 with qe=5, alpha=3).
         ``where`` (``source == 'dynamic'``, see ``imrs.filters``) keeps only matching images, and
-        still returns k hits whenever k images match."""
+        still returns k hits whenever k images match. ``params`` (else those of
+        ``caller_search_params``) are search-time index tunables for this call only."""
         from .filters import Where
 
         cond = Where(where, self.catalog) if where else None
         q = np.atleast_2d(np.asarray(queries, dtype=np.float32))
+        own = _tunables(params if params is not None else (_CALLER_SEARCH_PARAMS.get() or {})) or None
         self.refresh_if_stale()  # a long-lived reader (the app) sees other writers' changes
         with self._index_lock:
-            if len(self.index) == 0:
-                raise EmptyCollectionError("the index is empty: index a folder first (imrs index FOLDER)")
-            if qe > 0:
-                from .retrieval.qe import expand_queries
+            index = self.index
+        # the index's own read/write lock lets searches run in parallel, never beside an add
+        if len(index) == 0:
+            raise EmptyCollectionError("the index is empty: index a folder first (imrs index FOLDER)")
+        if qe > 0:
+            from .retrieval.qe import expand_queries
 
-                sims, nn = self.index.search(q, qe, where=cond)
-                flat_nn = nn.ravel()
-                vecs = self.index.get_vectors(np.where(flat_nn == -1, 0, flat_nn))
-                rows = np.where(nn == -1, -1, np.arange(nn.size).reshape(nn.shape))
-                q = expand_queries(q, vecs, sims, rows, qe, alpha=qe_alpha)
-            shared = _tunables(self.index.get_params())
-            own = {p: v for p, v in (_CALLER_SEARCH_PARAMS.get() or {}).items() if p in shared and shared[p] != v}
-            if own:  # this caller's tunables for this one search, then the shared ones again
-                explicit = set(getattr(self.index, "_explicit", set()))
-                self.index.set_params(**own)
-                try:
-                    scores, ids = self.index.search(q, k, where=cond)
-                finally:
-                    self.index.set_params(**{p: shared[p] for p in own})
-                    if hasattr(self.index, "_explicit"):
-                        self.index._explicit = explicit
-            else:
-                scores, ids = self.index.search(q, k, where=cond)
+            sims, nn = index.search(q, qe, where=cond, params=own)
+            flat_nn = nn.ravel()
+            vecs = index.get_vectors(np.where(flat_nn == -1, 0, flat_nn))
+            rows = np.where(nn == -1, -1, np.arange(nn.size).reshape(nn.shape))
+            q = expand_queries(q, vecs, sims, rows, qe, alpha=qe_alpha)
+        scores, ids = index.search(q, k, where=cond, params=own)
         return [self.hits_for([i for i in irow.tolist() if i != -1],
                               [s for s, i in zip(srow.tolist(), irow.tolist(), strict=True) if i != -1])
                 for srow, irow in zip(scores, ids, strict=True)]

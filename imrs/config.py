@@ -351,3 +351,13 @@ def spill_dir() -> Path:
     import tempfile
 
     return Settings.from_env().spill_dir or Path(tempfile.gettempdir())
+
+
+def serve_config_json() -> str:
+    """What ``imrs serve`` hands its worker processes (IMRS_SERVE_CONFIG, JSON; set by the command)."""
+    return os.environ.get("IMRS_SERVE_CONFIG", "")
+
+
+def hand_serve_config(text: str) -> None:
+    """Set IMRS_SERVE_CONFIG for the worker processes ``imrs serve --workers N`` is about to start."""
+    os.environ["IMRS_SERVE_CONFIG"] = text

@@ -412,6 +412,13 @@ def test_cli_runtime_int8_then_fp32(small_collection: Path, home: Path, cache_di
     coll = Collection(small_collection, BB, "flat_ip", home=home)
     tag = coll.cached_runtime()
     assert q.is_int8_tag(tag)
+    # which recipe runs and why: per collection, and for this CPU
+    info = run("info", "--root", str(small_collection))
+    gate = json.loads(next((cache_dir / "onnx").glob(f"*.{tag}.json")).read_text())
+    assert f"{tag}: recipe {gate['recipe']}, gate {'passed' if gate['passed'] else 'failed'} on {cpu.isa}" in info
+    plan = q.recipe_plan()
+    assert plan in info and plan in run("backbones")
+    assert cpu.describe() in plan and q.choose_recipes(cpu, True)[0][0].name in plan
     clear_encoder_cache()
     hits = json.loads(run("search", "--image", str(photos / "sunflower.jpg"), "-k", "5", "--json"))["hits"]
     assert sum(h["label"] == "sunflower" for h in hits) >= 4

@@ -226,12 +226,35 @@ def choose_recipes(cpu: CpuFeatures, convnet: bool) -> tuple[tuple[Recipe, ...],
     return (CONVNET_RECIPES if convnet else TRANSFORMER_RECIPES), why
 
 
-def recipe_plan(convnet: bool = True, cpu: CpuFeatures | None = None) -> str:
-    """One line for ``imrs backbones`` / ``imrs info``: this CPU and the int8 recipes it tries."""
+def recipe_plan(convnet: bool | None = None, cpu: CpuFeatures | None = None) -> str:
+    """One line for ``imrs backbones`` / ``imrs info``: this CPU and the int8 recipes it tries
+    (for convnets, transformers, or both when ``convnet`` is None), and why."""
     cpu = cpu or cpu_features()
-    recipes, why = choose_recipes(cpu, convnet)
-    return (f"int8 on this CPU, {cpu.describe()}: tries {', '.join(r.name for r in recipes)} "
-            f"(first to pass the gate is kept) -- {why}")
+    kinds = [(True, "convnets"), (False, "transformers")] if convnet is None else [(convnet, "")]
+    parts = []
+    for conv, label in kinds:
+        recipes, why = choose_recipes(cpu, conv)
+        parts.append((f"{label} " if label else "") + " then ".join(r.name for r in recipes))
+    return (f"int8 on this CPU, {cpu.describe()}: tries {'; '.join(parts)} (the first to pass the gate is "
+            f"kept, else fp32) -- {why}")
+
+
+def describe_tag(tag: str, cache: Path | None = None) -> str:
+    """What an int8 runtime tag's cached gate says: recipe, verdict, and the CPU it was measured on."""
+    if not is_int8_tag(tag):
+        return tag
+    from .weights import user_cache_dir
+
+    key = tag[len(TAG_PREFIX):]
+    for gate_path in sorted((cache or user_cache_dir() / "onnx").glob(f"*.int8-{key}.json")):
+        try:
+            gate = GateResult.from_json(read_json(gate_path))
+        except (OSError, ValueError, TypeError):
+            continue
+        verdict = "passed" if gate.passed else "failed"
+        return (f"{tag}: recipe {gate.recipe}, gate {verdict} on {gate.cpu or 'an unrecorded CPU'} "
+                f"(mean cosine {gate.mean_cosine:.4f})")
+    return f"{tag}: model no longer cached"
 
 
 @dataclass

@@ -6,6 +6,11 @@ Why it is built this way (measured on EfficientNet-Lite0, 2 cores with AVX-512 V
 - QDQ format, uint8 activations x int8 per-channel weights (U8S8, what VNNI's dot product takes),
   MinMax ranges from a few hundred of the collection's own images. ONNX Runtime fuses the
   Q/DQ pairs into QLinearConv / QLinearMatMul kernels.
+- The recipe depends on the CPU (:func:`cpu_features`, :func:`choose_recipes`): on x86-64 without
+  VNNI, ONNX Runtime's U8S8 kernels saturate 16-bit sums (EfficientNet-Lite0: mean cosine 0.90
+  to fp32), so 7-bit weights and then U8U8 are tried there instead. The CPU class and the recipe
+  list are part of the model's key and of its runtime tag; a gate measured on another kind of
+  CPU is measured again before the model is trusted here.
 - The input normalisation ``(x - mean) / std`` is folded into the first convolution before
   quantizing (:func:`fold_input_normalisation`). Left in the graph it became a broadcast
   Sub + QLinearMul on NHWC data that took 31% of the int8 model's time.
@@ -19,7 +24,9 @@ Why it is built this way (measured on EfficientNet-Lite0, 2 cores with AVX-512 V
 
 The quantized model and its gate result are cached beside the fp32 export (user cache dir, or a
 per-process scratch dir for random weights), written atomically, keyed by the fp32 model, the
-calibration images (path, size, mtime) and the recipe version. Vectors from an int8 model carry
+calibration images (path, size, mtime), the recipes, the CPU class and the recipe version. A
+build works in a folder of its own under the cache (``.int8-work``), where ONNX Runtime's
+temporary models go too; a killed build's folder is removed by the next build. Vectors from an int8 model carry
 the tag ``int8-<key>`` (:attr:`Encoder.runtime_tag`): the collection stores it with every cache and
 never mixes it with fp32 vectors.
 """

@@ -76,7 +76,7 @@ def test_locally_skips_stay_skips(folder: Path) -> None:
     assert rc == 0, out
     assert "1 passed, 4 skipped, 1 xfailed" in out, out
     rc, out = _pytest(folder, None, "test_module_skip.py")
-    assert rc == 0 and "1 skipped" in out, out
+    assert rc in (0, 5) and "1 skipped" in out and "error" not in out, out  # 5: no test ran, none failed
 
 
 @pytest.mark.parametrize("ci", ["true", "1"])
@@ -84,7 +84,7 @@ def test_in_ci_a_skip_is_a_failure(folder: Path, ci: str) -> None:
     rc, out = _pytest(folder, ci)
     assert rc == 1, out
     # the fixture's and the marker's skips happen in setup: they are errors; the test body's is a failure
-    assert "1 failed, 1 passed, 1 skipped, 1 xfailed, 3 errors" in out, out
+    assert "1 failed, 1 passed, 1 skipped, 1 xfailed, 2 errors" in out, out
     for reason in ("../shared is absent", "/usr/bin/chromium is absent", "no backbone ready"):
         assert f"skipped in CI mode (CI={ci}), which counts as a failure: {reason}" in out, (reason, out)
     assert "platform branch: no FIFOs on this OS" in out  # the one skip that stays a skip

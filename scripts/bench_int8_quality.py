@@ -106,7 +106,7 @@ def main() -> None:
             diff = f"{100 * (m['int8']['p@10'] - m['fp32']['p@10']):+.2f} points" if name == "int8" else ""
             lines.append(f"| {what} | {m[name]['queries']} | {name} | {m[name]['p@1']:.3f} | {m[name]['p@10']:.3f} | "
                          f"{m[name]['map@10']:.3f} | {m[name]['map']:.3f} | {diff} |")
-    lines += ["", f"int8: {int8.int8_gate.summary()}.",
+    lines += ["", f"Gate: {int8.int8_gate.summary()}.",
               f"Cosine of each image's int8 vector to its fp32 vector: mean {cos.mean():.4f}, 1st percentile "
               f"{np.percentile(cos, 1):.4f}, min {cos.min():.4f}; top-10 neighbour agreement over the dataset "
               f"{agree:.3f}. One embedding pass each: fp32 {len(paths) / secs['fp32']:.1f} images/s, int8 "

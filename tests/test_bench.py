@@ -194,3 +194,18 @@ def test_whitening_and_head_round_trip(tmp_path: Path) -> None:
     h3 = ProjectionHead.load(h1.save(tmp_path / "h.npz"))
     np.testing.assert_allclose(h3.transform(x), h1.transform(x), rtol=1e-5)
     assert h1.dim == 4 and h1.in_dim == 16
+
+
+def test_docs_blocks_are_replaced_whole_and_say_where(tmp_path: Path) -> None:
+    from imrs.bench.docblock import host_line, replace_block
+    from imrs.encoders.int8 import cpu_features
+
+    doc = tmp_path / "b.md"
+    tail = "after\n<!-- u:start -->\n<!-- u:end -->\n"
+    doc.write_text("intro\n<!-- t:start -->\nold | 1\n<!-- t:end -->\n" + tail)
+    replace_block(doc, "t", "| new | 2 |\n")
+    assert doc.read_text() == "intro\n<!-- t:start -->\n| new | 2 |\n<!-- t:end -->\n" + tail
+    with pytest.raises(ValueError, match="exactly one"):
+        replace_block(doc, "missing", "x")
+    line = host_line()
+    assert cpu_features().describe() in line and "load average" in line and "UTC" in line

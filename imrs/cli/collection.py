@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ..collection import read_active, remember_active
+from ..encoders.int8 import describe_tag, is_int8_tag, recipe_plan
 from .common import collection_args, open_collection, runtime_arg, settings_from
 from .scale import add_engine_args, engine_from_args
 
@@ -65,6 +66,9 @@ def cmd_info(args: argparse.Namespace) -> int:
             mb = d["bytes"] / 1e6
             print(f"  {bb}: {d['rows']} embeddings x {d['dim']}-d ({', '.join(d.get('runtimes', []))}), "
                   f"{mb:.1f} MB in {len(d['files'])} file(s)")
+            for tag in d.get("runtimes", []):
+                if is_int8_tag(tag):
+                    print(f"    {describe_tag(tag)}")
         q = info["quarantine"]
         if q["web_images"] or q["damaged_files"]:
             print(f"  quarantine ({q['folder']}): {q['web_images']} web image(s) `imrs index` takes back, "
@@ -73,17 +77,20 @@ def cmd_info(args: argparse.Namespace) -> int:
             print(f"  snapshot {s['name']}: {s['backbone']}/{s['indexer']}, {s['count']} vectors, {s['created']}")
     if args.json:
         print(json.dumps(out, indent=2))
+    else:
+        print(recipe_plan())
     return 0
 
 
 def cmd_backbones(args: argparse.Namespace) -> int:
-    from .encoders import backbone_info, backbone_status, list_backbones
+    from ..encoders import backbone_info, backbone_status, list_backbones
 
     for name in list_backbones():
         info = backbone_info(name)
         state, why = backbone_status(name)
         text = "text+image" if info.supports_text else "image"
         print(f"{name:22s} {info.dim:5d}-d  {text:10s}  {state}: {why}")
+    print(recipe_plan())
     return 0
 
 

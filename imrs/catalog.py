@@ -7,13 +7,16 @@ catalog, the NPZ caches and the vector index agree without a translation table.
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import functools
+import inspect
 import logging
 import sqlite3
 import threading
 import unicodedata
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
@@ -63,6 +66,52 @@ CREATE TABLE IF NOT EXISTS extra (
 );
 CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value TEXT);
 """
+
+
+class CatalogDamagedError(IMRSError):
+    """The catalog file is not a whole SQLite database (a garbage page, a truncated or foreign file).
+
+    ``imrs index`` rebuilds it from the folder, the web images' provenance sidecars and the caches;
+    snapshots hold copies to restore from."""
+
+
+def is_damage(exc: BaseException) -> bool:
+    """Whether an sqlite3 error means a damaged file (not a busy one or a constraint)."""
+    if isinstance(exc, (sqlite3.IntegrityError, sqlite3.ProgrammingError, sqlite3.InterfaceError)):
+        return False
+    text = str(exc).lower()
+    return isinstance(exc, sqlite3.DatabaseError) and (
+        type(exc) is sqlite3.DatabaseError or "malformed" in text or "not a database" in text
+        or "corrupt" in text)
+
+
+def _damaged(path: Path, exc: BaseException) -> CatalogDamagedError:
+    return CatalogDamagedError(f"catalog {path} is damaged ({exc}): `imrs index` rebuilds it from the folder, "
+                               "the web images' sidecars and the caches, or `imrs snapshot load NAME` restores one")
+
+
+def _guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn a damaged-file sqlite3 error inside a Catalog method into one CatalogDamagedError line."""
+    if inspect.isgeneratorfunction(fn):
+        @functools.wraps(fn)
+        def gen(self: Catalog, *args: Any, **kwargs: Any) -> Iterator[Any]:
+            try:
+                yield from fn(self, *args, **kwargs)
+            except sqlite3.DatabaseError as exc:
+                if is_damage(exc):
+                    raise _damaged(self.path, exc) from exc
+                raise
+        return gen
+
+    @functools.wraps(fn)
+    def call(self: Catalog, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(self, *args, **kwargs)
+        except sqlite3.DatabaseError as exc:
+            if is_damage(exc):
+                raise _damaged(self.path, exc) from exc
+            raise
+    return call
 
 
 def clean_label(folder: str) -> str:
@@ -150,9 +199,35 @@ class Catalog:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
-        self._con().executescript(_SCHEMA)  # executescript manages its own transaction
-        with self._tx() as con:
-            con.execute("INSERT OR IGNORE INTO kv(key, value) VALUES ('schema_version', ?)", (SCHEMA_VERSION,))
+        try:
+            self._con().executescript(_SCHEMA)  # executescript manages its own transaction
+            with self._tx() as con:
+                con.execute("INSERT OR IGNORE INTO kv(key, value) VALUES ('schema_version', ?)", (SCHEMA_VERSION,))
+        except sqlite3.DatabaseError as exc:
+            self.close()
+            if is_damage(exc):
+                raise _damaged(self.path, exc) from exc
+            raise
+
+    @contextlib.contextmanager
+    def guard(self) -> Iterator[None]:
+        """For code that queries ``_con()`` directly (filters): damage becomes one line too."""
+        try:
+            yield
+        except sqlite3.DatabaseError as exc:
+            if is_damage(exc):
+                raise _damaged(self.path, exc) from exc
+            raise
+
+    def integrity_problem(self) -> str | None:
+        """``PRAGMA quick_check`` (O(pages), run by ``imrs index`` and repairs, never per search):
+        None when whole, else SQLite's first complaint."""
+        try:
+            rows = self._con().execute("PRAGMA quick_check(1)").fetchall()
+        except sqlite3.DatabaseError as exc:
+            return str(exc)
+        first = str(rows[0][0]) if rows else "no answer"
+        return None if first == "ok" else " ".join(first.replace("*", "").split())  # one line
 
     # -- connections ---------------------------------------------------------------------------
     def _con(self) -> sqlite3.Connection:
@@ -164,7 +239,9 @@ class Catalog:
                 con.execute("PRAGMA synchronous=NORMAL")
                 con.execute("PRAGMA foreign_keys=ON")
             except sqlite3.DatabaseError as exc:
-                raise IMRSError(f"catalog {self.path} is not a readable SQLite file: {exc}") from exc
+                with contextlib.suppress(Exception):
+                    con.close()  # type: ignore[union-attr]
+                raise _damaged(self.path, exc) from exc
             con.row_factory = sqlite3.Row
             self._local.con = con
         return con
@@ -398,6 +475,12 @@ class Catalog:
     def as_dicts(self, ids: Sequence[int]) -> list[dict[str, Any]]:
         recs = self.get_many(ids)
         return [asdict(recs[i]) for i in ids if i in recs]
+
+
+_UNGUARDED = ("guard", "integrity_problem", "_con", "_tx", "close")
+for _name, _fn in list(vars(Catalog).items()):
+    if inspect.isfunction(_fn) and (_name == "__len__" or not _name.startswith("__")) and _name not in _UNGUARDED:
+        setattr(Catalog, _name, _guarded(_fn))
 
 
 def _bump_generation(con: sqlite3.Connection) -> None:

@@ -25,7 +25,7 @@ import numpy as np
 
 from . import reconcile
 from . import snapshot as snap
-from .catalog import Catalog, ImageRecord, label_for
+from .catalog import Catalog, CatalogDamagedError, ImageRecord, label_for
 from .config import DEFAULT_INDEXER, state_dir_for
 from .errors import EmptyCollectionError, IMRSError, SnapshotError, StoreError
 from .faults import fault_point
@@ -38,6 +38,7 @@ from .store import (
     RuntimeMismatchError,
     base_name,
     dynamic_name,
+    load_ids,
     merge,
     merge_files,
     merged_name,
@@ -95,11 +96,14 @@ class SyncReport:
     runtime: str = ""  # runtime tag of the vectors now cached ("fp32", "int8-<key>")
     restamped: str = ""  # the previous tag, when a runtime change re-embedded everything
     runtime_note: str = ""  # the int8 gate's verdict, or why int8 is not in use, when it was considered
+    adopted: int = 0  # web images found on disk or in the quarantine and taken (back) into the catalog
+    recovered: list[str] = field(default_factory=list)  # damaged stores found and rebuilt, one line each
 
     def summary(self) -> str:
+        adopted = f"; {self.adopted} web image(s) taken back with their provenance" if self.adopted else ""
         return (f"{self.scanned} files: {self.added} new, {self.changed} changed, {self.removed} removed, "
                 f"{self.unchanged} unchanged; embedded {self.embedded}, {len(self.failed)} failed, "
-                f"{len(self.skipped)} skipped in {self.seconds:.1f}s")
+                f"{len(self.skipped)} skipped{adopted} in {self.seconds:.1f}s")
 
 
 @dataclass
@@ -130,8 +134,8 @@ _CALLER_SEARCH_PARAMS: contextvars.ContextVar[dict[str, Any] | None] = contextva
 
 @contextlib.contextmanager
 def caller_search_params(**params: Any) -> Iterator[None]:
-    """Within this block, searches in this thread use ``params`` (efSearch, nprobe, search_k,
-    k_factor) and the shared index keeps its own settings for everyone else."""
+    """Within this block, searches in this context use ``params`` (efSearch, nprobe, search_k,
+    k_factor), passed to each ``VectorIndex.search`` call; the shared index's settings never change."""
     token = _CALLER_SEARCH_PARAMS.set(_tunables(params) or None)
     try:
         yield
@@ -171,9 +175,16 @@ class Collection:
         self.emb_dir = self.state_dir / "emb"
         self.snap_dir = self.state_dir / "snapshots"
         self.dynamic_root = Path(dynamic_root) if dynamic_root else self._default_dynamic_root()
-        self._catalog = Catalog(self.state_dir / "catalog.sqlite")
-        self._catalog.set_kv("root", str(self.root))
         self.writer = WriterLock(self.state_dir / "write.lock")
+        try:
+            self._catalog = Catalog(self.state_dir / "catalog.sqlite")
+            self._catalog.set_kv("root", str(self.root))
+        except CatalogDamagedError as exc:
+            self._replace_catalog(exc)
+        if dynamic_root is None and self.dynamic_root == self.root:
+            with contextlib.suppress(IMRSError):  # web images of ours already there: say whose they are
+                if self._catalog.count("dynamic"):
+                    reconcile.claim_owner(self.root, self.state_dir)
         self._checked = False  # crash-consistency check done (see ``_ensure_consistent``)
         self._index_lock = threading.RLock()
         self._encoder_lock = threading.Lock()  # two UI sessions must not load the model twice
@@ -204,10 +215,27 @@ class Collection:
     # -- paths ---------------------------------------------------------------------------------
     def _default_dynamic_root(self) -> Path:
         """Dynamic images live beside the base ones (``<root>/dynamic_<slug>/``) when the folder is
-        writable; a read-only collection (a shared dataset) keeps them in the state folder instead."""
+        writable and this state folder owns them (``reconcile.claim_owner``); a read-only collection
+        (a shared dataset), or one another state folder owns, keeps them in the state folder."""
         if os.access(self.root, os.W_OK):
-            return self.root
+            owner = reconcile.other_owner(self.root, self.state_dir)
+            if owner is None:
+                return self.root
+            log.warning("%s belongs to the state folder %s: this one (%s) keeps its own web images and never "
+                        "touches that one's", self.root, owner, self.state_dir)
         return self.state_dir / "dynamic"
+
+    def _replace_catalog(self, exc: CatalogDamagedError) -> None:
+        """A catalog that does not open: quarantined and rebuilt under the writer lock (if another
+        writer holds it, the one line of ``exc`` is the answer for now)."""
+        try:
+            with self.writer.hold(timeout=0):
+                reconcile.replace_damaged_catalog(self, str(exc.__cause__ or exc))
+                self._catalog.set_kv("root", str(self.root))
+        except IMRSError as busy:
+            if isinstance(busy, CatalogDamagedError):
+                raise
+            raise exc from None
 
     def abspath(self, relpath: str, source: str | None = None) -> Path:
         if source == "dynamic" or (source is None and is_dynamic_relpath(relpath)):
@@ -289,7 +317,21 @@ class Collection:
         with self._index_lock:
             if self._index is None:
                 self._index = self._open_index()
+                self._warn_if_partial(self._index)
             return self._index
+
+    def _warn_if_partial(self, index: VectorIndex) -> None:
+        """No search answers silently from part of the collection: say so when the index holds
+        fewer images than the catalog lists (a damaged cache, images not yet embedded)."""
+        if self.writer.depth:  # inside a write the catalog may lead the index by design
+            return
+        try:
+            n = len(self._catalog)
+        except IMRSError:
+            return
+        if len(index) < n:
+            log.warning("the %s index holds %d of the collection's %d images: %d have no vector yet "
+                        "(`imrs index` embeds them)", self.backbone, len(index), n, n - len(index))
 
     # -- crash consistency (imrs.reconcile) ------------------------------------------------------
     def _ensure_consistent(self) -> None:
@@ -299,9 +341,12 @@ class Collection:
         (not a crash) and ends consistent, so this reader goes on and the next write re-checks."""
         if self._checked:
             return
-        if reconcile.check(self).clean:
-            self._checked = True
-            return
+        try:
+            if reconcile.check(self).clean:
+                self._checked = True
+                return
+        except CatalogDamagedError:
+            pass  # repaired under the lock below
         try:
             with contextlib.ExitStack() as stack:
                 try:
@@ -313,10 +358,17 @@ class Collection:
         except OSError as exc:  # e.g. a read-only state folder: reading must still work
             log.warning("cannot repair %s (%s): reading it as it is", self.state_dir, exc)
         self._checked = True
+        if self._index is not None:  # built by the repair, under the lock: say now if it is partial
+            self._warn_if_partial(self._index)
 
     def _check_locked(self) -> None:
         """Under the writer lock (outermost hold): repair whatever a crash left behind."""
-        status = reconcile.check(self)
+        try:
+            reconcile.migrate(self)
+            status = reconcile.check(self)
+        except CatalogDamagedError as exc:
+            reconcile.replace_damaged_catalog(self, str(exc.__cause__ or exc))
+            status = reconcile.check(self)
         self._checked = True  # the repair itself uses the catalog and index
         if not status.clean:
             try:
@@ -436,14 +488,48 @@ class Collection:
                 self._index.set_params(**_tunables(params))
 
     # -- embeddings on disk ------------------------------------------------------------------------
+    # Caches are shard stores (imrs.shards): ``<name>.store/``. A single-file ``<name>.npz`` from
+    # before stores is read as it is until the first write migrates it (``reconcile.migrate``).
+    def _cache_path(self, store: str, legacy: str) -> Path:
+        path = self.emb_dir / store
+        old = self.emb_dir / legacy
+        return old if not path.exists() and old.is_file() else path
+
     def base_npz(self) -> Path:
-        return self.emb_dir / base_name(self.backbone)
+        """The base cache (a shard store; a not yet migrated single NPZ file until the next write)."""
+        return self._cache_path(base_name(self.backbone), base_name(self.backbone, ".npz"))
 
     def dynamic_npz(self, slug: str) -> Path:
-        return self.emb_dir / dynamic_name(slug, self.backbone)
+        return self._cache_path(dynamic_name(slug, self.backbone), dynamic_name(slug, self.backbone, ".npz"))
 
     def dynamic_npzs(self) -> list[Path]:
-        return sorted(self.emb_dir.glob(f"dyn_emb_*_{self.backbone}.npz"))
+        stores = set(self.emb_dir.glob(f"dyn_emb_*_{self.backbone}.store"))
+        legacy = {p for p in self.emb_dir.glob(f"dyn_emb_*_{self.backbone}.npz")
+                  if p.with_suffix(".store") not in stores}
+        return sorted(stores | legacy)
+
+    def _write_cache(self, path: Path, add: EmbeddingSet | None = None, remove: Iterable[int] = ()) -> int:
+        """One change to one cache: a new delta in its store (never a rewrite of the whole cache)."""
+        from .shards import ShardStore
+
+        if path.is_file():  # a single-file cache the migration left: it did not read whole
+            raise StoreError(f"cache {path} could not be migrated (damaged?): `imrs index` checks, moves it "
+                             "aside and re-embeds its images")
+        return ShardStore(path).update(add, remove, backbone=self.backbone, dim=self.dim)
+
+    def compact(self) -> dict[str, int]:
+        """Rewrite every store of this backbone as one delta of its live rows (``imrs compact``).
+        Returns store name -> bytes written."""
+        from .shards import ShardStore
+
+        out: dict[str, int] = {}
+        with self.writing("compact"):
+            for path in [self.base_npz(), *self.dynamic_npzs()]:
+                if not path.exists():
+                    continue
+                self.begin_changes()
+                out[path.name] = ShardStore(path).compact(backbone=self.backbone, dim=self.dim)
+        return out
 
     def load_base_embeddings(self) -> EmbeddingSet:
         path = self.base_npz()
@@ -519,8 +605,7 @@ class Collection:
 
     def _cached_ids(self) -> np.ndarray:
         """Ids of every row in this backbone's caches."""
-        parts = [EmbeddingSet.load(p, self.backbone).ids for p in [self.base_npz(), *self.dynamic_npzs()]
-                 if p.exists()]
+        parts = [load_ids(p, self.backbone) for p in [self.base_npz(), *self.dynamic_npzs()] if p.exists()]
         return np.concatenate(parts) if parts else np.zeros(0, np.int64)
 
     def _save_to_caches(self, rows: EmbeddingSet) -> None:
@@ -529,9 +614,7 @@ class Collection:
         for slug in sorted(set(slugs.tolist()), key=lambda x: x or ""):
             part = rows.select(slugs == slug)
             path = self.base_npz() if slug is None else self.dynamic_npz(slug)
-            old = EmbeddingSet.load(path, self.backbone) if path.exists() else EmbeddingSet.empty(
-                self.backbone, self.dim)
-            old.without(part.ids).concat(part).save(path)
+            self._write_cache(path, add=part)
 
     # -- indexing a folder ------------------------------------------------------------------------
     def sync(self, progress: Progress | bool = False, batch_size: int | None = None,
@@ -543,6 +626,7 @@ class Collection:
         t0 = time.perf_counter()
         report = SyncReport()
         with self.writing("sync"):
+            self._verify_stores(report)
             # The hostile-folder-proof walk; everything it leaves out is reported.
             from .walk import walk_images
 
@@ -603,8 +687,10 @@ class Collection:
                 self.begin_changes()
                 self._catalog.delete(gone_ids, allow_base=True)  # files already gone; never touches files
                 fault_point("sync.after_catalog_delete")
-                base = base.without(drop).concat(new_emb)
-                base.save(self.base_npz())
+                if report.restamped:  # every vector changed space: the store starts over
+                    new_emb.save(self.base_npz())
+                else:
+                    self._write_cache(self.base_npz(), add=new_emb, remove=drop)
                 fault_point("sync.after_cache")
                 self._catalog.upsert(records)
                 fault_point("sync.after_catalog")
@@ -622,9 +708,67 @@ class Collection:
             elif not snap.snapshot_exists(self.snap_dir, self.live_name) or self._rebuilt_on_open():
                 self.begin_changes()
                 self._persist_index()
+            self._adopt_dynamic(report, lambda: encoder or engine or self._sync_encoder(
+                [self.root / rel for rel, _, _ in files]), batch_size)
         report.seconds = time.perf_counter() - t0
         log.info("sync %s: %s", self.root, report.summary())
         return report
+
+    # -- damaged stores and the user's web images (imrs.reconcile) --------------------------------------
+    def _verify_stores(self, report: SyncReport) -> None:
+        """``imrs index`` checks every store whole (SQLite quick_check, cache checksums: O(n), as the
+        folder walk is): a damaged catalog is rebuilt, a damaged cache quarantined (its images are
+        re-embedded below), each named in one line."""
+        problem = self._catalog.integrity_problem()
+        damaged = reconcile.quarantine_damaged_caches(self, verify=True)
+        if problem is None and not damaged:
+            return
+        self.begin_changes()
+        if problem is not None:
+            n = reconcile.replace_damaged_catalog(self, problem)
+            report.recovered.append(f"catalog damaged ({problem}): rebuilt with {n} image(s)")
+        report.recovered += [f"cache {p.name} damaged: moved to {reconcile.quarantine_dir(self)}, re-embedding"
+                             for p in damaged]
+        reconcile.align(self)
+
+    def _adopt_dynamic(self, report: SyncReport, encoder: Callable[[], Any], batch_size: int | None) -> None:
+        """Web images the catalog lacks (back from the quarantine, or found in ``dynamic_*`` after a lost
+        catalog) get their rows from their sidecars; catalogued web images no cache of this backbone
+        holds (a damaged cache) are re-embedded from their files. Cache, then catalog, then index."""
+        known = self._catalog.ids_set()
+        reconcile.unquarantine(self, known)
+        rels = reconcile.unrecorded_dynamic(self, known)
+        cached = set(self._cached_ids().tolist())
+        records = [reconcile.dynamic_record(self, rel, self.abspath(rel, "dynamic")) for rel in rels]
+        unvectored = [r for r in self._catalog.iter_records(source="dynamic") if r.id not in cached]
+        records += [r for r in unvectored if self.abspath(r.relpath, "dynamic").is_file()]
+        lost = [r for r in unvectored if not self.abspath(r.relpath, "dynamic").is_file()]
+        if lost:  # neither a vector nor a file: nothing here can rebuild them
+            line = (f"{len(lost)} web image(s) (e.g. {lost[0].relpath}, from {lost[0].source_url or '?'}) have "
+                    f"neither a {self.backbone} vector nor a file: restore them with `imrs snapshot load NAME` "
+                    "or forget them with `imrs prune`")
+            log.warning("%s", line)
+            report.recovered.append(line)
+        if not records:
+            return
+        enc = encoder()
+        res = enc.embed_paths([self.abspath(r.relpath, "dynamic") for r in records], batch_size=batch_size)
+        kept = [records[i] for i in res.kept.tolist()]
+        report.failed += [(records[i].relpath, reason) for i, reason in res.failures]
+        if not kept:
+            return
+        emb = EmbeddingSet(self.backbone, [r.id for r in kept], [r.relpath for r in kept], res.vectors,
+                           runtime=getattr(enc, "runtime_tag", "fp32"))
+        self.begin_changes()
+        self._save_to_caches(emb)
+        self._catalog.upsert([r for r in kept if r.id not in known])
+        with self._index_lock:
+            index = self.index
+            index.remove(emb.ids)
+            index.add(emb.ids, emb.vectors)
+        self._persist_index()
+        report.adopted = sum(r.id not in known for r in kept)
+        report.embedded += len(kept)
 
     def _runtime_may_change(self, base: EmbeddingSet) -> bool:
         """Whether this sync's encoder may write another runtime than ``base`` holds (decided
@@ -736,13 +880,14 @@ class Collection:
             raise IMRSError(f"the collection holds {cached} vectors but the encoder writes {tag}: "
                             "run `imrs index` first so one runtime embeds everything")
         with self.writing("expand"):
+            if self.dynamic_root == self.root:  # web images recorded in the user's folder: claim it
+                other = reconcile.claim_owner(self.root, self.state_dir)
+                if other is not None:
+                    raise IMRSError(f"{self.root} belongs to the state folder {other}: grow it from there")
             self.begin_changes()
             new = EmbeddingSet(self.backbone, [r.id for r in records], [r.relpath for r in records], vectors,
                                runtime=tag)
-            path = self.dynamic_npz(slug)
-            old = EmbeddingSet.load(path, self.backbone) if path.exists() else EmbeddingSet.empty(
-                self.backbone, self.dim, runtime=tag)
-            old.without(new.ids).concat(new).save(path)
+            self._write_cache(self.dynamic_npz(slug), add=new)
             fault_point("expand.after_cache")
             self._catalog.upsert(records)
             fault_point("expand.after_catalog")
@@ -774,14 +919,14 @@ class Collection:
             self._catalog.delete(gone)
             fault_point("prune.after_catalog")
             for npz in self.dynamic_npzs():
-                emb = EmbeddingSet.load(npz, self.backbone)
-                if np.isin(emb.ids, gone).any():
-                    emb.without(gone).save(npz)
+                if np.isin(load_ids(npz, self.backbone), gone).any():
+                    self._write_cache(npz, remove=gone)
             fault_point("prune.after_cache")
             for r in recs.values():
                 path = self._safe_dynamic_file(r.relpath)
                 if path is not None and path.exists():
                     path.unlink()
+                    reconcile.sidecar_of(path).unlink(missing_ok=True)
                     report.files_deleted += 1
                     if report.files_deleted == 1:
                         fault_point("prune.mid_files")
@@ -807,41 +952,34 @@ class Collection:
 
     # -- search -------------------------------------------------------------------------------------
     def search_vectors(self, queries: np.ndarray, k: int = 10, qe: int = 0,
-                       qe_alpha: float = 3.0, where: str | None = None) -> list[list[SearchHit]]:
+                       qe_alpha: float = 3.0, where: str | None = None,
+                       params: dict[str, Any] | None = None) -> list[list[SearchHit]]:
         """k nearest images per query. ``qe`` > 0 turns on alpha query expansion: the query is
         re-issued as the alpha-weighted mean of itself and its top ``qe`` hits (measured by
         ``imrs bench``: +0.012 P@10 and +0.04 full mAP on Caltech-101 with qe=5, alpha=3).
         ``where`` (``source == 'dynamic'``, see ``imrs.filters``) keeps only matching images, and
-        still returns k hits whenever k images match."""
+        still returns k hits whenever k images match. ``params`` (else those of
+        ``caller_search_params``) are search-time index tunables for this call only."""
         from .filters import Where
 
         cond = Where(where, self.catalog) if where else None
         q = np.atleast_2d(np.asarray(queries, dtype=np.float32))
+        own = _tunables(params if params is not None else (_CALLER_SEARCH_PARAMS.get() or {})) or None
         self.refresh_if_stale()  # a long-lived reader (the app) sees other writers' changes
         with self._index_lock:
-            if len(self.index) == 0:
-                raise EmptyCollectionError("the index is empty: index a folder first (imrs index FOLDER)")
-            if qe > 0:
-                from .retrieval.qe import expand_queries
+            index = self.index
+        # the index's own read/write lock lets searches run in parallel, never beside an add
+        if len(index) == 0:
+            raise EmptyCollectionError("the index is empty: index a folder first (imrs index FOLDER)")
+        if qe > 0:
+            from .retrieval.qe import expand_queries
 
-                sims, nn = self.index.search(q, qe, where=cond)
-                flat_nn = nn.ravel()
-                vecs = self.index.get_vectors(np.where(flat_nn == -1, 0, flat_nn))
-                rows = np.where(nn == -1, -1, np.arange(nn.size).reshape(nn.shape))
-                q = expand_queries(q, vecs, sims, rows, qe, alpha=qe_alpha)
-            shared = _tunables(self.index.get_params())
-            own = {p: v for p, v in (_CALLER_SEARCH_PARAMS.get() or {}).items() if p in shared and shared[p] != v}
-            if own:  # this caller's tunables for this one search, then the shared ones again
-                explicit = set(getattr(self.index, "_explicit", set()))
-                self.index.set_params(**own)
-                try:
-                    scores, ids = self.index.search(q, k, where=cond)
-                finally:
-                    self.index.set_params(**{p: shared[p] for p in own})
-                    if hasattr(self.index, "_explicit"):
-                        self.index._explicit = explicit
-            else:
-                scores, ids = self.index.search(q, k, where=cond)
+            sims, nn = index.search(q, qe, where=cond, params=own)
+            flat_nn = nn.ravel()
+            vecs = index.get_vectors(np.where(flat_nn == -1, 0, flat_nn))
+            rows = np.where(nn == -1, -1, np.arange(nn.size).reshape(nn.shape))
+            q = expand_queries(q, vecs, sims, rows, qe, alpha=qe_alpha)
+        scores, ids = index.search(q, k, where=cond, params=own)
         return [self.hits_for([i for i in irow.tolist() if i != -1],
                               [s for s, i in zip(srow.tolist(), irow.tolist(), strict=True) if i != -1])
                 for srow, irow in zip(scores, ids, strict=True)]
@@ -892,6 +1030,7 @@ class Collection:
 
     # -- snapshots ----------------------------------------------------------------------------------
     def save_snapshot(self, name: str) -> snap.Manifest:
+        snap.check_user_name(name)
         with self.writing("snapshot-save"), self._index_lock:
             self.begin_changes()  # a killed save leaves a version folder for the repair to collect
             return snap.save_snapshot(self.snap_dir, name, self.index, self.backbone, catalog=self._catalog,
@@ -903,7 +1042,8 @@ class Collection:
         The caches stay the truth for vectors, so the snapshot's vectors of images the caches lack
         are copied into them first, then the catalog is restored, then caches and index are cut
         to the restored catalog (``reconcile.align``): images added since the snapshot leave the
-        collection (their downloaded files too; a later ``imrs index`` re-finds base files)."""
+        collection (their downloaded files move to ``<state>/quarantine/released-*``; a later
+        ``imrs index`` re-finds base files, not those)."""
         with self.writing("snapshot-load"):
             index, manifest, cat_path = snap.load_snapshot(self.snap_dir, name, expect_backbone=self.backbone,
                                                            expect_dim=self.dim)
@@ -928,7 +1068,7 @@ class Collection:
             with self._index_lock:
                 self._index = index
                 self.indexer = manifest.indexer
-            reconcile.align(self)
+            reconcile.align(self, release=f"snapshot {name!r}")
             self._persist_index()
             fault_point("snapshot.load.after_index")
             return manifest
@@ -949,7 +1089,7 @@ class Collection:
     # -- reporting ----------------------------------------------------------------------------------
     def info(self) -> dict[str, Any]:
         per_backbone: dict[str, dict[str, Any]] = {}
-        for npz in sorted(self.emb_dir.glob("*.npz")):
+        for npz in sorted([*self.emb_dir.glob("*.npz"), *self.emb_dir.glob("*.store")]):
             try:
                 emb = EmbeddingSet.load(npz)
             except StoreError:
@@ -960,10 +1100,16 @@ class Collection:
                 d["runtimes"].append(emb.runtime)
             if not npz.name.startswith("emb_merged_"):
                 d["rows"] += len(emb)
-            d["bytes"] += npz.stat().st_size
+            d["bytes"] += (sum(f.stat().st_size for f in npz.iterdir() if f.is_file()) if npz.is_dir()
+                           else npz.stat().st_size)
             d["files"].append(npz.name)
         snaps = snap.list_snapshots(self.snap_dir)
-        return {"root": str(self.root), "state_dir": str(self.state_dir),
+        qdir = reconcile.quarantine_dir(self)
+        quarantine = {"web_images": len(reconcile.quarantined(self)),
+                      "damaged_files": sorted(p.name for p in qdir.glob("*.damaged-*")
+                                             if not p.name.endswith(("-wal", "-shm"))) if qdir.is_dir() else [],
+                      "folder": str(qdir)}
+        return {"root": str(self.root), "state_dir": str(self.state_dir), "quarantine": quarantine,
                 "images": len(self.catalog), "base": self.catalog.count("base"),
                 "dynamic": self.catalog.count("dynamic"), "labels": len(self.catalog.labels()),
                 "embeddings": per_backbone,

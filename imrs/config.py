@@ -21,6 +21,8 @@ variable ends as one readable line naming it.
 | IMRS_CACHE_DIR, IMRS_CHECKPOINT_DIR, IMRS_CHECKPOINT_<BACKBONE>, IMRS_OFFLINE | model files | ~/.cache/imrs |
 | IMRS_FOLLOW_LINKS, IMRS_MAX_IMAGE_MB, IMRS_FILE_READ_TIMEOUT, ... | ingestion limits | see the fields |
 | IMRS_FAULT | fault point to die at (crash tests) | none |
+| IMRS_ALLOWED_ROOTS | allowed_roots: folders the page may index (os.pathsep-separated) | IMRS_ROOT and the demo |
+| IMRS_EDITOR_TOKEN, IMRS_EDITOR_TOKEN_FILE, IMRS_EDITOR_EMAILS | the page's editors | none: loopback single-user |
 """
 
 from __future__ import annotations
@@ -125,6 +127,29 @@ class Settings:
     milvus_token: str = ""
     ray_address: str | None = None
     spill_dir: Path | None = None
+    # the page's roles: who may change the collection, which folders it may index (see imrs.app.access)
+    allowed_roots: tuple[str, ...] = ()  # IMRS_ALLOWED_ROOTS, os.pathsep-separated
+    editor_token: str = dataclasses.field(default="", repr=False)  # IMRS_EDITOR_TOKEN or IMRS_EDITOR_TOKEN_FILE
+    editor_emails: tuple[str, ...] = ()  # IMRS_EDITOR_EMAILS: with st.login, who of those logged in edits
+
+    @staticmethod
+    def _page_access(e: Mapping[str, str]) -> dict[str, Any]:
+        """The page's roles from the environment. The token may live in a file (a mounted secret),
+        so it never has to sit in the process environment; an unreadable file is one line."""
+        token, token_file = _get(e, "IMRS_EDITOR_TOKEN"), _get(e, "IMRS_EDITOR_TOKEN_FILE")
+        if token_file and not token:
+            try:
+                token = Path(token_file).expanduser().read_text(encoding="utf-8").strip()
+            except (OSError, UnicodeDecodeError) as exc:
+                raise IMRSError(f"IMRS_EDITOR_TOKEN_FILE cannot be read ({type(exc).__name__}); fix the file or "
+                                f"unset the variable") from None
+            if not token:
+                raise IMRSError("IMRS_EDITOR_TOKEN_FILE is empty; put the editors' token in it")
+        if token and len(token) < 12:
+            raise IMRSError("the editor token is shorter than 12 characters; use a longer one")
+        roots = tuple(str(Path(r).expanduser()) for r in _get(e, "IMRS_ALLOWED_ROOTS").split(os.pathsep) if r.strip())
+        emails = tuple(m.strip().lower() for m in _get(e, "IMRS_EDITOR_EMAILS").split(",") if m.strip())
+        return {"allowed_roots": roots, "editor_token": token, "editor_emails": emails}
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -176,6 +201,7 @@ class Settings:
             milvus_token=_get(e, "IMRS_MILVUS_TOKEN"),
             ray_address=_get(e, "IMRS_RAY_ADDRESS") or None,
             spill_dir=Path(_get(e, "IMRS_SPILL_DIR")).expanduser() if _get(e, "IMRS_SPILL_DIR") else None,
+            **cls._page_access(e),
         )
         return s.replace(**overrides)
 
@@ -329,3 +355,13 @@ def spill_dir() -> Path:
     import tempfile
 
     return Settings.from_env().spill_dir or Path(tempfile.gettempdir())
+
+
+def serve_config_json() -> str:
+    """What ``imrs serve`` hands its worker processes (IMRS_SERVE_CONFIG, JSON; set by the command)."""
+    return os.environ.get("IMRS_SERVE_CONFIG", "")
+
+
+def hand_serve_config(text: str) -> None:
+    """Set IMRS_SERVE_CONFIG for the worker processes ``imrs serve --workers N`` is about to start."""
+    os.environ["IMRS_SERVE_CONFIG"] = text

@@ -47,6 +47,9 @@ POINTS: dict[str, str] = {
     "snapshot.load.after_cache": "snapshot vectors copied into the caches; catalog is still the current one",
     "snapshot.load.after_catalog": "catalog restored from the snapshot; caches and index still the current ones",
     "snapshot.load.after_index": "live index saved from the snapshot; commit record not yet written",
+    # shard stores (imrs.shards): every cache change; compaction on imrs compact
+    "store.after_delta": "a new delta file written; the store's manifest does not name it yet",
+    "store.after_manifest": "compaction's manifest names the new delta; superseded deltas not yet deleted",
     # every multi-step write (Collection.writing(op))
     "commit.after_record": "commit record written; the intent record not yet removed",
 }

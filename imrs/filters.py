@@ -36,6 +36,13 @@ _SQL_FIELD = {"source": "source", "label": "label", "term": "COALESCE(term, '')"
 MAX_EXPRESSION_CHARS = 4000
 #: Longest string value stored in / compared against a Milvus VARCHAR field.
 MAX_VALUE_CHARS = 512
+#: Deepest nesting of parentheses and ``not``: the parser recurses once per level, so a bound here is
+#: what turns 200 nested parentheses into one line instead of a RecursionError.
+MAX_DEPTH = 32
+#: Most conditions (``field == 'x'``, ``field in [...]``) in one filter, and most quoted values in all:
+#: SQLite binds each value as one parameter and Milvus parses each condition recursively.
+MAX_TERMS = 256
+MAX_VALUES = 900
 
 
 class FilterError(IMRSError):
@@ -59,9 +66,11 @@ class Member:
 
 @dataclass(frozen=True)
 class BoolOp:
+    """``op`` over two or more operands: chains are kept flat (never a left-deep tree of pairs),
+    so the back ends can emit IN lists and balanced expressions whatever the chain's length."""
+
     op: str  # 'and' or 'or'
-    left: Node
-    right: Node
+    operands: tuple[Node, ...]
 
 
 @dataclass(frozen=True)
@@ -106,7 +115,8 @@ def _tokens(text: str) -> list[tuple[str, str, int]]:
 
 def _unquote(lit: str) -> str:
     body = lit[1:-1]
-    return re.sub(r"\\(.)", lambda m: {"n": "\n", "t": "\t"}.get(m.group(1), m.group(1)), body, flags=re.DOTALL)
+    escapes = {"n": "\n", "t": "\t", "r": "\r"}
+    return re.sub(r"\\(.)", lambda m: escapes.get(m.group(1), m.group(1)), body, flags=re.DOTALL)
 
 
 # -- parser ------------------------------------------------------------------------------------------
@@ -118,6 +128,9 @@ class _Parser:
         self.text = text
         self.toks = _tokens(text)
         self.i = 0
+        self.depth = 0
+        self.terms = 0
+        self.values = 0
 
     def peek(self) -> tuple[str, str, int] | None:
         return self.toks[self.i] if self.i < len(self.toks) else None
@@ -149,30 +162,48 @@ class _Parser:
         return self._chain("and", self.unary)
 
     def _chain(self, op: str, operand: Callable[[], Node]) -> Node:
-        """operand (op operand)*, left-associative."""
-        node = operand()
+        """operand (op operand)*, one flat node (nested chains of the same op are flattened)."""
+        parts = [operand()]
         while (tok := self.peek()) and tok[:2] == ("kw", op):
             self.i += 1
-            node = BoolOp(op, node, operand())
-        return node
+            parts.append(operand())
+        if len(parts) == 1:
+            return parts[0]
+        flat: list[Node] = []
+        for p in parts:
+            flat.extend(p.operands if isinstance(p, BoolOp) and p.op == op else (p,))
+        return BoolOp(op, tuple(flat))
+
+    def _nest(self) -> None:
+        self.depth += 1
+        if self.depth > MAX_DEPTH:
+            raise FilterError(f"filter nested deeper than {MAX_DEPTH} levels of parentheses / 'not'")
 
     def unary(self) -> Node:
         tok = self.peek()
         if tok and tok[:2] == ("kw", "not"):
             self.i += 1
-            return Not(self.unary())
+            self._nest()
+            node: Node = Not(self.unary())
+            self.depth -= 1
+            return node
         if tok and tok[:2] == ("op", "("):
             self.i += 1
+            self._nest()
             node = self.expr()
             self.take("op", ")")
+            self.depth -= 1
             return node
+        self.terms += 1
+        if self.terms > MAX_TERMS:
+            raise FilterError(f"filter has more than {MAX_TERMS} conditions: use `field in [...]` lists")
         name = self.take("name")[1]
         if name not in FIELDS:
             raise FilterError(f"unknown filter field {name!r}: use one of {', '.join(FIELDS)}")
         tok = self.peek()
         if tok and tok[0] == "op" and tok[1] in ("==", "!="):
             self.i += 1
-            return Compare(name, tok[1], _check_value(self.take("str")[1]))
+            return Compare(name, tok[1], self._value())
         negate = False
         if tok and tok[:2] == ("kw", "not"):
             self.i += 1
@@ -181,13 +212,19 @@ class _Parser:
         self.take("op", "[")
         values: list[str] = []
         while not ((tok := self.peek()) and tok[:2] == ("op", "]")):
-            values.append(_check_value(self.take("str")[1]))
+            values.append(self._value())
             if (tok := self.peek()) and tok[:2] == ("op", ","):
                 self.i += 1
             elif not (tok and tok[:2] == ("op", "]")):
                 self.take("op", "]")
         self.take("op", "]")
         return Member(name, tuple(values), negate)
+
+    def _value(self) -> str:
+        self.values += 1
+        if self.values > MAX_VALUES:
+            raise FilterError(f"filter has more than {MAX_VALUES} values")
+        return _check_value(self.take("str")[1])
 
 
 def _check_value(value: str) -> str:
@@ -204,6 +241,44 @@ def parse(text: str) -> Node:
 
 
 # -- back ends ---------------------------------------------------------------------------------------
+def _grouped(node: BoolOp) -> list[Node]:
+    """The operands of a chain with same-field conditions folded into one list: ``a == 'x' or a ==
+    'y'`` is ``a in ['x', 'y']`` and ``a != 'x' and a not in ['y']`` is ``a not in ['x', 'y']``.
+    A chain of 200 alternatives becomes one IN list instead of 200 nested expressions."""
+    negate = node.op == "and"  # or-chains fold equalities, and-chains fold inequalities
+    folded: dict[str, list[str]] = {}
+    out: list[Node | str] = []
+    for p in node.operands:
+        if isinstance(p, Compare) and (p.op == "!=") == negate:
+            values = [p.value]
+        elif isinstance(p, Member) and p.negate == negate:
+            values = list(p.values)
+        else:
+            out.append(p)
+            continue
+        if p.field not in folded:
+            folded[p.field] = []
+            out.append(p.field)  # placeholder: keeps the first condition's place (stable output)
+        folded[p.field].extend(values)
+    result: list[Node] = []
+    for p in out:
+        if isinstance(p, str):
+            values = list(dict.fromkeys(folded[p]))
+            result.append(Compare(p, "!=" if negate else "==", values[0]) if len(values) == 1
+                          else Member(p, tuple(values), negate))
+        else:
+            result.append(p)
+    return result
+
+
+def _balanced(parts: list[str], op: str) -> str:
+    """``parts`` joined by ``op`` as a balanced tree of parentheses: depth log2(n), never n."""
+    if len(parts) == 1:
+        return parts[0]
+    mid = len(parts) // 2
+    return f"({_balanced(parts[:mid], op)}) {op} ({_balanced(parts[mid:], op)})"
+
+
 def to_sql(node: Node) -> tuple[str, list[str]]:
     """(WHERE clause with ? placeholders, parameters) over the catalog's ``images`` table."""
     if isinstance(node, Compare):
@@ -216,13 +291,18 @@ def to_sql(node: Node) -> tuple[str, list[str]]:
     if isinstance(node, Not):
         sql, args = to_sql(node.operand)
         return f"NOT ({sql})", args
-    left, largs = to_sql(node.left)
-    right, rargs = to_sql(node.right)
-    return f"({left}) {node.op.upper()} ({right})", largs + rargs
+    parts = [to_sql(p) for p in _grouped(node)]
+    args = [a for _, part_args in parts for a in part_args]
+    return _balanced([sql for sql, _ in parts], node.op.upper()), args
+
+
+#: Milvus string literals: these characters must be escapes (a raw CR ends Milvus's parse with
+#: "unterminated string literal"); Milvus knows no \x / \u escapes, so other characters go raw.
+_MILVUS_ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\t": "\\t", "\r": "\\r"}
 
 
 def _milvus_str(value: str) -> str:
-    return '"' + value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\t", "\\t") + '"'
+    return '"' + "".join(_MILVUS_ESCAPES.get(ch, ch) for ch in value) + '"'
 
 
 def to_milvus(node: Node) -> str:
@@ -237,7 +317,7 @@ def to_milvus(node: Node) -> str:
         return f"{node.field} {'not in' if node.negate else 'in'} [{vals}]"
     if isinstance(node, Not):
         return f"not ({to_milvus(node.operand)})"
-    return f"({to_milvus(node.left)}) {node.op} ({to_milvus(node.right)})"
+    return _balanced([to_milvus(p) for p in _grouped(node)], node.op)
 
 
 def evaluate(node: Node, row: dict[str, str]) -> bool:
@@ -248,9 +328,8 @@ def evaluate(node: Node, row: dict[str, str]) -> bool:
         return ((row.get(node.field) or "") in node.values) != node.negate
     if isinstance(node, Not):
         return not evaluate(node.operand, row)
-    if node.op == "and":
-        return evaluate(node.left, row) and evaluate(node.right, row)
-    return evaluate(node.left, row) or evaluate(node.right, row)
+    results = (evaluate(p, row) for p in node.operands)
+    return all(results) if node.op == "and" else any(results)
 
 
 class Where:
@@ -286,8 +365,9 @@ class Where:
 
 def catalog_ids(catalog: Catalog, sql: str, args: Sequence[str]) -> np.ndarray:
     """Ids of catalog rows matching a WHERE clause made by :func:`to_sql` (sorted int64)."""
-    rows = catalog._con().execute(f"SELECT id FROM images WHERE {sql} ORDER BY id", list(args))
-    return np.fromiter((r[0] for r in rows), dtype=np.int64)
+    with catalog.guard():
+        rows = catalog._con().execute(f"SELECT id FROM images WHERE {sql} ORDER BY id", list(args))
+        return np.fromiter((r[0] for r in rows), dtype=np.int64)
 
 
 def attributes_of(catalog: Catalog, ids: np.ndarray) -> dict[str, list[str]]:

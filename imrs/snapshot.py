@@ -31,7 +31,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,80}$")
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,80}")
+#: Names the collection keeps for itself: the live index's pointer is ``live-<backbone>-<indexer>``.
+RESERVED_PREFIX = "live-"
 
 
 @dataclass
@@ -50,8 +52,17 @@ class Manifest:
 
 
 def check_name(name: str) -> str:
-    if not _NAME_RE.match(name) or ".." in name:
+    """A whole-string match (``$`` would let a trailing newline through into a file name)."""
+    if not isinstance(name, str) or not _NAME_RE.fullmatch(name) or ".." in name:
         raise SnapshotError(f"invalid snapshot name {name!r}: use letters, digits, '_', '-', '.' (max 81)")
+    return name
+
+
+def check_user_name(name: str) -> str:
+    """A name a person may give a snapshot: valid, and not one the collection keeps for itself."""
+    check_name(name)
+    if name.lower().startswith(RESERVED_PREFIX):
+        raise SnapshotError(f"snapshot names starting with {RESERVED_PREFIX!r} are reserved for the live index")
     return name
 
 

@@ -1,9 +1,12 @@
-"""NPZ embedding caches: the expensive part of indexing, kept so nothing is ever embedded twice.
+"""Embedding caches: the expensive part of indexing, kept so nothing is ever embedded twice.
 
-One file per (collection, backbone) for base images, one per (term, backbone) for dynamic images
-(``dyn_emb_<slug>_<backbone>.npz``) so an expansion writes a small file instead of rewriting the
-big one. Arrays only (ids int64, relpaths unicode, vectors float32), loaded with
-``allow_pickle=False``, written atomically.
+One cache per (collection, backbone) for base images, one per (term, backbone) for dynamic images
+(``dyn_emb_<slug>_<backbone>``). A collection's caches are append-only shard stores
+(``<name>.store/``, see :mod:`imrs.shards`): a change writes only its own rows. Single NPZ files
+(``<name>.npz``) remain the import/export format (``imrs merge``, seeds, benchmarks) and are what
+caches were before stores; ``EmbeddingSet.load`` / ``save`` / ``load_ids`` take either. Arrays
+only (ids int64, relpaths unicode, vectors float32), loaded with ``allow_pickle=False``, written
+atomically.
 
 Each file also names the runtime tag its vectors came from ("fp32" for every float runtime, or
 "int8-<model key>", see :mod:`imrs.encoders.int8`; files from before the tag existed are fp32).
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import zipfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -90,6 +94,12 @@ class EmbeddingSet:
                             np.concatenate([self.relpaths, other.relpaths]), vecs, runtime)
 
     def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write all rows to ``path``: a single NPZ file, or the whole content of a shard store."""
+        from .shards import ShardStore, is_store
+
+        if is_store(path):
+            ShardStore(path).replace(self)
+            return Path(path)
         atomic_savez(path, ids=self.ids, relpaths=self.relpaths, vectors=self.vectors,
                      backbone=np.asarray(self.backbone), runtime=np.asarray(self.runtime),
                      format_version=np.asarray(FORMAT_VERSION))
@@ -99,9 +109,16 @@ class EmbeddingSet:
     def load(cls, path: str | os.PathLike[str], backbone: str | None = None,
              runtime: str | None = None) -> EmbeddingSet:
         """``backbone``/``runtime``: what the caller expects; another one in the file is an error."""
-        file_backbone, arrays = _read(path, backbone, ("ids", "relpaths", "vectors", "runtime"))
-        ids, relpaths, vectors, file_runtime = arrays
-        out = cls(file_backbone, ids, relpaths, vectors, str(file_runtime))
+        from .shards import ShardStore, is_store
+
+        if is_store(path):
+            out = ShardStore(path).load()
+            if backbone is not None and out.backbone not in (backbone, "unknown"):
+                raise StoreError(f"{path} holds {out.backbone} embeddings, not {backbone}")
+        else:
+            file_backbone, arrays = _read(path, backbone, ("ids", "relpaths", "vectors", "runtime"))
+            ids, relpaths, vectors, file_runtime = arrays
+            out = cls(file_backbone, ids, relpaths, vectors, str(file_runtime))
         if runtime is not None and out.runtime != runtime and len(out):
             raise RuntimeMismatchError(f"{path} holds {out.runtime} embeddings, not {runtime}")
         return out
@@ -110,6 +127,14 @@ class EmbeddingSet:
 def load_ids(path: str | os.PathLike[str], backbone: str | None = None) -> np.ndarray:
     """Only a cache's ids (NPZ members load one by one): what a consistency check compares, at a
     few hundred kB for 10k rows instead of the vectors' tens of MB."""
+    from .shards import ShardStore, is_store
+
+    if is_store(path):
+        store = ShardStore(path)
+        found = str(store.manifest().get("backbone") or "unknown")
+        if backbone is not None and found not in (backbone, "unknown"):
+            raise StoreError(f"{path} holds {found} embeddings, not {backbone}")
+        return store.load_ids()
     _, (ids,) = _read(path, backbone, ("ids",))
     return np.ascontiguousarray(ids, dtype=np.int64).reshape(-1)
 
@@ -129,8 +154,9 @@ def _read(path: str | os.PathLike[str], backbone: str | None, wanted: Sequence[s
             file_backbone = str(z["backbone"]) if "backbone" in keys else (backbone or "unknown")
             arrays: list[Any] = [(str(z["runtime"]) if "runtime" in keys else FP32) if k == "runtime"
                                  else z[names[k]] for k in wanted]
-    except (OSError, ValueError) as exc:  # truncated zip, or an object array that would need pickle
-        raise StoreError(f"{path}: unreadable embedding file ({exc})") from exc
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as exc:
+        # truncated or garbage zip, a bad CRC, or an object array that would need pickle
+        raise StoreError(f"{path}: unreadable embedding file ({type(exc).__name__}: {exc})") from exc
     if backbone is not None and file_backbone not in (backbone, "unknown"):
         raise StoreError(f"{path} holds {file_backbone} embeddings, not {backbone}")
     return file_backbone, arrays
@@ -155,11 +181,15 @@ class RuntimeMismatchError(StoreError):
 
 
 def read_runtime(path: str | os.PathLike[str]) -> str | None:
-    """The runtime tag of a cache file without reading its vectors (None if unreadable)."""
+    """The runtime tag of a cache without reading its vectors (None if unreadable)."""
+    from .shards import ShardStore, is_store
+
     try:
+        if is_store(path):
+            return ShardStore(path).runtime()
         with np.load(path, allow_pickle=False) as z:
             return str(z["runtime"]) if "runtime" in z.files else FP32
-    except (OSError, ValueError):
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, StoreError):
         return None
 
 
@@ -233,9 +263,10 @@ def merged_name(backbone: str) -> str:
     return f"emb_merged_{backbone}.npz"
 
 
-def base_name(backbone: str) -> str:
-    return f"emb_{backbone}.npz"
+def base_name(backbone: str, suffix: str = ".store") -> str:
+    """The base cache's name: a shard store (``.store``), or the single file it once was (``.npz``)."""
+    return f"emb_{backbone}{suffix}"
 
 
-def dynamic_name(slug: str, backbone: str) -> str:
-    return f"dyn_emb_{slug}_{backbone}.npz"
+def dynamic_name(slug: str, backbone: str, suffix: str = ".store") -> str:
+    return f"dyn_emb_{slug}_{backbone}{suffix}"

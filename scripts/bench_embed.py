@@ -7,6 +7,7 @@ Run by hand (not in CI):
     .venv/bin/python scripts/bench_embed.py --backbones efficientnet_lite0 --n 512 --repeats 5
     .venv/bin/python scripts/bench_embed.py --runtimes eager,fused,onnx,compile
     .venv/bin/python scripts/bench_embed.py --no-int8                       # fp32 only
+    .venv/bin/python scripts/bench_embed.py --backbones efficientnet_lite0 --write-docs  # docs/benchmarks.md
 
 For each backbone (efficientnet_lite0 with its real weights, the others with seeded random weights:
 same cost) on N real Caltech-101 images it reports images/s for
@@ -22,7 +23,9 @@ same cost) on N real Caltech-101 images it reports images/s for
              calibrated and gated on ``--calib`` other Caltech-101 images, as a collection does);
 
 each the median of ``--repeats`` interleaved runs, so ratios within a row come from the same
-conditions (the CPU may be shared: the load average is printed too).
+conditions (the CPU may be shared: the load average is printed too, and the CPU's model and int8
+flags, which decide the int8 recipe). ``--write-docs`` puts the fp32 vs int8 table, with the host,
+into the ``bench_embed`` block of docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -42,9 +45,12 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from imrs.bench.docblock import host_line, replace_block  # noqa: E402
 from imrs.encoders import Encoder, clear_encoder_cache, cpu_count, get_encoder, get_spec  # noqa: E402
+from imrs.encoders.int8 import recipe_plan  # noqa: E402
 from imrs.encoders.runtime import TorchRunner  # noqa: E402
 
+DOCS = REPO / "docs" / "benchmarks.md"
 DEFAULT_BACKBONES = ["efficientnet_lite0", "resnet18", "resnet50", "vit_b16", "clip_vit_b32"]
 
 
@@ -116,7 +122,8 @@ def timed(fn, n: int) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "datasets" / "caltech101")
+    ap.add_argument("--data", type=Path,
+                    default=Path(os.environ.get("IMRS_SHARED", REPO.parent / "shared")) / "datasets" / "caltech101")
     ap.add_argument("--backbones", default=",".join(DEFAULT_BACKBONES))
     ap.add_argument("--n", type=int, default=256, help="images for efficientnet_lite0")
     ap.add_argument("--heavy-n", type=int, default=64, help="images for the other (slower) backbones")
@@ -130,13 +137,18 @@ def main() -> None:
     ap.add_argument("--calib", type=int, default=256,
                     help="images (not timed) the int8 model is calibrated on (half) and gated on (half)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--write-docs", action="store_true",
+                    help="write the fp32 vs int8 table into the bench_embed block of docs/benchmarks.md")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
     import torch
 
+    load_before = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    print(f"# {host_line()}")
+    print(f"# {recipe_plan()}")
     print(f"# {cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), "
-          f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+          f"load average before: {load_before}")
     rows = []
     extra_rows = []
     int8_rows = []
@@ -223,19 +235,29 @@ def main() -> None:
               f"{med['eager_model']:.1f} | {med['fast_model']:.1f} | {med['pipeline'] / med['eager_b32']:.2f}x | "
               f"{med['pipeline'] / med['eager_model']:.2f}x | {100 * med['pipeline'] / med['fast_model']:.0f}% | "
               f"{med['pipeline'] / naive:.2f}x | {cos:.5f} |")
+    table: list[str] = []
     if int8_rows:
-        print()
-        print("| backbone | fp32 pipeline | int8 pipeline | int8 / fp32 pipeline | fp32 model | int8 model "
-              "| int8 / fp32 model | cos(int8, fp32) mean / min | gate (held: mean cos, worst 1%, top-10) | recipe |")
-        print("|---|---|---|---|---|---|---|---|---|---|")
+        table += ["| backbone | fp32 pipeline | int8 pipeline | int8 / fp32 pipeline | fp32 model | int8 model "
+                  "| int8 / fp32 model | cos(int8, fp32) mean / min | gate (held: mean cos, worst 1%, top-10) "
+                  "| recipe (CPU class) |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
+        attempts: list[str] = []
         for name, rt, med, res, c8, gate in int8_rows:
             # same-repeat ratios, then their median: both runtimes saw the same load in each repeat
             rp = statistics.median(a / b for a, b in zip(res["int8_pipeline"], res["pipeline"], strict=True))
             rm = statistics.median(a / b for a, b in zip(res["int8_model"], res["fast_model"], strict=True))
             verdict = f"{'pass' if gate.passed else 'FAIL'}: {gate.mean_cosine:.4f}, {gate.p1_cosine:.4f}"
-            print(f"| {name} | {med['pipeline']:.1f} ({rt}) | {med['int8_pipeline']:.1f} | {rp:.2f}x | "
-                  f"{med['fast_model']:.1f} | {med['int8_model']:.1f} | {rm:.2f}x | {c8.mean():.4f} / {c8.min():.4f} | "
-                  f"{verdict}, {gate.top10_overlap:.3f} | {gate.recipe} |")
+            table.append(f"| {name} | {med['pipeline']:.1f} ({rt}) | {med['int8_pipeline']:.1f} | {rp:.2f}x | "
+                         f"{med['fast_model']:.1f} | {med['int8_model']:.1f} | {rm:.2f}x | {c8.mean():.4f} / "
+                         f"{c8.min():.4f} | {verdict}, {gate.top10_overlap:.3f} | {gate.recipe} ({gate.cpu}) |")
+            for a in gate.attempts:  # every recipe the gate measured on this CPU, in the order tried
+                attempts.append(f"- {name}, {a['recipe']}: " + (a["error"] if "error" in a else (
+                    f"{'pass' if a['passed'] else 'fail'} -- mean cosine {a['mean_cosine']:.4f}, worst 1% "
+                    f"{a['p1_cosine']:.4f}, top-10 agreement {a['top10_overlap']:.3f}, "
+                    f"{a.get('speedup', float('nan')):.2f}x fp32's speed (gate's single-session probe)")))
+        table += ["", f"Gate measurements on {gate.n_held} held-out images per backbone:", *attempts]
+        print()
+        print("\n".join(table))
     if extra_rows:
         print()
         print("| backbone | model alone | images/s | vs eager model |")
@@ -244,6 +266,12 @@ def main() -> None:
             print(f"| {name} | {key} | {v:.1f} | {v / e:.2f}x |")
     print(f"\n# images/s, median of {args.repeats}; load average after: "
           f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    if args.write_docs and table:
+        argv = " ".join(a for a in sys.argv[1:] if a != "--write-docs")
+        replace_block(DOCS, "bench_embed", "\n".join([
+            f"`scripts/bench_embed.py {argv}` (images/s, median of {args.repeats}; load average before "
+            f"{load_before})", "", host_line(), recipe_plan() + ".", "", *table]))
+        print(f"# wrote the bench_embed block of {DOCS}")
 
 
 if __name__ == "__main__":

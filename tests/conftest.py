@@ -1,5 +1,6 @@
 """Shared fixtures. Real data lives in ../shared (read in place, never copied into the repo);
-tests that need it skip with a reason when it is absent."""
+tests that need it skip with a reason when it is absent -- and fail in CI mode (``CI=true``, see
+``tests/ci_skips.py``), where every test must run."""
 
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ PHOTOS = SHARED / "photos"
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-pytest_plugins = ["tests.conftest_web"] if (REPO / "tests" / "conftest_web.py").exists() else []
+pytest_plugins = ["tests.ci_skips"] + [f"tests.{m}" for m in ("conftest_web", "browser_kit")
+                                        if (REPO / "tests" / f"{m}.py").exists()]
 
 
 def need(path: Path) -> Path:

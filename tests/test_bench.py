@@ -79,7 +79,9 @@ def test_bench_end_to_end_writes_every_output(subset: Path, tmp_path: Path, home
     assert latest_run(home)["run_dir"] == str(out2.resolve())
 
 
-def test_bench_reuses_collection_cache_without_embedding(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("cache", ["emb_efficientnet_lite0.npz", "emb_efficientnet_lite0.store"])
+def test_bench_reuses_collection_cache_without_embedding(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                         cache: str) -> None:
     root = tmp_path / "data"
     for c in ("a", "b"):
         for i in range(3):
@@ -89,7 +91,7 @@ def test_bench_reuses_collection_cache_without_embedding(tmp_path: Path, monkeyp
     home = tmp_path / "home"
     emb_dir = state_dir_for(data.root, home) / "emb"
     vecs = np.random.default_rng(0).normal(size=(len(data), 1280)).astype(np.float32)
-    EmbeddingSet("efficientnet_lite0", data.ids, data.relpaths, vecs).save(emb_dir / "emb_efficientnet_lite0.npz")
+    EmbeddingSet("efficientnet_lite0", data.ids, data.relpaths, vecs).save(emb_dir / cache)  # file or shard store
     assert collection_caches(data.root, "efficientnet_lite0", home)
 
     def boom(*a, **k):  # embedding would mean the cache was not found
@@ -192,3 +194,18 @@ def test_whitening_and_head_round_trip(tmp_path: Path) -> None:
     h3 = ProjectionHead.load(h1.save(tmp_path / "h.npz"))
     np.testing.assert_allclose(h3.transform(x), h1.transform(x), rtol=1e-5)
     assert h1.dim == 4 and h1.in_dim == 16
+
+
+def test_docs_blocks_are_replaced_whole_and_say_where(tmp_path: Path) -> None:
+    from imrs.bench.docblock import host_line, replace_block
+    from imrs.encoders.int8 import cpu_features
+
+    doc = tmp_path / "b.md"
+    tail = "after\n<!-- u:start -->\n<!-- u:end -->\n"
+    doc.write_text("intro\n<!-- t:start -->\nold | 1\n<!-- t:end -->\n" + tail)
+    replace_block(doc, "t", "| new | 2 |\n")
+    assert doc.read_text() == "intro\n<!-- t:start -->\n| new | 2 |\n<!-- t:end -->\n" + tail
+    with pytest.raises(ValueError, match="exactly one"):
+        replace_block(doc, "missing", "x")
+    line = host_line()
+    assert cpu_features().describe() in line and "load average" in line and "UTC" in line

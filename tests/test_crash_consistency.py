@@ -15,6 +15,7 @@ the re-runs are in-process ``imrs.cli.main`` calls sharing one model load.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -175,14 +176,21 @@ SCENARIOS: dict[str, Scenario] = {
     "merge": Scenario("merge", lambda lab: lab.cli("merge", str(lab.extra_npz))),
     "snapshot save": Scenario("expanded", lambda lab: lab.cli("snapshot", "save", "before")),
     "snapshot load": Scenario("expanded", lambda lab: lab.cli("snapshot", "load", "before")),
+    "compact": Scenario("merge", lambda lab: lab.cli("compact"), lambda lab: _index_in_process(lab)),
 }
+
+
+def _index_in_process(lab: Lab) -> None:
+    """A second delta in the base store (the merge state's new files indexed), so compaction has work."""
+    rc, out = _run(lab.cli("index", str(lab.root), "-q"))
+    assert rc == 0, out
 
 
 def scenario_for(point: str) -> str:
     prefix = point.split(".")[0]
     if prefix == "snapshot":
         return "snapshot " + point.split(".")[1]
-    return {"sync": "index", "commit": "index"}.get(prefix, prefix)
+    return {"sync": "index", "commit": "index", "store": "compact"}.get(prefix, prefix)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -208,11 +216,14 @@ def state_of(lab: Lab) -> dict[str, object]:
         assert not staging, staging
         temp = [p for d in (coll.emb_dir, coll.snap_dir) for p in d.glob(".*.tmp")]
         assert not temp, temp
+        for store in coll.emb_dir.glob("*.store"):  # no delta of a change killed before its manifest
+            named = {d["file"] for d in json.loads((store / "manifest.json").read_text())["deltas"]}
+            assert {p.name for p in store.iterdir()} == named | {"manifest.json"}, store
         pointed = {snap.pointed_version(coll.snap_dir, p.stem) for p in coll.snap_dir.glob("*.json")}
         assert None not in pointed, "a snapshot pointer names an incomplete version"
         versions = {d.name for d in coll.snap_dir.iterdir() if d.is_dir()}
         assert versions == pointed, f"unreferenced snapshot versions: {versions - pointed}"
-        dynamic_files = {p.relative_to(lab.root).as_posix() for p in lab.root.glob("dynamic_*/*")}
+        dynamic_files = {p.relative_to(lab.root).as_posix() for p in lab.root.glob("dynamic_*/*.jpg")}
         dynamic_rows = {r for r in catalog.values() if r.startswith("dynamic_")}
         assert dynamic_files == dynamic_rows, "dynamic files and catalog rows differ"
         assert all((lab.root / r).is_file() for r in catalog.values()), "a catalog row without its file"

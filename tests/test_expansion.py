@@ -160,7 +160,8 @@ def fresh_counts(c: Collection, encoder: Any) -> tuple[int, int, int]:
 
 
 def dynamic_files(c: Collection) -> list[Path]:
-    return sorted(p for p in Path(c.dynamic_root).glob("dynamic_*/**/*") if p.is_file())
+    """The downloaded images (each has a provenance sidecar ``<name>.json`` beside it, not counted)."""
+    return sorted(p for p in Path(c.dynamic_root).glob("dynamic_*/**/*") if p.is_file() and p.suffix != ".json")
 
 
 # ---------------------------------------------------------------------------------------------

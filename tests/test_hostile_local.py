@@ -24,6 +24,7 @@ from imrs.errors import ImageDecodeError
 from imrs.ids import display_path, from_storage_text, stable_id, storage_text
 from imrs.imageio import DecodeGate, load_image, open_image, read_image_file
 from imrs.walk import walk_images
+from tests.ci_skips import platform_skip
 from tests.hostile import BAD_BYTES, CASES, NFC, NFD, Case, make_hostile_folder
 from tests.webserver import big16_png, garbage_exif_jpeg, lying_jpeg
 
@@ -52,7 +53,7 @@ def walked(hostile: tuple[Path, list[Case]]):  # type: ignore[no-untyped-def]
 def test_hostile_local_case(case: Case, hostile: tuple[Path, list[Case]], walked) -> None:  # type: ignore[no-untyped-def]
     root, built = hostile
     if case not in built:
-        pytest.skip(f"{case.name} cannot be made on this platform")
+        platform_skip(f"{case.name} cannot be made on this platform")
     files = {f.relpath for f in walked.files}
     skipped = [s for s in walked.skipped if s.relpath == case.relpath]
     path = root / case.relpath

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import threading
 from pathlib import Path
 
 import faiss
@@ -548,3 +549,96 @@ def test_get_vectors_follows_adds_removes_and_compaction(kind: str) -> None:
     got = idx.get_vectors(np.array([ids[0], ids[450], 10**12]))
     assert not got[0].any() and not got[2].any()
     assert np.allclose(got[1], unit[450], atol=1e-5)
+
+
+#: Per kind: (weak, strong) search-time parameters whose answers differ on the clustered data.
+PER_CALL = {"hnsw": ({"efSearch": 1}, {"efSearch": 400}), "ivf_flat": ({"nprobe": 1}, {"nprobe": 16}),
+            "ivf_pq": ({"nprobe": 1, "k_factor": 1}, {"nprobe": 16, "k_factor": 16}),
+            "annoy": ({"search_k": 10}, {"search_k": 3000}), "milvus": ({"efSearch": 1}, {"efSearch": 400})}
+
+
+@pytest.mark.parametrize("kind", [k for k in ANN_KINDS if k != "milvus"])
+def test_per_call_params_in_concurrent_threads(kind: str) -> None:
+    """Threads searching one index with different per-call params each get exactly the answer of their
+    own params, and the index's settings never change: with a set-params-search-restore scheme, a
+    thread would now and then run with another thread's params."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    x = clustered(N, DIM, seed=31, noise=2.2)
+    index = small(kind, nlist=16) if kind.startswith("ivf") else small(kind)
+    index.add(ids_for(N), x)
+    q = clustered(64, DIM, seed=32, noise=2.2)
+    before = index.get_params()
+    weak, strong = PER_CALL[kind]
+    expect = {name: index.search(q, 10, params=p)[1] for name, p in (("weak", weak), ("strong", strong))}
+    assert not np.array_equal(expect["weak"], expect["strong"])  # the test can tell the two apart
+    assert np.array_equal(expect["strong"], index.search(q, 10, params=strong)[1])  # deterministic
+
+    def run(n: int) -> bool:
+        name = "weak" if n % 2 else "strong"
+        return all(np.array_equal(index.search(q, 10, params=weak if n % 2 else strong)[1], expect[name])
+                   for _ in range(3))
+
+    with ThreadPoolExecutor(8) as pool:
+        assert all(pool.map(run, range(16)))
+    assert index.get_params() == before
+
+
+@pytest.mark.parametrize("kind", INDEX_KINDS)
+def test_per_call_params_checked_and_never_stored(kind: str) -> None:
+    index = small(kind)
+    index.add(ids_for(200), clustered(200, DIM, seed=33))
+    before = index.get_params()
+    weak, strong = PER_CALL.get(kind, ({}, {}))
+    for p in (weak, strong, {"nprobe": 3, "search_k": 7, "efSearch": 5}):  # other kinds' tunables are ignored
+        scores, found = index.search(clustered(3, DIM, seed=34), 5, params=p)
+        assert found.shape == (3, 5) and (found != -1).all()
+    assert index.get_params() == before
+    with pytest.raises(ValueError, match="not search-time"):
+        index.search(clustered(1, DIM, seed=35), 5, params={"M": 8})
+
+
+@pytest.mark.parametrize("kind", LOCAL_KINDS)
+def test_reads_run_beside_a_writer(kind: str) -> None:
+    """Searches and vector reads from several threads while another thread keeps adding and removing
+    (what a server does during growth): every answer is whole -- ids that were added, scores that
+    are the cosines of their stored vectors -- and nothing crashes (an HNSW add resizing storage
+    under a concurrent reconstruct is a segfault without the index's read/write lock)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    x = clustered(3000, DIM, seed=36)
+    ids = ids_for(3000)
+    index = small(kind)
+    index.add(ids[:300], x[:300])
+    known = set(ids.tolist())
+    done = threading.Event()
+
+    def write() -> None:
+        try:
+            for lo in range(300, 3000, 60):
+                index.add(ids[lo : lo + 60], x[lo : lo + 60])
+                index.remove(ids[lo - 300 : lo - 290])
+        finally:
+            done.set()
+
+    def read(seed: int) -> int:
+        rng = np.random.default_rng(seed)
+        n = 0
+        while not done.is_set() or n < 5:
+            q = x[rng.integers(0, 3000, 4)]
+            scores, found = index.search(q, 10)
+            got = found[found != -1]
+            assert set(got.tolist()) <= known
+            vecs = index.get_vectors(found[0][found[0] != -1])
+            still = np.linalg.norm(vecs, axis=1) > 0  # zero rows: removed by the writer since the search
+            np.testing.assert_allclose((vecs @ (q[0] / np.linalg.norm(q[0])))[still],
+                                       scores[0][found[0] != -1][still], atol=2e-3)
+            n += 1
+        return n
+
+    with ThreadPoolExecutor(5) as pool:
+        readers = [pool.submit(read, s) for s in range(4)]
+        pool.submit(write).result()
+        assert all(r.result() >= 5 for r in readers)
+    gone = {int(i) for lo in range(300, 3000, 60) for i in ids[lo - 300 : lo - 290]}
+    assert set(index.ids().tolist()) == known - gone

@@ -131,7 +131,7 @@ def test_staging_of_a_live_expansion_survives_a_dead_one_does_not(root: Path, tm
     assert not live[0].exists() and not list((coll.state_dir / "staging").iterdir())
 
 
-def test_repair_deletes_only_unrecorded_files_it_named(root: Path, tmp_path: Path) -> None:
+def test_repair_moves_only_unrecorded_files_it_named(root: Path, tmp_path: Path) -> None:
     home = tmp_path / "home"
     coll = Collection(root, A, "hnsw", home=home)
     recs = _add(coll, "x", 2)
@@ -148,7 +148,9 @@ def test_repair_deletes_only_unrecorded_files_it_named(root: Path, tmp_path: Pat
     os.utime(temps[2], (1e9, 1e9))
     reconcile.begin(coll, "expand")
     report = reconcile.repair(coll)
-    assert report.orphan_files == 1 and not orphan.exists()
+    assert report.orphan_files == 1 and not orphan.exists()  # moved, never deleted: imrs index takes it back
+    assert (reconcile.quarantine_dir(coll) / "dynamic_x" / orphan.name).read_bytes() == mine.read_bytes()
+    assert coll.info()["quarantine"]["web_images"] == 1
     assert report.garbage_removed == 3 and not any(t.exists() for t in temps) and young.exists()
     assert mine.exists() and (root / "base" / "mine.jpg").exists()
     assert all(coll.abspath(r.relpath).exists() for r in recs)
@@ -180,3 +182,51 @@ def test_non_finite_vectors_are_refused_before_any_write(root: Path, tmp_path: P
     with pytest.raises(Exception, match="NaN"):
         coll.add_dynamic("x", [rec], vec)
     assert not coll.dynamic_npz("x").exists() and len(coll.catalog) == 0
+
+
+def test_single_file_caches_are_read_as_they_are_and_migrated_on_the_first_write(root: Path, tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    coll = Collection(root, A, "hnsw", home=home)
+    recs = _add(coll, "x", 3)
+    store = coll.dynamic_npz("x")
+    legacy = store.with_suffix(".npz")
+    EmbeddingSet.load(store).save(legacy)  # what a cache was before shard stores
+    shutil.rmtree(store)
+    reconcile.commit(coll)
+    before = _ids(coll)
+    again = Collection(root, A, "hnsw", home=home)
+    assert again.dynamic_npz("x") == legacy and reconcile.check(again).clean
+    assert _ids(again) == before and legacy.is_file()  # reading writes nothing
+    more = _add(again, "x", 2, seed=7)
+    assert not legacy.exists() and again.dynamic_npz("x").is_dir()
+    assert _ids(again) == ({r.id for r in recs + more},) * 3 and reconcile.check(again).clean
+
+
+def test_scratch_folders_of_killed_runs_are_cleaned_on_the_next_open(root: Path, tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    coll = Collection(root, A, "hnsw", home=home)
+    with reconcile.temp_folder(coll) as live:
+        (live / "part.bin").write_bytes(b"x" * 1000)
+        dead = coll.state_dir / reconcile.TEMP_DIR / "deadbeef0000"  # a killed run: its lock is not held
+        dead.mkdir()
+        (dead / "model.onnx").write_bytes(b"x" * 1000)
+        (coll.state_dir / "staging" / f"{reconcile.TEMP_DIR}.deadbeef0000.lock").touch()
+        assert reconcile.check(coll).staging
+        Collection(root, A, "hnsw", home=home).catalog  # noqa: B018 - opening is what repairs
+        assert not dead.exists() and (live / "part.bin").exists()
+    assert not live.exists() and not list((coll.state_dir / reconcile.TEMP_DIR).iterdir())
+
+
+def test_a_snapshot_load_releases_later_web_images_instead_of_deleting_them(root: Path, tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    coll = Collection(root, A, "hnsw", home=home)
+    kept = _add(coll, "x", 2)
+    coll.save_snapshot("s1")
+    later = _add(coll, "y", 2, seed=3)
+    data = {r.relpath: coll.abspath(r.relpath).read_bytes() for r in later}
+    coll.load_snapshot("s1")
+    assert _ids(coll) == ({r.id for r in kept},) * 3
+    released = list(reconcile.quarantine_dir(coll).glob("released-*"))
+    assert len(released) == 1 and {rel: (released[0] / rel).read_bytes() for rel in data} == data
+    assert reconcile.quarantined(coll) == []  # not taken back by imrs index: dropped on purpose
+    assert coll.info()["quarantine"]["web_images"] == 0

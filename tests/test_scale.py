@@ -47,7 +47,9 @@ def test_filter_language_parses_safely() -> None:
     assert to_milvus(parse("term not in []")) == '(term == "" or term != "")'
     for bad, why in [("", "empty"), ("colour == 'red'", "unknown filter field"), ("label = 'a'", "cannot read"),
                      ("label == a", "quoted string"), ("label == 'a' label == 'b'", "unexpected"),
-                     ("label in ['a'", "expected"), ("__import__('os')", "unknown filter field")]:
+                     ("label in ['a'", "expected"), ("__import__('os')", "unknown filter field"),
+                     ("(" * 300 + "label == 'a'" + ")" * 300, "nested deeper"),
+                     ("not " * 200 + "label == 'a'", "nested deeper")]:
         with pytest.raises(FilterError, match=why):
             parse(bad)
 

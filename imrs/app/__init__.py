@@ -7,6 +7,9 @@ Layout of the package:
 - ``pipeline``  the only door into ``imrs.query`` (run_query, grow_term) and ``Settings``
 - ``workspace`` what all sessions of the process share: collection, models, index, who is busy
 - ``session``   this session's settings, query and results, and the part of them in the URL
+- ``access``    who may change the collection (editors) and which folders it may index
+- ``text``      every piece of text that did not come from the code goes through ``plain``
+- ``timing``    the click-to-results figure, measured in the browser
 - ``media``     query images in, thumbnails and the enlarged view out (no retrieval)
 - ``widgets``   error boundary, messages, the progress adapter, the results grid
 - ``sidebar``   per-session settings and the collection's tools
@@ -18,19 +21,20 @@ as a short error box, never a traceback.
 
 from __future__ import annotations
 
+import functools
 import logging
-import time
 from pathlib import Path
 from typing import Any
 
 import streamlit as st
 
 from ..errors import IMRSError
+from . import access, sidebar, timing
 from . import session as S
-from . import sidebar
 from . import workspace as W
 from .media import DEMO_ROOT, is_demo, set_thumb_dir
-from .widgets import ProgressBar, counting, flash, show_flashes, shown_errors
+from .text import plain
+from .widgets import ProgressBar, counting, detail, flash, show_flashes, shown_errors
 
 log = logging.getLogger("imrs.app")
 
@@ -43,10 +47,11 @@ STYLE = "<style>[data-testid='stMainBlockContainer'] {padding-top: 2.5rem;}</sty
 
 
 def main() -> None:
-    st.set_page_config(page_title="IMRS — image search", page_icon=":material/image_search:", layout="wide")
+    st.set_page_config(page_title="IMRS — image search", page_icon=_icon(), layout="wide")
     st.html(STYLE)
+    with st.sidebar:
+        timing.install()  # the browser notes each click, so results can say how long the person waited
     ss = st.session_state
-    ss["_t_run"] = time.perf_counter()  # a click starts a run: "answered in" is measured from here
     ss["_full_run"] = True
     try:
         _page()
@@ -54,43 +59,70 @@ def main() -> None:
         ss["_full_run"] = False
 
 
+@functools.cache
+def _icon() -> Any:
+    """The tab's icon, drawn here and served by the app itself: a Material icon name would make
+    every visitor's browser fetch it from Google's font server."""
+    from PIL import Image, ImageDraw
+
+    im = Image.new("RGBA", (64, 64), (0, 0, 0, 0))
+    d = ImageDraw.Draw(im)
+    d.ellipse((6, 6, 42, 42), outline=(255, 75, 75, 255), width=7)
+    d.line((36, 36, 58, 58), fill=(255, 75, 75, 255), width=9)
+    return im
+
+
 def _page() -> None:
     base = S.base_settings()
     home = Path(base.home).expanduser().resolve()
     set_thumb_dir(home / "app" / "thumbs")
-    S.init_session(base, lambda: W.default_backbone(base.backbone), base.root or str(DEMO_ROOT))
-    cfg = sidebar.collection_settings()
+    default_root = base.root or str(DEMO_ROOT)
+    S.init_session(base, lambda: W.default_backbone(base.backbone), default_root)
+    role = access.current_role(base)
+    st.session_state["_editor"] = role.editor  # read by the error boundary: visitors see no server path
+    access.editor_panel(base, role)
+    cfg = sidebar.collection_settings(role)
+    root = default_root
+    refusal = None
+    if role.editor:
+        try:
+            root = access.resolve_folder(cfg["root"], base, default_root)
+        except access.FolderRefused as exc:
+            refusal = str(exc)
     choice = cfg["choices"].get(cfg["backbone"])
     if choice is None or not choice.supports_text:
         W.text_warmup()  # the sentence model behind text search loads while the page draws
     header = st.empty()
+    if refusal:
+        st.error(plain(refusal) + ": showing the default collection.", icon=":material/folder_off:")
     try:
-        opened = W.open_workspace(cfg["root"] or str(DEMO_ROOT), cfg["backbone"], cfg["indexer"], cfg["device"], home)
+        opened = W.open_workspace(root, cfg["backbone"], cfg["indexer"], cfg["device"], home)
     except IMRSError as exc:
         header.markdown("### :material/image_search: IMRS — image search")
-        st.error(str(exc), icon=":material/error:")
+        st.error(detail(exc), icon=":material/error:")
         st.info("Pick another collection folder or backbone in the sidebar.")
         return
-    sidebar.backbone_status(cfg["status_slot"], opened, cfg["choices"])
-    draw_header(header, opened)
+    sidebar.backbone_status(cfg["status_slot"], opened, cfg["choices"], role)
+    draw_header(header, opened, access.allowed_roots(base, default_root))
     try:
         ensure_indexed(opened)
     except IMRSError as exc:
-        st.error(str(exc), icon=":material/error:")
+        st.error(detail(exc), icon=":material/error:")
         st.info("Pick another collection folder or backbone in the sidebar.")
         return
-    tunables = sidebar.search_settings(opened)
-    sidebar.expansion_settings()
-    sidebar.coverage_settings(opened, S.session_settings(base))
-    sidebar.collection_tools(opened, home)
+    tunables = sidebar.search_settings(opened, role)
+    sidebar.expansion_settings(role)
+    sidebar.coverage_settings(opened, S.session_settings(base), role)
+    sidebar.collection_tools(opened, home, role)
     with shown_errors("Opening the linked image"):
         missing = S.resolve_url_image(opened.coll, home)
         if missing:
             st.warning(missing)
     watcher(opened)
     show_flashes()
-    ctx: dict[str, Any] = {"opened": opened, "home": home, "settings": S.session_settings(base),
-                           "tunables": tunables, "base": base}
+    ctx: dict[str, Any] = {"opened": opened, "home": home, "settings": S.session_settings(base, role.editor),
+                           "tunables": tunables, "base": base, "role": role}
+    sidebar.run_calibration(opened, role)  # in the main area, where its progress and result are seen
     from .tab_batch import tab_batch
     from .tab_bench import tab_bench
     from .tab_manage import tab_manage
@@ -103,20 +135,21 @@ def _page() -> None:
             if tab.open:
                 with shown_errors(name):
                     fn(ctx)
-    draw_header(header, opened)  # counts change during the run (growth, removal): show them at once
+    # counts change during the run (growth, removal): show them at once
+    draw_header(header, opened, access.allowed_roots(base, default_root))
     st.session_state["_seen_sig"] = _signature(opened)
 
 
-def draw_header(slot: Any, opened: W.Opened) -> None:
+def draw_header(slot: Any, opened: W.Opened, roots: list[Path]) -> None:
     coll, ws = opened.coll, opened.ws
-    name = "demo collection (Caltech-101 mini)" if is_demo(coll.root) else coll.root.name
+    name = "demo collection (Caltech-101 mini)" if is_demo(coll.root) else plain(access.display_root(coll.root, roots))
     if not ws.synced and W.needs_first_index(coll):
         done, total = ws.sync_progress
         counts = f"indexing {done}/{total} images" if total else "indexing ..."
     else:
         counts = f"{coll.catalog.count('base'):,} of your images + {coll.catalog.count('dynamic'):,} from the web"
     slot.markdown(f"### :material/image_search: IMRS — image search  \n"
-                  f":gray[{name} · {counts} · {coll.backbone} / {coll.indexer}]")
+                  f":gray[{name} · {counts} · {plain(coll.backbone)} / {plain(coll.indexer)}]")
 
 
 def _signature(opened: W.Opened) -> tuple[Any, ...]:
@@ -138,8 +171,8 @@ def watcher(opened: W.Opened) -> None:
         others = ws.activity.others(W.session_id())
         busy = [j for j in others if j.visible]
         if busy:
-            st.info("Another session is " + "; ".join(j.describe() for j in busy) + ". The counts refresh when it "
-                    "ends.", icon=":material/sync:")
+            st.info("Another session is " + "; ".join(plain(j.describe()) for j in busy) + ". The counts refresh "
+                    "when it ends.", icon=":material/sync:")
         elif W.writer_busy(opened.coll):
             st.info("Another program is writing to this collection right now (for example `imrs expand`).",
                     icon=":material/sync:")
@@ -170,5 +203,5 @@ def ensure_indexed(opened: W.Opened) -> None:
     summary = W.sync_once(ws, counting(bar, label))
     bar.close()
     if summary and first:
-        flash("success", f"Indexed {ws.coll.root.name}: {summary}")
+        flash("success", f"Indexed {plain(ws.coll.root.name)}: {plain(summary)}")
         st.rerun()  # redraw without the first-start notes

@@ -62,6 +62,11 @@ def decode_query(data: bytes, origin: str = "the query image") -> Image.Image:
         return load_image(data)
     except ImageDecodeError as exc:
         log.info("query image %s not decodable: %s", origin, exc)
+        if "truncated" in str(exc):  # the most common real failure: a copy or a download cut short
+            m = re.search(r"only (\d+%) of the rows", str(exc))
+            part = f" (only {m.group(1)} of its rows are there)" if m else ""
+            raise ImageDecodeError(f"{origin} is truncated: the file ends early{part}; use the complete "
+                                   f"file") from None
         raise ImageDecodeError(f"{origin} is not a readable image ({len(data)} bytes): use a JPEG, PNG, WebP, "
                                f"GIF, BMP or TIFF file") from None
 

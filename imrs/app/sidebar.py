@@ -1,5 +1,6 @@
 """The sidebar: this session's settings (collection, backbone, search, web expansion) and the
-collection's tools (index, caches, snapshots). Every widget's value is per session."""
+collection's tools (index, caches, snapshots). Every widget's value is per session; what changes
+the collection (or makes the server index, download or calibrate) is drawn for editors only."""
 
 from __future__ import annotations
 
@@ -9,40 +10,47 @@ from typing import Any
 import streamlit as st
 
 from . import workspace as W
+from .access import Role
 from .pipeline import PROVIDER_CHOICES, calibrate, collection_thresholds
-from .widgets import ProgressBar, flash, shown_errors
+from .text import plain
+from .widgets import ProgressBar, detail, flash, shown_errors
 
 #: Search-time tunables per index kind (build parameters need a rebuild).
 TUNABLES: dict[str, tuple[str, ...]] = {"hnsw": ("efSearch",), "ivf_flat": ("nprobe",),
                                         "ivf_pq": ("nprobe", "k_factor"), "annoy": ("search_k",)}
 
 
-def collection_settings() -> dict[str, Any]:
-    """Which collection, backbone, index and device this session uses (before anything opens)."""
+def collection_settings(role: Role) -> dict[str, Any]:
+    """Which collection, backbone, index and device this session uses (before anything opens).
+    Only an editor picks them: a new folder, backbone or index means indexing on the server."""
     from ..indexes import INDEX_KINDS
 
     sb = st.sidebar
     sb.header("Collection")
-    root = sb.text_input("Collection folder", key="root",
-                         help="A folder of images (sub-folders are labels). Empty: the built-in demo.")
+    root = ""
+    if role.editor:
+        root = sb.text_input("Collection folder", key="root",
+                             help="A folder of images (sub-folders are labels) inside the folders this server allows "
+                                  "(IMRS_ALLOWED_ROOTS); a name is looked up in each of them. Empty: the default.")
+    locked = not role.editor
     choices = {c.name: c for c in W.backbone_choices()}
     if st.session_state.get("backbone") not in choices:
         st.session_state["backbone"] = W.OFFLINE_BACKBONE
     icons = {"ready": "●", "needs download": "○", "failed": "✕"}
     backbone = sb.selectbox("Backbone", list(choices), key="backbone",
                             format_func=lambda n: f"{icons.get(choices[n].state, '?')} {n}",
-                            help="● ready here · ○ weights need a download · ✕ failed")
+                            help="● ready here · ○ weights need a download · ✕ failed", disabled=locked)
     status_slot = sb.container()
-    sb.selectbox("Indexer", list(INDEX_KINDS), key="indexer")
+    sb.selectbox("Indexer", list(INDEX_KINDS), key="indexer", disabled=locked)
     devices = W.available_devices()
     if st.session_state.get("device") not in devices:
         st.session_state["device"] = devices[0]
-    sb.selectbox("Device", devices, key="device", help="cuda is offered when a GPU is detected")
+    sb.selectbox("Device", devices, key="device", help="cuda is offered when a GPU is detected", disabled=locked)
     return {"root": (root or "").strip(), "backbone": backbone, "indexer": st.session_state["indexer"],
             "device": st.session_state["device"], "status_slot": status_slot, "choices": choices}
 
 
-def backbone_status(slot: Any, opened: W.Opened, choices: dict[str, W.BackboneChoice]) -> None:
+def backbone_status(slot: Any, opened: W.Opened, choices: dict[str, W.BackboneChoice], role: Role) -> None:
     """A one-line badge; what it means, the fix and the download button in an expander."""
     in_use = choices.get(opened.backbone)
     asked = choices.get(opened.requested)
@@ -55,9 +63,9 @@ def backbone_status(slot: Any, opened: W.Opened, choices: dict[str, W.BackboneCh
         with st.expander("Backbone details", icon=":material/info:"):
             if opened.fallback_reason:
                 st.caption(f"{opened.requested} could not be loaded, so this session runs on "
-                           f"{opened.backbone}. {opened.fallback_reason.rstrip('.')}.")
+                           f"{opened.backbone}. {detail(opened.fallback_reason.rstrip('.'))}.")
             target = asked if asked is not None else in_use
-            if target is not None and target.downloadable:
+            if target is not None and target.downloadable and role.editor:
                 job = W.download_state(target.name)
                 if job is not None and job.running:
                     st.info(f"downloading {target.name} ...", icon=":material/downloading:")
@@ -65,20 +73,20 @@ def backbone_status(slot: Any, opened: W.Opened, choices: dict[str, W.BackboneCh
                                help=f"fetch them from {target.download_host} into the local cache"):
                     job = W.start_download(target.name)
                     if job.error:
-                        st.error(job.error, icon=":material/cloud_off:")
+                        st.error(detail(job.error), icon=":material/cloud_off:")
                     elif job.running:
                         st.info(f"downloading {target.name} in the background ...", icon=":material/downloading:")
                     else:
                         flash("success", f"{target.name} weights downloaded ({job.seconds:.0f}s)")
                         st.rerun()
                 elif job is not None and job.error:
-                    st.caption(f"Last download attempt: {job.error}")
+                    st.caption(f"Last download attempt: {detail(job.error)}")
             rows = [{"backbone": c.name, "state": c.state, "text": "yes" if c.supports_text else "via class names",
                      "dim": c.dim} for c in choices.values()]
             st.dataframe(rows, hide_index=True, width="stretch")
 
 
-def search_settings(opened: W.Opened) -> dict[str, Any]:
+def search_settings(opened: W.Opened, role: Role) -> dict[str, Any]:
     """Top-k, query expansion and this session's own index search settings. The harmless ones are
     bound to the URL, so a reload or a shared link keeps them; sources and folders never are."""
     coll = opened.coll
@@ -87,7 +95,7 @@ def search_settings(opened: W.Opened) -> dict[str, Any]:
     sb.slider("Results (top-k)", 1, 60, key="top_k", bind="query-params")
     sb.number_input("Query expansion (top N)", min_value=0, max_value=20, key="qe", bind="query-params",
                     help="alpha query expansion: re-search with the query blended with its top N hits; 0 = off")
-    sb.toggle("Hide the query image from results", key="hide_query", bind="query-params",
+    sb.toggle("Hide the query image from results", value=True, key="hide_query", bind="query-params",
               help="when the query is an image of this collection, leave it out of its own results")
     params: dict[str, int] = {}
     shared = coll.index.get_params() if opened.ws.synced else {}
@@ -102,12 +110,16 @@ def search_settings(opened: W.Opened) -> dict[str, Any]:
     return params
 
 
-def expansion_settings() -> None:
+def expansion_settings(role: Role) -> None:
+    """Growth switches: per session, never in the URL (a link must not switch a write on)."""
     sb = st.sidebar
     sb.header("Web expansion")
-    sb.toggle("Auto-expand on weak coverage", key="auto_expand", bind="query-params",
+    if not role.editor:
+        sb.caption("Growing the collection from the web is for editors.")
+        return
+    sb.toggle("Auto-expand on weak coverage", key="auto_expand",
               help="when the answer is weak, fetch web images for the query, add them, and search again")
-    sb.toggle("Auto-confirm the term for image queries", key="auto_confirm", bind="query-params",
+    sb.toggle("Auto-confirm the term for image queries", key="auto_confirm",
               help="grow with the best proposed term without asking (otherwise you pick it)")
     sb.number_input("Images per growth", 1, 200, key="expand_n")
     with sb.expander("Image sources"):
@@ -119,7 +131,7 @@ def expansion_settings() -> None:
                   help="lets downloads reach 127.0.0.1, for a local test server only; it weakens the SSRF guard")
 
 
-def coverage_settings(opened: W.Opened, base: Any) -> None:
+def coverage_settings(opened: W.Opened, base: Any, role: Role) -> None:
     """What "weak" means on this collection (the pipeline's thresholds and where they come from), a
     button that calibrates them on the collection itself, and this session's own override."""
     coll = opened.coll
@@ -128,18 +140,10 @@ def coverage_settings(opened: W.Opened, base: Any) -> None:
         for kind, what in kinds:
             t, source = collection_thresholds(coll, kind, base)
             st.caption(f"{what}: best ≥ {t.best_min:.2f}, {t.min_good} hit(s) ≥ {t.good_min:.2f} ({source})")
-        if st.button("Calibrate on this collection", key="calibrate",
-                     help="hold classes out of the collection and measure which thresholds tell covered from "
-                          "absent concepts; stored with the collection, used by every session"):
-            with shown_errors("Calibrating"):
-                bar = ProgressBar(st.empty(), "calibrating ...")
-                try:
-                    with opened.ws.activity.job(W.session_id(), "calibrating", coll.root.name):
-                        report = calibrate(coll, progress=bar)
-                finally:
-                    bar.close()
-                flash("success", "Calibrated: " + " ".join(report.lines()))
-                st.rerun()
+        if role.editor:
+            st.button("Calibrate on this collection", key="calibrate", on_click=_ask_calibration,
+                      help="hold classes out of the collection and measure which thresholds tell covered from "
+                           "absent concepts; stored with the collection, used by every session")
         if st.toggle("Override for this session", key="cov_override"):
             t, _ = collection_thresholds(coll, "image", base)
             st.slider("Best score at least", 0.0, 1.0, float(t.best_min), 0.01, key="cov_best")
@@ -147,15 +151,57 @@ def coverage_settings(opened: W.Opened, base: Any) -> None:
             st.number_input("Good hits needed", 0, 100, int(t.min_good), key="cov_n_good")
 
 
-def collection_tools(opened: W.Opened, home: Path) -> None:
-    """Index, caches and snapshots: actions on the shared collection (every session sees them)."""
+def _ask_calibration() -> None:
+    st.session_state["_calibrate"] = True
+
+
+def run_calibration(opened: W.Opened, role: Role) -> None:
+    """A calibration asked for in the sidebar runs here, at the top of the page, so its progress
+    is in view; its result is said in plain words."""
+    if not st.session_state.pop("_calibrate", False) or not role.editor:
+        return
+    coll = opened.coll
+    with shown_errors("Calibrating"):
+        bar = ProgressBar(st.empty(), "Calibrating the coverage thresholds on this collection ...")
+        try:
+            with opened.ws.activity.job(W.session_id(), "calibrating", coll.root.name):
+                report = calibrate(coll, progress=bar)
+        finally:
+            bar.close()
+        flash("success", calibration_summary(report))
+        st.rerun()
+
+
+def calibration_summary(report: Any) -> str:
+    """The calibration report for people: what counts as weak now, and how often that call is
+    right on classes the measurement held out."""
+    parts = []
+    for r in report.results:
+        t = r.thresholds
+        what = "Image queries" if r.kind == "image" else "Text queries" if r.kind == "text" else r.kind.capitalize()
+        parts.append(f"**{what}** now count as covered when the best match scores at least {t.best_min:.2f} "
+                     f"and {t.min_good} result(s) score at least {t.good_min:.2f}. On {r.classes_held_out} classes "
+                     f"held out of the measurement this is right {r.accuracy_held_out:.0%} of the time "
+                     f"(the built-in thresholds: {r.builtin_held_out:.0%}).")
+    parts.append(f"Measured in {report.seconds:.0f} s; every session uses these thresholds from now on.")
+    return "Calibrated. " + "  \n".join(parts)
+
+
+def collection_tools(opened: W.Opened, home: Path, role: Role) -> None:
+    """Index, caches and snapshots: actions on the shared collection (every session sees them),
+    for editors only. The once-per-start merge of the server's own caches happens for anyone."""
     coll, ws = opened.coll, opened.ws
+    if not role.editor:
+        if not ws.merged:
+            with shown_errors("Merging embedding caches"):
+                W.merge_npz(ws, home, "", once=True)
+        return
     with st.sidebar.expander("Collection tools", icon=":material/build:"):
         if st.button("Rebuild index", key="rebuild", help="rebuild from cached embeddings (nothing is re-embedded)"):
             with shown_errors("Rebuilding the index"), st.spinner("Rebuilding the index ..."):
                 with ws.job_lock:
                     coll.rebuild_index(coll.indexer)
-                flash("success", f"index rebuilt: {len(coll.index)} vectors ({coll.indexer})")
+                flash("success", f"index rebuilt: {len(coll.index)} vectors ({plain(coll.indexer)})")
                 st.rerun()
         st.toggle("Merge embedding caches on start", value=True, key="auto_merge",
                   help="benchmark caches of this backbone and web-image caches are merged into the live index "
@@ -168,7 +214,7 @@ def collection_tools(opened: W.Opened, home: Path) -> None:
                 summary = W.sync_once(ws, lambda d, t: bar.progress(min(1.0, d / max(t, 1)), text=f"embedding {d}/{t}"),
                                       force=True)
                 bar.empty()
-                flash("success", f"{summary}; {W.merge_npz(ws, home, override)}")
+                flash("success", plain(f"{summary}; {W.merge_npz(ws, home, override)}"))
                 st.rerun()
         if ws.sync_left_out:
             with st.popover(f"{len(ws.sync_left_out)} file(s) left out of the index"):
@@ -189,7 +235,7 @@ def snapshots(opened: W.Opened) -> None:
         with shown_errors("Saving the snapshot"):
             m = coll.save_snapshot(name.strip())
             st.session_state["snap_pick"] = m.name
-            flash("success", f"saved snapshot {m.name}: {m.count} vectors ({m.backbone}/{m.indexer})")
+            flash("success", plain(f"saved snapshot {m.name}: {m.count} vectors ({m.backbone}/{m.indexer})"))
             st.rerun()
     snaps = [m.name for m in coll.list_snapshots() if m.backbone == coll.backbone]
     if st.session_state.get("snap_pick") not in snaps:
@@ -199,5 +245,5 @@ def snapshots(opened: W.Opened) -> None:
         with shown_errors("Loading the snapshot"):
             with ws.job_lock:
                 m = coll.load_snapshot(pick)
-            flash("success", f"loaded snapshot {m.name}: {m.count} vectors ({m.backbone}/{m.indexer})")
+            flash("success", plain(f"loaded snapshot {m.name}: {m.count} vectors ({m.backbone}/{m.indexer})"))
             st.rerun()

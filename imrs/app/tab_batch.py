@@ -9,9 +9,11 @@ from typing import Any
 import streamlit as st
 
 from ..errors import IMRSError
+from . import access
 from . import workspace as W
 from .pipeline import grow_term
-from .widgets import ProgressBar
+from .text import plain
+from .widgets import ProgressBar, detail
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +35,8 @@ def parse_terms(text: str = "", csv_bytes: bytes | None = None) -> list[str]:
 
 def tab_batch(ctx: dict[str, Any]) -> None:
     opened: W.Opened = ctx["opened"]
+    if access.refused(ctx["role"], "Growing the collection from the web"):
+        return
     st.markdown("Fetch web images for many terms at once. Each image goes through the safe downloader, is checked "
                 "for near-duplicates against the collection, embedded and added to the live index. Image sources "
                 "are in the sidebar (Web expansion → Image sources).")
@@ -72,8 +76,8 @@ def run_batch(opened: W.Opened, terms: list[str], settings: Any, n: int) -> list
     rows = []
     with ws.activity.job(W.session_id(), "running a batch expansion", f"of {len(terms)} term(s)") as job:
         for i, term in enumerate(terms):
-            overall.progress(i / len(terms), text=f"{i}/{len(terms)} terms — “{term}”")
-            with st.status(f"“{term}”", expanded=True) as status:
+            overall.progress(i / len(terms), text=f"{i}/{len(terms)} terms — “{plain(term, 80)}”")
+            with st.status(f"“{plain(term, 80)}”", expanded=True) as status:
                 bar = ProgressBar(st.empty(), "asking image providers ...", job=job)
                 try:
                     rep = grow_term(opened.coll, term, settings, n=n, progress=bar)
@@ -81,13 +85,13 @@ def run_batch(opened: W.Opened, terms: list[str], settings: Any, n: int) -> list
                     if not isinstance(exc, IMRSError):
                         log.exception("expanding %r failed", term)
                     bar.close()
-                    status.update(label=f"“{term}”: failed: {exc}", state="error", expanded=False)
+                    status.update(label=f"“{plain(term, 80)}”: failed: {detail(exc)}", state="error", expanded=False)
                     rows.append({"term": term, "added": 0, "duplicates": 0, "failed": 0, "why": f"error: {exc}",
                                  "seconds": None})
                     continue
                 bar.close()
                 reasons = [why for _, why in (rep.failures or [])][:3]
-                status.update(label=f"“{term}”: {rep.kept} added", state="complete", expanded=False)
+                status.update(label=f"“{plain(term, 80)}”: {rep.kept} added", state="complete", expanded=False)
                 rows.append({"term": term, "added": rep.kept, "duplicates": len(rep.duplicates),
                              "failed": len(rep.failures), "why": "; ".join(reasons),
                              "seconds": round(rep.elapsed, 1)})

@@ -11,6 +11,7 @@ from typing import Any
 import streamlit as st
 
 from . import workspace as W
+from .text import plain
 from .widgets import ProgressBar
 
 log = logging.getLogger(__name__)
@@ -28,9 +29,9 @@ def tab_bench(ctx: dict[str, Any]) -> None:
 
     opened: W.Opened = ctx["opened"]
     coll, home = opened.coll, ctx["home"]
-    st.markdown(f"Measure this collection ({coll.root.name}, {coll.catalog.count('base'):,} images, one sub-folder "
-                f"per label) with {coll.backbone}: speed, memory and recall of every index, retrieval quality, and a "
-                f"map of the collection. Embeddings come from the collection's own caches.")
+    st.markdown(f"Measure this collection ({plain(coll.root.name)}, {coll.catalog.count('base'):,} images, one "
+                f"sub-folder per label) with {coll.backbone}: speed, memory and recall of every index, retrieval "
+                f"quality, and a map of the collection. Embeddings come from the collection's own caches.")
     with st.form("bench_form"):
         a, b = st.columns(2)
         indexers = a.multiselect("Indexes", list(INDEX_KINDS), default=list(INDEX_KINDS), key="bench_indexers")
@@ -44,7 +45,10 @@ def tab_bench(ctx: dict[str, Any]) -> None:
                         help="sweep efSearch / nprobe / search_k for the recall-speed curve")
         map2d = e.selectbox("Collection map", ["tsne", "pca", "none"], key="bench_map")
         go = st.form_submit_button("Run benchmark", type="primary", icon=":material/speed:")
-    if go:
+    if go and not ctx["role"].editor:
+        st.info("Running a benchmark is for editors: it works the server hard and writes its results.",
+                icon=":material/lock:")
+    elif go:
         if not indexers:
             st.warning("Pick at least one index.")
         else:
@@ -82,10 +86,10 @@ def show_latest(home: Path, root: Path) -> None:
     meta = run.get("meta") or {}
     where = Path(run.get("data_root") or meta.get("data_root") or "?")
     other = "" if where.resolve() == Path(root).resolve() else " (another collection)"
-    st.markdown(f"#### Latest run: {where.name}{other}  \n"
-                f":gray[{(run.get('created') or '')[:19].replace('T', ' ')} · {meta.get('images', '?')} images · "
-                f"{meta.get('queries', '?')} queries · {', '.join(meta.get('backbones') or [])} · "
-                f"{meta.get('machine', '')}]")
+    st.markdown(f"#### Latest run: {plain(where.name)}{other}  \n"
+                f":gray[{plain((run.get('created') or '')[:19].replace('T', ' '))} · {plain(meta.get('images', '?'))} "
+                f"images · {plain(meta.get('queries', '?'))} queries · {plain(', '.join(meta.get('backbones') or []))} "
+                f"· {plain(meta.get('machine', ''))}]")
     plots = [(name, Path(p)) for name, p in (run.get("plots") or {}).items() if Path(p).is_file()]
     for start in range(0, len(plots), 2):
         for col, (name, path) in zip(st.columns(2), plots[start:start + 2], strict=False):

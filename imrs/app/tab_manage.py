@@ -1,5 +1,6 @@
 """The Manage tab: web images grouped by the term that brought them, with their source, and removal
-(files, catalog, index, caches). The user's own images are never listed here and never deleted."""
+(files, catalog, index, caches) for editors. The user's own images are never listed here and never
+deleted. Terms, titles, providers and licences came from people and the web: all shown as text."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import streamlit as st
 
 from . import media
 from . import workspace as W
+from .text import plain
 from .widgets import flash, short, shown_errors
 
 COLS = 6
@@ -37,8 +39,12 @@ def tab_manage(ctx: dict[str, Any]) -> None:
         st.info("No web images yet: they appear here after the collection grows (Batch expansion tab, or a weak "
                 "search with growth). Your own images are never listed here and never deleted.")
         return
-    selected = [r.id for _, recs in groups for r in recs if st.session_state.get(f"sel_{r.id}")]
-    if st.button(f"Remove selected ({len(selected)})", type="primary", disabled=not selected, key="remove_sel"):
+    editor = ctx["role"].editor
+    if not editor:
+        st.caption("Removing web images is for editors.")
+    selected = [r.id for _, recs in groups for r in recs if st.session_state.get(f"sel_{r.id}")] if editor else []
+    if editor and st.button(f"Remove selected ({len(selected)})", type="primary", disabled=not selected,
+                            key="remove_sel"):
         with shown_errors("Removing images"):
             with opened.ws.activity.job(W.session_id(), "removing", f"{len(selected)} web image(s)"):
                 rep = prune(coll, ids=selected)
@@ -46,13 +52,15 @@ def tab_manage(ctx: dict[str, Any]) -> None:
                 st.session_state.pop(f"sel_{i}", None)
             for g, _ in groups:
                 st.session_state.pop(f"all_{g.slug}", None)
-            flash("success", rep.summary())
+            flash("success", plain(rep.summary()))
             st.rerun()
     for g, recs in groups:
         with st.container(border=True):
             h1, h2 = st.columns([4, 1], vertical_alignment="center")
-            h1.markdown(f"#### {g.term or g.slug} · {len(recs)} image(s)")
-            h2.checkbox("Select all", key=f"all_{g.slug}", on_change=_select_all, args=(g.slug, [r.id for r in recs]))
+            h1.markdown(f"#### {plain(g.term or g.slug, 120)} · {len(recs)} image(s)")
+            if editor:
+                h2.checkbox("Select all", key=f"all_{g.slug}", on_change=_select_all,
+                            args=(g.slug, [r.id for r in recs]))
             for start in range(0, len(recs), COLS):
                 cols = st.columns(COLS)
                 for col, r in zip(cols, recs[start:start + COLS], strict=False):
@@ -60,7 +68,11 @@ def tab_manage(ctx: dict[str, Any]) -> None:
                         thumb = media.thumb_of(coll.abspath(r.relpath, "dynamic"), 192)
                         if thumb:
                             st.image(thumb, width="stretch")
-                        st.checkbox(short(r.title or Path(r.relpath).name, 30), key=f"sel_{r.id}")
-                        if r.page_url or r.source_url:
-                            lic = f" · {short(r.license, 20)}" if r.license else ""
-                            st.caption(f"[{r.provider or 'source'} ↗]({r.page_url or r.source_url}){lic}")
+                        name = plain(short(r.title or Path(r.relpath).name, 30))
+                        if editor:
+                            st.checkbox(name, key=f"sel_{r.id}")
+                        else:
+                            st.caption(name)
+                        # the source as text (provider, licence), never a link a stored record chose
+                        lic = f" · {plain(r.license, 20)}" if r.license else ""
+                        st.caption(f"{plain(r.provider or 'source unknown', 20)}{lic}")

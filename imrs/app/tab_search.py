@@ -8,8 +8,8 @@ results area, where the eye already is. Nothing here judges coverage or picks a 
 
 from __future__ import annotations
 
+import itertools
 import os
-import time
 from pathlib import Path
 from typing import Any
 
@@ -17,15 +17,19 @@ import streamlit as st
 
 from ..errors import IMRSError
 from ..ids import normalise_relpath, stable_id
-from . import media
+from . import media, timing
 from . import session as S
 from . import workspace as W
 from .pipeline import Query, QueryOutcome, run_query
-from .widgets import ProgressBar, flash, render_grid, short, shown_errors
+from .text import plain
+from .widgets import ProgressBar, detail, flash, render_grid, shown_errors
 
 IMAGE_TYPES = ["jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff"]
 TEXT_BOX = "Describe what you are looking for"
 PREVIEW_SIDE = 220  # the crop box is drawn on a preview this large (the crop applies to the original)
+#: A query is echoed (caption, grow button) up to this many characters; the search uses all of it.
+ECHO_CHARS = 160
+_RESULTS = itertools.count(1)  # numbers each drawn result, so the page times each one once
 
 
 # --------------------------------------------------------------------------------------------
@@ -56,7 +60,11 @@ def text_inputs(coll: Any) -> None:
             if text.strip():
                 S.request_search("text")
                 S.set_text_url(text.strip())
-            else:
+            else:  # an empty search clears the previous answer: no results under a question not asked
+                st.session_state.pop("result", None)
+                st.session_state.pop("_pending", None)
+                if "q" in st.query_params:
+                    del st.query_params["q"]
                 st.warning("Type something to search for.")
     if not coll.backbone_info.supports_text:
         st.caption(f"{coll.backbone} has no text encoder: a text query is matched to ImageNet class names and "
@@ -73,9 +81,9 @@ def use_hit_as_query(h: dict[str, Any]) -> None:
     try:
         data = media.read_query_file(h["path"])  # bounded read: the file may have become a FIFO since
     except IMRSError as exc:
-        flash("error", f"cannot read {h['relpath']}: {exc}")
+        flash("error", f"cannot read {plain(h['relpath'])}: {detail(exc)}")
         return
-    S.set_query_image(data, f"result: {h['relpath']}", f"c:{h['id']}")
+    S.set_query_image(data, f"result: {h['relpath']}", S.collection_ref(h["id"]))
     st.session_state["mode"] = "Image"
     st.session_state["img_src"] = "Result"
 
@@ -85,7 +93,7 @@ def _collection_ref(coll: Any, path: Path) -> str:
     path as found under the root first (a collection of symbolic links resolves elsewhere)."""
     for candidate in (Path(os.path.abspath(path)), path.resolve()):
         try:
-            return f"c:{stable_id(normalise_relpath(candidate.relative_to(coll.root).as_posix()))}"
+            return S.collection_ref(stable_id(normalise_relpath(candidate.relative_to(coll.root).as_posix())))
         except ValueError:
             continue
     return ""
@@ -132,7 +140,7 @@ def image_inputs(ctx: dict[str, Any]) -> None:
                     thumb = media.thumb_of(path, 192)
                     if thumb:
                         st.image(thumb, width="stretch")
-                    if st.button(label, key=f"ex_{label}", width="stretch"):
+                    if st.button(plain(label), key=f"ex_{label}", width="stretch"):
                         S.set_query_image(media.read_query_file(path), f"example: {label}",
                                           _collection_ref(coll, path))
                         S.request_search("image")
@@ -145,7 +153,7 @@ def image_inputs(ctx: dict[str, Any]) -> None:
         img = media.decode_query(q["bytes"], q["origin"])
         box = crop_box(img)
         cropped = media.crop(img, box)
-        st.caption(f"{short(q['origin'], 48)} · {img.width}×{img.height}"
+        st.caption(f"{plain(q['origin'], 48)} · {img.width}×{img.height}"
                    + (f" · searching the box {cropped.width}×{cropped.height}" if box != media.FULL_BOX else
                       " · drag the box corners to search a part"))
         key = (q["digest"], box)
@@ -200,17 +208,19 @@ def build_query(kind: str, pending: S.Pending) -> tuple[Query, dict[str, Any]]:
         text = (ss.get("q_text") or "").strip()
         if not text:
             raise IMRSError("type something to search for")
-        return (Query(text=text, k=k, expand=pending.expand and not pending.restored),
+        return (Query(text=text, k=k, expand=pending.expand and not pending.restored and bool(ss.get("_editor"))),
                 {"mode": "Text", "desc": f"“{text}”", "text": text})
     iq = ss.get("_image_query")
     if iq is None:
         raise IMRSError("choose a query image first")
     exclude: tuple[int, ...] = ()
-    if iq["ref"].startswith("c:") and ss.get("hide_query", True):
-        exclude = (int(iq["ref"][2:]),)
+    parsed = S.parse_image_ref(iq["ref"])
+    if parsed is not None and parsed[0] == "c" and ss.get("hide_query", True):
+        exclude = (int(parsed[1]),)
     # growth for an image needs a confirmed term (or the auto-confirm setting); without one the
     # pipeline's proposed terms are offered instead
-    grow = pending.expand and not pending.restored and (pending.term is not None or bool(ss.get("auto_confirm")))
+    grow = (pending.expand and not pending.restored and bool(ss.get("_editor"))
+            and (pending.term is not None or bool(ss.get("auto_confirm"))))
     query = Query(image=iq["image"], k=k, expand=grow, term=pending.term, exclude_ids=exclude)
     return query, {"mode": "Image", "desc": iq["desc"], "digest": iq["digest"], "ref": iq["ref"], "box": iq["box"]}
 
@@ -256,7 +266,7 @@ def outcome_to_state(out: QueryOutcome, meta: dict[str, Any], asked_to_grow: boo
             "terms": [{"term": t.term, "score": float(t.score), "method": t.method} for t in out.terms],
             "before": None if out.hits_before is None else [media.hit_to_dict(h) for h in out.hits_before],
             "verdict_before": verdict_dict(out.verdict_before), "report": report, "error": out.error,
-            "timings": dict(out.timings), "asked_to_grow": asked_to_grow, "e2e": None}
+            "timings": dict(out.timings), "asked_to_grow": asked_to_grow, "nonce": next(_RESULTS)}
 
 
 def verdict_dict(v: Any) -> dict[str, Any] | None:
@@ -282,7 +292,7 @@ def results_area(ctx: dict[str, Any], mode: str, cols: int) -> None:
     if res is None or res["mode"] != mode or (mode == "Image" and res.get("digest") != _current_digest()):
         return
     with shown_errors("Showing results"):
-        show_results(ctx, res, cols, timed=pending is not None)
+        show_results(ctx, res, cols, restored=pending is not None and pending.restored)
 
 
 def _current_digest() -> str | None:
@@ -290,52 +300,61 @@ def _current_digest() -> str | None:
     return q["digest"] if q else None
 
 
-def show_results(ctx: dict[str, Any], res: dict[str, Any], cols: int, timed: bool) -> None:
+def show_results(ctx: dict[str, Any], res: dict[str, Any], cols: int, restored: bool) -> None:
     verdict, rep = res["verdict"], res.get("report")
     if rep is not None:
         vb = res.get("verdict_before") or verdict
         dropped = f", {rep['off_topic']} off-topic left out" if rep["off_topic"] else ""
-        what = (f"{rep['added']} web image(s) for “{rep['term']}” were added" if rep["added"] else
-                f"no new image for “{rep['term']}” could be added (of {rep['candidates']} found)")
+        term = plain(rep["term"], ECHO_CHARS)
+        what = (f"{rep['added']} web image(s) for “{term}” were added" if rep["added"] else
+                f"no new image for “{term}” could be added (of {rep['candidates']} found)")
         say = st.success if rep["added"] else st.warning
-        say(f"Coverage was weak ({vb.get('reason', '?')}), so the collection grew: {what} ({rep['duplicates']} "
-            f"duplicate(s), {rep['failed']} failed download(s){dropped}). Best score {vb.get('best', 0.0):.3f} → "
-            f"{verdict['best']:.3f}; now: {verdict['label']}.", icon=":material/trending_up:")
+        say(f"Coverage was weak ({plain(vb.get('reason', '?'))}), so the collection grew: {what} "
+            f"({rep['duplicates']} duplicate(s), {rep['failed']} failed download(s){dropped}). Best score "
+            f"{vb.get('best', 0.0):.3f} → {verdict['best']:.3f}; now: {plain(verdict['label'])}.",
+            icon=":material/trending_up:")
         if verdict["weak"] and rep["added"]:
-            st.info(f"Still weak after growing: {verdict['reason']}")
+            st.info(f"Still weak after growing: {plain(verdict['reason'])}")
     elif verdict["weak"]:
-        st.warning(f"Weak coverage: {verdict['reason']}.", icon=":material/search_off:")
+        st.warning(f"Weak coverage: {plain(verdict['reason'])}.", icon=":material/search_off:")
     if res.get("error"):
-        st.error(f"Growing the collection failed: {res['error']}", icon=":material/cloud_off:")
+        st.error(f"Growing the collection failed: {detail(res['error'])}", icon=":material/cloud_off:")
     if verdict["weak"] and rep is None:
-        propose_terms(res)
+        propose_terms(res, ctx["role"].editor)
     caption = st.empty()
     marks = {h["id"] for h in res["hits"] if "same image" in h["why"]}
     render_grid(res["hits"], "res", cols, on_search_with=use_hit_as_query, query_marks=marks)
     if res.get("before") is not None:
         with st.expander(f"Results before growing ({len(res['before'])})"):
             render_grid(res["before"], "before", cols, actions=False)
-    if timed and res.get("e2e") is None:
-        res["e2e"] = time.perf_counter() - st.session_state.get("_t_run", time.perf_counter())
+    if restored:
+        res["restored"] = True
     t = res["timings"]
     parts = [f"{name} {_secs(t[name])}" for name in ("encode", "search", "verdict", "grow") if name in t]
-    when = f"answered in {res['e2e']:.2f} s from your click" if res.get("e2e") is not None else "restored"
-    caption.caption(f"{len(res['hits'])} results for {res['desc']} · {ctx['opened'].backbone} · "
-                    f"coverage: {verdict['label']} · {when} ({' · '.join(parts)})")
+    server = sum(float(t[name]) for name in ("encode", "search", "verdict", "grow") if name in t)
+    with caption.container():
+        st.caption(f"{len(res['hits'])} results for {plain(res['desc'], ECHO_CHARS)} · "
+                   f"{plain(ctx['opened'].backbone)} · coverage: {plain(verdict['label'])} · server share "
+                   f"{_secs(server)} ({' · '.join(parts)})")
+        timing.click_to_results(res["nonce"], bool(res.get("restored")))
 
 
 def _secs(s: float) -> str:
     return f"{s * 1000:.0f} ms" if s < 1 else f"{s:.1f} s"
 
 
-def propose_terms(res: dict[str, Any]) -> None:
-    """The pipeline's proposed web-search terms, one click each; a text query offers itself."""
+def propose_terms(res: dict[str, Any], editor: bool) -> None:
+    """The pipeline's proposed web-search terms, one click each; a text query offers itself. Only
+    an editor grows the collection; a visitor is told so."""
     terms = res.get("terms") or []
+    if not editor:
+        st.caption("An editor can grow the collection from the web for this query.")
+        return
     with st.container(border=True, key="term_box"):
         if res["mode"] == "Text":
             if not res.get("asked_to_grow"):
-                st.button(f"Grow the collection with “{res['text']}”", key="grow_text", type="primary",
-                          icon=":material/add_photo_alternate:", on_click=_grow, args=("text", None))
+                st.button(f"Grow the collection with “{plain(res['text'], ECHO_CHARS)}”", key="grow_text",
+                          type="primary", icon=":material/add_photo_alternate:", on_click=_grow, args=("text", None))
             return
         if not terms:
             st.caption("No term could be proposed for this image: type one below.")
@@ -343,9 +362,9 @@ def propose_terms(res: dict[str, Any]) -> None:
             st.markdown("**Grow the collection from the web?** Pick the words that describe this image:")
             with st.container(horizontal=True, gap="small"):
                 for i, t in enumerate(terms[:5]):
-                    st.button(f"{t['term']}", key=f"term_{i}", on_click=_grow, args=("image", t["term"]),
+                    st.button(plain(t["term"], ECHO_CHARS), key=f"term_{i}", on_click=_grow, args=("image", t["term"]),
                               type="primary" if i == 0 else "secondary",
-                              help=f"proposed by {t['method']} (score {t['score']:.2f})")
+                              help=f"proposed by {plain(t['method'])} (score {t['score']:.2f})")
         with st.form("custom_term", border=False):
             c1, c2 = st.columns([3, 1], vertical_alignment="bottom")
             c1.text_input("Or another term", key="custom_term_text", placeholder="e.g. red panda")

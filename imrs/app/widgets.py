@@ -16,6 +16,7 @@ import streamlit as st
 
 from ..errors import IMRSError
 from . import media
+from .text import plain, public
 
 log = logging.getLogger("imrs.app")
 
@@ -28,21 +29,29 @@ CONFIDENCE_COLOURS = {"likely match": "green", "uncertain": "orange", "no match"
 # --------------------------------------------------------------------------------------------
 
 
+def detail(msg: object) -> str:
+    """An error's words (which may quote a file name, a URL or a server's answer) as text; for a
+    session that is not an editor's, without server paths."""
+    text = str(msg)
+    return plain(text if st.session_state.get("_editor") else public(text))
+
+
 @contextlib.contextmanager
 def shown_errors(what: str) -> Iterator[None]:
     """The page's error boundary: one readable line in an error box, the traceback only in the log."""
     try:
         yield
     except IMRSError as exc:
-        st.error(str(exc), icon=":material/error:")
+        st.error(detail(exc), icon=":material/error:")
     except Exception as exc:  # noqa: BLE001 - the UI must never show a raw traceback
         log.exception("%s failed", what)
-        st.error(f"{what} failed unexpectedly: {type(exc).__name__}: {exc} (details are in the server log)",
-                 icon=":material/report:")
+        st.error(f"{what} failed unexpectedly: {detail(f'{type(exc).__name__}: {exc}')} (details are in the server "
+                 f"log)", icon=":material/report:")
 
 
 def flash(kind: str, text: str) -> None:
-    """A message that survives the ``st.rerun`` that follows an action."""
+    """A message that survives the ``st.rerun`` that follows an action. ``text`` is Markdown the
+    caller built: anything in it not from the code has been through ``plain``."""
     st.session_state.setdefault("_flash", []).append((kind, text))
 
 
@@ -120,8 +129,8 @@ def short(text: str, n: int = 34) -> str:
 
 
 def card_name(h: dict[str, Any]) -> str:
-    """One line under the label: the web image's title, else the file name."""
-    return short(h.get("title") or Path(h["relpath"]).name)
+    """One line under the label: the web image's title, else the file name (as text)."""
+    return plain(short(h.get("title") or Path(h["relpath"]).name))
 
 
 def render_grid(hits: Sequence[dict[str, Any]], key: str, cols: int = 4, *, actions: bool = True,
@@ -138,10 +147,10 @@ def render_grid(hits: Sequence[dict[str, Any]], key: str, cols: int = 4, *, acti
             with col, st.container(border=True, key=f"card_{key}_{rank}"):
                 thumb = media.thumb_of(h["path"])
                 if thumb is None:
-                    st.warning(f"missing file {short(h['relpath'])}")
+                    st.warning(f"missing file {plain(short(h['relpath']))}")
                 else:
                     st.image(thumb, width="stretch")
-                st.markdown(f"**#{rank}** · {h['label'] or '—'}")
+                st.markdown(f"**#{rank}** · {plain(h['label'] or '—')}")
                 src = ":violet-badge[web]" if h["source"] == "dynamic" else ":gray-badge[yours]"
                 mark = " :blue-badge[query image]" if query_marks and h["id"] in query_marks else ""
                 st.markdown(f"{confidence_badge(h.get('confidence', ''))} `{h['score']:.3f}` {src}{mark}")
@@ -149,7 +158,7 @@ def render_grid(hits: Sequence[dict[str, Any]], key: str, cols: int = 4, *, acti
                 if actions:
                     with st.container(horizontal=True, gap="small"):
                         if st.button("View", key=f"view_{key}_{h['id']}", icon=":material/zoom_in:",
-                                     help="enlarge: original size, path, source and licence"):
+                                     help="enlarge: original size, file, source and licence"):
                             image_dialog(h, on_search_with)
                         if on_search_with is not None:
                             st.button("Similar", key=f"use_{key}_{h['id']}", icon=":material/image_search:",
@@ -162,32 +171,36 @@ def image_dialog(h: dict[str, Any], on_search_with: Callable[[dict[str, Any]], N
     try:
         view = media.view_image(h["path"])
     except IMRSError as exc:
-        st.error(str(exc))
+        st.error(detail(exc))
         return
     pic, about = st.columns([3, 2], gap="medium")
     # small originals (the demo's are ~300 px) are shown at twice their size, large ones fill the column
     pic.image(view.image, width=min(2 * view.image.width, 900) if view.image.width < 450 else "stretch")
     kb = view.file_size / 1024
-    facts = [f"**{h['label'] or '—'}** · {confidence_badge(h.get('confidence', ''))} score `{h['score']:.3f}`",
-             f"Original: {view.width}×{view.height} px, {view.format}, {kb:,.0f} kB",
-             f"File: `{h['path']}`"]
+    # the file by its place in the collection (never the server's absolute path); every web-given
+    # field as text: a page address is shown, not linked, so a hostile record cannot make a link
+    facts = [f"**{plain(h['label'] or '—')}** · {confidence_badge(h.get('confidence', ''))} score `{h['score']:.3f}`",
+             f"Original: {view.width}×{view.height} px, {plain(view.format)}, {kb:,.0f} kB",
+             f"File: {plain(h['relpath'])}"]
     if h["source"] == "dynamic":
-        src = f"[{h['provider'] or 'source page'} ↗]({h['url']})" if h.get("url") else "unknown"
-        facts.append(f"From the web: {src}" + (f" for “{h['term']}”" if h.get("term") else ""))
-        facts.append(f"Licence: {h.get('license') or 'not stated'}" +
-                     (f" · by {short(h['author'], 60)}" if h.get("author") else ""))
+        facts.append(f"From the web ({plain(h['provider'] or 'source unknown', 40)})" +
+                     (f" for “{plain(h['term'], 80)}”" if h.get("term") else ""))
+        if h.get("url"):
+            facts.append(f"Page: {plain(h['url'], 200)}")
+        facts.append(f"Licence: {plain(h.get('license') or 'not stated', 80)}" +
+                     (f" · by {plain(h['author'], 60)}" if h.get("author") else ""))
         if h.get("image_url") and h.get("image_url") != h.get("url"):
-            facts.append(f"[image file ↗]({h['image_url']})")
+            facts.append(f"Image file: {plain(h['image_url'], 200)}")
     else:
         facts.append("Source: your collection")
     if h.get("title"):
-        facts.append(f"Title: {short(h['title'], 120)}")
+        facts.append(f"Title: {plain(h['title'], 120)}")
     if h.get("caption") and h.get("caption") != h.get("title"):
-        facts.append(f"Caption: {short(h['caption'], 200)}")
+        facts.append(f"Caption: {plain(h['caption'], 200)}")
     if h.get("why"):
-        facts.append(f"Matched on: {', '.join(h['why'])}")
+        facts.append(f"Matched on: {plain(', '.join(h['why']))}")
     if h.get("added"):
-        facts.append(f"Added: {h['added'][:19].replace('T', ' ')}")
+        facts.append(f"Added: {plain(h['added'][:19].replace('T', ' '))}")
     about.markdown("  \n".join(facts))
     if on_search_with is not None and about.button("Search with this image", key=f"dlg_use_{h['id']}",
                                                    icon=":material/image_search:", type="primary"):

@@ -5,7 +5,7 @@ at most once per (backbone, weights, data root): vectors are looked up, by image
 
 1. NPZ files given with ``--emb`` (any EmbeddingSet of the right backbone),
 2. the benchmark's own cache (``<cache dir>/emb_<backbone>[-random]_<root tag>.npz``),
-3. the caches ``imrs index`` keeps for the same folder (``<home>/collections/*/emb/emb_<backbone>.npz``),
+3. the caches ``imrs index`` keeps for the same folder (``<home>/collections/*/emb/emb_<backbone>.store``),
 
 and only images found in none of them are embedded (with a progress bar); the union is written
 back to the benchmark cache. Files that cannot be decoded are remembered next to the cache so a
@@ -118,9 +118,9 @@ def collection_caches(root: Path, backbone: str, home: str | os.PathLike[str] | 
             except (OSError, ValueError, KeyError, TypeError):
                 continue
     for st in dict.fromkeys(cands):
-        for name in (f"emb_{backbone}.npz", f"emb_merged_{backbone}.npz"):
+        for name in (f"emb_{backbone}.store", f"emb_{backbone}.npz", f"emb_merged_{backbone}.npz"):
             p = st / "emb" / name
-            if p.is_file():
+            if p.is_file() or (p / "manifest.json").is_file():  # a single file, or a shard store
                 out.append(p)
     return out
 
@@ -160,7 +160,7 @@ def load_embeddings(data: BenchData, backbone: str, *, cache_dir: Path, home: st
     if weights == "pretrained":  # collection caches are always pretrained
         candidates += collection_caches(data.root, backbone, home)
     for path in candidates:
-        if not Path(path).is_file() or have.all():
+        if not (Path(path).is_file() or (Path(path) / "manifest.json").is_file()) or have.all():
             continue
         try:
             # benchmarks measure the fp32 vectors: an int8 collection cache is never mixed in

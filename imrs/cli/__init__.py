@@ -14,11 +14,11 @@ import sys
 from collections.abc import Sequence
 
 from ..errors import IMRSError
-from . import bench, collection, expand, search
+from . import bench, collection, expand, search, serve
 
 log = logging.getLogger("imrs")
 
-GROUPS = (collection, search, expand, bench)
+GROUPS = (collection, search, expand, bench, serve)
 
 
 def build_parser() -> argparse.ArgumentParser:

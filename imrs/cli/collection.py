@@ -1,4 +1,4 @@
-"""``imrs index``, ``info``, ``backbones``, ``merge`` and ``snapshot``: the collection itself."""
+"""``imrs index``, ``info``, ``backbones``, ``merge``, ``compact`` and ``snapshot``: the collection itself."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ..collection import read_active, remember_active
+from ..encoders.int8 import describe_tag, is_int8_tag, recipe_plan
 from .common import collection_args, open_collection, runtime_arg, settings_from
 from .scale import add_engine_args, engine_from_args
 
@@ -23,6 +24,8 @@ def cmd_index(args: argparse.Namespace) -> int:
     print(f"vectors: {report.runtime}" + (f" (re-embedded, were {report.restamped})" if report.restamped else "")
           + (f"; {report.runtime_note}" if report.runtime_note else ""))
     print(f"index holds {len(coll.index)} vectors; snapshot in {coll.snap_dir}")
+    for line in report.recovered:  # damaged stores found and what became of them
+        print(f"repaired: {line}")
     from ..walk import format_skipped  # every entry left out, with its one reason
 
     for line in format_skipped(sorted(report.skipped + report.failed)):
@@ -63,21 +66,31 @@ def cmd_info(args: argparse.Namespace) -> int:
             mb = d["bytes"] / 1e6
             print(f"  {bb}: {d['rows']} embeddings x {d['dim']}-d ({', '.join(d.get('runtimes', []))}), "
                   f"{mb:.1f} MB in {len(d['files'])} file(s)")
+            for tag in d.get("runtimes", []):
+                if is_int8_tag(tag):
+                    print(f"    {describe_tag(tag)}")
+        q = info["quarantine"]
+        if q["web_images"] or q["damaged_files"]:
+            print(f"  quarantine ({q['folder']}): {q['web_images']} web image(s) `imrs index` takes back, "
+                  f"{len(q['damaged_files'])} damaged file(s) kept for inspection")
         for s in info["snapshots"]:
             print(f"  snapshot {s['name']}: {s['backbone']}/{s['indexer']}, {s['count']} vectors, {s['created']}")
     if args.json:
         print(json.dumps(out, indent=2))
+    else:
+        print(recipe_plan())
     return 0
 
 
 def cmd_backbones(args: argparse.Namespace) -> int:
-    from .encoders import backbone_info, backbone_status, list_backbones
+    from ..encoders import backbone_info, backbone_status, list_backbones
 
     for name in list_backbones():
         info = backbone_info(name)
         state, why = backbone_status(name)
         text = "text+image" if info.supports_text else "image"
         print(f"{name:22s} {info.dim:5d}-d  {text:10s}  {state}: {why}")
+    print(recipe_plan())
     return 0
 
 
@@ -85,6 +98,15 @@ def cmd_merge(args: argparse.Namespace) -> int:
     coll = open_collection(args)
     out, rows, added = coll.merge_caches(args.extra or [])
     print(f"wrote {out}: {rows} rows; {added} new vector(s) added to the live index")
+    return 0
+
+
+def cmd_compact(args: argparse.Namespace) -> int:
+    coll = open_collection(args)
+    written = coll.compact()
+    total = sum(written.values())
+    print(f"compacted {len(written)} cache(s) of {coll.backbone}: {total / 1e6:.1f} MB rewritten"
+          + ("" if total else " (nothing to compact)"))
     return 0
 
 
@@ -126,6 +148,10 @@ def register(sub: Any) -> None:
     p.add_argument("extra", nargs="*", help="more NPZ files of the same backbone")
     collection_args(p)
     p.set_defaults(func=cmd_merge)
+
+    p = sub.add_parser("compact", help="rewrite the embedding caches without their deleted and replaced rows")
+    collection_args(p)
+    p.set_defaults(func=cmd_compact)
 
     p = sub.add_parser("snapshot", help="save, load or list named snapshots")
     p.add_argument("action", choices=["save", "load", "list"])

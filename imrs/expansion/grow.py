@@ -9,7 +9,9 @@ same picture), kept files are moved to their final names (a hash of the URL) and
 ``Collection.add_dynamic`` writes catalog rows, index vectors and the term's NPZ. The staging folder
 is guarded by a lock its expansion holds (``reconcile.staging_folder``), so one killed mid-download
 is cleaned up on the next open, and the commit runs as one op of the commit protocol: a kill after
-the files moved but before they were recorded leaves an intent record, and the repair deletes them.
+the files moved but before they were recorded leaves an intent record, and the repair moves them to
+the quarantine. Each kept image gets a provenance sidecar (``<name>.json``) before it lands, so a
+lost catalog loses nothing: ``imrs index`` takes the images back with their provenance.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from ..errors import IMRSError, NetworkError
 from ..faults import fault_point
 from ..ids import stable_id
 from ..progress import ProgressArg, Reporter
-from ..reconcile import staging_folder
+from ..reconcile import sidecar_of, staging_folder, write_provenance
 from ..slug import safe_slug
 from ..web.download import DownloadPolicy, fetch_many
 from ..web.providers import ImageHit, url_key
@@ -446,14 +448,16 @@ def _commit(coll: Collection, slug: str, term: str, label: str | None, staged: l
                 continue
             final = folder / s.final_name
             coll.begin_changes()  # the intent record, before the first file lands
-            os.replace(s.path, final)
-            moved.append(final)
-            st = final.stat()
-            records.append(ImageRecord.for_path(
+            st = s.path.stat()  # a rename keeps mtime and size
+            rec = ImageRecord.for_path(
                 rel, source="dynamic", label=label or term or slug, term=term, slug=slug,
                 source_url=s.hit.url, provider=s.hit.provider or None, title=s.hit.title or None,
                 license=s.hit.license or None, author=s.hit.author or None, page_url=s.hit.page_url or None,
-                phash=s.phash, width=s.width, height=s.height, mtime=st.st_mtime, size=st.st_size))
+                phash=s.phash, width=s.width, height=s.height, mtime=st.st_mtime, size=st.st_size)
+            write_provenance(final, rec)  # first: an image in a dynamic folder always has its sidecar
+            os.replace(s.path, final)
+            moved.append(final)
+            records.append(rec)
             rows.append(i)
         if moved:
             fault_point("expand.after_move")
@@ -462,6 +466,7 @@ def _commit(coll: Collection, slug: str, term: str, label: str | None, staged: l
         except BaseException:
             for p in moved:
                 p.unlink(missing_ok=True)
+                sidecar_of(p).unlink(missing_ok=True)
             raise
         report.kept = len(records)
         report.added_ids = [r.id for r in records]

@@ -93,7 +93,7 @@ class AnnoyForestIndex(VectorIndex):
         self._maybe_compact()
 
     # -- search ---------------------------------------------------------------------------------------
-    def _search_frozen(self, q: np.ndarray, k: int, mask: np.ndarray | None = None
+    def _search_frozen(self, q: np.ndarray, k: int, mask: np.ndarray | None, params: dict[str, Any]
                        ) -> tuple[np.ndarray, np.ndarray]:
         t = self._table
         forest = self._forest
@@ -106,7 +106,7 @@ class AnnoyForestIndex(VectorIndex):
         margin = int(np.ceil(2 * want * (t.frozen - usable) / max(usable, 1))) + 2 if filtered else 0
         first_fetch = min(t.frozen, want + margin)
         n_trees = forest.get_n_trees()
-        search_k = int(self._params["search_k"])
+        search_k = int(params["search_k"])
         scores = np.full((len(q), want), -np.inf, np.float32)
         slots = np.full((len(q), want), -1, np.int64)
         exhaustive = t.frozen * n_trees  # search_k at which Annoy visits every leaf of every tree

@@ -23,12 +23,15 @@ per removal.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 import os
 import tempfile
+import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -37,7 +40,7 @@ import numpy as np
 
 from ..errors import SnapshotError
 from ..fsutil import atomic_path, atomic_write_json, read_json
-from .params import BUILD_PARAMS, KIND_PARAMS, auto_params, validate_params
+from .params import BUILD_PARAMS, KIND_PARAMS, SEARCH_PARAMS, auto_params, validate_params
 
 if TYPE_CHECKING:
     from ..filters import Where as WhereLike
@@ -230,6 +233,76 @@ class _SlotTable:
         self.slot_of = dict(zip(ids[slots].tolist(), slots.tolist(), strict=True))
 
 
+class _ReadWriteLock:
+    """Many readers or one writer. Readers (searches, vector reads) run together: FAISS and Annoy
+    searches are safe in parallel, but not beside an add that resizes the structure under them.
+    A waiting writer goes before new readers, so a growth never waits behind a stream of searches.
+    The writing thread may read (a writer's own checks); nothing upgrades a read to a write."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._readers = 0
+        self._writer: int | None = None
+        self._depth = 0
+        self._waiting = 0
+
+    @contextlib.contextmanager
+    def read(self) -> Iterator[None]:
+        if self._writer == threading.get_ident():
+            yield
+            return
+        with self._cond:
+            while self._writer is not None or self._waiting:
+                self._cond.wait()
+            self._readers += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._readers -= 1
+                if not self._readers:
+                    self._cond.notify_all()
+
+    @contextlib.contextmanager
+    def write(self) -> Iterator[None]:
+        me = threading.get_ident()
+        with self._cond:
+            if self._writer == me:
+                self._depth += 1
+            else:
+                self._waiting += 1
+                while self._writer is not None or self._readers:
+                    self._cond.wait()
+                self._waiting -= 1
+                self._writer, self._depth = me, 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._depth -= 1
+                if not self._depth:
+                    self._writer = None
+                    self._cond.notify_all()
+
+
+def _reads(fn: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(fn)
+    def locked(self: VectorIndex, *args: Any, **kwargs: Any) -> Any:
+        with self._rw.read():
+            return fn(self, *args, **kwargs)
+
+    return locked
+
+
+def _writes(fn: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(fn)
+    def locked(self: VectorIndex, *args: Any, **kwargs: Any) -> Any:
+        with self._rw.write():
+            return fn(self, *args, **kwargs)
+
+    return locked
+
+
 def spill_array(rows: int, dim: int) -> np.ndarray:
     """A writable (rows, dim) float32 array backed by an already-unlinked file in the spill folder
     (IMRS_SPILL_DIR, else the temp folder): it lives exactly as long as the array, even after a crash."""
@@ -331,6 +404,8 @@ class VectorIndex(ABC):
         self._table = _SlotTable(self.dim, self.keeps_vectors, spill=bool(self._params.get("compressed", 0)))
         #: True while native structures / arrays are memory-mapped read-only views of saved files.
         self._mapped = False
+        #: Searches and reads run in parallel, never beside a change (see ``_ReadWriteLock``).
+        self._rw = _ReadWriteLock()
 
     # -- container protocol ---------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -345,6 +420,7 @@ class VectorIndex(ABC):
     def __repr__(self) -> str:
         return f"<{type(self).__name__} kind={self.kind} dim={self.dim} count={len(self)}>"
 
+    @_reads
     def ids(self) -> np.ndarray:
         """Live ids, in slot order (insertion order, modulo compactions)."""
         t = self._table
@@ -382,6 +458,7 @@ class VectorIndex(ABC):
             ids, vecs = ids[keep], vecs[keep]
         return ids, vecs
 
+    @_writes
     def add(self, ids: Any, vecs: Any) -> None:
         """Upsert: an id already present is replaced; within one batch the last occurrence wins."""
         ids, vecs = self._upsert_batch(ids, vecs)
@@ -396,6 +473,7 @@ class VectorIndex(ABC):
         self._on_append(slots, vecs)
         self._maybe_compact()
 
+    @_writes
     def remove(self, ids: Any) -> int:
         """Remove ``ids``; unknown ids are ignored. Returns how many were actually removed."""
         ids = np.unique(_as_ids(ids))
@@ -424,6 +502,7 @@ class VectorIndex(ABC):
             log.info("%s: compacted %d dead of %d slots in %.3fs", self.kind, dead, dead + len(self),
                      time.perf_counter() - start)
 
+    @_writes
     def rebuild(self, **build_params: Any) -> None:
         """Build the structure again from the stored vectors (IVF re-trains, HNSW/Annoy drop tombstones).
 
@@ -451,6 +530,7 @@ class VectorIndex(ABC):
     def get_params(self) -> dict[str, Any]:
         return dict(self._params)
 
+    @_writes
     def set_params(self, **tunables: Any) -> None:
         """Change search-time or policy parameters; build parameters need ``rebuild(**params)``."""
         build = sorted(set(tunables) & BUILD_PARAMS & KIND_PARAMS[self.kind])
@@ -470,6 +550,7 @@ class VectorIndex(ABC):
                 "indexed": t.frozen - t.n_dead, "dead": t.n_dead, "loose": t.n_loose,
                 "memory_bytes": self.memory_bytes(), "mapped": self._mapped, **self._extra_state()}
 
+    @_reads
     def get_vectors(self, ids: Any) -> np.ndarray:
         """Stored (normalised) vectors of ``ids``, zero rows for unknown ids. Query expansion needs
         the neighbours' vectors, and the index already holds them: no second copy in memory."""
@@ -498,15 +579,21 @@ class VectorIndex(ABC):
         return self._table.nbytes() + self._native_bytes()
 
     # -- search ---------------------------------------------------------------------------------------
-    def search(self, queries: Any, k: int, where: WhereLike | None = None) -> tuple[np.ndarray, np.ndarray]:
+    @_reads
+    def search(self, queries: Any, k: int, where: WhereLike | None = None,
+               params: dict[str, Any] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` cosine scores (float32) and ids (int64), best first, each (n, k).
 
         A single (dim,) query gives (1, k). Rows are padded with -inf / -1 when fewer than ``k``
         live vectors exist; an empty index gives fully padded rows rather than an error.
         ``where`` (an ``imrs.filters.Where``) restricts results to the ids it allows; rows are
         then padded only when fewer than ``k`` allowed vectors exist.
+        ``params`` (``efSearch``, ``nprobe``, ``k_factor``, ``search_k``) apply to this call only,
+        like FAISS's per-call ``SearchParameters``: callers in several threads share one index
+        without ever changing its settings for each other.
         """
         q, k = self._query_args(queries, k)
+        p = self.search_params(params)
         nq = len(q)
         scores = np.full((nq, k), -np.inf, np.float32)
         ids = np.full((nq, k), -1, np.int64)
@@ -514,11 +601,11 @@ class VectorIndex(ABC):
             return scores, ids
         t = self._table
         if where is not None:
-            D, S = self._search_where(q, k, np.asarray(where.allowed_ids(), dtype=np.int64))
+            D, S = self._search_where(q, k, np.asarray(where.allowed_ids(), dtype=np.int64), p)
         else:
             parts = []
             if t.frozen - t.n_dead > 0:
-                parts.append(self._search_frozen(q, k))
+                parts.append(self._search_frozen(q, k, None, p))
             if t.n_loose:
                 d, i = exact_search(q, t.vecs[t.frozen :], k)
                 parts.append((d, np.where(i >= 0, i + t.frozen, -1)))
@@ -529,13 +616,25 @@ class VectorIndex(ABC):
         ids[:, :w] = np.where(valid, t.ids[np.where(valid, S, 0)], -1)
         return scores, ids
 
+    def search_params(self, params: dict[str, Any] | None) -> dict[str, Any]:
+        """The parameters one search runs with: the index's own, with ``params`` (search-time
+        tunables of this kind only; others are ignored like in ``make_index``) over them."""
+        if not params:
+            return self._params
+        build = sorted(set(params) - SEARCH_PARAMS)
+        if build:
+            raise ValueError(f"{', '.join(build)}: not search-time parameters (per-search params are "
+                             f"{', '.join(sorted(SEARCH_PARAMS))})")
+        return {**self._params, **validate_params(self.kind, self.dim, params)}
+
     def _query_args(self, queries: Any, k: Any) -> tuple[np.ndarray, int]:
         q = self._as_matrix(queries, "queries", allow_1d=True)
         if isinstance(k, bool) or int(k) != k or k < 1:
             raise ValueError(f"k must be a positive integer, got {k!r}")
         return q, int(k)
 
-    def _search_where(self, q: np.ndarray, k: int, allowed_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _search_where(self, q: np.ndarray, k: int, allowed_ids: np.ndarray, params: dict[str, Any]
+                      ) -> tuple[np.ndarray, np.ndarray]:
         """(scores, slots) among the allowed ids only.
 
         A small allowed set (the usual case: one label, the dynamic images) is searched exactly over
@@ -555,7 +654,7 @@ class VectorIndex(ABC):
         mask[slots] = True
         parts = []
         if t.frozen and mask[: t.frozen].any():
-            parts.append(self._search_frozen(q, k, mask[: t.frozen]))
+            parts.append(self._search_frozen(q, k, mask[: t.frozen], params))
         loose = t.frozen + np.flatnonzero(mask[t.frozen :])
         if len(loose):
             d, rows = exact_search(q, t.vecs[loose], k)
@@ -563,6 +662,7 @@ class VectorIndex(ABC):
         return merge_topk(parts, k)
 
     # -- persistence ----------------------------------------------------------------------------------
+    @_reads
     def save(self, directory: str | Path) -> None:
         """Write native file(s), slot arrays (.npy) and meta.json (last, so it marks a complete save)."""
         directory = Path(directory)
@@ -610,10 +710,11 @@ class VectorIndex(ABC):
         """Frozen ``slots`` died: remove natively, or leave as tombstones that search filters."""
 
     @abstractmethod
-    def _search_frozen(self, q: np.ndarray, k: int, mask: np.ndarray | None = None
+    def _search_frozen(self, q: np.ndarray, k: int, mask: np.ndarray | None, params: dict[str, Any]
                        ) -> tuple[np.ndarray, np.ndarray]:
         """(scores, slots) of the native structure, best first, never returning dead slots, nor
-        (when ``mask``, a bool per frozen slot, is given) slots outside the mask."""
+        (when ``mask``, a bool per frozen slot, is given) slots outside the mask. ``params`` are
+        this search's (``search_params``): read them, never ``self._params``, for search-time knobs."""
 
     @abstractmethod
     def _compact(self) -> None:

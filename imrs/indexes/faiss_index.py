@@ -112,7 +112,7 @@ class FlatIPIndex(_FaissIndex):
     def _on_dead(self, slots: np.ndarray) -> None:
         self._index.remove_ids(faiss.IDSelectorBatch(slots))
 
-    def _search_frozen(self, q: np.ndarray, k: int, mask: np.ndarray | None = None
+    def _search_frozen(self, q: np.ndarray, k: int, mask: np.ndarray | None, params: dict[str, Any]
                        ) -> tuple[np.ndarray, np.ndarray]:
         if mask is None:
             return self._index.search(q, min(k, self._index.ntotal))
@@ -175,7 +175,7 @@ class HNSWIndex(_FaissIndex):
     def _on_dead(self, slots: np.ndarray) -> None:
         self._bitmap = None  # tombstones live in table.live; search filters them
 
-    def _search_frozen(self, q: np.ndarray, k: int, mask: np.ndarray | None = None
+    def _search_frozen(self, q: np.ndarray, k: int, mask: np.ndarray | None, params: dict[str, Any]
                        ) -> tuple[np.ndarray, np.ndarray]:
         t = self._table
         sel = None
@@ -191,13 +191,13 @@ class HNSWIndex(_FaissIndex):
             sel = faiss.IDSelectorBitmap(t.n, faiss.swig_ptr(self._bitmap))
 
         def run(queries: np.ndarray, ef: int) -> tuple[np.ndarray, np.ndarray]:
-            params = faiss.SearchParametersHNSW()
-            params.efSearch = ef
+            native = faiss.SearchParametersHNSW()
+            native.efSearch = ef
             if sel is not None:
-                params.sel = sel
-            return self._index.search(queries, kk, params=params)
+                native.sel = sel
+            return self._index.search(queries, kk, params=native)
 
-        ef = max(int(self._params["efSearch"]), kk)
+        ef = max(int(params["efSearch"]), kk)
         if mask is not None:  # a graph walk meets allowed nodes in proportion to the filter's share
             ef = max(kk, min(t.n, int(ef * min(8.0, t.frozen / max(1, kk_allowed)))))
         return _fill_short_rows(q, kk, ef, max(ef, t.n), run)
@@ -328,7 +328,7 @@ class IVFIndex(_FaissIndex):
     def _on_dead(self, slots: np.ndarray) -> None:
         self._index.remove_ids(faiss.IDSelectorBatch(slots))
 
-    def _search_frozen(self, q: np.ndarray, k: int, mask: np.ndarray | None = None
+    def _search_frozen(self, q: np.ndarray, k: int, mask: np.ndarray | None, params: dict[str, Any]
                        ) -> tuple[np.ndarray, np.ndarray]:
         live_indexed = self._index.ntotal
         sel = None
@@ -337,18 +337,18 @@ class IVFIndex(_FaissIndex):
             live_indexed = min(live_indexed, int(np.count_nonzero(mask)))
         kk = min(k, live_indexed)
         # PQ ranking errors do not shrink with k, so even a top-1 query re-ranks a real shortlist
-        kc = kk if self.kind != "ivf_pq" else min(max(k * int(self._params["k_factor"]),
+        kc = kk if self.kind != "ivf_pq" else min(max(k * int(params["k_factor"]),
                                                        MIN_RERANK_CANDIDATES), live_indexed)
 
         def run(queries: np.ndarray, nprobe: int) -> tuple[np.ndarray, np.ndarray]:
-            params = faiss.SearchParametersIVF()
-            params.nprobe = nprobe
+            native = faiss.SearchParametersIVF()
+            native.nprobe = nprobe
             if sel is not None:
-                params.sel = sel
-            return self._index.search(queries, kc, params=params)
+                native.sel = sel
+            return self._index.search(queries, kc, params=native)
 
         nlist = self._index.nlist
-        nprobe = int(self._params["nprobe"])
+        nprobe = int(params["nprobe"])
         if mask is not None:  # probed lists hold allowed vectors in proportion to the filter's share
             nprobe = int(np.ceil(nprobe * self._index.ntotal / max(live_indexed, 1)))
         D, labels = _fill_short_rows(q, kk, min(nprobe, nlist), nlist, run)

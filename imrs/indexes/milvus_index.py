@@ -306,27 +306,30 @@ class MilvusIndex(VectorIndex):
                 out[n] = found[i]
         return out
 
-    def _search_params(self, k: int, effort: int) -> dict[str, Any]:
-        """Native search params for one effort level (1 = the configured one; retries raise it)."""
+    def _search_params(self, k: int, effort: int, p: dict[str, Any]) -> dict[str, Any]:
+        """Native search params for one effort level (1 = the configured one; retries raise it),
+        from this search's parameters ``p`` (``search_params``)."""
         t = self.native_type
         if t == "HNSW":
-            return {"ef": int(min(max(int(self._params["efSearch"]) * effort, k), max(self._count, k)))}
+            return {"ef": int(min(max(int(p["efSearch"]) * effort, k), max(self._count, k)))}
         if t in ("IVF_FLAT", "IVF_SQ8", "IVF_PQ"):
-            return {"nprobe": int(min(int(self._params["nprobe"]) * effort, int(self._params["nlist"])))}
+            return {"nprobe": int(min(int(p["nprobe"]) * effort, int(p["nlist"])))}
         if t == "DISKANN":
-            return {"search_list": int(min(max(int(self._params["efSearch"]) * effort, k), 65535))}
+            return {"search_list": int(min(max(int(p["efSearch"]) * effort, k), 65535))}
         return {}
 
-    def _max_effort(self) -> int:
+    def _max_effort(self, p: dict[str, Any]) -> int:
         t = self.native_type
         if t == "HNSW":
-            return max(1, math.ceil(max(self._count, 1) / max(int(self._params["efSearch"]), 1)))
+            return max(1, math.ceil(max(self._count, 1) / max(int(p["efSearch"]), 1)))
         if t in ("IVF_FLAT", "IVF_SQ8", "IVF_PQ"):
-            return max(1, math.ceil(int(self._params["nlist"]) / max(int(self._params["nprobe"]), 1)))
+            return max(1, math.ceil(int(p["nlist"]) / max(int(p["nprobe"]), 1)))
         return 1
 
-    def search(self, queries: Any, k: int, where: Where | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def search(self, queries: Any, k: int, where: Where | None = None,
+               params: dict[str, Any] | None = None) -> tuple[np.ndarray, np.ndarray]:
         q, k = self._query_args(queries, k)
+        p = self.search_params(params)
         scores = np.full((len(q), k), -np.inf, np.float32)
         ids = np.full((len(q), k), -1, np.int64)
         if not len(q) or not self._count:
@@ -334,11 +337,12 @@ class MilvusIndex(VectorIndex):
         expr = where.milvus_expr if where is not None else ""
         limit = min(k, MAX_TOPK, self._count)
         want: int | None = None if expr else limit  # rows shorter than this are retried harder
-        effort, max_effort = 1, self._max_effort()
+        effort, max_effort = 1, self._max_effort(p)
         todo = np.arange(len(q))
         while True:
+            native = {"metric_type": "IP", "params": self._search_params(k, effort, p)}
             res = self._client.search(self.collection, data=q[todo], limit=limit, filter=expr, anns_field="vec",
-                                      search_params={"metric_type": "IP", "params": self._search_params(k, effort)},
+                                      search_params=native,
                                       output_fields=["id"])
             lens = np.zeros(len(todo), np.int64)
             for pos, (row, hits) in enumerate(zip(todo.tolist(), res, strict=True)):
@@ -424,7 +428,7 @@ class MilvusIndex(VectorIndex):
 
     _on_dead = _on_append  # type: ignore[assignment]
 
-    def _search_frozen(self, q: np.ndarray, k: int, mask: np.ndarray | None = None
+    def _search_frozen(self, q: np.ndarray, k: int, mask: np.ndarray | None, params: dict[str, Any]
                        ) -> tuple[np.ndarray, np.ndarray]:
         raise AssertionError("milvus keeps no slot table")
 

@@ -1,0 +1,363 @@
+"""The application factory: one ``Collection`` per server process, shared by every request.
+
+Many readers, one writer: searches run in the server's thread pool against the shared collection
+(its index lock makes each search see a whole index, never one half-way through an add); writes
+run as queued jobs (``imrs.api.jobs``) through the same library calls as the CLI. A search first
+checks the collection's live-index version on disk (``Collection.refresh_if_stale``), so in a
+server with several workers every worker reloads the index after another worker's job commits."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sys
+import threading
+import time
+from contextlib import asynccontextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import PlainTextResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from ..collection import Collection
+from ..config import Settings
+from ..errors import IMRSError
+from . import problems
+from .jobs import JOBS_FILE, JobStore, Runner
+from .keys import ApiKey, KeyStore
+from .metrics import Metrics
+from .problems import ApiProblem, problem_response
+
+log = logging.getLogger(__name__)
+access_log = logging.getLogger("imrs.api.access")
+
+API_VERSION = "v1"
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """What ``imrs serve`` was asked for: the collection and the server's limits."""
+
+    root: str
+    backbone: str
+    indexer: str
+    home: str
+    device: str | None = None
+    weights: str = "pretrained"
+    checkpoint: str | None = None
+    runtime: str = "auto"
+    index_params: dict[str, Any] = field(default_factory=dict)
+    max_body_bytes: int = 1 << 20  # JSON requests
+    max_upload_bytes: int = 16 << 20  # an uploaded query image
+    max_upload_pixels: int = 50_000_000  # decoded size of an upload (the bounded decoder refuses more)
+    rate_per_minute: int = 600  # per API key (per client address without keys); 0: no limit
+    request_timeout: float = 30.0  # seconds; event streams excepted
+    job_poll: float = 0.2
+    access_log: bool = True  # one JSON line per request on stderr
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> ServeConfig:
+        return cls(**json.loads(text))
+
+
+class RateLimiter:
+    """A token bucket per caller: ``per_minute`` requests a minute, bursts up to a tenth of that."""
+
+    def __init__(self) -> None:
+        self._buckets: dict[str, tuple[float, float]] = {}
+        self._lock = threading.Lock()
+
+    def take(self, who: str, per_minute: int) -> float:
+        """0 when allowed, else the seconds until the next request would be."""
+        if per_minute <= 0:
+            return 0.0
+        rate, burst = per_minute / 60.0, max(5.0, per_minute / 10.0)
+        now = time.monotonic()
+        with self._lock:
+            tokens, last = self._buckets.get(who, (burst, now))
+            tokens = min(burst, tokens + (now - last) * rate)
+            if tokens >= 1.0:
+                self._buckets[who] = (tokens - 1.0, now)
+                return 0.0
+            self._buckets[who] = (tokens, now)
+            return (1.0 - tokens) / rate
+
+
+class ServerState:
+    """Everything a request may use, built once per process."""
+
+    def __init__(self, config: ServeConfig, collection: Collection | None = None) -> None:
+        self.config = config
+        self.settings = Settings.from_env(home=config.home)
+        self.coll = collection or Collection(config.root, config.backbone, config.indexer, home=config.home,
+                                             device=config.device, weights=config.weights,
+                                             checkpoint=config.checkpoint, index_params=config.index_params,
+                                             runtime=config.runtime)
+        self.keys = KeyStore(config.home)
+        self.limiter = RateLimiter()
+        self.metrics = Metrics()
+        self.jobs = JobStore(self.coll.state_dir / JOBS_FILE)
+        self.job_counts: dict[tuple[str, str], int] = {}
+        from .routes import job_kinds
+
+        self.runner = Runner(self.jobs, job_kinds(self), poll=config.job_poll, on_finish=self._finished)
+
+    def warm_up(self) -> None:
+        """Load the index, the model and the text-search state before the first request, so the
+        first person's search costs what every later one does."""
+        from ..query import Query, run_query
+
+        coll = self.coll
+        _ = coll.index  # load (or repair) the index
+        try:
+            first = next(coll.catalog.iter_records(), None)
+            if first is None:
+                return
+            run_query(coll, Query(text=first.label or "photo", k=1), self.settings)
+            run_query(coll, Query(image=str(coll.abspath(first.relpath, first.source)), k=1), self.settings)
+        except IMRSError as exc:
+            log.warning("warm-up search failed: %s", exc)
+
+    def _finished(self, kind: str, status: str) -> None:
+        self.job_counts[(kind, status)] = self.job_counts.get((kind, status), 0) + 1
+
+    def authorize(self, request: Request, scope: str) -> ApiKey | None:
+        """The caller's key when it may use ``scope`` (None: no keys are configured)."""
+        key: ApiKey | None = None
+        if self.keys.configured():
+            token = _token(request)
+            if not token:
+                raise ApiProblem(401, "an API key is required: send it as 'Authorization: Bearer KEY'",
+                                 {"WWW-Authenticate": "Bearer"})
+            key = self.keys.check(token)
+            if key is None:
+                raise ApiProblem(401, "unknown or revoked API key", {"WWW-Authenticate": "Bearer"})
+            if not key.allows(scope):
+                raise ApiProblem(403, f"this API key has no {scope} scope (`imrs serve keys add NAME --scope "
+                                      f"{scope}` makes one)")
+        who = key.id if key is not None else (request.client.host if request.client else "?")
+        rate = key.rate_per_minute if key is not None and key.rate_per_minute is not None else \
+            self.config.rate_per_minute
+        wait = self.limiter.take(who, rate)
+        if wait > 0:
+            raise ApiProblem(429, f"rate limit of {rate} requests a minute reached; retry in {wait:.1f}s",
+                             {"Retry-After": str(max(1, round(wait)))})
+        request.state.key = key.id if key is not None else None
+        return key
+
+    def gauges(self) -> dict[str, tuple[str, dict[tuple[tuple[str, str], ...], float]]]:
+        counts = self.jobs.counts()
+        cat = self.coll.catalog
+        return {
+            "imrs_jobs": ("writer jobs by status (queue shared by all workers)",
+                          {(("status", s),): float(counts.get(s, 0))
+                           for s in ("queued", "running", "done", "failed", "cancelled")}),
+            "imrs_jobs_finished_here": ("jobs this process ran, by kind and outcome",
+                                        {(("kind", k), ("status", s)): float(n)
+                                         for (k, s), n in sorted(self.job_counts.items())}),
+            "imrs_collection_images": ("images in the collection, by source",
+                                       {(("source", "base"),): float(cat.count("base")),
+                                        (("source", "dynamic"),): float(cat.count("dynamic"))}),
+            "imrs_index_vectors": ("vectors in this process's loaded index", {(): float(len(self.coll.index))}),
+        }
+
+
+def _token(request: Request) -> str | None:
+    auth = request.headers.get("authorization", "")
+    if auth[:7].lower() == "bearer ":
+        return auth[7:].strip() or None
+    return request.headers.get("x-api-key") or None
+
+
+class BodyLimit:
+    """Refuses a request body over its cap before the route reads it: by Content-Length when given,
+    else by counting what arrives (a chunked upload cannot slip past)."""
+
+    def __init__(self, app: ASGIApp, json_cap: int, upload_cap: int) -> None:
+        self.app = app
+        self.json_cap = json_cap
+        self.upload_cap = upload_cap
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
+            await self.app(scope, receive, send)
+            return
+        cap = self.upload_cap + 65536 if scope["path"].endswith("/search/image") else self.json_cap
+        headers = dict(scope.get("headers") or [])
+        length = headers.get(b"content-length")
+        if length is not None:
+            try:
+                declared = int(length)
+            except ValueError:
+                declared = -1
+            if declared < 0 or declared > cap:
+                await _send_problem(scope, send, 413, f"request body over {cap // 1024} KiB" if declared >= 0
+                                    else "invalid Content-Length")
+                return
+        seen = 0
+        too_big = False
+        replaced = False
+
+        async def counted() -> Message:
+            nonlocal seen, too_big
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > cap:
+                    too_big = True
+                    raise _TooBig()
+            return message
+
+        async def guarded_send(message: Message) -> None:
+            # the framework may turn the failed read into its own error answer: send ours instead
+            nonlocal replaced
+            if too_big:
+                if message["type"] == "http.response.start" and not replaced:
+                    replaced = True
+                    await _send_problem(scope, send, 413, f"request body over {cap // 1024} KiB")
+                return
+            await send(message)
+
+        try:
+            await self.app(scope, counted, guarded_send)
+        except _TooBig:
+            if not replaced:
+                await _send_problem(scope, send, 413, f"request body over {cap // 1024} KiB")
+
+
+class Observe:
+    """Request timeout, metrics and one JSON access-log line per request (plain ASGI: no extra task
+    or stream per request on the search path)."""
+
+    def __init__(self, app: ASGIApp, box: dict[str, ServerState], timeout: float) -> None:
+        self.app = app
+        self.box = box
+        self.timeout = timeout
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        t0 = time.perf_counter()
+        status = [500]
+        started = [False]
+
+        async def observed(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status[0], started[0] = int(message["status"]), True
+            await send(message)
+
+        try:
+            if scope["path"].endswith("/events") or self.timeout <= 0:  # event streams run as long as their job
+                await self.app(scope, receive, observed)
+            else:
+                await asyncio.wait_for(self.app(scope, receive, observed), self.timeout)
+        except TimeoutError:
+            if started[0]:
+                raise
+            await problem_response(504, f"the request took longer than {self.timeout:g}s",
+                                   scope.get("path"))(scope, receive, observed)
+        finally:
+            self._record(scope, status[0], time.perf_counter() - t0)
+
+    def _record(self, scope: Scope, status: int, seconds: float) -> None:
+        route = getattr(scope.get("route"), "path", None) or "unmatched"
+        state = self.box.get("state")
+        if state is not None:
+            state.metrics.observe(scope["method"], route, status, seconds)
+        if access_log.isEnabledFor(logging.INFO):
+            client = scope.get("client")
+            access_log.info(json.dumps({
+                "ts": round(time.time(), 3), "method": scope["method"], "path": scope["path"][:200], "route": route,
+                "status": status, "ms": round(seconds * 1000, 2), "key": (scope.get("state") or {}).get("key"),
+                "client": client[0] if client else None}))
+
+
+class _TooBig(Exception):
+    pass
+
+
+async def _send_problem(scope: Scope, send: Send, status: int, detail: str) -> None:
+    resp = problem_response(status, detail, scope.get("path"))
+    await resp(scope, _no_receive, send)
+
+
+async def _no_receive() -> Message:
+    return {"type": "http.disconnect"}
+
+
+def configure_access_log(enabled: bool) -> None:
+    """Access lines are JSON objects on stderr, whatever level the rest of the logging is at."""
+    lg = logging.getLogger("imrs.api.access")
+    lg.propagate = False
+    lg.setLevel(logging.INFO if enabled else logging.WARNING)
+    if enabled and not lg.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        lg.addHandler(handler)
+
+
+def create_app(config: ServeConfig, collection: Collection | None = None) -> FastAPI:
+    """The ASGI app for ``config``; ``collection`` (already open) is used instead of opening one."""
+    state_box: dict[str, ServerState] = {}
+    configure_access_log(config.access_log)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):  # type: ignore[no-untyped-def]
+        state = ServerState(config, collection)
+        await asyncio.to_thread(state.warm_up)
+        state.runner.start()
+        state_box["state"] = state
+        app.state.imrs = state
+        log.info("serving %s (%d images)", state.coll.root, len(state.coll.catalog))
+        try:
+            yield
+        finally:
+            state.runner.stop()
+
+    app = FastAPI(title="IMRS", version="1", lifespan=lifespan,
+                  description="Search an image collection by text or image, judge the answer, and grow the "
+                              "collection from the web: the same pipeline as the `imrs` CLI and the app.")
+    problems.install(app)
+
+    app.add_middleware(BodyLimit, json_cap=config.max_body_bytes, upload_cap=config.max_upload_bytes)
+    app.add_middleware(Observe, box=state_box, timeout=config.request_timeout)  # outermost: sees every answer
+
+    from .routes import build_router
+
+    app.include_router(build_router(state_box))
+
+    @app.get("/metrics", response_class=PlainTextResponse, tags=["service"], responses=problems.PROBLEM_RESPONSES)
+    def metrics(request: Request) -> PlainTextResponse:
+        """Prometheus text format: requests and latencies per endpoint, jobs, collection size."""
+        state = state_box["state"]
+        state.authorize(request, "read")
+        return PlainTextResponse(state.metrics.render(state.gauges),
+                                 media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    return app
+
+
+def app_from_env() -> FastAPI:
+    """Factory for ``uvicorn --factory`` workers: the configuration ``imrs serve`` handed down."""
+    from ..config import serve_config_json
+
+    text = serve_config_json()
+    if not text:
+        from ..errors import IMRSError
+
+        raise IMRSError("no server configuration: start the server with `imrs serve`")
+    return create_app(ServeConfig.from_json(text))
+
+
+def state_dir(config: ServeConfig) -> Path:
+    from ..config import state_dir_for
+
+    return state_dir_for(config.root, config.home)

@@ -23,10 +23,7 @@ dragonfly, sunflower and the portrait are concepts Caltech-101 has; the others a
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -34,28 +31,12 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from imrs.bench.docblock import host_line, replace_block  # noqa: E402
 from imrs.collection import Collection  # noqa: E402
 from imrs.expansion.calibrate import calibrate, save_calibration  # noqa: E402
 from imrs.query import Query, run_query  # noqa: E402
 
 PHOTO_TRUTH = {"dragonfly.jpg": True, "sunflower.jpg": True, "grace_hopper.jpg": True}
-
-
-def cpu_line() -> str:
-    model, flags = platform.processor() or "unknown", set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and model in ("", "unknown", platform.processor()):
-                model = line.split(":", 1)[1].strip()
-            if line.startswith(("flags", "Features")):
-                flags = set(line.split(":", 1)[1].split())
-                break
-    except OSError:
-        pass
-    isa = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "asimddp") if f in flags]
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    return (f"{model}, {os.cpu_count()} cores ({' '.join(isa) or 'no AVX2'}), load average {load:.1f}, "
-            f"{time.strftime('%Y-%m-%d')}")
 
 
 def pct(x: float) -> str:
@@ -93,7 +74,7 @@ def main() -> int:
                 "classes": j.get("classes_report", k.classes_held_out), "queries": part.get("queries", 0)})
         print(f"seed {seed}: " + " | ".join(r.lines()), flush=True)
 
-    out = [f"Host: {cpu_line()}. Backbone {args.backbone}, {len(coll.index)} images, precision target "
+    out = [f"{host_line()} Backbone {args.backbone}, {len(coll.index)} images, precision target "
            f"{pct(args.precision)}, {args.per_class} image queries per folder, seeds {args.seeds}. Figures are for "
            "the held-out 30% of folders; image figures are the external-style views.", "",
            "| kind | seed | confident answers right | answered confidently | forced decision (balanced) | "
@@ -128,16 +109,8 @@ def main() -> int:
     text = "\n".join(out)
     print(text)
     if args.write_docs:
-        start, end = f"<!-- bench_verdict:{args.backbone}:start -->", f"<!-- bench_verdict:{args.backbone}:end -->"
         doc = REPO / "docs" / "benchmarks.md"
-        body = doc.read_text()
-        block = f"{start}\n{text}\n{end}"
-        if start in body and end in body:
-            body = body[:body.index(start)] + block + body[body.index(end) + len(end):]
-        else:
-            title = f"### Coverage verdict, {args.backbone} (`scripts/bench_verdict.py --backbone {args.backbone}`)"
-            body += f"\n\n{title}\n\n{block}\n"
-        doc.write_text(body)
+        replace_block(doc, f"bench_verdict:{args.backbone}", text)
         print(f"wrote {doc}")
     return 0
 

@@ -17,6 +17,7 @@ variable ends as one readable line naming it.
 | IMRS_EXPAND_ALLOW_LOOPBACK | allow_loopback (tests only) | off |
 | IMRS_AUTO_CONFIRM_TERM | auto_confirm_term | off |
 | IMRS_COVERAGE_BEST_MIN, IMRS_COVERAGE_GOOD_MIN, IMRS_COVERAGE_MIN_GOOD | coverage overrides | calibrated or built in |
+| IMRS_COVERAGE_PRECISION | precision of the judge's confident verdicts (0.5-0.999) | 0.95 |
 | IMRS_CACHE_DIR, IMRS_CHECKPOINT_DIR, IMRS_CHECKPOINT_<BACKBONE>, IMRS_OFFLINE | model files | ~/.cache/imrs |
 | IMRS_FOLLOW_LINKS, IMRS_MAX_IMAGE_MB, IMRS_FILE_READ_TIMEOUT, ... | ingestion limits | see the fields |
 | IMRS_FAULT | fault point to die at (crash tests) | none |
@@ -104,6 +105,8 @@ class Settings:
     coverage_best_min: float | None = None
     coverage_good_min: float | None = None
     coverage_min_good: int | None = None
+    #: how precise the judge's confident answers ("covered" / "not covered") must be; the rest are "uncertain"
+    coverage_precision: float = 0.95
     # model files
     cache_dir: Path | None = None
     checkpoint_dir: str | None = None
@@ -179,6 +182,7 @@ class Settings:
             coverage_best_min=_number(e, "IMRS_COVERAGE_BEST_MIN", float, None),
             coverage_good_min=_number(e, "IMRS_COVERAGE_GOOD_MIN", float, None),
             coverage_min_good=_number(e, "IMRS_COVERAGE_MIN_GOOD", int, None, 0, 1000),
+            coverage_precision=_number(e, "IMRS_COVERAGE_PRECISION", float, 0.95, 0.5, 0.999),
             cache_dir=Path(_get(e, "IMRS_CACHE_DIR")).expanduser() if _get(e, "IMRS_CACHE_DIR") else None,
             checkpoint_dir=_get(e, "IMRS_CHECKPOINT_DIR") or None,
             offline=_flag(e, "IMRS_OFFLINE"),

@@ -41,6 +41,8 @@ from .expansion.coverage import (
     is_clutter_label,
     thresholds_with_source,
 )
+from .expansion.judge import JUDGE_DEPTH, decide, gather
+from .expansion.judge import context as judge_context
 from .expansion.terms import clean_term, readable_label
 from .progress import Progress, Reporter
 
@@ -52,8 +54,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: How many results the verdict looks at, whatever ``k`` was asked for.
-JUDGE_DEPTH = 20
+#: A metadata match this strong is the query's own words (a kind or a similar phrase scores less).
+EXACT_WORDS = 0.999
+#: Exact word matches needed before the collection's words alone decide the verdict.
+METADATA_EXACT_HITS = 2
 #: A hit this close to the query is the query image itself (or a byte-identical copy).
 SAME_IMAGE = 0.9995
 MAX_TERMS = 6
@@ -76,6 +80,7 @@ class Query:
     where: str | None = None  # filter: source == 'dynamic', label in ['a', 'b'], ... (imrs.filters)
     metadata: bool = True  # text: fuse what the collection says in words (labels, captions, ...)
     web_exemplars: bool = False  # text: also search with a few web images for it (not kept)
+    ask_web: bool | None = None  # an uncertain verdict asks the web (None: when growth was asked for)
 
     def validate(self) -> None:
         if (self.text is None or not str(self.text).strip()) == (self.image is None):
@@ -103,6 +108,9 @@ class Verdict:
     label: str  # "likely match" | "uncertain" | "no match"
     thresholds: CoverageThresholds | None = None
     n_good: int = 0
+    probability: float | None = None  # the judge's p(covered), when a fitted judge decided
+    folder: str = ""  # the folder the answer came from (its leading label)
+    web: dict[str, Any] | None = None  # what asking the web said (``judge.WebTest``), when it was asked
 
     def line(self) -> str:
         word = "weak" if self.weak else "ok"
@@ -111,6 +119,8 @@ class Verdict:
     def as_dict(self) -> dict[str, Any]:
         return {"weak": self.weak, "reason": self.reason, "kind": self.kind, "label": self.label,
                 "best": _num(self.best), "n_good": self.n_good, "source": self.source,
+                "probability": None if self.probability is None else round(self.probability, 4),
+                "folder": self.folder, "web": self.web,
                 "scores": [round(float(s), 4) for s in self.scores],
                 "thresholds": self.thresholds.as_dict() if self.thresholds else None}
 
@@ -293,6 +303,7 @@ def answer(coll: Collection, query: Query, vector: np.ndarray, settings: Setting
         ids, scores = ids[keep], scores[keep]
         order = np.argsort(-scores, kind="stable")[:JUDGE_DEPTH]
         judged = [float(s) for s in scores[order]]
+        judged_ids = [int(i) for i in ids[order]]
         top_label = ""
         if len(order):
             rec = coll.catalog.get(int(ids[order[0]]))
@@ -303,25 +314,54 @@ def answer(coll: Collection, query: Query, vector: np.ndarray, settings: Setting
     else:
         rest = [h for h in plain if h.id not in same][:JUDGE_DEPTH]
         judged = [h.score for h in rest]
+        judged_ids = [h.id for h in rest]
         top_label = rest[0].label if rest else ""
         per_hit = {h.id: h.score for h in hits}
         what = "score"
     hit_thr = {h.id: thr for h in hits}
+    related_only = False
     if fusion is not None and fusion.metadata_judged is not None:
         # the collection's own words answered: judge their match strengths; hits they matched get
-        # their confidence from those, the others keep the visual one
-        kind = "metadata"
-        thr, source = collection_thresholds(coll, kind, settings)
-        judged = fusion.metadata_judged[:JUDGE_DEPTH]
-        top_label, what = (hits[0].label if hits else ""), "metadata match"
+        # their confidence from those, the others keep the visual one. Words that only name a
+        # relative ("okapi" is a kind of giraffe to WordNet, a similar sentence) are no proof: the
+        # pixels judge, and the answer is at best uncertain.
+        meta_thr, meta_source = collection_thresholds(coll, "metadata", settings)
+        from .textsearch.hybrid import HybridParams, names_category
+
+        # a folder of a kind answers a category ("dalmatian" for "dog"); for anything narrower only
+        # the query's own words do
+        bar = HybridParams().kind_strength - 1e-6 if names_category(str(query.text)) else EXACT_WORDS
+        exact = sum(x >= bar for x in fusion.metadata_judged)
+        related_only = exact < min(meta_thr.min_good, METADATA_EXACT_HITS)
+        if not related_only:
+            kind, thr, source = "metadata", meta_thr, meta_source
+            judged = fusion.metadata_judged[:JUDGE_DEPTH]
+            top_label, what = (hits[0].label if hits else ""), "metadata match"
         for h in hits:
             if fusion.strength.get(h.id, 0.0) > 0:
-                per_hit[h.id], hit_thr[h.id] = fusion.strength[h.id], thr
+                per_hit[h.id], hit_thr[h.id] = fusion.strength[h.id], meta_thr
     cov = check_coverage(judged, thr, what=what, class_size=_class_size(coll, top_label))
     label = thr.confidence(cov.best) if judged else NO_MATCH
     if cov.weak and label == LIKELY:  # a strong best hit alone (too few good ones) is not coverage
         label = UNCERTAIN
-    verdict = Verdict(cov.weak, cov.reason, kind, judged, cov.best, source, label, thr, cov.n_good)
+    verdict = Verdict(cov.weak, cov.reason, kind, judged, cov.best, source, label, thr, cov.n_good,
+                      folder=top_label if top_label and not is_clutter_label(top_label) else "")
+    judged_label = ""
+    if kind != "metadata" and source != "env":  # hand-set thresholds win over a fitted judge
+        from .expansion.calibrate import load_judges
+
+        model = load_judges(coll).get(kind)
+        if model is not None:
+            closeness = float(coll.text_index.plan(str(query.text)).closeness) if kind == "textmap" else None
+            ev = gather(judge_context(coll), kind, judged_ids, judged, vector if kind == "image" else None,
+                        closeness)
+            d = decide(model, ev, settings.coverage_precision)
+            verdict = Verdict(d.weak, d.reason, kind, judged, cov.best, "calibrated", d.outcome, thr, cov.n_good,
+                              d.probability, folder=ev.top_label)
+            judged_label = ev.top_label
+    if related_only and verdict.label == LIKELY:
+        verdict.label = UNCERTAIN
+        verdict.reason += "; the collection's words name only relatives of it"
 
     out = []
     for h in hits:
@@ -329,12 +369,30 @@ def answer(coll: Collection, query: Query, vector: np.ndarray, settings: Setting
             if h.id in own:  # the query image itself: leave it out of the answer
                 continue
             h.why = ("same image",)
-        h.confidence = hit_thr.get(h.id, thr).confidence(per_hit.get(h.id, h.score))
+        h.confidence = hit_confidence(verdict, hit_thr.get(h.id, thr), per_hit.get(h.id, h.score), h.label,
+                                      judged_label)
         out.append(h)
         if len(out) >= query.k:
             break
     timings["verdict"] = timings.get("verdict", 0.0) + time.perf_counter() - t0
     return out, verdict
+
+
+_RANK = {NO_MATCH: 0, UNCERTAIN: 1, LIKELY: 2}
+
+
+def hit_confidence(verdict: Verdict, thr: CoverageThresholds, score: float, label: str, judged_label: str) -> str:
+    """A hit's badge follows the verdict: no hit is surer than the answer as a whole (okapis are
+    not a "likely match" for "giraffe" when the judge is unsure the collection has giraffes), and
+    when a fitted judge found the concept, the hits of the folder it found it in are likely
+    matches down to the floor a genuine image of a concept reaches (a real watch is not "no match"
+    for scoring below the best-hit bar)."""
+    own = thr.confidence(score)
+    if verdict.label == LIKELY and judged_label and label == judged_label and score >= thr.floor:
+        return LIKELY
+    if _RANK[own] > _RANK[verdict.label]:
+        return verdict.label
+    return own
 
 
 # ---------------------------------------------------------------------------------------------
@@ -470,10 +528,57 @@ def run_query(coll: Collection, query: Query, settings: Settings | None = None,
     from .retrieval.stages import stages_for
 
     outcome = QueryOutcome(query, hits, verdict, terms, timings=timings, stages=stages_for(coll).names)
-    if query.expand and verdict.weak:
+    ask = query.expand if query.ask_web is None else query.ask_web
+    if ask and verdict.label == UNCERTAIN and (query.term or terms):
+        ask_web(coll, query, outcome, s, providers)
+    if query.expand and outcome.verdict.weak:
         _grow(coll, query, vector, s, outcome, progress, providers)
     timings["total"] = time.perf_counter() - t_all
     return outcome
+
+
+def ask_web(coll: Collection, query: Query, outcome: QueryOutcome, s: Settings, providers: Any = None,
+            n: int = 6) -> None:
+    """An uncertain verdict asks the web: a few images of the term (the confirmed one, else the best
+    proposed) are fetched with the growth's providers and download guard, embedded, compared with
+    the collection (``judge.web_test``) and deleted. A clear answer replaces "uncertain"; no
+    network or too few images leave the verdict as it was and say why. The time counts in the
+    timings ("web_check")."""
+    from .expansion.judge import web_test
+    from .textsearch.web import exemplar_vectors
+
+    v = outcome.verdict
+    term = clean_term(query.term) if query.term else outcome.terms[0].term
+    t0 = time.perf_counter()
+    try:
+        policy, default_providers = _policy_and_providers(s)
+        vectors, report = exemplar_vectors(coll, term, n, providers if providers is not None else default_providers,
+                                           policy)
+        if vectors is None:
+            v.web = {"term": term, "error": report.error}
+            v.reason += f"; web check of '{term}': {report.error}"
+            return
+        scores, ids = coll.index.search(np.asarray(vectors, np.float32), 10)
+        test = web_test(judge_context(coll), vectors, scores, ids, v.folder, term)
+        if test is None:
+            v.web = {"term": term, "error": f"only {len(vectors)} web image(s)"}
+            v.reason += f"; web check of '{term}': too few web images ({len(vectors)})"
+            return
+        v.web = {"term": term, "exemplars": test.exemplars, "to_collection": round(test.to_collection, 4),
+                 "to_each_other": round(test.to_each_other, 4), "on_label": round(test.on_label, 4),
+                 "outcome": test.outcome}
+        v.reason += "; " + test.describe()
+        if test.outcome != UNCERTAIN:
+            v.label, v.weak = test.outcome, test.outcome == NO_MATCH
+            for h in outcome.hits:  # the badges follow the new verdict
+                if h.why == ("same image",):
+                    continue
+                if test.outcome == NO_MATCH:
+                    h.confidence = NO_MATCH
+                elif v.folder and h.label == v.folder and v.thresholds is not None and h.score >= v.thresholds.floor:
+                    h.confidence = LIKELY
+    finally:
+        outcome.timings["web_check"] = time.perf_counter() - t0
 
 
 def _grow(coll: Collection, query: Query, vector: np.ndarray, s: Settings, outcome: QueryOutcome,

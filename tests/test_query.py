@@ -174,7 +174,10 @@ def test_calibrate_stores_and_is_used(tmp_path: Path, home: Path, encoder: Any) 
     assert load_calibration(c) == {}
     report = calibrate(c, kinds=["image"], per_class=3)
     [r] = report.results
-    assert r.kind == "image" and r.classes_fit == 4 and r.classes_held_out == 4 and r.queries == 8 * 3 * 2
+    # 8 folders: 3 fit the judge, 2 set its thresholds (too few to fit it: the rule judges), 3 report;
+    # every query as indexed and as an external-style view, present and absent
+    assert r.kind == "image" and r.classes_fit == 5 and r.classes_held_out == 3 and r.queries == 8 * 3 * 2 * 2
+    assert r.judge is None and not r.judge_report["fitted"]
     assert 0.5 <= r.accuracy_fit <= 1.0 and 0.0 <= r.accuracy_held_out <= 1.0
     stored = load_calibration(c)["image"]
     assert stored == r.thresholds and stored.keep_floor is not None
@@ -223,6 +226,21 @@ def test_demo_text_verdicts_cli(home: Path, capsys: pytest.CaptureFixture[str]) 
     assert main(["search", "--text", "a yellow school bus", "--root", str(demo), "-k", "3"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("coverage weak:") and "add --expand" in out and "no match" in out
+    # words that name only a relative are no proof: okapis are at best uncertain for "giraffe" ...
+    capsys.readouterr()
+    assert main(["search", "--text", "giraffe", "--root", str(demo), "--json", "-k", "4"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert [h["label"] for h in data["hits"]][:2] == ["okapi", "okapi"]
+    assert data["verdict"]["label"] != "likely match" and data["verdict"]["kind"] == "textmap"
+    assert all(h["confidence"] != "likely match" for h in data["hits"])
+    # ... while a folder of a kind answers a category ("dalmatian" for "dog"), and the small watch
+    # folder is a likely match, not "no match"
+    for text, label in (("dog", "dalmatian"), ("watch", "watch")):
+        capsys.readouterr()
+        assert main(["search", "--text", text, "--root", str(demo), "--json", "-k", "3"]) == 0
+        data = json.loads(capsys.readouterr().out)
+        assert data["verdict"]["kind"] == "metadata" and data["verdict"]["label"] == "likely match"
+        assert all(h["label"] == label and h["confidence"] == "likely match" for h in data["hits"])
 
 
 # ---------------------------------------------------------------------------------------------

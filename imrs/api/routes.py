@@ -77,6 +77,9 @@ class Verdict(BaseModel):
     source: str
     scores: list[float]
     thresholds: dict[str, Any] | None
+    probability: float | None = Field(None, description="the fitted judge's p(covered), when one decided")
+    folder: str = Field("", description="the folder the answer came from")
+    web: dict[str, Any] | None = Field(None, description="what asking the web said, when it was asked")
 
 
 class Term(BaseModel):

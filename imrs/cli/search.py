@@ -19,6 +19,10 @@ from ..query import Query, QueryOutcome, run_query
 from .common import collection_args, int_in, open_collection, runtime_arg, settings_from
 from .scale import add_where_arg
 
+#: ``imrs search --expand``: the answer was weak and the collection did not grow (no confirmed term,
+#: offline, nothing found); the reason is the "growth:" line.
+GROWTH_FAILED = 3
+
 
 def query_image_arg(spec: str) -> Any:
     """A path or an http(s) URL; URLs go through the safe downloader (never a raw fetch)."""
@@ -66,13 +70,16 @@ def cmd_search(args: argparse.Namespace) -> int:
     query = Query(text=args.text, image=query_image_arg(args.image) if args.image else None, k=args.k, qe=args.qe,
                   expand=args.expand, term=args.term, n_images=args.n, where=args.where,
                   metadata=not getattr(args, "no_metadata", False),
-                  web_exemplars=bool(getattr(args, "web_exemplars", False)))
+                  web_exemplars=bool(getattr(args, "web_exemplars", False)),
+                  ask_web=True if getattr(args, "ask_web", False) else None)
     outcome = run_query(coll, query, s, progress=bool(args.expand and not args.json))
     if args.json:
         print(json.dumps(outcome.to_dict(), indent=2))
     else:
         print(describe(outcome))
         print(format_hits(outcome.hits))
+    if query.expand and outcome.verdict.weak and outcome.report is None:
+        return GROWTH_FAILED  # scripts can tell an answer that should have grown and could not
     return 0
 
 
@@ -128,7 +135,8 @@ def register(sub: Any) -> None:
     p.add_argument("--qe", type=int_in(0, 100, "--qe"), default=None, metavar="N",
                    help="alpha query expansion over the top N hits (5 is a good start; default $IMRS_QE or 0)")
     p.add_argument("--json", action="store_true", help="print hits, verdict, proposed terms and timings as JSON")
-    p.add_argument("--expand", action="store_true", help="grow the collection from the web when coverage is weak")
+    p.add_argument("--expand", action="store_true",
+                   help="grow the collection from the web when coverage is weak (exit status 3 when it could not)")
     p.add_argument("--term", help="the web search term to grow with (image queries: pick one of the proposed)")
     p.add_argument("--auto-term", action="store_true",
                    help="image queries: grow with the best proposed term without asking")
@@ -136,6 +144,9 @@ def register(sub: Any) -> None:
     p.add_argument("--allow-loopback", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--no-metadata", action="store_true",
                    help="text search by pixels only (ignore folder labels, file names, captions, web terms)")
+    p.add_argument("--ask-web", action="store_true",
+                   help="an uncertain verdict asks the web: a few images of the proposed term are compared with "
+                        "the collection, then deleted (on by default with --expand)")
     p.add_argument("--web-exemplars", action="store_true",
                    help="text: also search with a few web images for the text (downloaded, used, not kept)")
     collection_args(p)

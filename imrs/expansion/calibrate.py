@@ -1,25 +1,37 @@
-"""Coverage thresholds measured on the collection itself (``imrs calibrate``).
+"""Coverage measured on the collection itself (``imrs calibrate``): the judge's model and thresholds.
 
 Built-in thresholds were measured on one dataset; a collection of screenshots, of faces or of 20
 images a folder scores differently. Calibration needs no extra data: every labelled folder can
 play both parts of the question "does the collection cover this?".
 
-- covered: a query of class C (an image of C, or C's name for text) searched against everything
-  but the query itself;
-- not covered: the same query with every image of C taken out of the answer, which is exactly
-  what the collection would say if it had never held C.
+- covered: a query of class C searched against everything but the query itself;
+- not covered: the same query with every image of C *and of its family* taken out of the answer
+  (folders whose names share a word: ``Faces``/``Faces_easy``, ``crocodile``/``crocodile_head``),
+  which is what the collection would say if it had never held the concept.
 
-Classes are split in two at random: thresholds are chosen on one half (the grid of best-score bar,
-good-hit bar and number of good hits that maximises balanced accuracy) and reported on the other,
-so the printed accuracy is for concepts the thresholds never saw. Clutter folders
-(``BACKGROUND_Google``) are left out: they are no concept. The result is stored per backbone in
-``<state>/calibration.json`` and used by every later query (``imrs.query``).
+Queries must look like what people really search with, not like the collection's own shots: each
+image query is asked twice, as the indexed image and as an "external-style" view of it (a crop of
+45-100% of the picture, rescaled, colour-shifted, re-encoded as a JPEG of quality 40-90), the view
+that predicts how photos from outside the collection are judged. Text queries are the folders'
+names in a few phrasings ("okapi", "a photo of a okapi", "okapi pictures"), embedded exactly as a
+live query is.
+
+Classes are split three ways at random: the judge's model is fitted on 40% (``fit``), its
+precision thresholds are set on 30% (``calibration``), and everything reported is measured on the
+last 30% (``report``): concepts neither step saw. The report gives, for the precision target,
+how precise the confident answers were and how many queries got one, and the balanced accuracy of
+the forced decision, each with a 90% confidence interval. The threshold rule of
+``imrs.expansion.coverage`` is fitted on the same cases (it sets the floor web images must reach
+and is the fallback). Clutter folders (``BACKGROUND_Google``) are left out: they are no concept.
+The result is stored per backbone in ``<state>/calibration.json`` and used by every later query.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import random
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -31,6 +43,14 @@ from ..errors import IMRSError
 from ..fsutil import atomic_write_json, read_json
 from ..progress import ProgressArg, Reporter
 from .coverage import CoverageThresholds, builtin_thresholds, is_clutter_label
+from .judge import (
+    ClassContext,
+    JudgeModel,
+    balanced_threshold,
+    feature_names,
+    fit_logistic,
+    gather,
+)
 from .terms import readable_label
 
 if TYPE_CHECKING:
@@ -40,6 +60,10 @@ log = logging.getLogger(__name__)
 
 CALIBRATION_FILE = "calibration.json"
 MIN_CLASSES = 4
+#: Fewer classes than this in the fit or calibration part: the judge's model is not fitted (the
+#: threshold rule judges), since its precision guarantee would rest on a handful of concepts.
+MIN_JUDGE_CLASSES = 6
+DEFAULT_PRECISION = 0.95
 
 
 @dataclass
@@ -51,6 +75,8 @@ class Cases:
     class_size: np.ndarray  # -1 = unknown
     covered: np.ndarray
     cls: np.ndarray  # which class the query came from (for the split)
+    features: np.ndarray | None = None  # (n, len(feature names)): the judge's evidence
+    external: np.ndarray | None = None  # the query was an external-style view
 
 
 @dataclass
@@ -66,9 +92,12 @@ class KindResult:
     queries: int
     classes_fit: int
     classes_held_out: int
+    judge: JudgeModel | None = None
+    judge_report: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, "thresholds": self.thresholds.as_dict(), "builtin": self.builtin.as_dict(),
+                "judge": self.judge.as_dict() if self.judge else None, "judge_report": self.judge_report,
                 "balanced_accuracy_fit": round(self.accuracy_fit, 4),
                 "balanced_accuracy_held_out": round(self.accuracy_held_out, 4),
                 "builtin_balanced_accuracy_held_out": round(self.builtin_held_out, 4),
@@ -85,17 +114,34 @@ class CalibrationReport:
     seconds: float = 0.0
 
     def lines(self) -> list[str]:
+        """What a person reads: per kind, one line on confident answers, one on the forced decision."""
         out = []
         for r in self.results:
-            t = r.thresholds
-            out.append(f"{r.kind:8s} best >= {t.best_min:.3f}, {t.min_good} hit(s) >= {t.good_min:.3f}, "
-                       f"keep web images >= {t.floor:.3f}")
-            out.append(f"{'':8s} balanced accuracy on {r.classes_held_out} held-out classes: "
-                       f"{r.accuracy_held_out:.3f} (covered judged ok {r.covered_ok_rate:.2f}, absent judged weak "
-                       f"{r.absent_weak_rate:.2f}); built-in thresholds: {r.builtin_held_out:.3f}; "
-                       f"fit on {r.classes_fit} classes: {r.accuracy_fit:.3f}; {r.queries} queries")
+            j = r.judge_report
+            name = {"image": "image queries", "text": "text queries", "textmap": "text queries"}.get(r.kind, r.kind)
+            if j.get("fitted"):
+                ext = j.get("external") or j["all"]
+                out.append(f"{name}: confident answers {_pct(ext['precision'])} right "
+                           f"({_ci(ext['precision_ci'])}), for {_pct(ext['answered'])} of queries "
+                           f"({_ci(ext['answered_ci'])}); the rest are marked uncertain")
+                out.append(f"{'':{len(name)}s}  grow-or-not decision right {_pct(ext['balanced_accuracy'])} "
+                           f"(balanced, {_ci(ext['balanced_accuracy_ci'])}); target precision "
+                           f"{_pct(j['precision_target'])}; measured on {j['classes_report']} folders never used "
+                           + ("for fitting, on photos in other people's style" if j.get("external")
+                              else "for fitting"))
+            else:
+                out.append(f"{name}: {j.get('why', 'judged by thresholds')}; thresholds "
+                           f"balanced accuracy {r.accuracy_held_out:.2f} on {r.classes_held_out} held-out folders")
         out.append(f"calibrated {self.backbone} in {self.seconds:.1f}s")
         return out
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.0f}%"
+
+
+def _ci(ci: Sequence[float]) -> str:
+    return f"90% CI {100 * ci[0]:.0f}-{100 * ci[1]:.0f}%"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -123,6 +169,28 @@ def load_calibration(coll: Collection) -> dict[str, CoverageThresholds]:
     return dict(cache["kinds"])
 
 
+def load_judges(coll: Collection) -> dict[str, JudgeModel]:
+    """The collection's fitted judge models per query kind ({} when not calibrated or not fitted)."""
+    path = coll.state_dir / CALIBRATION_FILE
+    try:
+        stamp = path.stat().st_mtime_ns
+    except OSError:
+        return {}
+    cache = coll.cache("judges", dict)
+    if cache.get("stamp") != stamp:
+        models: dict[str, JudgeModel] = {}
+        try:
+            entry = read_json(path).get(coll.backbone) or {}
+            for k, v in entry.get("kinds", {}).items():
+                if v.get("judge"):
+                    models[k] = JudgeModel.from_dict(v["judge"])
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            log.warning("ignoring unreadable judge in %s: %s", path, exc)
+            models = {}
+        cache.update(stamp=stamp, models=models)
+    return dict(cache["models"])
+
+
 def save_calibration(coll: Collection, report: CalibrationReport) -> None:
     path = coll.state_dir / CALIBRATION_FILE
     try:
@@ -133,6 +201,7 @@ def save_calibration(coll: Collection, report: CalibrationReport) -> None:
                            "images": len(coll.catalog), "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
     atomic_write_json(path, data)
     coll.forget("calibration")
+    coll.forget("judges")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -207,6 +276,21 @@ def _labelled_classes(coll: Collection, min_size: int) -> dict[str, list[int]]:
     return out
 
 
+_GENERIC_WORDS = {"a", "an", "the", "of", "and", "head", "body", "face", "easy", "hard", "left", "right", "side"}
+
+
+def _words(label: str) -> set[str]:
+    return {w for w in re.split(r"[^a-z0-9]+", readable_label(label).lower()) if len(w) > 1} - _GENERIC_WORDS
+
+
+def families(names: Sequence[str]) -> dict[str, set[str]]:
+    """Folders that name the same concept (a shared word: ``Faces``/``Faces_easy``,
+    ``cougar_body``/``cougar_face``, ``chair``/``windsor_chair``). A concept is only absent when all
+    of them are: removing ``Faces`` while ``Faces_easy`` stays would call a face query "absent"."""
+    words = {n: _words(n) for n in names}
+    return {n: {m for m in names if m == n or (words[n] & words[m])} for n in names}
+
+
 def _row(scores: Sequence[float], depth: int) -> np.ndarray:
     row = np.full(depth, -np.inf, dtype=np.float64)
     s = np.asarray(sorted(scores, reverse=True)[:depth], dtype=np.float64)
@@ -214,76 +298,231 @@ def _row(scores: Sequence[float], depth: int) -> np.ndarray:
     return row
 
 
-def _image_cases(coll: Collection, classes: dict[str, list[int]], per_class: int, depth: int, rng: random.Random,
-                 label_of: dict[int, str], sizes: dict[str, int], rep: Reporter) -> Cases:
-    """Image queries: cached vectors of the collection's own images (nothing is re-embedded)."""
-    names = sorted(classes)
+def external_view(image: Any, seed: int) -> Any:
+    """The image as someone else might have photographed it: another framing (45-100% of the
+    area, any aspect), mirrored or not, smaller, with other colours and a lossy JPEG. Deterministic
+    for a seed, so a calibration can be repeated."""
+    import io
+
+    from PIL import Image, ImageEnhance, ImageOps
+
+    r = random.Random(seed)
+    img = image.convert("RGB")
+    w, h = img.size
+    area = r.uniform(0.45, 1.0) * w * h
+    ar = r.uniform(0.7, 1.4)
+    cw, ch = max(8, int(min(w, (area * ar) ** 0.5))), max(8, int(min(h, (area / ar) ** 0.5)))
+    x0, y0 = r.randint(0, w - cw), r.randint(0, h - ch)
+    img = img.crop((x0, y0, x0 + cw, y0 + ch))
+    if r.random() < 0.5:
+        img = ImageOps.mirror(img)
+    s = r.uniform(0.5, 1.0)
+    img = img.resize((max(16, int(img.width * s)), max(16, int(img.height * s))), Image.BILINEAR)
+    img = ImageEnhance.Color(img).enhance(r.uniform(0.6, 1.4))
+    img = ImageEnhance.Brightness(img).enhance(r.uniform(0.6, 1.4))
+    img = ImageEnhance.Contrast(img).enhance(r.uniform(0.6, 1.4))
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=r.randint(40, 90))
+    return Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
+
+
+class _CaseBuilder:
+    """Collects one row per (query, present/absent): the judged scores for the threshold rule
+    and the judge's evidence, both from the same answer."""
+
+    def __init__(self, kind: str, names: Sequence[str], depth: int, label_of: dict[int, str],
+                 sizes: dict[str, int], ctx: ClassContext) -> None:
+        self.kind, self.names, self.depth = kind, list(names), depth
+        self.label_of, self.sizes, self.ctx = label_of, sizes, ctx
+        self.features = feature_names(kind, ctx.has_classifier)
+        self.rows: list[np.ndarray] = []
+        self.size: list[int] = []
+        self.covered: list[bool] = []
+        self.cls: list[int] = []
+        self.ext: list[bool] = []
+        self.ev: list[np.ndarray] = []
+
+    def add(self, c: int, pairs: Sequence[tuple[float, int]], absent: set[int], *, query_vector: Any = None,
+            closeness: float | None = None, external: bool = False, skip: int | None = None) -> None:
+        for present in (True, False):
+            keep = [(s, i) for s, i in pairs if i != -1 and i != skip and (present or i not in absent)][:self.depth]
+            self.rows.append(_row([s for s, _ in keep], self.depth))
+            top = self.label_of.get(keep[0][1], "") if keep else ""
+            self.size.append(self.sizes.get(top, -1) if top and not is_clutter_label(top) else -1)
+            ev = gather(self.ctx, self.kind, [i for _, i in keep], [s for s, _ in keep], query_vector, closeness)
+            self.ev.append(ev.vector(self.features))
+            self.covered.append(present)
+            self.cls.append(c)
+            self.ext.append(external)
+
+    def cases(self) -> Cases:
+        return Cases(np.stack(self.rows), np.asarray(self.size), np.asarray(self.covered), np.asarray(self.cls),
+                     np.stack(self.ev), np.asarray(self.ext))
+
+
+def _image_cases(coll: Collection, classes: dict[str, list[int]], fam: dict[str, set[str]], per_class: int,
+                 depth: int, rng: random.Random, b: _CaseBuilder, rep: Reporter) -> Cases:
+    """Image queries: each sampled image as indexed (its cached vector) and as an external-style
+    view of the file (embedded by the collection's encoder, as a live query would be)."""
+    from ..imageio import load_image
+
+    names = b.names
     queries: list[tuple[int, int]] = []  # (class number, image id)
     for c, name in enumerate(names):
         ids = classes[name]
         for i in rng.sample(ids, min(per_class, len(ids))):
             queries.append((c, i))
-    vecs = coll.index.get_vectors(np.asarray([i for _, i in queries], dtype=np.int64))
-    biggest = max(len(v) for v in classes.values())
-    rows, size, covered, cls = [], [], [], []
-    chunk = 256
-    for s in range(0, len(queries), chunk):
-        part = queries[s:s + chunk]
-        scores, ids = coll.index.search(np.asarray(vecs[s:s + chunk], np.float32), depth + biggest + 1)
-        for (c, qid), srow, irow in zip(part, scores, ids, strict=True):
-            members = set(classes[names[c]])
-            for present in (True, False):
-                keep = [(float(sc), int(i)) for sc, i in zip(srow.tolist(), irow.tolist(), strict=True)
-                        if i != -1 and i != qid and (present or i not in members)][:depth]
-                rows.append(_row([sc for sc, _ in keep], depth))
-                top = label_of.get(keep[0][1], "") if keep else ""
-                size.append(sizes.get(top, -1) if top and not is_clutter_label(top) else -1)
-                covered.append(present)
-                cls.append(c)
-        rep("calibrate image", min(s + chunk, len(queries)), len(queries))
-    return Cases(np.stack(rows), np.asarray(size), np.asarray(covered), np.asarray(cls))
+    own = coll.index.get_vectors(np.asarray([i for _, i in queries], dtype=np.int64))
+    views, view_of = [], []
+    for n, (_, i) in enumerate(queries):
+        rec = coll.catalog.get(i)
+        if rec is None:
+            continue
+        try:
+            views.append(external_view(load_image(coll.abspath(rec.relpath, rec.source)), seed=i & 0x7FFFFFFF))
+            view_of.append(n)
+        except (OSError, IMRSError, ValueError) as exc:
+            log.debug("no external view of %s: %s", rec.relpath, exc)
+    ext = coll.encoder.embed_images(views) if views else np.zeros((0, own.shape[1]), np.float32)
+    members_of = {c: {i for m in fam[name] for i in classes.get(m, [])} for c, name in enumerate(names)}
+    biggest = max(len(v) for v in members_of.values())
+    jobs = [(queries[n], own[n], False) for n in range(len(queries))]
+    jobs += [(queries[n], ext[k], True) for k, n in enumerate(view_of)]
+    chunk = 128
+    for s in range(0, len(jobs), chunk):
+        part = jobs[s:s + chunk]
+        vecs = np.asarray([v for _, v, _ in part], np.float32)
+        scores, ids = coll.index.search(vecs, depth + biggest + 1)
+        for ((c, qid), v, is_ext), srow, irow in zip(part, scores, ids, strict=True):
+            pairs = [(float(x), int(i)) for x, i in zip(srow.tolist(), irow.tolist(), strict=True)]
+            b.add(c, pairs, members_of[c], query_vector=v, external=is_ext, skip=qid)
+        rep("calibrate image", min(s + chunk, len(jobs)), len(jobs))
+    return b.cases()
 
 
-def _text_cases(coll: Collection, classes: dict[str, list[int]], depth: int, label_of: dict[int, str],
-                sizes: dict[str, int], rep: Reporter) -> Cases:
-    """Text queries: each class's readable name, judged on the same scores live queries are."""
-    from ..query import text_class_space
+#: How people type a concept: each folder's name is asked in these forms.
+PHRASINGS = ("{}", "a photo of a {}", "{} pictures")
 
-    names = sorted(classes)
+
+def _text_cases(coll: Collection, classes: dict[str, list[int]], fam: dict[str, set[str]], depth: int,
+                b: _CaseBuilder, rep: Reporter) -> Cases:
+    """Text queries: each folder's readable name in a few phrasings, embedded and judged exactly as
+    a live text query (``imrs.query`` embeds the raw text, no prompt template)."""
+    from ..textsearch import text_class_space
+
+    names = b.names
     textmap = not coll.backbone_info.supports_text
-    rows, size, covered, cls = [], [], [], []
-    if not textmap:
-        tvecs = coll.encoder.embed_texts([f"a photo of a {readable_label(n)}" for n in names])
-        all_scores, all_ids = coll.index.search(np.asarray(tvecs, np.float32),
-                                                depth + max(len(v) for v in classes.values()) + 1)
+    biggest = max(len(v) for v in classes.values()) * 4
     for c, name in enumerate(names):
-        members = set(classes[name])
-        if textmap:
-            ids, scores = text_class_space(coll, readable_label(name))
-            pairs = sorted(zip(scores.tolist(), ids.tolist(), strict=True), reverse=True)
-        else:
-            pairs = [(float(s), int(i)) for s, i in zip(all_scores[c].tolist(), all_ids[c].tolist(), strict=True)
-                     if i != -1]
-        for present in (True, False):
-            keep = [(s, i) for s, i in pairs if present or i not in members][:depth]
-            rows.append(_row([s for s, _ in keep], depth))
-            top = label_of.get(keep[0][1], "") if keep else ""
-            size.append(sizes.get(top, -1) if top and not is_clutter_label(top) else -1)
-            covered.append(present)
-            cls.append(c)
+        members = {i for m in fam[name] for i in classes.get(m, [])}
+        for form in PHRASINGS:
+            text = form.format(readable_label(name))
+            closeness = None
+            if textmap:
+                ids, scores = text_class_space(coll, text)
+                order = np.argsort(-scores, kind="stable")[:depth + len(members) + 1]
+                pairs = [(float(scores[j]), int(ids[j])) for j in order]
+                closeness = float(coll.text_index.plan(text).closeness)
+            else:
+                vec = coll.embed_query_text(text)
+                srow, irow = coll.index.search(np.asarray([vec], np.float32), depth + biggest + 1)
+                pairs = [(float(x), int(i)) for x, i in zip(srow[0].tolist(), irow[0].tolist(), strict=True)]
+            b.add(c, pairs, members, closeness=closeness)
         rep("calibrate text", c + 1, len(names))
-    return Cases(np.stack(rows), np.asarray(size), np.asarray(covered), np.asarray(cls))
+    return b.cases()
 
 
 def _subset(cases: Cases, mask: np.ndarray) -> Cases:
-    return Cases(cases.scores[mask], cases.class_size[mask], cases.covered[mask], cases.cls[mask])
+    return Cases(cases.scores[mask], cases.class_size[mask], cases.covered[mask], cases.cls[mask],
+                 None if cases.features is None else cases.features[mask],
+                 None if cases.external is None else cases.external[mask])
+
+
+# ---------------------------------------------------------------------------------------------
+# Confidence intervals for the report
+# ---------------------------------------------------------------------------------------------
+
+
+def wilson(k: int, n: int, z: float = 1.645) -> tuple[float, float]:
+    """90% Wilson interval of a proportion."""
+    if n == 0:
+        return (0.0, 1.0)
+    p = k / n
+    d = 1 + z * z / n
+    mid = (p + z * z / (2 * n)) / d
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
+    return (max(0.0, mid - half), min(1.0, mid + half))
+
+
+def _ba_interval(ok: np.ndarray, covered: np.ndarray, cls: np.ndarray, reps: int = 400) -> tuple[float, float]:
+    """90% bootstrap interval of balanced accuracy, resampling whole classes (queries of one class
+    are not independent)."""
+    rng = np.random.default_rng(0)
+    uc = np.unique(cls)
+    vals = []
+    for _ in range(reps):
+        pick = rng.choice(uc, len(uc), replace=True)
+        idx = np.concatenate([np.flatnonzero(cls == c) for c in pick])
+        vals.append(balanced_accuracy(ok[idx], covered[idx])[0])
+    return (float(np.quantile(vals, 0.05)), float(np.quantile(vals, 0.95)))
+
+
+def judge_metrics(p: np.ndarray, y: np.ndarray, cls: np.ndarray, t_low: float, t_high: float,
+                  t_mid: float) -> dict[str, Any]:
+    """Precision of the confident answers, the share that got one, and the forced decision."""
+    covered = y == 1
+    conf_cov, conf_abs = p >= t_high, p <= t_low
+    confident = conf_cov | conf_abs
+    right = int((conf_cov & covered).sum() + (conf_abs & ~covered).sum())
+    n_conf = int(confident.sum())
+    ok = p >= t_mid
+    ba, tpr, tnr = balanced_accuracy(ok, covered)
+    return {"queries": int(len(p)), "precision": right / n_conf if n_conf else 1.0,
+            "precision_ci": list(wilson(right, n_conf)), "answered": n_conf / len(p) if len(p) else 0.0,
+            "answered_ci": list(wilson(n_conf, int(len(p)))), "balanced_accuracy": ba,
+            "balanced_accuracy_ci": list(_ba_interval(ok, covered, cls)),
+            "covered_judged_weak": 1.0 - tpr, "absent_judged_ok": 1.0 - tnr,
+            "covered_confident": float(conf_cov[covered].mean()) if covered.any() else 0.0,
+            "absent_confident": float(conf_abs[~covered].mean()) if (~covered).any() else 0.0}
+
+
+def fit_judge(kind: str, features: Sequence[str], fit: Cases, cal: Cases, report: Cases,
+              precision: float) -> tuple[JudgeModel, dict[str, Any]]:
+    """Model on ``fit``, thresholds on ``cal``, everything reported on ``report``."""
+    assert fit.features is not None and cal.features is not None and report.features is not None
+    mean, scale, coef, intercept = fit_logistic(fit.features, fit.covered.astype(float))
+    model = JudgeModel(kind, tuple(features), mean, scale, coef, intercept, np.zeros(0), np.zeros(0, int), 0.5)
+
+    def probs(c: Cases) -> np.ndarray:
+        assert c.features is not None
+        z = (c.features - mean) / scale @ coef + intercept
+        return 1.0 / (1.0 + np.exp(-np.clip(z, -30, 30)))
+
+    model.cal_p, model.cal_y, model.cal_g = probs(cal), cal.covered.astype(int), cal.cls.astype(int)
+    model.t_mid = balanced_threshold(np.concatenate([probs(fit), model.cal_p]),
+                                     np.concatenate([fit.covered, cal.covered]).astype(int))
+    t_low, t_high = model.thresholds(precision)
+    pr = probs(report)
+    out: dict[str, Any] = {"fitted": True, "precision_target": precision, "features": list(features),
+                           "classes_fit": int(len(np.unique(fit.cls))), "classes_calibration":
+                           int(len(np.unique(cal.cls))), "classes_report": int(len(np.unique(report.cls))),
+                           "t_low": t_low, "t_high": t_high, "t_mid": model.t_mid,
+                           "all": judge_metrics(pr, report.covered.astype(int), report.cls, t_low, t_high,
+                                                model.t_mid)}
+    if report.external is not None and report.external.any():
+        e = report.external
+        out["external"] = judge_metrics(pr[e], report.covered[e].astype(int), report.cls[e], t_low, t_high,
+                                        model.t_mid)
+    model.metrics = {k: v for k, v in out.items() if k in ("all", "external", "precision_target")}
+    return model, out
 
 
 def calibrate(coll: Collection, kinds: Sequence[str] = ("image", "text"), per_class: int = 3,
               max_classes: int = 120, seed: int = 0, save: bool = True,
-              progress: ProgressArg = None) -> CalibrationReport:
-    """Measure coverage thresholds on ``coll`` (see the module docstring); store them when ``save``."""
-    from ..query import JUDGE_DEPTH
+              progress: ProgressArg = None, precision: float = DEFAULT_PRECISION) -> CalibrationReport:
+    """Fit the judge and the threshold rule on ``coll`` (see the module docstring); store them when
+    ``save``."""
+    from .judge import JUDGE_DEPTH, context
 
     t0 = time.perf_counter()
     rep = Reporter(progress)
@@ -296,32 +535,45 @@ def calibrate(coll: Collection, kinds: Sequence[str] = ("image", "text"), per_cl
     if len(names) > max_classes:
         names = sorted(rng.sample(names, max_classes))
         classes = {n: classes[n] for n in names}
+    fam = families(names)
     order = list(range(len(names)))
     rng.shuffle(order)
-    fit_classes = np.zeros(len(names), bool)
-    fit_classes[order[: len(order) // 2]] = True
-    label_of = {i: lb for lb, ids in coll.catalog.ids_by_label().items() for i in ids}
+    part = np.zeros(len(names), int)  # 0 fit, 1 calibration, 2 report
+    n_fit, n_cal = int(round(0.4 * len(names))), int(round(0.3 * len(names)))
+    part[order[n_fit:n_fit + n_cal]] = 1
+    part[order[n_fit + n_cal:]] = 2
+    ctx = context(coll)
+    label_of = ctx.label_of
     sizes = coll.catalog.label_counts()
     report = CalibrationReport(coll.backbone)
     try:
         for kind in kinds:
             if kind == "image":
-                cases = _image_cases(coll, classes, per_class, JUDGE_DEPTH, rng, label_of, sizes, rep)
+                b = _CaseBuilder("image", names, JUDGE_DEPTH, label_of, sizes, ctx)
+                cases = _image_cases(coll, classes, fam, per_class, JUDGE_DEPTH, rng, b, rep)
                 stored = "image"
             elif kind == "text":
-                cases = _text_cases(coll, classes, JUDGE_DEPTH, label_of, sizes, rep)
                 stored = "text" if coll.backbone_info.supports_text else "textmap"
+                b = _CaseBuilder(stored, names, JUDGE_DEPTH, label_of, sizes, ctx)
+                cases = _text_cases(coll, classes, fam, JUDGE_DEPTH, b, rep)
             else:
                 raise IMRSError(f"unknown query kind {kind!r}: choose image or text")
-            fit_mask = fit_classes[cases.cls]
-            fitted, ba_fit = fit_thresholds(_subset(cases, fit_mask))
-            held = _subset(cases, ~fit_mask)
+            which = part[cases.cls]
+            rule_fit = _subset(cases, which != 2)
+            fitted, ba_fit = fit_thresholds(rule_fit)
+            held = _subset(cases, which == 2)
             ba, tpr, tnr = balanced_accuracy(judge_ok(held, fitted), held.covered)
             builtin = builtin_thresholds(coll.backbone, stored)
             ba_builtin, _, _ = balanced_accuracy(judge_ok(held, builtin), held.covered)
-            report.results.append(KindResult(stored, fitted, builtin, ba_fit, ba, ba_builtin, tpr, tnr,
-                                             len(cases.covered), int(fit_classes.sum()),
-                                             int((~fit_classes).sum())))
+            result = KindResult(stored, fitted, builtin, ba_fit, ba, ba_builtin, tpr, tnr,
+                                len(cases.covered), int((part != 2).sum()), int((part == 2).sum()))
+            if min((part == 0).sum(), (part == 1).sum(), (part == 2).sum()) < MIN_JUDGE_CLASSES:
+                result.judge_report = {"fitted": False, "why": f"too few folders to fit the judge (need "
+                                       f"{MIN_JUDGE_CLASSES * 10 // 3}+); judged by thresholds"}
+            else:
+                result.judge, result.judge_report = fit_judge(
+                    stored, b.features, _subset(cases, which == 0), _subset(cases, which == 1), held, precision)
+            report.results.append(result)
     finally:
         rep.close()
     report.seconds = time.perf_counter() - t0

@@ -157,6 +157,26 @@ def tokens(text: str, wn: WordNetTable) -> frozenset[str]:
     return frozenset(canonical(w, wn) for w in words_of(text) if w not in STOPWORDS)
 
 
+#: A query naming a synset with at least this many ImageNet classes below it names a category:
+#: a folder of one of its kinds ("dalmatian" for "dog") answers it. Below, a "kind" is a relative
+#: ("okapi" sits under "giraffe" in WordNet), not an answer.
+CATEGORY_CLASSES = 3
+
+
+def names_category(text: str, wn: WordNetTable | None = None) -> bool:
+    """Does every concept of ``text`` name a category with several kinds (dog, bird, flower)?"""
+    wn = wn or table()
+    found = False
+    for c in concepts(text, wn):
+        if not c.senses:
+            continue
+        main = max(c.senses, key=lambda s: (s.count, bool(wn.classes_below(s.wnid)), -s.rank))
+        if len(wn.classes_below(main.wnid)) < CATEGORY_CLASSES:
+            return False
+        found = True
+    return found
+
+
 def _kinds(text: str, wn: WordNetTable, main_only: bool) -> list[set[str]]:
     """Per concept of ``text``: the synsets it may mean (main senses only for queries) or, for
     metadata, every hypernym of its main sense (the most common; between equally common ones, one

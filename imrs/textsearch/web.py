@@ -49,6 +49,19 @@ def exemplar_vector(coll: Collection, text: str, n: int = 8, providers: Any = No
                     ) -> tuple[np.ndarray | None, ExemplarReport]:
     """(unit query vector in ``coll``'s image space, report); the vector is None when nothing could
     be fetched (no network, no results) -- the report says why, and text search carries on."""
+    vectors, report = exemplar_vectors(coll, text, n, providers, policy, progress)
+    if vectors is None:
+        return None, report
+    v = vectors.mean(axis=0)
+    return v / max(float(np.linalg.norm(v)), 1e-12), report
+
+
+def exemplar_vectors(coll: Collection, text: str, n: int = 8, providers: Any = None,
+                     policy: DownloadPolicy | None = None,
+                     progress: Callable[[str, int, int], None] | None = None
+                     ) -> tuple[np.ndarray | None, ExemplarReport]:
+    """(one unit vector per fetched web image of ``text``, report); None when nothing could be
+    fetched. The images are deleted before this returns."""
     from ..expansion.sources import as_chain, policy_for, providers_for
     from ..expansion.terms import clean_term
     from ..web.download import fetch_many
@@ -83,5 +96,4 @@ def exemplar_vector(coll: Collection, text: str, n: int = 8, providers: Any = No
         report.error = "no downloaded image could be embedded"
         return None, report
     report.used = len(emb.vectors)
-    v = np.asarray(emb.vectors, np.float32).mean(axis=0)
-    return v / max(float(np.linalg.norm(v)), 1e-12), report
+    return np.asarray(emb.vectors, np.float32), report

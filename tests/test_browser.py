@@ -448,6 +448,10 @@ def test_app_in_chromium(browser: Any, app_env: dict[str, str]) -> None:  # noqa
         took = _text_search(page, "a sunflower")
         t_result = time.monotonic()
         assert _labels(page)[0] == "sunflower", _labels(page)
+        # the page's first query after a start ran without PyTorch: its libraries would stay mapped
+        # in the server process once imported
+        maps = Path(f"/proc/{server.proc.pid}/maps").read_text(errors="replace")
+        assert "libtorch" not in maps and "/torch/_C" not in maps
         text_s.append(_text_search(page, "a lotus"))
         _shots(page, "14-after-restart-text")
         timings.update(restart_to_search_box_s=round(t_box - server.started, 2),

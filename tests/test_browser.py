@@ -273,6 +273,10 @@ def test_restart_finds_the_index_and_answers_quickly(browser: Any, app: AppHolde
         took = text_search(page, "a sunflower")
         t_result = time.monotonic()
         assert labels(page)[0] == "sunflower", labels(page)
+        # the page's first query after a start ran without PyTorch: its libraries would stay mapped
+        # in the server process once imported
+        maps = Path(f"/proc/{server.proc.pid}/maps").read_text(errors="replace")
+        assert "libtorch" not in maps and "/torch/_C" not in maps
         text_s.append(text_search(page, "a lotus"))
         shots(page, "14-after-restart-text")
         timings.update(restart_to_search_box_s=round(t_box - server.started, 2),

@@ -11,11 +11,14 @@ Layout, one idea per module:
 - ``weights``: local checkpoints, hub caches, the user cache dir, failing fast when offline;
 - ``pipeline``: threaded decode overlapping the model, batching, bad-file handling;
 - ``runtime``: ways to run the image model (eager, fused, ONNX Runtime, ...);
+- ``torchfile`` and ``onnx_build``: a checkpoint read without torch (weights-only rule) and the
+  EfficientNet-Lite0 ONNX model written from it -- the default path of a base install;
 - ``encoder``: :class:`Encoder` and the cached factory :func:`get_encoder`.
 
 Families register themselves on import (``torchvision_models``, ``timm_models``, ``openclip``,
 ``efficientnet_lite``); each entry is a few lines there. Importing this package does not import
-torch: listing backbones and their status stays cheap.
+torch: listing backbones and their status stays cheap, and a backbone that needs torch reports
+how to install it when it is missing.
 """
 
 from __future__ import annotations

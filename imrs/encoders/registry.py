@@ -8,6 +8,7 @@ UI's settings page do, and they should not pay torch's import time for it.
 from __future__ import annotations
 
 import functools
+import importlib.util
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -34,15 +35,34 @@ class BackboneInfo:
 
 @dataclass
 class LoadedBackbone:
-    """What a family's loader hands back: torch modules, not yet placed on a device."""
+    """What a family's loader hands back: torch modules, not yet placed on a device -- or, from a
+    torch-free loader, a ready ONNX model (``onnx_path``) and the classifier as arrays."""
 
-    image_model: nn.Module  # normalised float NCHW -> (B, dim) raw (unnormalised) features
+    image_model: nn.Module | None  # normalised float NCHW -> (B, dim) raw (unnormalised) features
     head: nn.Module | None = None  # raw features -> class logits (EfficientNet-Lite: ImageNet)
     class_names: list[str] | None = None
     text_model: nn.Module | None = None  # token ids -> (B, dim)
     tokenizer: Callable[[Sequence[str]], Any] | None = None
     convnet: bool = True  # channels_last helps convolutions, not transformers
     weights_label: str = ""
+    onnx_path: Path | None = None  # uint8 NHWC -> features (B, dim) [, logits]; no torch needed
+    head_arrays: Callable[[], tuple[Any, Any]] | None = None  # () -> (W (classes, dim), b), numpy
+
+
+#: How to add PyTorch to an install that left it out (the base install has no torch).
+TORCH_EXTRA_HINT = "pip install -c constraints.txt -e '.[torch]' in the IMRS checkout (or pip install 'imrs[torch]')"
+
+
+def torch_installed() -> bool:
+    """Whether PyTorch can be imported, asked without importing it (seconds) or its CUDA stack."""
+    return importlib.util.find_spec("torch") is not None
+
+
+def torch_missing(name: str) -> str | None:
+    """One line saying how to add PyTorch when backbone ``name`` needs it and it is not installed."""
+    if torch_installed():
+        return None
+    return f"backbone {name} needs PyTorch, which this install leaves out; add it with: {TORCH_EXTRA_HINT}"
 
 
 #: Fastest measured runtime per device (scripts/bench_embed.py): ONNX Runtime on CPU, eager fp16 on CUDA.
@@ -62,6 +82,9 @@ class BackboneSpec:
     cuda_batch_size: int = 128
     checkpoint_filenames: tuple[str, ...] = ()  # upstream names also accepted in IMRS_CHECKPOINT_DIR
     download_host: str = ""  # where pretrained weights come from; "" when they ship with a package
+    #: Torch-free loader for the default CPU path (pretrained, fp32): builds or reopens an ONNX
+    #: model, so a base install without PyTorch runs this backbone. None: every path needs torch.
+    load_onnx: Callable[[Path | None], LoadedBackbone] | None = None
 
 
 _REGISTRY: dict[str, BackboneSpec] = {}
@@ -94,6 +117,8 @@ def backbone_info(name: str) -> BackboneInfo:
 def backbone_status(name: str) -> tuple[str, str]:
     """("ready" | "needs download" | "failed", reason) from caches and files, without loading."""
     spec = get_spec(name)
+    if spec.load_onnx is None and not torch_installed():
+        return "failed", torch_missing(name) or ""
     try:
         return spec.status()
     except Exception as exc:  # a status probe must never take the settings page down

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import IMRSError, WeightsUnavailableError
-from .registry import get_spec
+from .registry import get_spec, torch_missing
 
 if TYPE_CHECKING:  # pragma: no cover
     from torch import nn
@@ -158,6 +158,10 @@ def weights_unobtainable(name: str) -> str | None:
     app asks this on every offline start, where importing open_clip alone costs seconds. None
     when they are ready or might be downloadable: then the real load decides."""
     spec = get_spec(name)
+    if spec.load_onnx is None:
+        missing = torch_missing(name)
+        if missing:
+            return missing
     state, reason = spec.status()
     if state != "needs download" or os.environ.get("IMRS_CHECKPOINT_DIR") or not spec.download_host:
         return None

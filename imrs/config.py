@@ -122,6 +122,8 @@ class Settings:
     milvus_token: str = ""
     ray_address: str | None = None
     spill_dir: Path | None = None
+    milvus_verify_rows: int = 20_000  # a live Milvus index up to this size is checked row by row on open
+    ray_connect_timeout: float = 8.0  # seconds to probe a Ray cluster before joining it
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -172,6 +174,8 @@ class Settings:
             milvus_token=_get(e, "IMRS_MILVUS_TOKEN"),
             ray_address=_get(e, "IMRS_RAY_ADDRESS") or None,
             spill_dir=Path(_get(e, "IMRS_SPILL_DIR")).expanduser() if _get(e, "IMRS_SPILL_DIR") else None,
+            milvus_verify_rows=_number(e, "IMRS_MILVUS_VERIFY_ROWS", int, cls.milvus_verify_rows, 0),
+            ray_connect_timeout=_number(e, "IMRS_RAY_CONNECT_TIMEOUT", float, cls.ray_connect_timeout, 0.5, 600),
         )
         return s.replace(**overrides)
 
@@ -318,6 +322,17 @@ def milvus_token() -> str:
 def ray_address() -> str | None:
     """Ray cluster for ``imrs index --engine ray`` (``auto``, ``ray://host:10001``); None = local Ray."""
     return Settings.from_env().ray_address
+
+
+def milvus_verify_rows() -> int:
+    """``IMRS_MILVUS_VERIFY_ROWS``: a live Milvus index of at most this many rows has every row's
+    checksum checked on open (bigger ones: the count; ``imrs snapshot load`` always checks rows)."""
+    return Settings.from_env().milvus_verify_rows
+
+
+def ray_connect_timeout() -> float:
+    """``IMRS_RAY_CONNECT_TIMEOUT``: seconds to probe a Ray cluster (port, GCS, auth) before joining."""
+    return Settings.from_env().ray_connect_timeout
 
 
 def spill_dir() -> Path:

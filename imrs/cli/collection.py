@@ -63,6 +63,8 @@ def cmd_info(args: argparse.Namespace) -> int:
             mb = d["bytes"] / 1e6
             print(f"  {bb}: {d['rows']} embeddings x {d['dim']}-d ({', '.join(d.get('runtimes', []))}), "
                   f"{mb:.1f} MB in {len(d['files'])} file(s)")
+        if info.get("milvus"):
+            print(f"  milvus: collection {info['milvus']['collection']} at {info['milvus']['uri']}")
         for s in info["snapshots"]:
             print(f"  snapshot {s['name']}: {s['backbone']}/{s['indexer']}, {s['count']} vectors, {s['created']}")
     if args.json:

@@ -1002,7 +1002,7 @@ class Collection:
         """A Milvus snapshot whose collection changed since: put its rows back from the NPZ caches
         when they still hold every one of them with the same vectors (the checksum says so), else
         refuse in one line; nothing is changed before the rows are known to be complete."""
-        from .indexes.milvus_index import ContentMismatch, content_checksum
+        from .indexes.milvus_index import ContentMismatch, checksum_as_stored
 
         if not isinstance(exc, ContentMismatch):
             raise exc
@@ -1012,7 +1012,7 @@ class Collection:
         emb = self.all_embeddings()
         have = emb.select(np.isin(emb.ids, want)) if want is not None else emb.select(np.zeros(len(emb), bool))
         if want is None or recorded is None or len(have) != len(want) \
-                or f"{content_checksum(have.ids, have.vectors):016x}" != recorded:
+                or f"{checksum_as_stored(have.ids, have.vectors):016x}" != recorded:
             lost = len(want) - len(have) if want is not None else manifest.count
             raise SnapshotError(f"snapshot {name!r} cannot be restored: {exc}, and the caches no longer hold "
                                 f"{lost or 'the same'} of its vectors (pruned or re-embedded since)") from exc

@@ -16,7 +16,7 @@ PHOTOS = SHARED / "photos"
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-pytest_plugins = ["tests.conftest_web"] if (REPO / "tests" / "conftest_web.py").exists() else []
+pytest_plugins = [f"tests.{m}" for m in ("conftest_web", "conftest_engines") if (REPO / "tests" / f"{m}.py").exists()]
 
 
 def need(path: Path) -> Path:

@@ -33,10 +33,11 @@ asked for. Milvus Lite builds only FLAT, HNSW, IVF_FLAT and IVF_SQ8: other reque
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -114,6 +115,14 @@ def content_checksum(ids: np.ndarray, vecs: np.ndarray) -> int:
     if not len(ids):
         return 0
     return int(row_hashes(ids, vecs).sum(dtype=np.uint64))
+
+
+def checksum_as_stored(ids: np.ndarray, vecs: np.ndarray) -> int:
+    """``content_checksum`` of rows as ``add`` would store them (L2-normalised the same way, to the
+    bit): what a snapshot's checksum is compared with when its rows come back from the caches."""
+    arr = np.asarray(vecs, dtype=np.float32)
+    norms = np.linalg.norm(arr, axis=1, keepdims=True)
+    return content_checksum(ids, np.ascontiguousarray(arr / np.maximum(norms, np.float32(1e-12)), dtype=np.float32))
 
 
 def is_lite_uri(uri: str) -> bool:
@@ -198,13 +207,32 @@ def _client(uri: str) -> Any:
         Path(uri).expanduser().parent.mkdir(parents=True, exist_ok=True)
         uri = str(Path(uri).expanduser())
     try:
-        return MilvusClient(uri=uri, token=milvus_token())
+        with quiet_library_logs():
+            return MilvusClient(uri=uri, token=milvus_token())
     except Exception as exc:  # noqa: BLE001 - pymilvus raises several families for "cannot connect"
         if is_lite_uri(uri):
             raise IMRSError(f"cannot open the Milvus Lite file {uri} ({_reason(exc)}); Milvus Lite allows one "
                             f"process at a time: close the app or the other imrs command, or use a Milvus "
                             f"server (--milvus-uri / IMRS_MILVUS_URI)") from exc
         raise IMRSError(f"cannot connect to Milvus at {uri}: {_reason(exc)}") from exc
+
+
+@contextlib.contextmanager
+def quiet_library_logs() -> Iterator[None]:
+    """milvus_lite logs a failure to open its file (another process holds it) as a full traceback
+    before pymilvus raises; IMRS says it in one line instead. ``--debug`` (imrs at DEBUG) shows it."""
+    if logging.getLogger("imrs").isEnabledFor(logging.DEBUG):
+        yield
+        return
+    loggers = [logging.getLogger(name) for name in ("milvus_lite", "pymilvus")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
 
 
 def _reason(exc: BaseException) -> str:
@@ -415,7 +443,7 @@ class MilvusIndex(VectorIndex):
         if n != count or (checksum is not None and actual != checksum):
             why = f"{n} vectors, {what} recorded {count}" if n != count else \
                 f"{n} vectors as {what} recorded, but other ones (rows replaced since)"
-            raise ContentMismatch(f"Milvus collection {self.collection} at {self.uri} holds {why}")
+            raise ContentMismatch(f"Milvus collection {self.collection} at {self.uri} holds {why}: it changed since")
         if actual is not None:
             self._checksum = actual
 
@@ -590,7 +618,7 @@ class MilvusIndex(VectorIndex):
         checksum = int(state["checksum"], 16) if state.get("checksum") else None
         if obj._refresh_count() != count:
             raise ContentMismatch(f"Milvus collection {obj.collection} at {obj.uri} holds {len(obj)} vectors, "
-                                  f"the snapshot recorded {count}")
+                                  f"the snapshot recorded {count}: it changed since")
         verify = state.get("verify", "auto")
         if verify == "full" or (verify == "auto" and count <= int(state.get("verify_rows", 20_000))):
             obj.verify(count, checksum)

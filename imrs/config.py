@@ -122,7 +122,7 @@ class Settings:
     milvus_token: str = ""
     ray_address: str | None = None
     spill_dir: Path | None = None
-    milvus_verify_rows: int = 20_000  # a live Milvus index up to this size is checked row by row on open
+    milvus_verify_rows: int = 10_000  # a live Milvus index up to this size is checked row by row on open
     ray_connect_timeout: float = 8.0  # seconds to probe a Ray cluster before joining it
 
     @classmethod

@@ -27,7 +27,7 @@ def unavailable(why: str) -> None:
     pytest.skip(why)
 
 
-def _started(start) -> Iterator[Engine]:  # noqa: ANN001 - one of tests.engines.start_*
+def _started(start, grace: float = 20.0) -> Iterator[Engine]:  # noqa: ANN001 - a tests.engines.start_*
     try:
         eng = start()
     except EngineUnavailable as exc:
@@ -36,7 +36,7 @@ def _started(start) -> Iterator[Engine]:  # noqa: ANN001 - one of tests.engines.
     try:
         yield eng
     finally:
-        eng.stop()
+        eng.stop(grace)
 
 
 @pytest.fixture(scope="session")
@@ -57,4 +57,4 @@ def milvus_lite_server() -> Iterator[Engine]:
 def ray_head() -> Iterator[Engine]:
     """A Ray head with 2 CPUs on 127.0.0.1; ``.address`` is its GCS host:port."""
     pytest.importorskip("ray")
-    yield from _started(lambda: start_ray_head(num_cpus=2))
+    yield from _started(lambda: start_ray_head(num_cpus=2), grace=5.0)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -83,6 +84,7 @@ class Engine:
         for pid in _pids_mentioning(str(self.workdir)):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+        shutil.rmtree(self.workdir, ignore_errors=True)
 
 
 def _group_alive(pgid: int) -> bool:
@@ -266,6 +268,7 @@ def main(argv: list[str]) -> int:
     start = {"ray": start_ray_head, "milvus": start_milvus_server, "lite": start_milvus_lite_server}[what]
     eng = start()
     print(eng.address, "pid", eng.proc.pid, "dir", eng.workdir, flush=True)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # a TERM stops the engine too
     try:
         while eng.proc.poll() is None:
             time.sleep(1)

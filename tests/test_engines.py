@@ -251,7 +251,7 @@ def test_ray_head_started_wrongly_fails_fast(tmp_path: Path) -> None:
         _one_line_fast(rc, err, secs, "is not a node of the Ray cluster", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0")
     finally:
         for h in heads:
-            h.stop()
+            h.stop(grace=5.0)
 
 
 @pytest.mark.slow

@@ -620,7 +620,7 @@ class MilvusIndex(VectorIndex):
             raise ContentMismatch(f"Milvus collection {obj.collection} at {obj.uri} holds {len(obj)} vectors, "
                                   f"the snapshot recorded {count}: it changed since")
         verify = state.get("verify", "auto")
-        if verify == "full" or (verify == "auto" and count <= int(state.get("verify_rows", 20_000))):
+        if verify == "full" or (verify == "auto" and count <= int(state.get("verify_rows", 10_000))):
             obj.verify(count, checksum)
         elif checksum is not None:
             obj._checksum = checksum

@@ -329,6 +329,29 @@ class RayEngine:
             raise IMRSError(f"--ray-concurrency must be >= 1, got {self.concurrency}")
         if self.num_gpus < 0 or self.num_cpus <= 0:
             raise IMRSError("--ray-gpus must be >= 0 and CPUs per actor > 0")
+        self._actor_cpus: float | None = None  # the CPU ask fitted to the cluster (``prepare``)
+
+    def prepare(self) -> None:
+        """Probe and join the cluster (or start a local Ray) and fit the actors' ask to it: called
+        before any other work, so a misconfigured cluster fails first, in seconds."""
+        if self._actor_cpus is not None:
+            return
+        num_cpus = self.num_cpus
+        if self.address and self.address.strip() != "auto":
+            if _is_loopback(self.address):
+                _driver_on_loopback()
+            if not _ray().is_initialized():
+                num_cpus = fit_to_cluster(probe_cluster(self.address), self.concurrency, self.num_cpus,
+                                          self.num_gpus)
+        # a local Ray gets one logical CPU more than the actors take, so read tasks always run
+        # (with every CPU held by an encoder actor the reads would wait forever)
+        ensure_ray(self.address, num_cpus=max(os.cpu_count() or 1, math.ceil(self.concurrency * self.num_cpus) + 1),
+                   probe=False)
+        if self.address and self.address.strip() == "auto":
+            res = _ray().cluster_resources()
+            num_cpus = fit_to_cluster(ClusterInfo("auto", [], float(res.get("CPU", 0)), float(res.get("GPU", 0))),
+                                      self.concurrency, self.num_cpus, self.num_gpus)
+        self._actor_cpus = num_cpus
 
     def embed_paths(self, paths: Sequence[str | os.PathLike[str]], batch_size: int | None = None,
                     progress: bool | Callable[[int, int], None] = False) -> Any:
@@ -340,22 +363,8 @@ class RayEngine:
         dim = _backbone_dim(self.backbone)
         if not n:
             return EmbedResult(np.zeros((0, dim), np.float32), np.zeros(0, np.int64), [])
-        # a local Ray gets one logical CPU more than the actors take, so read tasks always run
-        # (with every CPU held by an encoder actor the reads would wait forever); a cluster is
-        # probed and the actors' ask fitted to what it has
-        num_cpus = self.num_cpus
-        if self.address and self.address.strip() != "auto":
-            if _is_loopback(self.address):
-                _driver_on_loopback()
-            if not _ray().is_initialized():
-                num_cpus = fit_to_cluster(probe_cluster(self.address), self.concurrency, self.num_cpus,
-                                          self.num_gpus)
-        ensure_ray(self.address, num_cpus=max(os.cpu_count() or 1, math.ceil(self.concurrency * self.num_cpus) + 1),
-                   probe=False)
-        if self.address and self.address.strip() == "auto":
-            res = ray.cluster_resources()
-            num_cpus = fit_to_cluster(ClusterInfo("auto", [], float(res.get("CPU", 0)), float(res.get("GPU", 0))),
-                                      self.concurrency, self.num_cpus, self.num_gpus)
+        self.prepare()
+        num_cpus = float(self._actor_cpus or self.num_cpus)
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False  # the driver shows one bar, the same as the local engine
         logging.getLogger("ray.data").setLevel(logging.WARNING)  # no per-dataset execution banners

@@ -1014,8 +1014,14 @@ class Collection:
         if want is None or recorded is None or len(have) != len(want) \
                 or f"{checksum_as_stored(have.ids, have.vectors):016x}" != recorded:
             lost = len(want) - len(have) if want is not None else manifest.count
+            what = f"{lost} of its {manifest.count} vectors (pruned since)" if lost else \
+                "its vectors as they were (re-embedded since)"
             raise SnapshotError(f"snapshot {name!r} cannot be restored: {exc}, and the caches no longer hold "
-                                f"{lost or 'the same'} of its vectors (pruned or re-embedded since)") from exc
+                                f"{what}") from exc
+        held = manifest.extra.get("runtime", "fp32")
+        if held != self._runtime_label():
+            raise SnapshotError(f"snapshot {name!r} holds {held} vectors but the collection's caches are "
+                                f"{self._runtime_label()}: re-index with that runtime first")
         log.warning("snapshot %s: %s; restoring its %d vectors from the caches", name, exc, len(have))
         self.begin_changes()
         index = self._build_index(have)

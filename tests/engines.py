@@ -217,7 +217,10 @@ def _wait_milvus(uri: str, proc: subprocess.Popen[bytes], timeout: float) -> Non
 # -- Ray ---------------------------------------------------------------------------------------------
 #: What a head on loopback needs in its environment (and a driver in its own): without it Ray
 #: registers nodes under the machine's other address, not the 127.0.0.1 it was given.
-RAY_LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0"}
+#: Token auth is off unless a test turns it on: a token file left in ~/.ray (another user of the
+#: machine) would otherwise switch it on for the head.
+RAY_LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0",
+                    "RAY_AUTH_MODE": "disabled"}
 
 
 def start_ray_head(num_cpus: int = 2, env: dict[str, str] | None = None, timeout: float = 90.0) -> Engine:

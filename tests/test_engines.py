@@ -251,6 +251,12 @@ def test_ray_head_started_wrongly_fails_fast(tmp_path: Path) -> None:
         rc, _, err, secs = cli(*args, "--ray-address", tok.address,
                                env={"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "f" * 32})
         _one_line_fast(rc, err, secs, "the token this driver has is not the cluster's")
+        # the cluster's token at hand but token mode off (a token file, as `ray start` found it): used,
+        # and the next check speaks (40 actors cannot fit one CPU): the auth probe passed
+        rc, _, err, secs = cli(*args, "--ray-address", tok.address, "--ray-concurrency", "40",
+                               env={"RAY_AUTH_MODE": "", "RAY_AUTH_TOKEN": token})
+        assert rc == 2 and "requires an auth token: using this machine's" in err, err
+        assert err.strip().splitlines()[-1].startswith("imrs: error: the Ray cluster at") and "too few" in err
         rc, _, err, secs = cli(*args, "--ray-address", rewritten.address)
         _one_line_fast(rc, err, secs, "is not a node of the Ray cluster", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0")
     finally:

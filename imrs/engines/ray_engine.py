@@ -205,7 +205,22 @@ def probe_cluster(address: str, timeout: float | None = None) -> ClusterInfo:
     channel = grpc.insecure_channel(f"{host}:{port}")
     try:
         stub = gcs_service_pb2_grpc.NodeInfoGcsServiceStub(channel)
-        reply = stub.GetAllNodeInfo(gcs_service_pb2.GetAllNodeInfoRequest(), timeout=left, metadata=meta)
+        if not meta:
+            # a token auth cluster on this machine uses the token file its head found; this driver
+            # has the same file but token mode off: switch it on, as Ray's own local start does
+            try:
+                reply = stub.GetAllNodeInfo(gcs_service_pb2.GetAllNodeInfoRequest(), timeout=left)
+            except grpc.RpcError as exc:
+                spare = _auth_metadata(ignore_mode=True)
+                if exc.code() != grpc.StatusCode.UNAUTHENTICATED or not spare:
+                    raise
+                meta = spare
+                reply = stub.GetAllNodeInfo(gcs_service_pb2.GetAllNodeInfoRequest(), timeout=left, metadata=meta)
+                _enable_token_mode()
+                log.warning("the Ray cluster at %s requires an auth token: using this machine's (token "
+                            "auth switched on for this driver; set RAY_AUTH_MODE=token to say so)", address)
+        else:
+            reply = stub.GetAllNodeInfo(gcs_service_pb2.GetAllNodeInfoRequest(), timeout=left, metadata=meta)
     except grpc.RpcError as exc:
         code = exc.code() if hasattr(exc, "code") else None
         if code == grpc.StatusCode.UNAUTHENTICATED:
@@ -236,18 +251,33 @@ def probe_cluster(address: str, timeout: float | None = None) -> ClusterInfo:
     return info
 
 
-def _auth_metadata() -> tuple[tuple[str, str], ...]:
+def _auth_metadata(ignore_mode: bool = False) -> tuple[tuple[str, str], ...]:
     """The gRPC metadata Ray itself would send (its token loader: RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH,
-    ~/.ray/auth_token), empty when token auth is off for this driver."""
+    ~/.ray/auth_token), empty when token auth is off for this driver (unless ``ignore_mode``: the
+    token it would use if it were on)."""
     try:
         from ray._raylet import AuthenticationMode, AuthenticationTokenLoader, get_authentication_mode
 
+        loader = AuthenticationTokenLoader.instance()
+        if ignore_mode:
+            if get_authentication_mode() == AuthenticationMode.TOKEN or not loader.has_token(ignore_auth_mode=True):
+                return ()
+            return (("authorization", f"Bearer {loader.get_raw_token(ignore_auth_mode=True)}"),)
         if get_authentication_mode() != AuthenticationMode.TOKEN:
             return ()
-        loader = AuthenticationTokenLoader.instance()
         return tuple(loader.get_token_for_http_header().items()) if loader.has_token() else ()
     except Exception:  # noqa: BLE001 - an older Ray without token auth
         return ()
+
+
+def _enable_token_mode() -> None:
+    """Token auth on for this process and the workers it starts (Ray's own switch)."""
+    try:
+        from ray._private.authentication.authentication_token_setup import _enable_token_auth
+
+        _enable_token_auth()
+    except Exception:  # noqa: BLE001 - an older Ray: the environment variable alone
+        os.environ["RAY_AUTH_MODE"] = "token"
 
 
 def _driver_ip(host: str, port: int) -> str:

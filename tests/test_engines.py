@@ -246,7 +246,10 @@ def test_ray_head_started_wrongly_fails_fast(tmp_path: Path) -> None:
             unavailable(str(exc).splitlines()[0])
         tok, rewritten = heads
         args = ("index", root, "--home", tmp_path / "h", "--engine", "ray", "-q", "--weights", "random")
-        rc, _, err, secs = cli(*args, "--ray-address", tok.address, env={"RAY_AUTH_MODE": "", "RAY_AUTH_TOKEN": ""})
+        nohome = tmp_path / "home-without-ray-token"  # whatever ~/.ray/auth_token this machine holds: not seen
+        nohome.mkdir()
+        rc, _, err, secs = cli(*args, "--ray-address", tok.address,
+                               env={"RAY_AUTH_MODE": "", "RAY_AUTH_TOKEN": "", "HOME": str(nohome)})
         _one_line_fast(rc, err, secs, "requires an auth token and this driver has none")
         rc, _, err, secs = cli(*args, "--ray-address", tok.address,
                                env={"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "f" * 32})

@@ -335,6 +335,12 @@ def ray_connect_timeout() -> float:
     return Settings.from_env().ray_connect_timeout
 
 
+def steer_library_env(name: str, value: str) -> None:
+    """Set an environment variable that steers a third-party library in this process and the
+    processes it starts (Ray's loopback and token-auth switches): the one place IMRS writes one."""
+    os.environ[name] = value
+
+
 def spill_dir() -> Path:
     """Folder for IVF-PQ compressed mode's mapped raw vectors (unlinked files: nothing is left)."""
     import tempfile

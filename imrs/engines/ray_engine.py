@@ -147,7 +147,9 @@ def _driver_on_loopback() -> None:
     Ray otherwise replaces a loopback address by the machine's network address (where nothing
     listens) and retries for minutes. RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 is Ray's switch for
     that; it is read when Ray is imported, so an already imported Ray gets the same value set."""
-    os.environ[LOOPBACK_ENV] = "0"
+    from ..config import steer_library_env
+
+    steer_library_env(LOOPBACK_ENV, "0")
     import sys
 
     consts = sys.modules.get("ray._private.ray_constants")
@@ -277,7 +279,9 @@ def _enable_token_mode() -> None:
 
         _enable_token_auth()
     except Exception:  # noqa: BLE001 - an older Ray: the environment variable alone
-        os.environ["RAY_AUTH_MODE"] = "token"
+        from ..config import steer_library_env
+
+        steer_library_env("RAY_AUTH_MODE", "token")
 
 
 def _driver_ip(host: str, port: int) -> str:

@@ -25,6 +25,8 @@ from pathlib import Path
 MILVUS_VERSION = "2.3.5"
 #: Components of a Milvus standalone that register an address; all pinned to loopback.
 MILVUS_COMPONENTS = ("proxy", "rootCoord", "queryCoord", "queryNode", "indexNode", "dataCoord", "dataNode")
+#: Ports the 2.3 standalone's embedded etcd always binds (client, peer).
+MILVUS_FIXED_PORTS = (2379, 2380)
 CACHE = Path(os.environ.get("IMRS_TEST_CACHE") or Path.home() / ".cache" / "imrs-test")
 
 
@@ -157,6 +159,10 @@ def milvus_server_bin() -> Path:
 def start_milvus_server(timeout: float = 240.0) -> Engine:
     """A Milvus standalone (embedded etcd, local storage) whose components all register on loopback."""
     exe = milvus_server_bin()
+    for fixed in MILVUS_FIXED_PORTS:  # its embedded etcd cannot move: one standalone per machine
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", fixed), timeout=1):
+            raise EngineUnavailable(f"port {fixed} (the embedded etcd of a Milvus standalone) is taken: another "
+                                    f"Milvus 2.3 standalone runs on this machine")
     workdir = Path(tempfile.mkdtemp(prefix="imrs-milvus-"))
     port = free_port()
     argv = [str(exe), "--data", str(workdir / "data"), "--proxy-port", str(port)]

@@ -414,26 +414,38 @@ class Collection:
 
     def _open_index(self) -> VectorIndex:
         """Live snapshot if there is a compatible one (fast start, mmap), else rebuilt from the NPZ
-        caches (no embedding), else empty."""
+        caches (no embedding), else empty. A Milvus index is rebuilt only by a writer: the rebuild
+        replaces a collection on a server other readers share, so a reader says what to run."""
         index = self._load_live()
+        if index is None and self.indexer == "milvus" and not self.writer.depth:
+            why = self._milvus_unusable or "no live index yet"
+            raise IMRSError(f"the Milvus index of {self.root} cannot be used ({why}): run `imrs index "
+                            f"{self.root}` to rebuild it from the caches (nothing is re-embedded)")
         return index if index is not None else self._build_index(self.all_embeddings())
 
     def _load_live(self) -> VectorIndex | None:
         self._index_version = self._disk_version()
+        self._milvus_unusable = ""
         if snap.snapshot_exists(self.snap_dir, self.live_name):
             try:
                 index, manifest, _ = snap.load_snapshot(self.snap_dir, self.live_name,
-                                                        expect_backbone=self.backbone, expect_dim=self.dim)
+                                                        expect_backbone=self.backbone, expect_dim=self.dim,
+                                                        remote=self._milvus_remote(self.live_name))
                 cached = self.cached_runtime()
                 if cached is not None and manifest.extra.get("runtime", "fp32") != cached:
                     raise SnapshotError(f"live index holds {manifest.extra.get('runtime', 'fp32')} vectors, "
                                         f"the caches {cached}")
                 self._wire_index(index)  # scale-out: filter fields, Milvus location
+                if getattr(index, "uri", None) != (manifest.extra.get("vectors_at") or {}).get("uri", None):
+                    self._snapshot_stale = True  # found in this state folder's own Lite file: re-save
                 if self.index_params:
                     index.set_params(**_tunables(self.index_params))
                 log.info("loaded live index %s (%d vectors)", self.live_name, len(index))
                 return index
             except SnapshotError as exc:
+                if self.indexer == "milvus" and not self.writer.depth:
+                    self._milvus_unusable = str(exc)
+                    return None
                 log.warning("live snapshot unusable, rebuilding from embeddings: %s", exc)
                 self._snapshot_stale = True
         return None
@@ -443,17 +455,51 @@ class Collection:
 
         index = make_index(self.indexer, self.dim, n_hint=max(len(emb), 1), **self._index_build_params())
         self._wire_index(index)
+        loc = index.location()
+        if loc is not None:  # later commands find the vectors here without --milvus-uri
+            from .indexes.milvus_index import remember_location
+
+            remember_location(self.state_dir, self.backbone, loc["uri"], loc["collection"])
         if len(emb):
             index.add(emb.ids, emb.vectors)
         return index
 
-    # -- scale-out (issue 12): where a Milvus index lives and what it stores beside each vector ----------
+    # -- scale-out: where a Milvus index lives, what it stores beside each vector, how it is checked ------
+    _milvus_unusable = ""  # why the live Milvus index could not be used (a reader reports it)
+
     def _index_build_params(self) -> dict[str, Any]:
         if self.indexer != "milvus":
             return self.index_params
         from .indexes.milvus_index import connection_params
 
         return connection_params(self.state_dir, self.backbone, self.index_params)
+
+    def milvus_location(self) -> dict[str, str] | None:
+        """Where this collection's Milvus vectors live now (remembered; None: never put there)."""
+        from .indexes.milvus_index import remembered_location
+
+        return remembered_location(self.state_dir, self.backbone)
+
+    def _milvus_remote(self, name: str, verify: str = "auto") -> dict[str, Any] | None:
+        """How to load snapshot ``name`` of a Milvus index: ``verify`` (see ``MilvusIndex._load``),
+        and, when it names a Lite file other than the one this collection uses (a copied state
+        folder), that file instead: the checksum then proves it holds the same vectors."""
+        if self.indexer != "milvus":
+            return None
+        from .config import milvus_verify_rows
+        from .indexes.milvus_index import is_lite_uri
+
+        remote: dict[str, Any] = {"verify": verify, "verify_rows": milvus_verify_rows()}
+        try:
+            at = snap.read_manifest(self.snap_dir, name).extra.get("vectors_at") or {}
+        except SnapshotError:
+            return remote
+        want = self._index_build_params()
+        uri = str(at.get("uri", ""))
+        if uri and uri != want["uri"] and is_lite_uri(uri) and is_lite_uri(want["uri"]) \
+                and at.get("collection") == want["collection"]:
+            remote.update(uri=want["uri"], verify="full")
+        return remote
 
     def _wire_index(self, index: VectorIndex) -> None:
         """Let the index read filter fields from the catalog, and refuse (SnapshotError: the caller
@@ -1045,8 +1091,12 @@ class Collection:
         collection (their downloaded files move to ``<state>/quarantine/released-*``; a later
         ``imrs index`` re-finds base files, not those)."""
         with self.writing("snapshot-load"):
-            index, manifest, cat_path = snap.load_snapshot(self.snap_dir, name, expect_backbone=self.backbone,
-                                                           expect_dim=self.dim)
+            try:
+                index, manifest, cat_path = snap.load_snapshot(self.snap_dir, name, expect_backbone=self.backbone,
+                                                               expect_dim=self.dim,
+                                                               remote=self._milvus_remote(name, "full"))
+            except SnapshotError as exc:
+                index, manifest, cat_path = self._restore_milvus_snapshot(name, exc)
             held = manifest.extra.get("runtime", "fp32")
             if held != self._runtime_label():  # the next sync would mix the two runtimes
                 raise SnapshotError(f"snapshot {name!r} holds {held} vectors but the collection's caches are "
@@ -1087,6 +1137,38 @@ class Collection:
         return [m for m in snap.list_snapshots(self.snap_dir) if not m.name.startswith("live-")]
 
     # -- reporting ----------------------------------------------------------------------------------
+    def _restore_milvus_snapshot(self, name: str, exc: SnapshotError
+                                 ) -> tuple[VectorIndex, snap.Manifest, Path | None]:
+        """A Milvus snapshot whose collection changed since: put its rows back from the NPZ caches
+        when they still hold every one of them with the same vectors (the checksum says so), else
+        refuse in one line; nothing is changed before the rows are known to be complete."""
+        from .indexes.milvus_index import ContentMismatch, checksum_as_stored
+
+        if not isinstance(exc, ContentMismatch):
+            raise exc
+        manifest = snap.read_manifest(self.snap_dir, name)
+        want = snap.snapshot_ids(self.snap_dir, name)
+        recorded = (manifest.extra.get("vectors_at") or {}).get("checksum")
+        emb = self.all_embeddings()
+        have = emb.select(np.isin(emb.ids, want)) if want is not None else emb.select(np.zeros(len(emb), bool))
+        if want is None or recorded is None or len(have) != len(want) \
+                or f"{checksum_as_stored(have.ids, have.vectors):016x}" != recorded:
+            lost = len(want) - len(have) if want is not None else manifest.count
+            what = f"{lost} of its {manifest.count} vectors (pruned since)" if lost else \
+                "its vectors as they were (re-embedded since)"
+            raise SnapshotError(f"snapshot {name!r} cannot be restored: {exc}, and the caches no longer hold "
+                                f"{what}") from exc
+        held = manifest.extra.get("runtime", "fp32")
+        if held != self._runtime_label():
+            raise SnapshotError(f"snapshot {name!r} holds {held} vectors but the collection's caches are "
+                                f"{self._runtime_label()}: re-index with that runtime first")
+        log.warning("snapshot %s: %s; restoring its %d vectors from the caches", name, exc, len(have))
+        self.begin_changes()
+        index = self._build_index(have)
+        cat = snap.pointed_version(self.snap_dir, name)
+        cat_path = self.snap_dir / cat / "catalog.sqlite" if cat else None
+        return index, manifest, (cat_path if cat_path is not None and cat_path.exists() else None)
+
     def info(self) -> dict[str, Any]:
         per_backbone: dict[str, dict[str, Any]] = {}
         for npz in sorted([*self.emb_dir.glob("*.npz"), *self.emb_dir.glob("*.store")]):
@@ -1112,7 +1194,7 @@ class Collection:
         return {"root": str(self.root), "state_dir": str(self.state_dir), "quarantine": quarantine,
                 "images": len(self.catalog), "base": self.catalog.count("base"),
                 "dynamic": self.catalog.count("dynamic"), "labels": len(self.catalog.labels()),
-                "embeddings": per_backbone,
+                "embeddings": per_backbone, "milvus": self.milvus_location(),
                 "snapshots": [{"name": m.name, "backbone": m.backbone, "indexer": m.indexer, "count": m.count,
                                "created": m.created} for m in snaps]}
 

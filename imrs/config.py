@@ -127,6 +127,8 @@ class Settings:
     milvus_token: str = ""
     ray_address: str | None = None
     spill_dir: Path | None = None
+    milvus_verify_rows: int = 10_000  # a live Milvus index up to this size is checked row by row on open
+    ray_connect_timeout: float = 8.0  # seconds to probe a Ray cluster before joining it
     # the page's roles: who may change the collection, which folders it may index (see imrs.app.access)
     allowed_roots: tuple[str, ...] = ()  # IMRS_ALLOWED_ROOTS, os.pathsep-separated
     editor_token: str = dataclasses.field(default="", repr=False)  # IMRS_EDITOR_TOKEN or IMRS_EDITOR_TOKEN_FILE
@@ -202,6 +204,8 @@ class Settings:
             ray_address=_get(e, "IMRS_RAY_ADDRESS") or None,
             spill_dir=Path(_get(e, "IMRS_SPILL_DIR")).expanduser() if _get(e, "IMRS_SPILL_DIR") else None,
             **cls._page_access(e),
+            milvus_verify_rows=_number(e, "IMRS_MILVUS_VERIFY_ROWS", int, cls.milvus_verify_rows, 0),
+            ray_connect_timeout=_number(e, "IMRS_RAY_CONNECT_TIMEOUT", float, cls.ray_connect_timeout, 0.5, 600),
         )
         return s.replace(**overrides)
 
@@ -348,6 +352,23 @@ def milvus_token() -> str:
 def ray_address() -> str | None:
     """Ray cluster for ``imrs index --engine ray`` (``auto``, ``ray://host:10001``); None = local Ray."""
     return Settings.from_env().ray_address
+
+
+def milvus_verify_rows() -> int:
+    """``IMRS_MILVUS_VERIFY_ROWS``: a live Milvus index of at most this many rows has every row's
+    checksum checked on open (bigger ones: the count; ``imrs snapshot load`` always checks rows)."""
+    return Settings.from_env().milvus_verify_rows
+
+
+def ray_connect_timeout() -> float:
+    """``IMRS_RAY_CONNECT_TIMEOUT``: seconds to probe a Ray cluster (port, GCS, auth) before joining."""
+    return Settings.from_env().ray_connect_timeout
+
+
+def steer_library_env(name: str, value: str) -> None:
+    """Set an environment variable that steers a third-party library in this process and the
+    processes it starts (Ray's loopback and token-auth switches): the one place IMRS writes one."""
+    os.environ[name] = value
 
 
 def spill_dir() -> Path:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .errors import SnapshotError
+from .errors import IMRSError, SnapshotError
 from .faults import fault_point
 from .fsutil import atomic_write_json, read_json
 
@@ -123,10 +123,15 @@ def read_manifest(snap_dir: str | Path, name: str) -> Manifest:
 
 
 def load_snapshot(snap_dir: str | Path, name: str, expect_backbone: str | None = None,
-                  expect_dim: int | None = None, mmap: bool = False
+                  expect_dim: int | None = None, mmap: bool = False, remote: dict[str, Any] | None = None
                   ) -> tuple[VectorIndex, Manifest, Path | None]:
     """Return (index, manifest, catalog copy path or None). Refuses a snapshot of another backbone or
-    dim: vectors from two embedding spaces are meaningless together, and would fail only later."""
+    dim: vectors from two embedding spaces are meaningless together, and would fail only later.
+
+    A snapshot of vectors held by a server (Milvus) copies none: it records where they are and a
+    checksum of its content (ids and vector bits), and loading it checks that Milvus still holds
+    exactly that (``remote={"verify": "full"}`` reads every row back; see ``MilvusIndex._load``);
+    a ``ContentMismatch`` (a ``SnapshotError``) says it does not."""
     from .indexes import load_index
 
     snap_dir = Path(snap_dir)
@@ -140,13 +145,24 @@ def load_snapshot(snap_dir: str | Path, name: str, expect_backbone: str | None =
     vdir = _pointed_dir(snap_dir, name)
     assert vdir is not None
     try:
-        index = load_index(vdir / "index", mmap=mmap)
-    except SnapshotError:
+        index = load_index(vdir / "index", mmap=mmap, remote=remote)
+    except IMRSError:  # a damaged snapshot, or vectors on a server that cannot be reached now
         raise
     except Exception as exc:  # native readers raise RuntimeError and friends on damaged files
         raise SnapshotError(f"snapshot {name!r}: index files unreadable ({exc})") from exc
     cat = vdir / "catalog.sqlite"
     return index, manifest, (cat if cat.exists() else None)
+
+
+def snapshot_ids(snap_dir: str | Path, name: str) -> np.ndarray | None:
+    """The ids a snapshot recorded (None when it recorded none: an older live pointer)."""
+    vdir = _pointed_dir(Path(snap_dir), name)
+    if vdir is None or not (vdir / "ids.npy").exists():
+        return None
+    try:
+        return np.load(vdir / "ids.npy", allow_pickle=False).astype(np.int64)
+    except (OSError, ValueError) as exc:
+        raise SnapshotError(f"snapshot {name!r}: ids.npy unreadable ({exc})") from exc
 
 
 def list_snapshots(snap_dir: str | Path) -> list[Manifest]:

@@ -17,7 +17,7 @@ PHOTOS = SHARED / "photos"
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-pytest_plugins = ["tests.ci_skips"] + [f"tests.{m}" for m in ("conftest_web", "browser_kit")
+pytest_plugins = ["tests.ci_skips"] + [f"tests.{m}" for m in ("conftest_web", "conftest_engines", "browser_kit")
                                         if (REPO / "tests" / f"{m}.py").exists()]
 
 

@@ -258,6 +258,8 @@ def test_unreachable_ray_cluster_is_one_line_in_seconds() -> None:
     from imrs.engines.ray_engine import _check_reachable
     from imrs.errors import IMRSError
 
-    with pytest.raises(IMRSError, match="cannot reach the Ray cluster at ray://127.0.0.1:1"):
-        _check_reachable("ray://127.0.0.1:1")
+    with pytest.raises(IMRSError, match="cannot reach the Ray cluster at 127.0.0.1:1"):
+        _check_reachable("127.0.0.1:1")
+    with pytest.raises(IMRSError, match="is a Ray Client address, which IMRS does not use"):
+        _check_reachable("ray://127.0.0.1:1")  # the client form is refused before any connection
     _check_reachable("auto")  # not a host:port: left to Ray

@@ -73,6 +73,8 @@ def cmd_info(args: argparse.Namespace) -> int:
         if q["web_images"] or q["damaged_files"]:
             print(f"  quarantine ({q['folder']}): {q['web_images']} web image(s) `imrs index` takes back, "
                   f"{len(q['damaged_files'])} damaged file(s) kept for inspection")
+        if info.get("milvus"):
+            print(f"  milvus: collection {info['milvus']['collection']} at {info['milvus']['uri']}")
         for s in info["snapshots"]:
             print(f"  snapshot {s['name']}: {s['backbone']}/{s['indexer']}, {s['count']} vectors, {s['created']}")
     if args.json:

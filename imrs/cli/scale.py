@@ -59,6 +59,8 @@ def engine_from_args(args: argparse.Namespace, coll: Collection) -> Embedder | N
     from ..config import ray_address
     from ..engines.ray_engine import RayEngine
 
-    return RayEngine(coll.backbone, device=coll.device, weights=coll.weights, checkpoint=coll.checkpoint,
-                     address=args.ray_address or ray_address(), batch_size=args.ray_batch_size or args.batch_size,
-                     concurrency=args.ray_concurrency, num_cpus=args.ray_cpus, num_gpus=args.ray_gpus)
+    engine = RayEngine(coll.backbone, device=coll.device, weights=coll.weights, checkpoint=coll.checkpoint,
+                       address=args.ray_address or ray_address(), batch_size=args.ray_batch_size or args.batch_size,
+                       concurrency=args.ray_concurrency, num_cpus=args.ray_cpus, num_gpus=args.ray_gpus)
+    engine.prepare()  # a misconfigured cluster fails now, in seconds, before any other work
+    return engine

@@ -19,12 +19,14 @@ returns plus one batch, and updates the same progress bar as the local engine.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
 import re
 import socket
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,17 +52,30 @@ def _ray() -> Any:
     return ray
 
 
-def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> bool:
+LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+def ensure_ray(address: str | None = None, num_cpus: int | None = None, probe: bool = True) -> bool:
     """Connect to ``address`` (a cluster), or start a local Ray; reuse one already running in this
-    process. Returns True when this call started or joined it."""
-    ray = _ray()
-    if ray.is_initialized():
-        return False
-    if address:
-        _check_reachable(address)
+    process. Returns True when this call started or joined it. A cluster is probed first
+    (``probe_cluster``): what would make ``ray.init`` retry for minutes fails here in seconds."""
+    if address and address.strip() != "auto":
+        if _is_loopback(address):
+            _driver_on_loopback()  # before Ray is imported: it reads the switch once
+        ray = _ray()
+        if ray.is_initialized():
+            return False
+        if probe:
+            probe_cluster(address)
+    else:
+        ray = _ray()
+        if ray.is_initialized():
+            return False
     kw: dict[str, Any] = {"include_dashboard": False, "logging_level": logging.WARNING, "log_to_driver": False}
     if address:
         kw["address"] = address
+        if _is_loopback(address):
+            kw["_node_ip_address"] = "127.0.0.1"
     else:
         kw["object_store_memory"] = LOCAL_OBJECT_STORE_BYTES
         # Ray nices its workers (15) by default; on a machine it shares with the driver and other
@@ -70,30 +85,235 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> bool:
             kw["num_cpus"] = num_cpus
     for attempt in (1, 2):
         try:
-            ray.init(**kw)
+            with _quiet_native_logs():
+                ray.init(**kw)
             return True
         except Exception as exc:  # noqa: BLE001 - ConnectionError, RuntimeError, ... all mean "no Ray here"
             ray.shutdown()  # a local start that timed out (a busy machine) leaves a half-made session
             if address or attempt == 2:
-                raise IMRSError(f"cannot start or join Ray{f' at {address}' if address else ''}: {exc}") from exc
-            log.warning("starting a local Ray failed (%s); trying once more", str(exc).splitlines()[0][:200])
+                raise IMRSError(f"cannot start or join Ray{f' at {address}' if address else ''}: "
+                                f"{_first_line(exc)}") from exc
+            log.warning("starting a local Ray failed (%s); trying once more", _first_line(exc))
     return True
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else type(exc).__name__
+
+
+@contextlib.contextmanager
+def _quiet_native_logs() -> Iterator[None]:
+    """Ray's C++ core writes its connection retries straight to file descriptor 2; unless IMRS
+    logs at debug level (``--debug``) they go to /dev/null while Ray starts or joins."""
+    if logging.getLogger("imrs").isEnabledFor(logging.DEBUG) or logging.getLogger().isEnabledFor(logging.DEBUG):
+        yield
+        return
+    import sys
+
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):
+        yield
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
 
 
 #: Seconds to wait for a Ray cluster's port to accept a connection before giving up.
 CONNECT_TIMEOUT_S = 5.0
+_ADDRESS_RE = re.compile(r"(ray://)?\[?([^\]/]+?)\]?:(\d+)")
 
 
-def _check_reachable(address: str) -> None:
-    """Fail in seconds, with one line, when a ``host:port`` / ``ray://host:port`` address does not
-    answer: ``ray.init`` would otherwise retry for minutes. ``auto`` and other forms go to Ray as is."""
-    m = re.fullmatch(r"(?:ray://)?\[?([^\]/]+?)\]?:(\d+)", address.strip())
-    if m is None:
+def _split(address: str) -> tuple[str, str, int] | None:
+    m = _ADDRESS_RE.fullmatch(address.strip())
+    return (m.group(1) or "", m.group(2), int(m.group(3))) if m else None
+
+
+def _is_loopback(address: str) -> bool:
+    parts = _split(address)
+    return parts is not None and (parts[1] in ("localhost", "::1") or parts[1].startswith("127."))
+
+
+def _driver_on_loopback() -> None:
+    """A cluster on 127.0.0.1 is on this machine, and this driver must join it as 127.0.0.1:
+    Ray otherwise replaces a loopback address by the machine's network address (where nothing
+    listens) and retries for minutes. RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 is Ray's switch for
+    that; it is read when Ray is imported, so an already imported Ray gets the same value set."""
+    from ..config import steer_library_env
+
+    steer_library_env(LOOPBACK_ENV, "0")
+    import sys
+
+    consts = sys.modules.get("ray._private.ray_constants")
+    if consts is not None:
+        consts.ENABLE_RAY_CLUSTER = False
+
+
+def _check_reachable(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
+    """Fail in seconds, with one line, when a ``host:port`` address does not answer, or is the
+    ``ray://`` Ray Client form: ``ray.init`` would otherwise retry for minutes. ``auto`` and other
+    forms go to Ray as is."""
+    parts = _split(address)
+    if parts is None:
         return
+    scheme, host, port = parts
+    if scheme:
+        raise IMRSError(f"{address} is a Ray Client address, which IMRS does not use (Ray Data needs its driver "
+                        f"on a cluster node): run imrs on a node of the cluster with --ray-address {host}:<GCS port> "
+                        f"(the address `ray start --head` printed, 6379 by default)")
     try:
-        socket.create_connection((m.group(1), int(m.group(2))), timeout=CONNECT_TIMEOUT_S).close()
+        socket.create_connection((host, port), timeout=timeout).close()
     except OSError as exc:
         raise IMRSError(f"cannot reach the Ray cluster at {address}: {exc.strerror or exc}") from exc
+
+
+@dataclass
+class ClusterInfo:
+    """What ``probe_cluster`` learned: the alive nodes' addresses and total resources."""
+
+    address: str
+    nodes: list[str]
+    cpus: float
+    gpus: float
+
+
+def probe_cluster(address: str, timeout: float | None = None) -> ClusterInfo:
+    """Ask the cluster's GCS for its nodes, over plain gRPC with the token this driver would send,
+    within ``timeout`` seconds in all: a dead or foreign port, a missing or wrong auth token, or a
+    driver that would not be on any of its nodes each end here in one line."""
+    from ..config import ray_connect_timeout
+
+    timeout = float(timeout if timeout is not None else ray_connect_timeout())
+    start = time.monotonic()
+    _check_reachable(address, timeout=min(timeout, CONNECT_TIMEOUT_S))
+    parts = _split(address)
+    if parts is None:
+        raise IMRSError(f"--ray-address must be host:port (the GCS address `ray start --head` printed), "
+                        f"not {address!r}")
+    _, host, port = parts
+    import grpc
+    from ray.core.generated import gcs_service_pb2, gcs_service_pb2_grpc
+
+    meta = _auth_metadata()
+    left = max(0.5, timeout - (time.monotonic() - start))
+    channel = grpc.insecure_channel(f"{host}:{port}")
+    try:
+        stub = gcs_service_pb2_grpc.NodeInfoGcsServiceStub(channel)
+        if not meta:
+            # a token auth cluster on this machine uses the token file its head found; this driver
+            # has the same file but token mode off: switch it on, as Ray's own local start does
+            try:
+                reply = stub.GetAllNodeInfo(gcs_service_pb2.GetAllNodeInfoRequest(), timeout=left)
+            except grpc.RpcError as exc:
+                spare = _auth_metadata(ignore_mode=True)
+                if exc.code() != grpc.StatusCode.UNAUTHENTICATED or not spare:
+                    raise
+                meta = spare
+                reply = stub.GetAllNodeInfo(gcs_service_pb2.GetAllNodeInfoRequest(), timeout=left, metadata=meta)
+                _enable_token_mode()
+                log.warning("the Ray cluster at %s requires an auth token: using this machine's (token "
+                            "auth switched on for this driver; set RAY_AUTH_MODE=token to say so)", address)
+        else:
+            reply = stub.GetAllNodeInfo(gcs_service_pb2.GetAllNodeInfoRequest(), timeout=left, metadata=meta)
+    except grpc.RpcError as exc:
+        code = exc.code() if hasattr(exc, "code") else None
+        if code == grpc.StatusCode.UNAUTHENTICATED:
+            how = ("the token this driver has is not the cluster's" if meta else
+                   "this driver has none")
+            raise IMRSError(f"the Ray cluster at {address} requires an auth token and {how}: set RAY_AUTH_TOKEN "
+                            f"(or ~/.ray/auth_token) to the cluster's token") from exc
+        if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+            raise IMRSError(f"the Ray cluster at {address} did not answer within {timeout:.0f} s "
+                            f"(is it a Ray GCS port?)") from exc
+        raise IMRSError(f"{address} answers, but not as a Ray cluster's GCS ({code.name if code else exc}): "
+                        f"give the address `ray start --head` printed") from exc
+    finally:
+        channel.close()
+    alive = [n for n in reply.node_info_list if n.state == 0]  # GcsNodeInfo.ALIVE
+    if not alive:
+        raise IMRSError(f"the Ray cluster at {address} has no live node")
+    info = ClusterInfo(address, sorted({n.node_manager_address for n in alive}),
+                       float(sum(n.resources_total.get("CPU", 0.0) for n in alive)),
+                       float(sum(n.resources_total.get("GPU", 0.0) for n in alive)))
+    mine = "127.0.0.1" if _is_loopback(address) else _driver_ip(host, port)
+    if mine not in info.nodes:
+        hint = (f"on this machine, start the head with {LOOPBACK_ENV}=0 and --node-ip-address 127.0.0.1"
+                if mine.startswith("127.") or any(n.startswith("127.") for n in info.nodes)
+                else "run imrs on one of its nodes")
+        raise IMRSError(f"this driver ({mine}) is not a node of the Ray cluster at {address} (nodes: "
+                        f"{', '.join(info.nodes)}); a driver must run on a node: {hint}")
+    return info
+
+
+def _auth_metadata(ignore_mode: bool = False) -> tuple[tuple[str, str], ...]:
+    """The gRPC metadata Ray itself would send (its token loader: RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH,
+    ~/.ray/auth_token), empty when token auth is off for this driver (unless ``ignore_mode``: the
+    token it would use if it were on)."""
+    try:
+        from ray._raylet import AuthenticationMode, AuthenticationTokenLoader, get_authentication_mode
+
+        loader = AuthenticationTokenLoader.instance()
+        if ignore_mode:
+            if get_authentication_mode() == AuthenticationMode.TOKEN or not loader.has_token(ignore_auth_mode=True):
+                return ()
+            return (("authorization", f"Bearer {loader.get_raw_token(ignore_auth_mode=True)}"),)
+        if get_authentication_mode() != AuthenticationMode.TOKEN:
+            return ()
+        return tuple(loader.get_token_for_http_header().items()) if loader.has_token() else ()
+    except Exception:  # noqa: BLE001 - an older Ray without token auth
+        return ()
+
+
+def _enable_token_mode() -> None:
+    """Token auth on for this process and the workers it starts (Ray's own switch)."""
+    try:
+        from ray._private.authentication.authentication_token_setup import _enable_token_auth
+
+        _enable_token_auth()
+    except Exception:  # noqa: BLE001 - an older Ray: the environment variable alone
+        from ..config import steer_library_env
+
+        steer_library_env("RAY_AUTH_MODE", "token")
+
+
+def _driver_ip(host: str, port: int) -> str:
+    """The address this machine would use to reach ``host`` (the one Ray registers a driver by)."""
+    with contextlib.suppress(OSError), socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.connect((host, port))
+        return str(s.getsockname()[0])
+    return "127.0.0.1"
+
+
+def fit_to_cluster(info: ClusterInfo, concurrency: int, num_cpus: float, num_gpus: float) -> float:
+    """CPUs per actor that let ``concurrency`` actors and the file-reading tasks run together on
+    the cluster: the ask lowered when it would take every CPU (the reads would then wait forever),
+    a one-line refusal when even that cannot fit or the GPUs are not there."""
+    if num_gpus > 0 and concurrency * num_gpus > info.gpus + 1e-9:
+        raise IMRSError(f"the Ray cluster at {info.address} has {info.gpus:g} GPU(s); {concurrency} actors x "
+                        f"{num_gpus:g} GPU need {concurrency * num_gpus:g}: lower --ray-concurrency or --ray-gpus")
+    free = info.cpus - READ_CPUS
+    if concurrency * num_cpus <= free + 1e-9:
+        return num_cpus
+    fitted = math.floor(free / concurrency * 100) / 100
+    if fitted < MIN_ACTOR_CPUS:
+        raise IMRSError(f"the Ray cluster at {info.address} has {info.cpus:g} CPU(s): too few for {concurrency} "
+                        f"encoder actors and the file reads; lower --ray-concurrency")
+    log.warning("the Ray cluster at %s has %g CPU(s): %d actors x %g CPU would leave none for reading the "
+                "files; using %g CPU per actor", info.address, info.cpus, concurrency, num_cpus, fitted)
+    return fitted
+
+
+#: CPUs each file-reading task asks for (I/O: a fraction), and the least an encoder actor may get.
+READ_CPUS = 0.25
+MIN_ACTOR_CPUS = 0.1
 
 
 class EmbedActor:
@@ -143,6 +363,29 @@ class RayEngine:
             raise IMRSError(f"--ray-concurrency must be >= 1, got {self.concurrency}")
         if self.num_gpus < 0 or self.num_cpus <= 0:
             raise IMRSError("--ray-gpus must be >= 0 and CPUs per actor > 0")
+        self._actor_cpus: float | None = None  # the CPU ask fitted to the cluster (``prepare``)
+
+    def prepare(self) -> None:
+        """Probe and join the cluster (or start a local Ray) and fit the actors' ask to it: called
+        before any other work, so a misconfigured cluster fails first, in seconds."""
+        if self._actor_cpus is not None:
+            return
+        num_cpus = self.num_cpus
+        if self.address and self.address.strip() != "auto":
+            if _is_loopback(self.address):
+                _driver_on_loopback()
+            if not _ray().is_initialized():
+                num_cpus = fit_to_cluster(probe_cluster(self.address), self.concurrency, self.num_cpus,
+                                          self.num_gpus)
+        # a local Ray gets one logical CPU more than the actors take, so read tasks always run
+        # (with every CPU held by an encoder actor the reads would wait forever)
+        ensure_ray(self.address, num_cpus=max(os.cpu_count() or 1, math.ceil(self.concurrency * self.num_cpus) + 1),
+                   probe=False)
+        if self.address and self.address.strip() == "auto":
+            res = _ray().cluster_resources()
+            num_cpus = fit_to_cluster(ClusterInfo("auto", [], float(res.get("CPU", 0)), float(res.get("GPU", 0))),
+                                      self.concurrency, self.num_cpus, self.num_gpus)
+        self._actor_cpus = num_cpus
 
     def embed_paths(self, paths: Sequence[str | os.PathLike[str]], batch_size: int | None = None,
                     progress: bool | Callable[[int, int], None] = False) -> Any:
@@ -154,9 +397,8 @@ class RayEngine:
         dim = _backbone_dim(self.backbone)
         if not n:
             return EmbedResult(np.zeros((0, dim), np.float32), np.zeros(0, np.int64), [])
-        # a local Ray gets one logical CPU more than the actors take, so read tasks always run
-        # (with every CPU held by an encoder actor the reads would wait forever)
-        ensure_ray(self.address, num_cpus=max(os.cpu_count() or 1, math.ceil(self.concurrency * self.num_cpus) + 1))
+        self.prepare()
+        num_cpus = float(self._actor_cpus or self.num_cpus)
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False  # the driver shows one bar, the same as the local engine
         logging.getLogger("ray.data").setLevel(logging.WARNING)  # no per-dataset execution banners
@@ -165,13 +407,13 @@ class RayEngine:
         bs = int(batch_size or self.batch_size or DEFAULT_BATCH_SIZE)
         device = self.device or ("cuda" if self.num_gpus > 0 else "cpu")
         # reads are I/O: a quarter CPU each, so they are never starved by the encoder actors
-        ds = ray.data.read_binary_files(strs, include_paths=True, ignore_missing_paths=True, num_cpus=0.25)
+        ds = ray.data.read_binary_files(strs, include_paths=True, ignore_missing_paths=True, num_cpus=READ_CPUS)
         ds = ds.map_batches(EmbedActor, batch_size=bs, batch_format="numpy",
                             compute=ray.data.ActorPoolStrategy(size=self.concurrency),
-                            num_cpus=self.num_cpus, num_gpus=self.num_gpus,
+                            num_cpus=num_cpus, num_gpus=self.num_gpus,
                             fn_constructor_kwargs={"backbone": self.backbone, "device": device,
                                                    "weights": self.weights, "checkpoint": self.checkpoint,
-                                                   "threads": max(1, int(self.num_cpus))})
+                                                   "threads": max(1, int(num_cpus))})
         vecs = np.zeros((n, dim), np.float32)
         ok = np.zeros(n, bool)
         seen = np.zeros(n, bool)

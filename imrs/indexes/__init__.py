@@ -65,13 +65,17 @@ def make_index(kind: str, dim: int, n_hint: int | None = None, **params: Any) ->
     return _index_class(kind)(dim, full, frozenset(given))
 
 
-def load_index(directory: str | Path, mmap: bool = False) -> VectorIndex:
+def load_index(directory: str | Path, mmap: bool = False, remote: dict[str, Any] | None = None) -> VectorIndex:
     """Load what ``VectorIndex.save`` wrote. With ``mmap`` the native index (FAISS
     ``IO_FLAG_MMAP_IFC``; Annoy always maps, here without prefaulting) and ``vectors.npy`` are
-    memory-mapped; the first add/remove copies them into memory."""
+    memory-mapped; the first add/remove copies them into memory. ``remote`` overrides what a
+    kind that keeps its vectors elsewhere (Milvus) reads from its saved state: where to find them,
+    how thoroughly to check them (see ``MilvusIndex._load``); other kinds ignore it."""
     directory = Path(directory)
     meta = load_meta(directory)
     kind = meta["kind"]
+    if remote and kind == "milvus":
+        meta["state"] = {**meta["state"], **remote}
     if kind not in _REGISTRY:
         raise UnknownIndexError(f"index in {directory} is of unknown kind {kind!r}; this IMRS knows "
                                 f"{', '.join(INDEX_KINDS)}")

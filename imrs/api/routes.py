@@ -367,6 +367,7 @@ def build_router(box: dict[str, ServerState]) -> APIRouter:
     @router.get("/info", response_model=Info, tags=["service"])
     def info(st: Reader) -> Info:
         c = st.coll
+        c.refresh_if_stale()  # another worker's job may have committed since this one last searched
         return Info(backbone=c.backbone, indexer=c.indexer, images=len(c.catalog), base=c.catalog.count("base"),
                     dynamic=c.catalog.count("dynamic"), labels=len(c.catalog.labels()), vectors=len(c.index),
                     generation=c.catalog.generation(), snapshots=len(c.list_snapshots()))

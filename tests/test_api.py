@@ -424,7 +424,8 @@ def test_concurrent_growth_requests_run_one_at_a_time(api: Api) -> None:
 
 def test_cancel_queued_and_running_jobs_and_snapshots(api: Api) -> None:
     w = api.w()
-    running = w.post("/v1/jobs/grow", json={"term": "sunflower", "n": 2}).json()
+    # a term no other test grows, so the job has a picture to fetch and is still busy when the next is queued
+    running = w.post("/v1/jobs/grow", json={"term": "parrot", "n": 2}).json()
     queued = w.post("/v1/snapshots", json={"name": "before"}).json()
     cancelled = w.post(f"/v1/jobs/{queued['id']}/cancel").json()
     assert cancelled["status"] == "cancelled"
@@ -443,7 +444,7 @@ def test_cancel_queued_and_running_jobs_and_snapshots(api: Api) -> None:
     indexed = wait_job(w, w.post("/v1/jobs/index").json()["id"])
     assert indexed["status"] == "done" and indexed["result"]["embedded"] == 0
     if end["status"] == "done":
-        wait_job(w, w.post("/v1/jobs/prune", json={"term": "sunflower"}).json()["id"])
+        wait_job(w, w.post("/v1/jobs/prune", json={"term": "parrot"}).json()["id"])
 
 
 def test_metrics_and_access_log(api: Api) -> None:

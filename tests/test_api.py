@@ -424,10 +424,14 @@ def test_concurrent_growth_requests_run_one_at_a_time(api: Api) -> None:
 
 def test_cancel_queued_and_running_jobs_and_snapshots(api: Api) -> None:
     w = api.w()
-    # a term no other test grows, so the job has a picture to fetch and is still busy when the next is queued
-    running = w.post("/v1/jobs/grow", json={"term": "parrot", "n": 2}).json()
-    queued = w.post("/v1/snapshots", json={"name": "before"}).json()
-    cancelled = w.post(f"/v1/jobs/{queued['id']}/cancel").json()
+    # a term no other test grows, and a slow web, so the job is still busy when the next is queued
+    api.web.latency = 1.5
+    try:
+        running = w.post("/v1/jobs/grow", json={"term": "parrot", "n": 2}).json()
+        queued = w.post("/v1/snapshots", json={"name": "before"}).json()
+        cancelled = w.post(f"/v1/jobs/{queued['id']}/cancel").json()
+    finally:
+        api.web.latency = 0.0
     assert cancelled["status"] == "cancelled"
     stopped = w.post(f"/v1/jobs/{running['id']}/cancel").json()
     assert stopped["status"] in ("running", "queued", "cancelled", "done")

@@ -237,7 +237,12 @@ def start_ray_head(num_cpus: int = 2, env: dict[str, str] | None = None, timeout
     if not exe.exists():
         raise EngineUnavailable(f"{exe} is missing: pip install 'imrs[scale]'")
     workdir = Path(tempfile.mkdtemp(prefix="imrs-ray-", dir="/tmp"))  # Ray's socket paths must stay short
-    gcs, nm, om, client, agent_l, agent_g, metrics, rtenv, wlo = free_ports(9)
+    # the worker port range must not hold any of the other ports (Ray refuses to start otherwise)
+    while True:
+        gcs, nm, om, client, agent_l, agent_g, metrics, rtenv, wlo = free_ports(9)
+        if wlo + 60 < 65536 and not any(wlo <= p <= wlo + 60 for p in (gcs, nm, om, client, agent_l, agent_g,
+                                                                        metrics, rtenv)):
+            break
     argv = [str(exe), "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--port", str(gcs),
             "--temp-dir", str(workdir), "--num-cpus", str(num_cpus), "--num-gpus", "0",
             "--include-dashboard", "false", "--disable-usage-stats",

@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -124,6 +125,18 @@ def _spawn(argv: list[str], workdir: Path, env: dict[str, str] | None = None) ->
     return proc, log
 
 
+def _ready(eng: Engine, what: str, *waits: Callable[[], None]) -> Engine:
+    """``eng`` once every wait passed; else stopped, and one error carrying the tail of its log."""
+    try:
+        for wait in waits:
+            wait()
+    except EngineUnavailable as exc:
+        tail = eng.log_tail()
+        eng.stop()
+        raise EngineUnavailable(f"{what} did not start: {exc}\n{tail}") from exc
+    return eng
+
+
 def _wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -170,14 +183,8 @@ def start_milvus_server(timeout: float = 240.0) -> Engine:
         argv += ["--extra-config", f"{comp}.ip=127.0.0.1"]
     proc, log = _spawn(argv, workdir)
     eng = Engine(f"http://127.0.0.1:{port}", proc, log, workdir)
-    try:
-        _wait_port(port, proc, timeout)
-        _wait_milvus(eng.address, proc, timeout)
-    except EngineUnavailable as exc:
-        tail = eng.log_tail()
-        eng.stop()
-        raise EngineUnavailable(f"Milvus {MILVUS_VERSION} did not start: {exc}\n{tail}") from exc
-    return eng
+    return _ready(eng, f"Milvus {MILVUS_VERSION}", lambda: _wait_port(port, proc, timeout),
+                  lambda: _wait_milvus(eng.address, proc, timeout))
 
 
 def start_milvus_lite_server(timeout: float = 60.0) -> Engine:
@@ -190,14 +197,8 @@ def start_milvus_lite_server(timeout: float = 60.0) -> Engine:
     proc, log = _spawn([str(exe), "server", "--data-dir", str(workdir / "data"), "--host", "127.0.0.1",
                         "--port", str(port)], workdir)
     eng = Engine(f"http://127.0.0.1:{port}", proc, log, workdir)
-    try:
-        _wait_port(port, proc, timeout)
-        _wait_milvus(eng.address, proc, timeout)
-    except EngineUnavailable as exc:
-        tail = eng.log_tail()
-        eng.stop()
-        raise EngineUnavailable(f"milvus-lite server did not start: {exc}\n{tail}") from exc
-    return eng
+    return _ready(eng, "milvus-lite server", lambda: _wait_port(port, proc, timeout),
+                  lambda: _wait_milvus(eng.address, proc, timeout))
 
 
 def _wait_milvus(uri: str, proc: subprocess.Popen[bytes], timeout: float) -> None:
@@ -255,14 +256,8 @@ def start_ray_head(num_cpus: int = 2, env: dict[str, str] | None = None, timeout
     use_env = RAY_LOOPBACK_ENV if env is None else env
     proc, log = _spawn(argv, workdir, env=use_env)
     eng = Engine(f"127.0.0.1:{gcs}", proc, log, workdir, env=dict(use_env))
-    try:
-        _wait_port(gcs, proc, timeout)
-        _wait_ray_node(workdir, proc, timeout)
-    except EngineUnavailable as exc:
-        tail = eng.log_tail()
-        eng.stop()
-        raise EngineUnavailable(f"Ray head did not start: {exc}\n{tail}") from exc
-    return eng
+    return _ready(eng, "Ray head", lambda: _wait_port(gcs, proc, timeout),
+                  lambda: _wait_ray_node(workdir, proc, timeout))
 
 
 def _wait_ray_node(workdir: Path, proc: subprocess.Popen[bytes], timeout: float) -> None:

@@ -387,43 +387,53 @@ def test_growth_job_streams_progress_and_readers_keep_working(api: Api) -> None:
 def test_concurrent_growth_requests_run_one_at_a_time(api: Api) -> None:
     w = api.w()
     terms = ["sunflower", "giraffe", "lighthouse"]
+    dynamic_before = w.get("/v1/info").json()["dynamic"]
     results: list[httpx.Response] = []
 
     def submit(term: str) -> None:
         with api.w() as c:
             results.append(c.post("/v1/jobs/grow", json={"term": term, "n": 1}))
 
-    threads = [threading.Thread(target=submit, args=(t,)) for t in terms]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert sorted(r.status_code for r in results) == [202, 202, 202]
-    ids = {r.json()["id"] for r in results}
-    most_running = 0
-    saw_queue = False
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        jobs = [j for j in w.get("/v1/jobs").json()["jobs"] if j["id"] in ids]
-        most_running = max(most_running, sum(j["status"] == "running" for j in jobs))
-        saw_queue |= any(j["status"] == "queued" and j["ahead"] >= 1 for j in jobs)
-        if all(j["status"] in ("done", "failed", "cancelled") for j in jobs):
-            break
-        time.sleep(0.1)
-    assert most_running == 1 and saw_queue
-    finished = [w.get(f"/v1/jobs/{i}").json() for i in ids]
-    assert all(j["status"] == "done" for j in finished), finished
-    starts = sorted((j["started"], j["finished"]) for j in finished)
-    assert all(a[1] <= b[0] for a, b in zip(starts, starts[1:], strict=False))  # never overlapping
-    info = w.get("/v1/info").json()
-    assert info["dynamic"] == sum(j["result"]["kept"] for j in finished) and info["vectors"] == info["images"]
-    for term in terms:
-        job = w.post("/v1/jobs/prune", json={"term": term}).json()
-        wait_job(w, job["id"])
+    # a slow loopback web makes every job last seconds, so the polling below surely sees one running and
+    # others queued however fast the host is
+    api.web.latency = 1.0
+    try:
+        threads = [threading.Thread(target=submit, args=(t,)) for t in terms]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert sorted(r.status_code for r in results) == [202, 202, 202]
+        ids = {r.json()["id"] for r in results}
+        most_running = 0
+        saw_queue = False
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            jobs = [j for j in w.get("/v1/jobs").json()["jobs"] if j["id"] in ids]
+            most_running = max(most_running, sum(j["status"] == "running" for j in jobs))
+            saw_queue |= any(j["status"] == "queued" and j["ahead"] >= 1 for j in jobs)
+            if all(j["status"] in ("done", "failed", "cancelled") for j in jobs):
+                break
+            time.sleep(0.05)
+    finally:
+        api.web.latency = 0.0
+    try:
+        assert most_running == 1 and saw_queue
+        finished = [w.get(f"/v1/jobs/{i}").json() for i in ids]
+        assert all(j["status"] == "done" for j in finished), finished
+        starts = sorted((j["started"], j["finished"]) for j in finished)
+        assert all(a[1] <= b[0] for a, b in zip(starts, starts[1:], strict=False))  # never overlapping
+        info = w.get("/v1/info").json()
+        assert info["dynamic"] == dynamic_before + sum(j["result"]["kept"] for j in finished)
+        assert info["vectors"] == info["images"]
+    finally:  # later tests count dynamic images: leave none of these behind, pass or fail
+        for term in terms:
+            wait_job(w, w.post("/v1/jobs/prune", json={"term": term}).json()["id"])
 
 
 def test_cancel_queued_and_running_jobs_and_snapshots(api: Api) -> None:
     w = api.w()
+    dynamic_before = w.get("/v1/info").json()["dynamic"]
     # a term no other test grows, and a slow web, so the job is still busy when the next is queued
     api.web.latency = 1.5
     try:
@@ -432,22 +442,23 @@ def test_cancel_queued_and_running_jobs_and_snapshots(api: Api) -> None:
         cancelled = w.post(f"/v1/jobs/{queued['id']}/cancel").json()
     finally:
         api.web.latency = 0.0
-    assert cancelled["status"] == "cancelled"
-    stopped = w.post(f"/v1/jobs/{running['id']}/cancel").json()
-    assert stopped["status"] in ("running", "queued", "cancelled", "done")
-    end = wait_job(w, running["id"])
-    assert end["status"] in ("cancelled", "done")  # done when it finished before seeing the flag
-    if end["status"] == "cancelled":
-        assert w.get("/v1/info").json()["dynamic"] == 0  # nothing of it was kept
-    saved = wait_job(w, w.post("/v1/snapshots", json={"name": "snap-1"}).json()["id"])
-    assert saved["status"] == "done" and "snap-1" in [s["name"] for s in w.get("/v1/snapshots").json()]
-    loaded = wait_job(w, w.post("/v1/snapshots/snap-1/load").json()["id"])
-    assert loaded["status"] == "done" and loaded["result"]["count"] == saved["result"]["count"]
-    missing = wait_job(w, w.post("/v1/snapshots/no-such/load").json()["id"])
-    assert missing["status"] == "failed" and "no-such" in missing["error"]
-    indexed = wait_job(w, w.post("/v1/jobs/index").json()["id"])
-    assert indexed["status"] == "done" and indexed["result"]["embedded"] == 0
-    if end["status"] == "done":
+    try:
+        assert cancelled["status"] == "cancelled"
+        stopped = w.post(f"/v1/jobs/{running['id']}/cancel").json()
+        assert stopped["status"] in ("running", "queued", "cancelled", "done")
+        end = wait_job(w, running["id"])
+        assert end["status"] in ("cancelled", "done")  # done when it finished before seeing the flag
+        if end["status"] == "cancelled":
+            assert w.get("/v1/info").json()["dynamic"] == dynamic_before  # nothing of it was kept
+        saved = wait_job(w, w.post("/v1/snapshots", json={"name": "snap-1"}).json()["id"])
+        assert saved["status"] == "done" and "snap-1" in [s["name"] for s in w.get("/v1/snapshots").json()]
+        loaded = wait_job(w, w.post("/v1/snapshots/snap-1/load").json()["id"])
+        assert loaded["status"] == "done" and loaded["result"]["count"] == saved["result"]["count"]
+        missing = wait_job(w, w.post("/v1/snapshots/no-such/load").json()["id"])
+        assert missing["status"] == "failed" and "no-such" in missing["error"]
+        indexed = wait_job(w, w.post("/v1/jobs/index").json()["id"])
+        assert indexed["status"] == "done" and indexed["result"]["embedded"] == 0
+    finally:
         wait_job(w, w.post("/v1/jobs/prune", json={"term": "parrot"}).json()["id"])
 
 

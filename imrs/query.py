@@ -559,7 +559,10 @@ def ask_web(coll: Collection, query: Query, outcome: QueryOutcome, s: Settings, 
             v.reason += f"; web check of '{term}': {report.error}"
             return
         scores, ids = coll.index.search(np.asarray(vectors, np.float32), 10)
-        test = web_test(judge_context(coll), vectors, scores, ids, v.folder, term)
+        from .expansion.calibrate import load_judges
+
+        test = web_test(judge_context(coll), vectors, scores, ids, v.folder, term, model=load_judges(coll).get(v.kind),
+                        p1=v.probability, precision=s.coverage_precision)
         if test is None:
             v.web = {"term": term, "error": f"only {len(vectors)} web image(s)"}
             v.reason += f"; web check of '{term}': too few web images ({len(vectors)})"
@@ -568,6 +571,8 @@ def ask_web(coll: Collection, query: Query, outcome: QueryOutcome, s: Settings, 
                  "to_each_other": round(test.to_each_other, 4), "on_label": round(test.on_label, 4),
                  "outcome": test.outcome}
         v.reason += "; " + test.describe()
+        if test.weak is not None:  # a fitted web check also makes the forced decision
+            v.weak = test.weak
         if test.outcome != UNCERTAIN:
             v.label, v.weak = test.outcome, test.outcome == NO_MATCH
             for h in outcome.hits:  # the badges follow the new verdict

@@ -71,24 +71,40 @@ def main() -> int:
                 "answered": part.get("answered", 0.0), "ba": part.get("balanced_accuracy", float("nan")),
                 "covered_weak": part.get("covered_judged_weak", float("nan")),
                 "rule_ba": k.accuracy_held_out, "builtin_ba": k.builtin_held_out,
-                "classes": j.get("classes_report", k.classes_held_out), "queries": part.get("queries", 0)})
+                "classes": j.get("classes_report", k.classes_held_out), "queries": part.get("queries", 0),
+                "web": (j.get("web") or {}).get("external") or (j.get("web") or {}).get("all")})
         print(f"seed {seed}: " + " | ".join(r.lines()), flush=True)
 
     out = [f"{host_line()} Backbone {args.backbone}, {len(coll.index)} images, precision target "
            f"{pct(args.precision)}, {args.per_class} image queries per folder, seeds {args.seeds}. Figures are for "
            "the held-out 30% of folders; image figures are the external-style views.", "",
            "| kind | seed | confident answers right | answered confidently | forced decision (balanced) | "
-           "covered judged weak | threshold rule alone (balanced) | built-in thresholds (balanced) |",
-           "|---|---|---|---|---|---|---|---|"]
+           "covered judged weak | threshold rule alone (balanced) | built-in thresholds (balanced) | "
+           "asked the web | with web check: confident right | answered confidently | forced (balanced) | "
+           "covered judged weak |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    nan = float("nan")
+
+    def web(x: dict, key: str) -> float:
+        return x["web"][key] if x["web"] else nan
+
     for kind, rs in rows.items():
         for x in rs:
             out.append(f"| {kind} | {x['seed']} | {pct(x['precision']) if x['answered'] else '-'} | "
                        f"{pct(x['answered'])} | {x['ba']:.3f} | {pct(x['covered_weak'])} | {x['rule_ba']:.3f} | "
-                       f"{x['builtin_ba']:.3f} |")
+                       f"{x['builtin_ba']:.3f} | {pct(web(x, 'asked_web'))} | "
+                       f"{pct(web(x, 'precision')) if web(x, 'answered') else '-'} | {pct(web(x, 'answered'))} | "
+                       f"{web(x, 'balanced_accuracy'):.3f} | {pct(web(x, 'covered_judged_weak'))} |")
         ba = np.mean([x["ba"] for x in rs])
+        w = [x for x in rs if x["web"]]
+
+        def mw(key: str, w: list = w) -> float:
+            return float(np.mean([web(x, key) for x in w])) if w else nan
+
         out.append(f"| {kind} | mean | | {pct(np.mean([x['answered'] for x in rs]))} | {ba:.3f} | "
                    f"{pct(np.mean([x['covered_weak'] for x in rs]))} | {np.mean([x['rule_ba'] for x in rs]):.3f} | "
-                   f"{np.mean([x['builtin_ba'] for x in rs]):.3f} |")
+                   f"{np.mean([x['builtin_ba'] for x in rs]):.3f} | {pct(mw('asked_web'))} | | "
+                   f"{pct(mw('answered'))} | {mw('balanced_accuracy'):.3f} | {pct(mw('covered_judged_weak'))} |")
 
     photos = sorted(Path(args.photos).glob("*.jpg")) if Path(args.photos).is_dir() else []
     if photos and first is not None:

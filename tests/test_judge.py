@@ -140,14 +140,19 @@ CLASSES = ["airplanes", "Leopards", "watch", "sunflower", "Motorbikes", "chair",
 def calibrated(tmp_path: Path, home: Path, encoder: Any) -> Collection:  # noqa: F811
     c = Collection(make_base(tmp_path / "c", CLASSES, 6), BACKBONE, "flat_ip", home=home, encoder=encoder)
     c.sync()
-    report = calibrate(c, kinds=["image"], per_class=3)
+    report = calibrate(c, kinds=["image"], per_class=4)
     [r] = report.results
     assert r.judge is not None and r.judge_report["fitted"]
     assert r.judge_report["classes_fit"] + r.judge_report["classes_calibration"] + \
         r.judge_report["classes_report"] == len(CLASSES)
     ext = r.judge_report["external"]
-    assert ext["queries"] == r.judge_report["classes_report"] * 3 * 2  # present and absent, views only
+    assert ext["queries"] == r.judge_report["classes_report"] * 4 * 2  # present and absent, views only
     assert ext["precision_ci"][0] <= ext["precision"] <= ext["precision_ci"][1]
+    # four images a folder: each query's folder has three other views to stand in for web images
+    web = r.judge_report["web"]["external"]
+    assert r.judge.web is not None and web["queries"] == ext["queries"]
+    assert 0.0 <= web["asked_web"] <= 1.0 and web["precision_ci"][0] <= web["precision"] <= web["precision_ci"][1]
+    assert any("with the web check" in line for line in report.lines())
     return c
 
 
@@ -169,6 +174,34 @@ def test_calibrated_judge_decides_live_queries(calibrated: Collection, home: Pat
     # no hit is surer than the verdict
     rank = {NO_MATCH: 0, UNCERTAIN: 1, LIKELY: 2}
     assert all(rank[h.confidence] <= rank[v.label] or h.label == out.hits[0].label for h in out.hits)
+
+
+def test_the_web_check_is_fitted_and_runs_live(calibrated: Collection, home: Path) -> None:
+    """The stored judge carries the web check's model; a live web check decides with it, and web
+    images of a folder the collection holds are judged more likely covered than those of one it
+    lacks, from the same first judgement."""
+    from imrs.expansion.judge import context, web_test
+
+    model = load_judges(calibrated)["image"]
+    assert model.web is not None and model.web.features == ("p1", "to_collection", "to_each_other", "on_label")
+    ctx = context(calibrated)
+
+    def check(folder: str, p1: float) -> Any:
+        imgs = sorted((CALTECH / folder).glob("*.jpg"))[40:46]  # not in the collection
+        vecs = calibrated.encoder.embed_images([str(x) for x in imgs])
+        scores, ids = calibrated.index.search(vecs, 10)
+        return web_test(ctx, vecs, scores, ids, "sunflower", folder, model=model, p1=p1, precision=0.95)
+
+    has, lacks = check("sunflower", 0.5), check("trilobite", 0.5)
+    assert has.probability is not None and lacks.probability is not None
+    assert has.probability > lacks.probability and has.to_collection > lacks.to_collection
+    assert has.on_label > lacks.on_label
+    lo, hi = model.web.thresholds(0.95)
+    for t in (has, lacks):
+        assert (t.outcome == LIKELY) == (t.probability >= hi) and (t.outcome == NO_MATCH) == (t.probability <= lo)
+        assert t.weak == (t.probability < model.web.t_mid) and "p=" in t.describe()
+    # the first judgement counts: the same web images weigh less against a surer first answer
+    assert check("trilobite", 0.95).probability > lacks.probability
 
 
 def test_precision_target_is_a_setting(calibrated: Collection, home: Path) -> None:

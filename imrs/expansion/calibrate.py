@@ -16,6 +16,13 @@ that predicts how photos from outside the collection are judged. Text queries ar
 names in a few phrasings ("okapi", "a photo of a okapi", "okapi pictures"), embedded exactly as a
 live query is.
 
+The web check for uncertain answers (``judge.web_test``) is fitted here too. No web is asked:
+the other-style views of a folder's other sampled images stand in for the handful of web images
+of its concept (never the query's own image; when the concept is absent, nothing of its family is
+in what they find). They are the closest thing to web photos of the concept a collection holds,
+and closer to the collection's style than real web photos are, so the check measured here is an
+upper estimate of the live one.
+
 Classes are split three ways at random: the judge's model is fitted on 40% (``fit``), its
 precision thresholds are set on 30% (``calibration``), and everything reported is measured on the
 last 30% (``report``): concepts neither step saw. The report gives, for the precision target,
@@ -44,12 +51,15 @@ from ..fsutil import atomic_write_json, read_json
 from ..progress import ProgressArg, Reporter
 from .coverage import CoverageThresholds, builtin_thresholds, is_clutter_label
 from .judge import (
+    WEB_FEATURES,
     ClassContext,
     JudgeModel,
     balanced_threshold,
     feature_names,
     fit_logistic,
     gather,
+    logit,
+    web_evidence,
 )
 from .terms import readable_label
 
@@ -77,6 +87,7 @@ class Cases:
     cls: np.ndarray  # which class the query came from (for the split)
     features: np.ndarray | None = None  # (n, len(feature names)): the judge's evidence
     external: np.ndarray | None = None  # the query was an external-style view
+    web: np.ndarray | None = None  # (n, 3): what simulated web images said (NaN: too few of them)
 
 
 @dataclass
@@ -129,6 +140,14 @@ class CalibrationReport:
                            f"{_pct(j['precision_target'])}; measured on {j['classes_report']} folders never used "
                            + ("for fitting, on photos in other people's style" if j.get("external")
                               else "for fitting"))
+                web = j.get("web")
+                if web:
+                    w = web.get("external") or web["all"]
+                    out.append(f"{'':{len(name)}s}  with the web check for uncertain answers "
+                               f"({_pct(w['asked_web'])} ask; simulated with other images of the folder): "
+                               f"confident answers {_pct(w['precision'])} right ({_ci(w['precision_ci'])}) for "
+                               f"{_pct(w['answered'])} of queries ({_ci(w['answered_ci'])}); grow-or-not right "
+                               f"{_pct(w['balanced_accuracy'])} ({_ci(w['balanced_accuracy_ci'])})")
             else:
                 out.append(f"{name}: {j.get('why', 'judged by thresholds')}; thresholds "
                            f"balanced accuracy {r.accuracy_held_out:.2f} on {r.classes_held_out} held-out folders")
@@ -316,9 +335,24 @@ def external_view(image: Any, seed: int) -> Any:
     return Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
 
 
+#: A simulated web check looks at this many other-style views of the folder (as a live one
+#: fetches ``imrs.query.ask_web``'s six images).
+WEB_EXEMPLARS = 6
+
+
+@dataclass
+class _Exemplar:
+    """An other-style view of a folder's image, as a stand-in for a web image of its concept: its
+    vector, the image it was made from, and its collection hits (score, id), best first."""
+
+    vector: np.ndarray
+    source_id: int
+    pairs: list[tuple[float, int]]
+
+
 class _CaseBuilder:
-    """Collects one row per (query, present/absent): the judged scores for the threshold rule
-    and the judge's evidence, both from the same answer."""
+    """Collects one row per (query, present/absent): the judged scores for the threshold rule,
+    the judge's evidence, and what a simulated web check would say, all from the same answer."""
 
     def __init__(self, kind: str, names: Sequence[str], depth: int, label_of: dict[int, str],
                  sizes: dict[str, int], ctx: ClassContext) -> None:
@@ -331,9 +365,12 @@ class _CaseBuilder:
         self.cls: list[int] = []
         self.ext: list[bool] = []
         self.ev: list[np.ndarray] = []
+        self.web: list[np.ndarray] = []
 
     def add(self, c: int, pairs: Sequence[tuple[float, int]], absent: set[int], *, query_vector: Any = None,
-            closeness: float | None = None, external: bool = False, skip: int | None = None) -> None:
+            closeness: float | None = None, external: bool = False, skip: int | None = None,
+            exemplars: Sequence[_Exemplar] = ()) -> None:
+        mine = [e for e in exemplars if e.source_id != skip][:WEB_EXEMPLARS]
         for present in (True, False):
             keep = [(s, i) for s, i in pairs if i != -1 and i != skip and (present or i not in absent)][:self.depth]
             self.rows.append(_row([s for s, _ in keep], self.depth))
@@ -344,20 +381,58 @@ class _CaseBuilder:
             self.covered.append(present)
             self.cls.append(c)
             self.ext.append(external)
+            # a web image is never in the collection: its own source image is left out of what it
+            # finds, and, when the concept is absent, the whole family is
+            gone = {e.source_id for e in mine} | ({skip} if skip is not None else set())
+            if not present:
+                gone |= absent
+            hits = [[(s, i) for s, i in e.pairs if i != -1 and i not in gone][:10] for e in mine]
+            web = web_evidence(self.ctx, np.asarray([e.vector for e in mine], np.float32).reshape(len(mine), -1),
+                               [[s for s, _ in h] for h in hits], [[i for _, i in h] for h in hits], ev.top_label)
+            self.web.append(np.full(3, np.nan) if web is None else
+                            np.asarray([web[n] for n in WEB_FEATURES[1:]], np.float64))
 
     def cases(self) -> Cases:
         return Cases(np.stack(self.rows), np.asarray(self.size), np.asarray(self.covered), np.asarray(self.cls),
-                     np.stack(self.ev), np.asarray(self.ext))
+                     np.stack(self.ev), np.asarray(self.ext), np.stack(self.web))
 
 
-def _image_cases(coll: Collection, classes: dict[str, list[int]], fam: dict[str, set[str]], per_class: int,
-                 depth: int, rng: random.Random, b: _CaseBuilder, rep: Reporter) -> Cases:
-    """Image queries: each sampled image as indexed (its cached vector) and as an external-style
-    view of the file (embedded by the collection's encoder, as a live query would be)."""
+@dataclass
+class _Views:
+    """The sampled images of every folder, as indexed and as other-style views, and each
+    query's collection hits (deep enough to leave a whole family out)."""
+
+    queries: list[tuple[int, int]]  # (class number, image id)
+    own: np.ndarray
+    ext: np.ndarray
+    view_of: list[int]  # ext row -> query number
+    own_pairs: list[list[tuple[float, int]]]
+    ext_pairs: list[list[tuple[float, int]]]
+
+    def exemplars(self, c: int) -> list[_Exemplar]:
+        return [_Exemplar(self.ext[k], self.queries[n][1], self.ext_pairs[k])
+                for k, n in enumerate(self.view_of) if self.queries[n][0] == c]
+
+
+def _search_pairs(coll: Collection, vecs: np.ndarray, depth: int, rep: Reporter, stage: str
+                  ) -> list[list[tuple[float, int]]]:
+    out: list[list[tuple[float, int]]] = []
+    chunk = 128
+    for s in range(0, len(vecs), chunk):
+        scores, ids = coll.index.search(np.asarray(vecs[s:s + chunk], np.float32), depth)
+        out += [[(float(x), int(i)) for x, i in zip(sr.tolist(), ir.tolist(), strict=True)]
+                for sr, ir in zip(scores, ids, strict=True)]
+        rep(stage, min(s + chunk, len(vecs)), len(vecs))
+    return out
+
+
+def _views(coll: Collection, classes: dict[str, list[int]], names: Sequence[str], per_class: int, depth: int,
+           rng: random.Random, rep: Reporter) -> _Views:
+    """Each sampled image as indexed (its cached vector) and as an external-style view of the
+    file (embedded by the collection's encoder, as a live query would be)."""
     from ..imageio import load_image
 
-    names = b.names
-    queries: list[tuple[int, int]] = []  # (class number, image id)
+    queries: list[tuple[int, int]] = []
     for c, name in enumerate(names):
         ids = classes[name]
         for i in rng.sample(ids, min(per_class, len(ids))):
@@ -373,20 +448,27 @@ def _image_cases(coll: Collection, classes: dict[str, list[int]], fam: dict[str,
             view_of.append(n)
         except (OSError, IMRSError, ValueError) as exc:
             log.debug("no external view of %s: %s", rec.relpath, exc)
+        rep("calibrate: other-style views", n + 1, len(queries))
     ext = coll.encoder.embed_images(views) if views else np.zeros((0, own.shape[1]), np.float32)
-    members_of = {c: {i for m in fam[name] for i in classes.get(m, [])} for c, name in enumerate(names)}
-    biggest = max(len(v) for v in members_of.values())
-    jobs = [(queries[n], own[n], False) for n in range(len(queries))]
-    jobs += [(queries[n], ext[k], True) for k, n in enumerate(view_of)]
-    chunk = 128
-    for s in range(0, len(jobs), chunk):
-        part = jobs[s:s + chunk]
-        vecs = np.asarray([v for _, v, _ in part], np.float32)
-        scores, ids = coll.index.search(vecs, depth + biggest + 1)
-        for ((c, qid), v, is_ext), srow, irow in zip(part, scores, ids, strict=True):
-            pairs = [(float(x), int(i)) for x, i in zip(srow.tolist(), irow.tolist(), strict=True)]
-            b.add(c, pairs, members_of[c], query_vector=v, external=is_ext, skip=qid)
-        rep("calibrate image", min(s + chunk, len(jobs)), len(jobs))
+    own_pairs = _search_pairs(coll, own, depth, rep, "calibrate: search as indexed")
+    ext_pairs = _search_pairs(coll, ext, depth, rep, "calibrate: search other-style views")
+    return _Views(queries, own, ext, view_of, own_pairs, ext_pairs)
+
+
+def _members_of(classes: dict[str, list[int]], fam: dict[str, set[str]], names: Sequence[str]) -> dict[int, set[int]]:
+    return {c: {i for m in fam[name] for i in classes.get(m, [])} for c, name in enumerate(names)}
+
+
+def _image_cases(views: _Views, members_of: dict[int, set[int]], b: _CaseBuilder) -> Cases:
+    """Image queries: each sampled image as indexed and as an external-style view; each also
+    carries what a web check with the folder's other views would say."""
+    ex = {c: views.exemplars(c) for c in members_of}
+    for n, ((c, qid), v) in enumerate(zip(views.queries, views.own, strict=True)):
+        b.add(c, views.own_pairs[n], members_of[c], query_vector=v, skip=qid, exemplars=ex[c])
+    for k, n in enumerate(views.view_of):
+        c, qid = views.queries[n]
+        b.add(c, views.ext_pairs[k], members_of[c], query_vector=views.ext[k], external=True, skip=qid,
+              exemplars=ex[c])
     return b.cases()
 
 
@@ -394,8 +476,8 @@ def _image_cases(coll: Collection, classes: dict[str, list[int]], fam: dict[str,
 PHRASINGS = ("{}", "a photo of a {}", "{} pictures")
 
 
-def _text_cases(coll: Collection, classes: dict[str, list[int]], fam: dict[str, set[str]], depth: int,
-                b: _CaseBuilder, rep: Reporter) -> Cases:
+def _text_cases(coll: Collection, classes: dict[str, list[int]], members_of: dict[int, set[int]], depth: int,
+                b: _CaseBuilder, rep: Reporter, views: _Views | None) -> Cases:
     """Text queries: each folder's readable name in a few phrasings, embedded and judged exactly as
     a live text query (``imrs.query`` embeds the raw text, no prompt template)."""
     from ..textsearch import text_class_space
@@ -404,7 +486,8 @@ def _text_cases(coll: Collection, classes: dict[str, list[int]], fam: dict[str, 
     textmap = not coll.backbone_info.supports_text
     biggest = max(len(v) for v in classes.values()) * 4
     for c, name in enumerate(names):
-        members = {i for m in fam[name] for i in classes.get(m, [])}
+        members = members_of[c]
+        exemplars = views.exemplars(c) if views is not None else []
         for form in PHRASINGS:
             text = form.format(readable_label(name))
             closeness = None
@@ -417,7 +500,7 @@ def _text_cases(coll: Collection, classes: dict[str, list[int]], fam: dict[str, 
                 vec = coll.embed_query_text(text)
                 srow, irow = coll.index.search(np.asarray([vec], np.float32), depth + biggest + 1)
                 pairs = [(float(x), int(i)) for x, i in zip(srow[0].tolist(), irow[0].tolist(), strict=True)]
-            b.add(c, pairs, members, closeness=closeness)
+            b.add(c, pairs, members, closeness=closeness, exemplars=exemplars)
         rep("calibrate text", c + 1, len(names))
     return b.cases()
 
@@ -425,7 +508,8 @@ def _text_cases(coll: Collection, classes: dict[str, list[int]], fam: dict[str, 
 def _subset(cases: Cases, mask: np.ndarray) -> Cases:
     return Cases(cases.scores[mask], cases.class_size[mask], cases.covered[mask], cases.cls[mask],
                  None if cases.features is None else cases.features[mask],
-                 None if cases.external is None else cases.external[mask])
+                 None if cases.external is None else cases.external[mask],
+                 None if cases.web is None else cases.web[mask])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -457,23 +541,90 @@ def _ba_interval(ok: np.ndarray, covered: np.ndarray, cls: np.ndarray, reps: int
     return (float(np.quantile(vals, 0.05)), float(np.quantile(vals, 0.95)))
 
 
+def outcome_metrics(said_covered: np.ndarray, said_absent: np.ndarray, forced_ok: np.ndarray, y: np.ndarray,
+                    cls: np.ndarray) -> dict[str, Any]:
+    """Precision of the confident answers (``said_covered``/``said_absent``), the share that got
+    one, and the forced decision (``forced_ok``: judged covered), with 90% intervals."""
+    covered = y == 1
+    confident = said_covered | said_absent
+    right = int((said_covered & covered).sum() + (said_absent & ~covered).sum())
+    n_conf = int(confident.sum())
+    ba, tpr, tnr = balanced_accuracy(forced_ok, covered)
+    return {"queries": int(len(y)), "precision": right / n_conf if n_conf else 1.0,
+            "precision_ci": list(wilson(right, n_conf)), "answered": n_conf / len(y) if len(y) else 0.0,
+            "answered_ci": list(wilson(n_conf, int(len(y)))), "balanced_accuracy": ba,
+            "balanced_accuracy_ci": list(_ba_interval(forced_ok, covered, cls)),
+            "covered_judged_weak": 1.0 - tpr, "absent_judged_ok": 1.0 - tnr,
+            "covered_confident": float(said_covered[covered].mean()) if covered.any() else 0.0,
+            "absent_confident": float(said_absent[~covered].mean()) if (~covered).any() else 0.0}
+
+
 def judge_metrics(p: np.ndarray, y: np.ndarray, cls: np.ndarray, t_low: float, t_high: float,
                   t_mid: float) -> dict[str, Any]:
     """Precision of the confident answers, the share that got one, and the forced decision."""
-    covered = y == 1
-    conf_cov, conf_abs = p >= t_high, p <= t_low
-    confident = conf_cov | conf_abs
-    right = int((conf_cov & covered).sum() + (conf_abs & ~covered).sum())
-    n_conf = int(confident.sum())
-    ok = p >= t_mid
-    ba, tpr, tnr = balanced_accuracy(ok, covered)
-    return {"queries": int(len(p)), "precision": right / n_conf if n_conf else 1.0,
-            "precision_ci": list(wilson(right, n_conf)), "answered": n_conf / len(p) if len(p) else 0.0,
-            "answered_ci": list(wilson(n_conf, int(len(p)))), "balanced_accuracy": ba,
-            "balanced_accuracy_ci": list(_ba_interval(ok, covered, cls)),
-            "covered_judged_weak": 1.0 - tpr, "absent_judged_ok": 1.0 - tnr,
-            "covered_confident": float(conf_cov[covered].mean()) if covered.any() else 0.0,
-            "absent_confident": float(conf_abs[~covered].mean()) if (~covered).any() else 0.0}
+    return outcome_metrics(p >= t_high, p <= t_low, p >= t_mid, y, cls)
+
+
+def _probs(model: JudgeModel, X: np.ndarray) -> np.ndarray:
+    z = (X - model.mean) / model.scale @ model.coef + model.intercept
+    return 1.0 / (1.0 + np.exp(-np.clip(z, -30, 30)))
+
+
+def _web_X(p1: np.ndarray, web: np.ndarray) -> np.ndarray:
+    return np.column_stack([[logit(x) for x in p1], web])
+
+
+def fit_web(model: JudgeModel, fit: Cases, cal: Cases, report: Cases, precision: float) -> dict[str, Any] | None:
+    """The web check's model (``judge.web_test``): logistic over the first judgement's logit and
+    what the simulated web images said, fitted on ``fit``; its precision thresholds are set on the
+    ``cal`` cases the first step leaves uncertain (the only ones that ask the web), or on all of
+    them when those rest on too few folders. Returns the two-step report on ``report``: first-step
+    confident answers stand, the rest are decided with the web check."""
+    from .judge import MIN_GROUPS
+
+    if fit.web is None or cal.web is None or report.web is None or fit.features is None \
+            or cal.features is None or report.features is None:
+        return None
+    ok_f, ok_c = ~np.isnan(fit.web).any(axis=1), ~np.isnan(cal.web).any(axis=1)
+    if len(np.unique(fit.cls[ok_f])) < MIN_JUDGE_CLASSES or len(np.unique(cal.cls[ok_c])) < MIN_JUDGE_CLASSES:
+        return None
+    p_fit, p_cal, p_rep = _probs(model, fit.features), _probs(model, cal.features), _probs(model, report.features)
+    X_fit = _web_X(p_fit[ok_f], fit.web[ok_f])
+    mean, scale, coef, intercept = fit_logistic(X_fit, fit.covered[ok_f].astype(float))
+    web = JudgeModel(model.kind + "+web", WEB_FEATURES, mean, scale, coef, intercept, np.zeros(0),
+                     np.zeros(0, int), 0.5)
+    t_low1, t_high1 = model.thresholds(precision)
+    unsure = ok_c & (p_cal > t_low1) & (p_cal < t_high1)
+    use = unsure if len(np.unique(cal.cls[unsure])) >= MIN_GROUPS else ok_c
+    web.cal_p = _probs(web, _web_X(p_cal[use], cal.web[use]))
+    web.cal_y, web.cal_g = cal.covered[use].astype(int), cal.cls[use].astype(int)
+    p2_cal = _probs(web, _web_X(p_cal[ok_c], cal.web[ok_c]))
+    web.t_mid = balanced_threshold(np.concatenate([_probs(web, X_fit), p2_cal]),
+                                   np.concatenate([fit.covered[ok_f], cal.covered[ok_c]]).astype(int))
+    t_low2, t_high2 = web.thresholds(precision)
+    model.web = web
+
+    def two_step(mask: np.ndarray) -> dict[str, Any]:
+        p1, w, y = p_rep[mask], report.web[mask], report.covered[mask].astype(int)
+        has = ~np.isnan(w).any(axis=1)
+        p2 = np.full(len(p1), np.nan)
+        if has.any():
+            p2[has] = _probs(web, _web_X(p1[has], w[has]))
+        sure1 = (p1 >= t_high1) | (p1 <= t_low1)
+        asks = ~sure1 & has
+        said_cov = (sure1 & (p1 >= t_high1)) | (asks & (p2 >= t_high2))
+        said_abs = (sure1 & (p1 <= t_low1)) | (asks & (p2 <= t_low2))
+        forced = np.where(asks, p2 >= web.t_mid, p1 >= model.t_mid)
+        m = outcome_metrics(said_cov, said_abs, forced, y, report.cls[mask])
+        m["asked_web"] = float(asks.mean()) if len(asks) else 0.0
+        return m
+
+    out: dict[str, Any] = {"t_low": t_low2, "t_high": t_high2, "t_mid": web.t_mid,
+                           "all": two_step(np.ones(len(p_rep), bool))}
+    if report.external is not None and report.external.any():
+        out["external"] = two_step(report.external)
+    web.metrics = {k: v for k, v in out.items() if k in ("all", "external")}
+    return out
 
 
 def fit_judge(kind: str, features: Sequence[str], fit: Cases, cal: Cases, report: Cases,
@@ -485,8 +636,7 @@ def fit_judge(kind: str, features: Sequence[str], fit: Cases, cal: Cases, report
 
     def probs(c: Cases) -> np.ndarray:
         assert c.features is not None
-        z = (c.features - mean) / scale @ coef + intercept
-        return 1.0 / (1.0 + np.exp(-np.clip(z, -30, 30)))
+        return _probs(model, c.features)
 
     model.cal_p, model.cal_y, model.cal_g = probs(cal), cal.covered.astype(int), cal.cls.astype(int)
     model.t_mid = balanced_threshold(np.concatenate([probs(fit), model.cal_p]),
@@ -503,11 +653,14 @@ def fit_judge(kind: str, features: Sequence[str], fit: Cases, cal: Cases, report
         e = report.external
         out["external"] = judge_metrics(pr[e], report.covered[e].astype(int), report.cls[e], t_low, t_high,
                                         model.t_mid)
+    web = fit_web(model, fit, cal, report, precision)
+    if web is not None:
+        out["web"] = web
     model.metrics = {k: v for k, v in out.items() if k in ("all", "external", "precision_target")}
     return model, out
 
 
-def calibrate(coll: Collection, kinds: Sequence[str] = ("image", "text"), per_class: int = 3,
+def calibrate(coll: Collection, kinds: Sequence[str] = ("image", "text"), per_class: int = 5,
               max_classes: int = 120, seed: int = 0, save: bool = True,
               progress: ProgressArg = None, precision: float = DEFAULT_PRECISION) -> CalibrationReport:
     """Fit the judge and the threshold rule on ``coll`` (see the module docstring); store them when
@@ -536,18 +689,24 @@ def calibrate(coll: Collection, kinds: Sequence[str] = ("image", "text"), per_cl
     label_of = ctx.label_of
     sizes = coll.catalog.label_counts()
     report = CalibrationReport(coll.backbone)
+    for kind in kinds:
+        if kind not in ("image", "text"):
+            raise IMRSError(f"unknown query kind {kind!r}: choose image or text")
+    members_of = _members_of(classes, fam, names)
     try:
+        # the sampled images and their other-style views serve as image queries and, for every
+        # kind, as the simulated web images of their folder
+        biggest = max(len(v) for v in members_of.values())
+        views = _views(coll, classes, names, per_class, JUDGE_DEPTH + biggest + 1, rng, rep)
         for kind in kinds:
             if kind == "image":
                 b = _CaseBuilder("image", names, JUDGE_DEPTH, label_of, sizes, ctx)
-                cases = _image_cases(coll, classes, fam, per_class, JUDGE_DEPTH, rng, b, rep)
+                cases = _image_cases(views, members_of, b)
                 stored = "image"
-            elif kind == "text":
+            else:
                 stored = "text" if coll.backbone_info.supports_text else "textmap"
                 b = _CaseBuilder(stored, names, JUDGE_DEPTH, label_of, sizes, ctx)
-                cases = _text_cases(coll, classes, fam, JUDGE_DEPTH, b, rep)
-            else:
-                raise IMRSError(f"unknown query kind {kind!r}: choose image or text")
+                cases = _text_cases(coll, classes, members_of, JUDGE_DEPTH, b, rep, views)
             which = part[cases.cls]
             rule_fit = _subset(cases, which != 2)
             fitted, ba_fit = fit_thresholds(rule_fit)

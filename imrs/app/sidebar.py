@@ -9,15 +9,12 @@ from typing import Any
 
 import streamlit as st
 
+from ..indexes.params import tunables
 from . import workspace as W
 from .access import Role
 from .pipeline import PROVIDER_CHOICES, calibrate, collection_thresholds
 from .text import plain
 from .widgets import ProgressBar, detail, flash, shown_errors
-
-#: Search-time tunables per index kind (build parameters need a rebuild).
-TUNABLES: dict[str, tuple[str, ...]] = {"hnsw": ("efSearch",), "ivf_flat": ("nprobe",),
-                                        "ivf_pq": ("nprobe", "k_factor"), "annoy": ("search_k",)}
 
 
 def collection_settings(role: Role) -> dict[str, Any]:
@@ -99,14 +96,15 @@ def search_settings(opened: W.Opened, role: Role) -> dict[str, Any]:
               help="when the query is an image of this collection, leave it out of its own results")
     params: dict[str, int] = {}
     shared = coll.index.get_params() if opened.ws.synced else {}
-    for name in TUNABLES.get(coll.indexer, ()):
+    for tunable in tunables(coll.indexer):  # search-time only: build parameters need a rebuild
+        name = tunable.name
         key = f"tune_{coll.indexer}_{name}"
         if key not in st.session_state and name in shared:
             st.session_state[key] = int(shared[name])
         if key in st.session_state:
-            params[name] = int(sb.number_input(name, min_value=-1 if name == "search_k" else 1, max_value=100_000,
-                                               key=key, help="this session's search-time trade-off: higher = "
-                                                             "better recall, slower"))
+            params[name] = int(sb.number_input(name, min_value=tunable.lo, max_value=tunable.hi, key=key,
+                                               help="this session's search-time trade-off: higher = "
+                                                    "better recall, slower"))
     return params
 
 

@@ -31,9 +31,11 @@ import numpy as np
 
 from ..config import home_dir
 from ..errors import IMRSError
+from ..indexes.exact import exact_search
+from ..indexes.params import tunable_names
 from . import metrics as M
 from .data import BenchData, dynamic_vectors, load_embeddings, scan_dataset
-from .tuning import TUNABLE, search_without_self, tune_index
+from .tuning import search_without_self, tune_index
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +113,7 @@ def holdout_split(label_ids: np.ndarray, fraction: float, seed: int) -> tuple[np
 
 def _exact_neighbours(db: np.ndarray, exclude_rows: np.ndarray | None = None):
     def fn(queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        return M.exact_search(db, queries, k, exclude=exclude_rows)
+        return exact_search(queries, db, k, exclude=exclude_rows)
     return fn
 
 
@@ -124,7 +126,7 @@ def bench_indexes(backbone: str, db: np.ndarray, labels: np.ndarray, qrows: np.n
     k = cfg.topk
     n, dim = db.shape
     qv = db[qrows]
-    truth = M.exact_search(db, qv, k, exclude=qrows)[1]
+    truth = exact_search(qv, db, k, exclude=qrows)[1]
     tq = qrows[: cfg.tune_queries] if cfg.tune_queries > 0 else qrows
     truth10 = truth[: len(tq), :10]
     rows, curve_rows, tuned_rows = [], [], []
@@ -158,7 +160,7 @@ def bench_indexes(backbone: str, db: np.ndarray, labels: np.ndarray, qrows: np.n
         rows.append(row)
         log.info("%s/%s: build %.1fs, %.1f MB, p50 %.2f ms, %.0f QPS, recall@10 %.3f", backbone, kind, build_s,
                  mem / 1e6, row["latency_p50_ms"], row["qps"], row["recall@10"])
-        if cfg.tune and kind in TUNABLE:
+        if cfg.tune and tunable_names(kind):
             res = tune_index(index, kind, db[tq], truth10, k=10, target=cfg.tune_target, self_ids=tq)
             for p in res.curve:
                 curve_rows.append({"backbone": backbone, "indexer": kind, **p.setting,
@@ -170,7 +172,7 @@ def bench_indexes(backbone: str, db: np.ndarray, labels: np.ndarray, qrows: np.n
                                "params": best.setting if best else {},
                                "recall@10": best.recall if best else float("nan"),
                                "qps": best.qps if best else float("nan"),
-                               "default_setting": _fmt_setting({p: row["params"].get(p) for p in TUNABLE[kind]}),
+                               "default_setting": _fmt_setting({p: row["params"].get(p) for p in tunable_names(kind)}),
                                "default_recall@10": row["recall@10"]})
         elif kind == "flat_ip":
             curve_rows.append({"backbone": backbone, "indexer": kind, "setting": "exact",
@@ -205,7 +207,7 @@ def bench_improvements(backbone: str, db: np.ndarray, labels: np.ndarray, qrows:
     nq = max(cfg.qe_n, 10)
 
     def qe_rows(space: np.ndarray, prefix: str, split: str, q_rows: np.ndarray, note: str) -> list[dict]:
-        s, r = M.exact_search(space, space[q_rows], nq, exclude=q_rows)
+        s, r = exact_search(space[q_rows], space, nq, exclude=q_rows)
         res = []
         for name, alpha in (("AQE", 0.0), ("αQE", cfg.aqe_alpha)):
             q2 = expand_queries(space[q_rows], space, s, r, cfg.qe_n, alpha=alpha)
@@ -218,7 +220,7 @@ def bench_improvements(backbone: str, db: np.ndarray, labels: np.ndarray, qrows:
         out += qe_rows(db, "", "all", qrows, "")
     dba = None
     if "dba" in imp:
-        s, r = M.exact_search(db, db, cfg.dba_k, exclude=np.arange(len(db)))
+        s, r = exact_search(db, db, cfg.dba_k, exclude=np.arange(len(db)))
         dba = database_augment(db, s, r, k=cfg.dba_k, alpha=cfg.aqe_alpha)
         out.append(_quality_row(backbone, "DBA", "all", M.label_quality(dba, labels, qrows, k=k), dim,
                                 f"k={cfg.dba_k}, alpha={cfg.aqe_alpha:g}", k))
@@ -230,7 +232,7 @@ def bench_improvements(backbone: str, db: np.ndarray, labels: np.ndarray, qrows:
         out.append(_quality_row(backbone, f"PCA-whiten {wfit.dim}", "all", M.label_quality(wh, labels, qrows, k=k),
                                 wfit.dim, f"learned on the collection, power={cfg.whiten_power:g}", k))
         if "qe" in imp or "dba" in imp:
-            s, r = M.exact_search(wh, wh, cfg.dba_k, exclude=np.arange(len(wh)))
+            s, r = exact_search(wh, wh, cfg.dba_k, exclude=np.arange(len(wh)))
             whd = database_augment(wh, s, r, k=cfg.dba_k, alpha=cfg.aqe_alpha)
             out += [row for row in qe_rows(whd, f"PCA-whiten {wfit.dim} + DBA + ", "all", qrows,
                                            f"DBA k={cfg.dba_k}; ") if "αQE" in row["method"]]
@@ -266,13 +268,13 @@ def bench_head(backbone: str, db: np.ndarray, labels: np.ndarray, cfg: BenchConf
     hq = M.label_quality(hdb, tlab, tq, k=k)
     rows.append(_quality_row(backbone, f"projection head {head.dim}", split, hq, head.dim,
                              f"trained {secs:.0f}s on the train half only", k))
-    s, r = M.exact_search(hdb, hdb[tq], max(cfg.qe_n, 1), exclude=tq)
+    s, r = exact_search(hdb[tq], hdb, max(cfg.qe_n, 1), exclude=tq)
     q2 = expand_queries(hdb[tq], hdb, s, r, cfg.qe_n, alpha=cfg.aqe_alpha)
     rows.append(_quality_row(backbone, f"projection head {head.dim} + αQE", split,
                              M.label_quality(hdb, tlab, tq, q2, k=k), head.dim, f"n={cfg.qe_n}", k))
-    s, r = M.exact_search(hdb, hdb, cfg.dba_k, exclude=np.arange(len(hdb)))
+    s, r = exact_search(hdb, hdb, cfg.dba_k, exclude=np.arange(len(hdb)))
     hd = database_augment(hdb, s, r, k=cfg.dba_k, alpha=cfg.aqe_alpha)
-    s, r = M.exact_search(hd, hd[tq], max(cfg.qe_n, 1), exclude=tq)
+    s, r = exact_search(hd[tq], hd, max(cfg.qe_n, 1), exclude=tq)
     q2 = expand_queries(hd[tq], hd, s, r, cfg.qe_n, alpha=cfg.aqe_alpha)
     rows.append(_quality_row(backbone, f"projection head {head.dim} + DBA + αQE", split,
                              M.label_quality(hd, tlab, tq, q2, k=k), head.dim,
@@ -350,10 +352,10 @@ def bench_text(backbone: str, db: np.ndarray, data: BenchData, cfg: BenchConfig
 
 def bench_fusion(vectors: dict[str, np.ndarray], labels: np.ndarray, qrows: np.ndarray, cfg: BenchConfig,
                  ) -> list[dict[str, Any]]:
-    from ..retrieval import fuse
+    from ..retrieval import fuse_backbones
 
     names = sorted(vectors)
-    fused = fuse([vectors[n] for n in names])
+    fused = fuse_backbones([vectors[n] for n in names])
     q = M.label_quality(fused, labels, qrows, k=cfg.topk)
     return [_quality_row("+".join(names), "fusion (concat)", "all", q, fused.shape[1],
                          "normalised features concatenated", cfg.topk)]

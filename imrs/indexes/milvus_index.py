@@ -45,7 +45,8 @@ import numpy as np
 
 from ..errors import IMRSError, SnapshotError
 from ..fsutil import atomic_write_json
-from .base import FILTER_EXACT_FLOATS, FORMAT_VERSION, META_FILE, VectorIndex, _as_ids, exact_search
+from .base import FILTER_EXACT_FLOATS, FORMAT_VERSION, META_FILE, VectorIndex, as_ids
+from .exact import exact_search
 from .params import auto_params, validate_params
 
 if TYPE_CHECKING:
@@ -387,7 +388,7 @@ class MilvusIndex(VectorIndex):
         self._refresh_count()
 
     def remove(self, ids: Any) -> int:
-        ids = np.unique(_as_ids(ids))
+        ids = np.unique(as_ids(ids))
         if not len(ids) or not self._count:
             return 0
         before = self._count
@@ -469,7 +470,7 @@ class MilvusIndex(VectorIndex):
 
     # -- reads --------------------------------------------------------------------------------------
     def get_vectors(self, ids: Any) -> np.ndarray:
-        ids = _as_ids(ids)
+        ids = as_ids(ids)
         out = np.zeros((len(ids), self.dim), np.float32)
         if not len(ids):
             return out

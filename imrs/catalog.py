@@ -209,11 +209,12 @@ class Catalog:
                 raise _damaged(self.path, exc) from exc
             raise
 
-    @contextlib.contextmanager
-    def guard(self) -> Iterator[None]:
-        """For code that queries ``_con()`` directly (filters): damage becomes one line too."""
+    def ids_where(self, where_sql: str, args: Sequence[str]) -> Iterator[int]:
+        """Ids of the rows matching a WHERE clause that :func:`imrs.filters.to_sql` made (with its
+        ``?`` arguments), ascending and streamed; damage becomes one line as everywhere else."""
         try:
-            yield
+            for (image_id,) in self._con().execute(f"SELECT id FROM images WHERE {where_sql} ORDER BY id", list(args)):
+                yield image_id
         except sqlite3.DatabaseError as exc:
             if is_damage(exc):
                 raise _damaged(self.path, exc) from exc

@@ -20,6 +20,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import PlainTextResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from .._pycompat import install_ast_parse_guard
 from ..collection import Collection
 from . import problems
 from .problems import problem_response
@@ -166,6 +167,7 @@ def create_app(config: ServeConfig, collection: Collection | None = None) -> Fas
     """The ASGI app for ``config``; ``collection`` (already open) is used instead of opening one."""
     state_box: dict[str, ServerState] = {}
     configure_access_log(config.access_log)
+    install_ast_parse_guard()  # searches run in threads beside job threads loading caches (imrs._pycompat)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):  # type: ignore[no-untyped-def]

@@ -10,6 +10,7 @@ from typing import Any
 import streamlit as st
 
 from ..indexes.params import tunables
+from . import backbones as B
 from . import workspace as W
 from .access import Role
 from .pipeline import PROVIDER_CHOICES, calibrate, collection_thresholds
@@ -30,7 +31,7 @@ def collection_settings(role: Role) -> dict[str, Any]:
                              help="A folder of images (sub-folders are labels) inside the folders this server allows "
                                   "(IMRS_ALLOWED_ROOTS); a name is looked up in each of them. Empty: the default.")
     locked = not role.editor
-    choices = {c.name: c for c in W.backbone_choices()}
+    choices = {c.name: c for c in B.backbone_choices()}
     if st.session_state.get("backbone") not in choices:
         st.session_state["backbone"] = W.OFFLINE_BACKBONE
     icons = {"ready": "●", "needs download": "○", "failed": "✕"}
@@ -47,7 +48,7 @@ def collection_settings(role: Role) -> dict[str, Any]:
             "device": st.session_state["device"], "status_slot": status_slot, "choices": choices}
 
 
-def backbone_status(slot: Any, opened: W.Opened, choices: dict[str, W.BackboneChoice], role: Role) -> None:
+def backbone_status(slot: Any, opened: W.Opened, choices: dict[str, B.BackboneChoice], role: Role) -> None:
     """A one-line badge; what it means, the fix and the download button in an expander."""
     in_use = choices.get(opened.backbone)
     asked = choices.get(opened.requested)
@@ -63,12 +64,12 @@ def backbone_status(slot: Any, opened: W.Opened, choices: dict[str, W.BackboneCh
                            f"{opened.backbone}. {detail(opened.fallback_reason.rstrip('.'))}.")
             target = asked if asked is not None else in_use
             if target is not None and target.downloadable and role.editor:
-                job = W.download_state(target.name)
+                job = B.download_state(target.name)
                 if job is not None and job.running:
                     st.info(f"downloading {target.name} ...", icon=":material/downloading:")
                 elif st.button(f"Download {target.name} weights", key="dl_weights", icon=":material/download:",
                                help=f"fetch them from {target.download_host} into the local cache"):
-                    job = W.start_download(target.name)
+                    job = B.start_download(target.name)
                     if job.error:
                         st.error(detail(job.error), icon=":material/cloud_off:")
                     elif job.running:

@@ -3,6 +3,9 @@
 Why SQLite (as rclip does): a single file, transactional, WAL lets the UI read while an expansion
 writes, and it needs no pickle. Rows are keyed by the stable 64-bit id from ``imrs.ids`` so the
 catalog, the NPZ caches and the vector index agree without a translation table.
+
+One idea (the catalog table, its record type and the damage checks that guard every query), so one
+module, although it sits at about 500 lines.
 """
 
 from __future__ import annotations

@@ -168,10 +168,13 @@ class WeightsFailures:
             return self._generation.get(backbone, 0)
 
 
-@st.cache_resource(show_spinner=False)
+_FAILURES = WeightsFailures()
+
+
 def weights_failures() -> WeightsFailures:
-    """The process's record (one for all sessions)."""
-    return WeightsFailures()
+    """The process's record, one for all sessions and their threads (keyed by backbone; plain
+    Python, so a download thread can clear it without a Streamlit context)."""
+    return _FAILURES
 
 
 def forget_weights_failure(backbone: str) -> None:

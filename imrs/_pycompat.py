@@ -10,9 +10,12 @@ torch's overload registry parse source, and the app does these in its model-load
 a page rerun loads caches in another. The symptom was a rerun that failed with "Script compilation
 error" once in a few hundred runs.
 
-The fix serialises ``ast.parse`` process-wide. Parsing is microseconds to milliseconds and happens
-at load time, never per query, so the lock costs nothing measurable. It is re-entrant because a
-finaliser that runs during a parse may itself parse.
+The fix serialises ``ast.parse``. The parses that race are inside numpy and torch, so only
+replacing ``ast.parse`` reaches them; that is done by the two servers that run these threads (the
+page, ``imrs.app``, and the API, ``imrs.api.app.create_app``) when they start, never by importing
+the library: a program that imports ``imrs`` keeps its own ``ast``. Parsing is microseconds to
+milliseconds and happens at load time, never per query, so the lock costs nothing measurable. It
+is re-entrant because a finaliser that runs during a parse may itself parse.
 """
 
 from __future__ import annotations

@@ -3,6 +3,9 @@
 Why SQLite (as rclip does): a single file, transactional, WAL lets the UI read while an expansion
 writes, and it needs no pickle. Rows are keyed by the stable 64-bit id from ``imrs.ids`` so the
 catalog, the NPZ caches and the vector index agree without a translation table.
+
+One idea (the catalog table, its record type and the damage checks that guard every query), so one
+module, although it sits at about 500 lines.
 """
 
 from __future__ import annotations
@@ -209,11 +212,12 @@ class Catalog:
                 raise _damaged(self.path, exc) from exc
             raise
 
-    @contextlib.contextmanager
-    def guard(self) -> Iterator[None]:
-        """For code that queries ``_con()`` directly (filters): damage becomes one line too."""
+    def ids_where(self, where_sql: str, args: Sequence[str]) -> Iterator[int]:
+        """Ids of the rows matching a WHERE clause that :func:`imrs.filters.to_sql` made (with its
+        ``?`` arguments), ascending and streamed; damage becomes one line as everywhere else."""
         try:
-            yield
+            for (image_id,) in self._con().execute(f"SELECT id FROM images WHERE {where_sql} ORDER BY id", list(args)):
+                yield image_id
         except sqlite3.DatabaseError as exc:
             if is_damage(exc):
                 raise _damaged(self.path, exc) from exc

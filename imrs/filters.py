@@ -365,9 +365,7 @@ class Where:
 
 def catalog_ids(catalog: Catalog, sql: str, args: Sequence[str]) -> np.ndarray:
     """Ids of catalog rows matching a WHERE clause made by :func:`to_sql` (sorted int64)."""
-    with catalog.guard():
-        rows = catalog._con().execute(f"SELECT id FROM images WHERE {sql} ORDER BY id", list(args))
-        return np.fromiter((r[0] for r in rows), dtype=np.int64)
+    return np.fromiter(catalog.ids_where(sql, args), dtype=np.int64)
 
 
 def attributes_of(catalog: Catalog, ids: np.ndarray) -> dict[str, list[str]]:

@@ -30,16 +30,14 @@ import zipfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
+from .embset import FP32, EmbeddingRows, load_npz
 from .errors import StoreError
 from .faults import fault_point
 from .fsutil import atomic_path, atomic_write_json, read_json
-
-if TYPE_CHECKING:
-    from .store import EmbeddingSet
 
 log = logging.getLogger(__name__)
 
@@ -134,8 +132,6 @@ class ShardStore:
 
     # -- reading ----------------------------------------------------------------------------------
     def runtime(self) -> str:
-        from .store import FP32
-
         return str(self.manifest().get("runtime") or FP32)
 
     def _read_delta(self, d: Delta, wanted: tuple[str, ...]) -> dict[str, np.ndarray]:
@@ -216,14 +212,12 @@ class ShardStore:
     def load_ids(self) -> np.ndarray:
         return self._consistent(with_vectors=False)[1]["ids"]
 
-    def load(self) -> EmbeddingSet:
-        from .store import EmbeddingSet
-
+    def load(self) -> EmbeddingRows:
         m, rows = self._consistent(with_vectors=True)
         dim = int(m.get("dim") or 0)
         vectors = rows["vectors"] if len(rows["ids"]) else np.zeros((0, dim), np.float32)
-        return EmbeddingSet(str(m.get("backbone") or "unknown"), rows["ids"], rows.get("relpaths", []), vectors,
-                            str(m.get("runtime") or "fp32"))
+        return EmbeddingRows(str(m.get("backbone") or "unknown"), rows["ids"], rows.get("relpaths", []), vectors,
+                             str(m.get("runtime") or FP32))
 
     def verify(self) -> list[str]:
         """Every problem of the store: missing or damaged deltas (size, SHA-256), as one line each."""
@@ -262,12 +256,10 @@ class ShardStore:
                      vectors=np.ascontiguousarray(vectors, np.float32), deleted=np.asarray(deleted, np.int64))
         return Delta(name, len(ids), len(deleted), target.stat().st_size, sha256_file(target))
 
-    def update(self, add: EmbeddingSet | None = None, remove: Iterable[int] = (), *,
+    def update(self, add: EmbeddingRows | None = None, remove: Iterable[int] = (), *,
                backbone: str, dim: int, runtime: str | None = None, compact: bool = True) -> int:
         """Delete ``remove`` ids and add (or replace) ``add``'s rows: one new delta, one new manifest.
         Returns the bytes written (what ``scripts/bench_store.py`` measures)."""
-        from .store import FP32
-
         gone = np.unique(np.fromiter((int(i) for i in remove), dtype=np.int64))
         if add is not None and len(add):
             gone = np.setdiff1d(gone, add.ids)  # re-added rows supersede themselves
@@ -300,7 +292,7 @@ class ShardStore:
                   delta.rows, delta.deleted, written, before)
         return written
 
-    def replace(self, emb: EmbeddingSet, *, dim: int | None = None) -> int:
+    def replace(self, emb: EmbeddingRows, *, dim: int | None = None) -> int:
         """All of the store becomes ``emb`` (an import, a restamp, a full rewrite): one delta."""
         old = self.deltas() if self.exists() else []
         delta = self._write_delta(emb.ids, emb.relpaths, emb.vectors, np.zeros(0, np.int64))
@@ -406,9 +398,7 @@ def migrate_file(npz: Path, store_path: Path) -> ShardStore:
     """A single-file cache (``emb_<backbone>.npz``, from before stores) becomes a store's first delta:
     moved, not copied, so the migration writes only a manifest. Crash-safe in any order: a store
     folder without a manifest is rebuilt from its deltas (``rebuild_manifest``)."""
-    from .store import EmbeddingSet
-
-    emb = EmbeddingSet.load(npz)
+    emb = load_npz(npz)
     store = ShardStore(store_path)
     store.path.mkdir(parents=True, exist_ok=True)
     name = f"d-{0:08d}-{uuid.uuid4().hex[:8]}.npz"

@@ -18,85 +18,31 @@ from __future__ import annotations
 import logging
 import os
 import zipfile
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
+from .embset import FORMAT_VERSION, FP32, EmbeddingRows, check_same_runtime, load_npz, read_npz
 from .errors import StoreError
 from .fsutil import atomic_savez
+from .shards import ShardStore, is_store
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
-FP32 = "fp32"
 
-
-def check_same_runtime(sets: Sequence[EmbeddingSet]) -> str:
-    """The one runtime tag of ``sets`` (empty sets do not count); StoreError if they differ."""
-    tags = {s.runtime for s in sets if len(s)} or {s.runtime for s in sets}
-    if len(tags) > 1:
-        raise StoreError(f"refusing to mix embeddings of different runtimes: {sorted(tags)} "
-                         "(re-embed with one runtime: `imrs index --runtime ...`)")
-    return tags.pop() if tags else FP32
-
-
-@dataclass
-class EmbeddingSet:
-    """Rows of one backbone's embeddings; the unit that caches, merges and indexes exchange."""
-
-    backbone: str
-    ids: np.ndarray  # int64 (n,)
-    relpaths: np.ndarray  # unicode (n,)
-    vectors: np.ndarray  # float32 (n, dim)
-    runtime: str = FP32  # the encoder's runtime tag: which numerics made these vectors
-
-    def __post_init__(self) -> None:
-        self.ids = np.ascontiguousarray(self.ids, dtype=np.int64).reshape(-1)
-        self.relpaths = np.asarray(self.relpaths, dtype=str).reshape(-1)
-        self.vectors = np.ascontiguousarray(self.vectors, dtype=np.float32)
-        if self.vectors.ndim != 2:
-            self.vectors = self.vectors.reshape(len(self.ids), -1)
-        if not (len(self.ids) == len(self.relpaths) == len(self.vectors)):
-            raise StoreError(
-                f"embedding set rows disagree: {len(self.ids)} ids, {len(self.relpaths)} paths, "
-                f"{len(self.vectors)} vectors")
-
-    @property
-    def dim(self) -> int:
-        return int(self.vectors.shape[1])
-
-    def __len__(self) -> int:
-        return len(self.ids)
+class EmbeddingSet(EmbeddingRows):
+    """Rows of one backbone's embeddings; the unit that caches, merges and indexes exchange. The
+    arrays live in :class:`imrs.embset.EmbeddingRows`; this adds reading and writing either layout."""
 
     @classmethod
-    def empty(cls, backbone: str, dim: int, runtime: str = FP32) -> EmbeddingSet:
-        return cls(backbone, np.zeros(0, np.int64), np.zeros(0, dtype="<U1"), np.zeros((0, dim), np.float32),
-                   runtime)
-
-    def select(self, mask_or_idx: np.ndarray) -> EmbeddingSet:
-        return EmbeddingSet(self.backbone, self.ids[mask_or_idx], self.relpaths[mask_or_idx],
-                            self.vectors[mask_or_idx], self.runtime)
-
-    def without(self, ids: Iterable[int]) -> EmbeddingSet:
-        drop = np.fromiter((int(i) for i in ids), dtype=np.int64)
-        return self.select(~np.isin(self.ids, drop))
-
-    def concat(self, other: EmbeddingSet) -> EmbeddingSet:
-        if len(other) and len(self) and other.dim != self.dim:
-            raise StoreError(f"cannot combine {self.dim}-d and {other.dim}-d embeddings")
-        runtime = check_same_runtime([self, other])
-        vecs = other.vectors if not len(self) else (self.vectors if not len(other)
-                                                    else np.concatenate([self.vectors, other.vectors]))
-        return EmbeddingSet(self.backbone, np.concatenate([self.ids, other.ids]),
-                            np.concatenate([self.relpaths, other.relpaths]), vecs, runtime)
+    def of(cls, rows: EmbeddingRows) -> EmbeddingSet:
+        return rows if isinstance(rows, cls) else cls(rows.backbone, rows.ids, rows.relpaths, rows.vectors,
+                                                      rows.runtime)
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write all rows to ``path``: a single NPZ file, or the whole content of a shard store."""
-        from .shards import ShardStore, is_store
-
         if is_store(path):
             ShardStore(path).replace(self)
             return Path(path)
@@ -109,16 +55,12 @@ class EmbeddingSet:
     def load(cls, path: str | os.PathLike[str], backbone: str | None = None,
              runtime: str | None = None) -> EmbeddingSet:
         """``backbone``/``runtime``: what the caller expects; another one in the file is an error."""
-        from .shards import ShardStore, is_store
-
         if is_store(path):
-            out = ShardStore(path).load()
+            out = cls.of(ShardStore(path).load())
             if backbone is not None and out.backbone not in (backbone, "unknown"):
                 raise StoreError(f"{path} holds {out.backbone} embeddings, not {backbone}")
         else:
-            file_backbone, arrays = _read(path, backbone, ("ids", "relpaths", "vectors", "runtime"))
-            ids, relpaths, vectors, file_runtime = arrays
-            out = cls(file_backbone, ids, relpaths, vectors, str(file_runtime))
+            out = cls.of(load_npz(path, backbone))
         if runtime is not None and out.runtime != runtime and len(out):
             raise RuntimeMismatchError(f"{path} holds {out.runtime} embeddings, not {runtime}")
         return out
@@ -127,39 +69,14 @@ class EmbeddingSet:
 def load_ids(path: str | os.PathLike[str], backbone: str | None = None) -> np.ndarray:
     """Only a cache's ids (NPZ members load one by one): what a consistency check compares, at a
     few hundred kB for 10k rows instead of the vectors' tens of MB."""
-    from .shards import ShardStore, is_store
-
     if is_store(path):
         store = ShardStore(path)
         found = str(store.manifest().get("backbone") or "unknown")
         if backbone is not None and found not in (backbone, "unknown"):
             raise StoreError(f"{path} holds {found} embeddings, not {backbone}")
         return store.load_ids()
-    _, (ids,) = _read(path, backbone, ("ids",))
+    _, (ids,) = read_npz(path, backbone, ("ids",))
     return np.ascontiguousarray(ids, dtype=np.int64).reshape(-1)
-
-
-def _read(path: str | os.PathLike[str], backbone: str | None, wanted: Sequence[str]
-          ) -> tuple[str, list[Any]]:
-    """(file's backbone, the ``wanted`` arrays) of a validated cache; older key names accepted
-    (and files from before the runtime tag are fp32)."""
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            keys = set(z.files)
-            names = {"ids": "ids", "relpaths": "relpaths" if "relpaths" in keys else "paths",
-                     "vectors": "vectors" if "vectors" in keys else "embeddings"}
-            missing = set(names.values()) - keys
-            if missing:
-                raise StoreError(f"{path}: not an IMRS embedding file (missing {sorted(missing)})")
-            file_backbone = str(z["backbone"]) if "backbone" in keys else (backbone or "unknown")
-            arrays: list[Any] = [(str(z["runtime"]) if "runtime" in keys else FP32) if k == "runtime"
-                                 else z[names[k]] for k in wanted]
-    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as exc:
-        # truncated or garbage zip, a bad CRC, or an object array that would need pickle
-        raise StoreError(f"{path}: unreadable embedding file ({type(exc).__name__}: {exc})") from exc
-    if backbone is not None and file_backbone not in (backbone, "unknown"):
-        raise StoreError(f"{path} holds {file_backbone} embeddings, not {backbone}")
-    return file_backbone, arrays
 
 
 def concat_all(sets: Sequence[EmbeddingSet]) -> EmbeddingSet:
@@ -182,8 +99,6 @@ class RuntimeMismatchError(StoreError):
 
 def read_runtime(path: str | os.PathLike[str]) -> str | None:
     """The runtime tag of a cache without reading its vectors (None if unreadable)."""
-    from .shards import ShardStore, is_store
-
     try:
         if is_store(path):
             return ShardStore(path).runtime()

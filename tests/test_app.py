@@ -10,8 +10,10 @@ settings, the URL, snapshots and a benchmark run.
 from __future__ import annotations
 
 import re
+import sys
 import threading
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -318,9 +320,56 @@ def test_image_query_proposes_terms_and_grows_on_confirmation(app_env: Path, web
     assert ":violet-badge[web]" in scores_line(at)[0] and float(scores_line(at)[0].split("`")[1]) > 0.9
 
 
+def _in_threads(work: Any, n: int = 8) -> None:
+    """``work(i)`` in ``n`` threads released together, with thread switches as often as possible."""
+    barrier = threading.Barrier(n)
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        threads = [threading.Thread(target=lambda i=i: (barrier.wait(), work(i))) for i in range(n)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(old)
+
+
+def test_activity_board_is_one_per_collection_under_concurrent_sessions(tmp_path: Path) -> None:
+    from imrs.app.activity import activity_for
+
+    coll = SimpleNamespace(state_dir=tmp_path / "state")
+    boards: list[Any] = []
+    seen: list[list[str]] = []
+
+    def session(i: int) -> None:
+        board = activity_for(coll)
+        boards.append(board)
+        for n in range(50):
+            with board.job(f"s{i}", "expanding", f"term {n}"):
+                seen.append([j.session for j in board.others(f"s{i}")])
+
+    _in_threads(session)
+    assert len({id(b) for b in boards}) == 1  # every session sees the same board
+    assert boards[0].version == 8 * 50 and boards[0].others("nobody") == []  # no end was lost
+    assert activity_for(SimpleNamespace(state_dir=tmp_path / "other")) is not boards[0]
+
+
+def test_weights_failures_count_each_failure_once_across_threads() -> None:
+    from imrs.app.backbones import WeightsFailures
+
+    failures = WeightsFailures()
+    _in_threads(lambda i: [failures.remember(f"bb{n}", f"gone ({i})") for n in range(2000)])
+    # every thread saw every backbone fail: one failure each, one fresh workspace each
+    assert [failures.generation(f"bb{n}") for n in range(2000)] == [1] * 2000
+    assert failures.recent("bb7").startswith("gone (") and failures.recent("other") is None
+    failures.forget("bb7")
+    assert failures.recent("bb7") is None and failures.generation("bb7") == 1
+
+
 def test_busy_notice_when_another_session_or_process_writes(app_env: Path) -> None:
     at = start()
-    from imrs.app.workspace import activity_for
+    from imrs.app.activity import activity_for
     from imrs.collection import Collection
 
     coll = Collection(app_env, OFFLINE)

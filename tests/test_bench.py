@@ -139,15 +139,16 @@ def _clustered(n: int = 4000, dim: int = 32, clusters: int = 40, seed: int = 0) 
 
 @pytest.mark.parametrize("kind", ["hnsw", "ivf_flat", "ivf_pq", "annoy"])
 def test_autotune_meets_recall_target(kind: str) -> None:
-    from imrs.bench.metrics import exact_search, recall_at_k
+    from imrs.bench.metrics import recall_at_k
     from imrs.indexes import make_index
+    from imrs.indexes.exact import exact_search
 
     x = _clustered()
     params = {} if kind == "hnsw" else {"exact_below": 0}
     index = make_index(kind, x.shape[1], n_hint=len(x), **params)
     index.add(np.arange(len(x)), x)
     q = np.arange(0, len(x), 10)
-    truth = exact_search(x, x[q], 10, exclude=q)[1]
+    truth = exact_search(x[q], x, 10, exclude=q)[1]
     res = tune_index(index, kind, x[q], truth, k=10, target=0.95, self_ids=q, repeats=1)
     assert res.reached and res.best is not None
     assert res.best.recall >= 0.95
@@ -162,11 +163,11 @@ def test_autotune_meets_recall_target(kind: str) -> None:
 
 
 def test_fusion_and_kept_flags() -> None:
-    from imrs.retrieval import fuse
+    from imrs.retrieval import fuse_backbones
 
     a = _clustered(50, 8, seed=1)
     b = _clustered(50, 4, seed=2)
-    f = fuse([a, b])
+    f = fuse_backbones([a, b])
     assert f.shape == (50, 12)
     np.testing.assert_allclose(np.linalg.norm(f, axis=1), 1.0, rtol=1e-5)
     # the fused cosine is the mean of the per-backbone cosines

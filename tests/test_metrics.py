@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from imrs.bench import metrics as M
+from imrs.indexes.exact import exact_search
 
 
 def test_precision_at_k() -> None:
@@ -78,7 +79,7 @@ def test_exact_search_matches_sort_and_excludes() -> None:
     rng = np.random.default_rng(1)
     db = rng.normal(size=(50, 8)).astype(np.float32)
     q = db[:5]
-    s, r = M.exact_search(db, q, 7, exclude=np.arange(5))
+    s, r = exact_search(q, db, 7, exclude=np.arange(5))
     full = q @ db.T
     for i in range(5):
         full[i, i] = -np.inf

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import ast
 import gc
+import subprocess
 import sys
 import threading
 
 import numpy as np
 import pytest
 
-import imrs  # noqa: F401 - importing the package installs the guard
 from imrs._pycompat import install_ast_parse_guard, needs_ast_guard
+
+install_ast_parse_guard()  # what the page and the API server do when they start
 
 SOURCE = "\n".join(
     f"def f{i}(a, b=({i}, [1, 2, {{'k': {i}}}])):\n    return [x for x in range(a) if x % 3 == b[0]]"
@@ -82,6 +84,13 @@ def test_npz_loads_in_threads_while_parsing(tmp_path) -> None:
     errors = _hammer(ast.parse, threads=2, rounds=20)
     loader.join()
     assert errors == [] and failures == []
+
+
+def test_importing_the_library_leaves_ast_alone() -> None:
+    code = ("import ast, imrs, imrs.collection, imrs.query; "
+            "print(getattr(ast.parse, '__imrs_serialised__', False))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
 
 
 def test_guard_versions_and_idempotence() -> None:

@@ -12,7 +12,7 @@ import pytest
 from imrs.errors import IMRSError
 from imrs.filters import Where
 from imrs.indexes import make_index
-from imrs.indexes.base import exact_search
+from imrs.indexes.exact import exact_search
 
 from .test_indexes import clustered, ids_for
 

@@ -28,8 +28,10 @@ from typing import Any
 
 import streamlit as st
 
+from .._pycompat import install_ast_parse_guard
 from ..errors import IMRSError
 from . import access, sidebar, timing
+from . import backbones as B
 from . import session as S
 from . import workspace as W
 from .media import DEMO_ROOT, is_demo, set_thumb_dir
@@ -37,6 +39,8 @@ from .text import plain
 from .widgets import ProgressBar, counting, detail, flash, show_flashes, shown_errors
 
 log = logging.getLogger("imrs.app")
+
+install_ast_parse_guard()  # the page loads models and caches in threads (see imrs._pycompat)
 
 TABS = ["Search", "Batch expansion", "Manage web images", "Benchmarks"]
 WATCH_EVERY_S = 3.0
@@ -77,7 +81,7 @@ def _page() -> None:
     home = Path(base.home).expanduser().resolve()
     set_thumb_dir(home / "app" / "thumbs")
     default_root = base.root or str(DEMO_ROOT)
-    S.init_session(base, lambda: W.default_backbone(base.backbone), default_root)
+    S.init_session(base, lambda: B.default_backbone(base.backbone), default_root)
     role = access.current_role(base)
     st.session_state["_editor"] = role.editor  # read by the error boundary: visitors see no server path
     access.editor_panel(base, role)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import itertools
 import logging
 import os
 import re
@@ -226,8 +227,7 @@ def thumbnail(path: str, mtime: float, side: int = THUMB_SIDE, folder: str | Non
         try:
             disk.parent.mkdir(parents=True, exist_ok=True)
             atomic_write_bytes(disk, data)
-            _WRITES[0] += 1
-            if _WRITES[0] % 500 == 0:
+            if next(_WRITES) % 500 == 0:
                 prune_thumbs(Path(folder))
         except OSError as exc:
             log.debug("thumbnail not kept on disk: %s", exc)
@@ -236,7 +236,8 @@ def thumbnail(path: str, mtime: float, side: int = THUMB_SIDE, folder: str | Non
 
 #: The thumbnail folder keeps at most this many files (~20 kB each); the oldest go first.
 THUMBS_KEEP = 20_000
-_WRITES = [0]
+#: Thumbnails written by this process; ``next`` on it is atomic, so threads never lose a count.
+_WRITES = itertools.count(1)
 
 
 def prune_thumbs(folder: Path, keep: int = THUMBS_KEEP) -> int:

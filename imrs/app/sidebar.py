@@ -9,15 +9,13 @@ from typing import Any
 
 import streamlit as st
 
+from ..indexes.params import tunables
+from . import backbones as B
 from . import workspace as W
 from .access import Role
 from .pipeline import PROVIDER_CHOICES, calibrate, collection_thresholds
 from .text import plain
 from .widgets import ProgressBar, detail, flash, shown_errors
-
-#: Search-time tunables per index kind (build parameters need a rebuild).
-TUNABLES: dict[str, tuple[str, ...]] = {"hnsw": ("efSearch",), "ivf_flat": ("nprobe",),
-                                        "ivf_pq": ("nprobe", "k_factor"), "annoy": ("search_k",)}
 
 
 def collection_settings(role: Role) -> dict[str, Any]:
@@ -33,7 +31,7 @@ def collection_settings(role: Role) -> dict[str, Any]:
                              help="A folder of images (sub-folders are labels) inside the folders this server allows "
                                   "(IMRS_ALLOWED_ROOTS); a name is looked up in each of them. Empty: the default.")
     locked = not role.editor
-    choices = {c.name: c for c in W.backbone_choices()}
+    choices = {c.name: c for c in B.backbone_choices()}
     if st.session_state.get("backbone") not in choices:
         st.session_state["backbone"] = W.OFFLINE_BACKBONE
     icons = {"ready": "●", "needs download": "○", "failed": "✕"}
@@ -50,7 +48,7 @@ def collection_settings(role: Role) -> dict[str, Any]:
             "device": st.session_state["device"], "status_slot": status_slot, "choices": choices}
 
 
-def backbone_status(slot: Any, opened: W.Opened, choices: dict[str, W.BackboneChoice], role: Role) -> None:
+def backbone_status(slot: Any, opened: W.Opened, choices: dict[str, B.BackboneChoice], role: Role) -> None:
     """A one-line badge; what it means, the fix and the download button in an expander."""
     in_use = choices.get(opened.backbone)
     asked = choices.get(opened.requested)
@@ -66,12 +64,12 @@ def backbone_status(slot: Any, opened: W.Opened, choices: dict[str, W.BackboneCh
                            f"{opened.backbone}. {detail(opened.fallback_reason.rstrip('.'))}.")
             target = asked if asked is not None else in_use
             if target is not None and target.downloadable and role.editor:
-                job = W.download_state(target.name)
+                job = B.download_state(target.name)
                 if job is not None and job.running:
                     st.info(f"downloading {target.name} ...", icon=":material/downloading:")
                 elif st.button(f"Download {target.name} weights", key="dl_weights", icon=":material/download:",
                                help=f"fetch them from {target.download_host} into the local cache"):
-                    job = W.start_download(target.name)
+                    job = B.start_download(target.name)
                     if job.error:
                         st.error(detail(job.error), icon=":material/cloud_off:")
                     elif job.running:
@@ -99,14 +97,15 @@ def search_settings(opened: W.Opened, role: Role) -> dict[str, Any]:
               help="when the query is an image of this collection, leave it out of its own results")
     params: dict[str, int] = {}
     shared = coll.index.get_params() if opened.ws.synced else {}
-    for name in TUNABLES.get(coll.indexer, ()):
+    for tunable in tunables(coll.indexer):  # search-time only: build parameters need a rebuild
+        name = tunable.name
         key = f"tune_{coll.indexer}_{name}"
         if key not in st.session_state and name in shared:
             st.session_state[key] = int(shared[name])
         if key in st.session_state:
-            params[name] = int(sb.number_input(name, min_value=-1 if name == "search_k" else 1, max_value=100_000,
-                                               key=key, help="this session's search-time trade-off: higher = "
-                                                             "better recall, slower"))
+            params[name] = int(sb.number_input(name, min_value=tunable.lo, max_value=tunable.hi, key=key,
+                                               help="this session's search-time trade-off: higher = "
+                                                    "better recall, slower"))
     return params
 
 

@@ -1,25 +1,21 @@
-"""What every browser session of one server process shares: the collection, the models, the index,
-and who is doing what to them right now.
+"""What every browser session of one server process shares: the collection, the models, the index.
 
 Streamlit re-executes the page on every click, so anything expensive lives in ``st.cache_resource``
 entries: one ``Workspace`` per (root, backbone, indexer, device, home), its model loading in a
 background thread so the page appears at once. Settings are *not* here: each session keeps its own
 in ``st.session_state`` (see ``imrs.app.session``) and passes them to the pipeline per call.
 
-``Activity`` is the process-wide notice board that lets a session say "another session is
-expanding this collection" and refresh its counts when that ends; a writer lock held by another
-process (the CLI) is reported the same way.
+Who is doing what to a collection is on its board (``imrs.app.activity``); backbones, their
+weights and recent load failures are in ``imrs.app.backbones``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import threading
 import time
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,222 +24,19 @@ import streamlit as st
 
 from ..errors import IMRSError, WeightsUnavailableError
 from ..ids import display_path
+from .activity import Activity, activity_for, session_id, writer_busy
+from .backbones import unobtainable, weights_failures
 from .media import is_demo
 from .pipeline import OFFLINE_BACKBONE
+
+#: Names the tabs reach through this module (``W.session_id()``, ``W.writer_busy(...)``).
+__all__ = ["OFFLINE_BACKBONE", "Opened", "Workspace", "available_devices", "merge_npz", "needs_first_index",
+           "open_workspace", "session_id", "sync_once", "text_warmup", "writer_busy"]
 
 if TYPE_CHECKING:
     from ..collection import Collection
 
 log = logging.getLogger(__name__)
-
-
-# --------------------------------------------------------------------------------------------
-# Who is doing what (process-wide, per collection)
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Job:
-    id: str
-    session: str
-    kind: str  # "expanding" | "batch expansion" | "indexing" | "benchmark" | ...
-    label: str
-    started: float = field(default_factory=time.monotonic)
-    stage: str = ""
-    done: int = 0
-    total: int = 0
-
-    @property
-    def visible(self) -> bool:
-        """Worth telling other sessions about: anything but a search, and a search once it grows
-        (the pipeline reports progress only while growing)."""
-        return self.kind != "searching" or bool(self.stage)
-
-    def describe(self) -> str:
-        step = f" — {self.stage} {self.done}/{self.total}" if self.stage and self.total else (
-            f" — {self.stage}" if self.stage else "")
-        kind = "growing the collection for" if self.kind == "searching" else self.kind
-        return f"{kind} {self.label}{step} ({time.monotonic() - self.started:.0f}s)"
-
-
-class Activity:
-    """Jobs running on one collection in this process; ``version`` moves when one ends, so a page
-    that drew counts before can tell they are stale."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._jobs: dict[str, Job] = {}
-        self.version = 0
-
-    @contextlib.contextmanager
-    def job(self, session: str, kind: str, label: str) -> Iterator[Job]:
-        j = Job(uuid.uuid4().hex[:8], session, kind, label)
-        with self._lock:
-            self._jobs[j.id] = j
-        try:
-            yield j
-        finally:
-            with self._lock:
-                self._jobs.pop(j.id, None)
-                self.version += 1
-
-    def others(self, session: str) -> list[Job]:
-        with self._lock:
-            return [j for j in self._jobs.values() if j.session != session]
-
-    def mine(self, session: str) -> list[Job]:
-        with self._lock:
-            return [j for j in self._jobs.values() if j.session == session]
-
-
-_ACTIVITY: dict[str, Activity] = {}
-_ACTIVITY_GUARD = threading.Lock()
-
-
-def activity_for(coll: Collection) -> Activity:
-    with _ACTIVITY_GUARD:
-        return _ACTIVITY.setdefault(str(coll.state_dir), Activity())
-
-
-def writer_busy(coll: Collection) -> bool:
-    """True while someone (another session's commit, or another process such as ``imrs expand``)
-    holds the collection's writer lock. A probe, never a wait."""
-    probe = getattr(coll.writer, "busy", None)
-    if probe is None:
-        return False
-    try:
-        return bool(probe())
-    except OSError:
-        return False
-
-
-def session_id() -> str:
-    try:
-        from streamlit.runtime.scriptrunner import get_script_run_ctx
-
-        ctx = get_script_run_ctx()
-        return ctx.session_id if ctx is not None else "no-session"
-    except Exception:  # noqa: BLE001 - outside a Streamlit run (tests calling helpers)
-        return "no-session"
-
-
-# --------------------------------------------------------------------------------------------
-# Backbones: state, the offline default, downloading weights
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class BackboneChoice:
-    name: str
-    state: str  # "ready" | "needs download" | "failed"
-    reason: str
-    dim: int
-    supports_text: bool
-    download_host: str  # "" when the weights ship with a package
-
-    @property
-    def downloadable(self) -> bool:
-        return self.state != "ready" and bool(self.download_host)
-
-
-@st.cache_data(ttl=30, show_spinner=False)
-def backbone_choices() -> list[BackboneChoice]:
-    """Every registered backbone with its weights state (cheap: no model is loaded)."""
-    from ..encoders import backbone_info, backbone_status, list_backbones
-    from ..encoders.base import get_spec
-
-    out = []
-    for name in list_backbones():
-        info = backbone_info(name)
-        state, reason = backbone_status(name)
-        out.append(BackboneChoice(name, state, reason, int(info.dim), bool(info.supports_text),
-                                  get_spec(name).download_host))
-    return out
-
-
-def unobtainable(backbone: str) -> str | None:
-    """Why ``backbone``'s weights certainly cannot be had now (without importing its library)."""
-    if backbone == OFFLINE_BACKBONE:
-        return None
-    try:
-        from ..encoders.base import weights_unobtainable
-
-        return weights_unobtainable(backbone)
-    except IMRSError as exc:
-        return str(exc)
-    except Exception as exc:  # noqa: BLE001 - only a shortcut: the real load decides when unsure
-        log.debug("weights pre-check for %s failed: %s", backbone, exc)
-        return None
-
-
-def default_backbone(configured: str) -> str:
-    """The configured backbone when its weights can be had, else the offline one. The page then
-    says plainly which backbone it runs on instead of pretending to be CLIP."""
-    return configured if unobtainable(configured) is None else OFFLINE_BACKBONE
-
-
-@dataclass
-class Download:
-    name: str
-    thread: threading.Thread | None = None
-    error: str | None = None
-    seconds: float = 0.0
-
-    @property
-    def running(self) -> bool:
-        return self.thread is not None and self.thread.is_alive()
-
-
-_DOWNLOADS: dict[str, Download] = {}
-_DOWNLOADS_GUARD = threading.Lock()
-
-
-def download_weights(name: str) -> None:
-    """Fetch ``name``'s pretrained weights into its library's cache (a real load, on CPU). Refuses
-    at once, with the reason, when offline is forced or the host does not answer."""
-    from ..encoders.base import get_encoder, get_spec, host_reachable, offline_forced
-
-    spec = get_spec(name)
-    if not spec.download_host:
-        return
-    if offline_forced():
-        raise IMRSError(f"cannot download {name}: offline mode is on (HF_HUB_OFFLINE, TRANSFORMERS_OFFLINE or "
-                        f"IMRS_OFFLINE is set for this server); restart it without that to download")
-    if not host_reachable(spec.download_host):
-        raise IMRSError(f"cannot download {name}: {spec.download_host} is not reachable from this server "
-                        f"(no network?)")
-    get_encoder(name, device="cpu")
-
-
-def start_download(name: str) -> Download:
-    """One download per backbone per process, in the background; the first failure is kept."""
-    with _DOWNLOADS_GUARD:
-        job = _DOWNLOADS.get(name)
-        if job is not None and job.running:
-            return job
-        job = _DOWNLOADS[name] = Download(name)
-
-    def work() -> None:
-        t0 = time.perf_counter()
-        try:
-            download_weights(name)
-        except Exception as exc:  # noqa: BLE001 - shown on the page as one line
-            job.error = str(exc) if isinstance(exc, IMRSError) else f"{type(exc).__name__}: {exc}"
-        finally:
-            job.seconds = time.perf_counter() - t0
-            backbone_choices.clear()
-            forget_weights_failure(name)
-
-    job.thread = threading.Thread(target=work, name=f"imrs-download-{name}", daemon=True)
-    job.thread.start()
-    # offline answers come back at once: wait a moment so the click shows the result, not "started"
-    job.thread.join(3.0)
-    return job
-
-
-def download_state(name: str) -> Download | None:
-    with _DOWNLOADS_GUARD:
-        return _DOWNLOADS.get(name)
 
 
 # --------------------------------------------------------------------------------------------
@@ -328,7 +121,7 @@ class Workspace:
             raise IMRSError(f"loading {self.coll.backbone} is taking more than {timeout:.0f}s; try again")
         if self.load_error is not None:
             if isinstance(self.load_error, WeightsUnavailableError):
-                _remember_failure(self.coll.backbone, str(self.load_error))
+                weights_failures().remember(self.coll.backbone, str(self.load_error))
             raise self.load_error
         return self.coll.encoder
 
@@ -391,22 +184,6 @@ def _workspace(root: str, backbone: str, indexer: str, device: str, home: str, g
     return ws
 
 
-#: backbone -> (time, reason): a backbone whose weights failed is not retried on every rerun.
-_WEIGHTS_FAILED: dict[str, tuple[float, str]] = {}
-_GENERATION: dict[str, int] = {}
-_RETRY_AFTER_S = 300.0
-
-
-def _remember_failure(backbone: str, reason: str) -> None:
-    if backbone not in _WEIGHTS_FAILED:
-        _WEIGHTS_FAILED[backbone] = (time.monotonic(), reason)
-        _GENERATION[backbone] = _GENERATION.get(backbone, 0) + 1
-
-
-def forget_weights_failure(backbone: str) -> None:
-    _WEIGHTS_FAILED.pop(backbone, None)
-
-
 @dataclass
 class Opened:
     ws: Workspace
@@ -434,16 +211,18 @@ def open_workspace(root: str, backbone: str, indexer: str, device: str, home: st
 
     if backbone == OFFLINE_BACKBONE:
         return Opened(_workspace(root_s, backbone, indexer, device, home_s), backbone)
-    failed = _WEIGHTS_FAILED.get(backbone)
-    if failed and time.monotonic() - failed[0] < _RETRY_AFTER_S:
-        return fallback(failed[1])
+    failures = weights_failures()
+    failed = failures.recent(backbone)
+    if failed is not None:
+        return fallback(failed)
     quick = unobtainable(backbone)
     if quick is not None:
-        _WEIGHTS_FAILED[backbone] = (time.monotonic(), quick)
+        failures.forget(backbone)  # an expired failure gives way to the newer reason
+        failures.remember(backbone, quick, new_generation=False)
         return fallback(quick)
-    ws = _workspace(root_s, backbone, indexer, device, home_s, _GENERATION.get(backbone, 0))
+    ws = _workspace(root_s, backbone, indexer, device, home_s, failures.generation(backbone))
     if ws.encoder_ready and isinstance(ws.load_error, WeightsUnavailableError):
-        _remember_failure(backbone, str(ws.load_error))
+        failures.remember(backbone, str(ws.load_error))
         return fallback(str(ws.load_error))
     return Opened(ws, backbone)
 

@@ -121,30 +121,6 @@ class LabelSpace:
         return n - (1 if self_in_db else 0) * (lab >= 0)
 
 
-def exact_search(db: np.ndarray, queries: np.ndarray, k: int, exclude: np.ndarray | None = None,
-                 chunk: int = 1024) -> tuple[np.ndarray, np.ndarray]:
-    """Brute-force inner-product top-``k`` (rows of (scores, row indices), best first); ``exclude[i]``
-    is a database row that query ``i`` must not return (itself), or -1."""
-    db = np.ascontiguousarray(db, dtype=np.float32)
-    queries = np.ascontiguousarray(queries, dtype=np.float32)
-    n = db.shape[0]
-    k = min(k, n - (1 if exclude is not None else 0))
-    scores = np.empty((len(queries), k), np.float32)
-    rows = np.empty((len(queries), k), np.int64)
-    for s in range(0, len(queries), chunk):
-        sims = queries[s:s + chunk] @ db.T
-        if exclude is not None:
-            ex = exclude[s:s + chunk]
-            ok = ex >= 0
-            sims[np.flatnonzero(ok), ex[ok]] = -np.inf
-        part = np.argpartition(-sims, k - 1, axis=1)[:, :k] if k < n else np.tile(np.arange(n), (len(sims), 1))
-        ps = np.take_along_axis(sims, part, axis=1)
-        order = np.argsort(-ps, axis=1, kind="stable")
-        rows[s:s + chunk] = np.take_along_axis(part, order, axis=1)
-        scores[s:s + chunk] = np.take_along_axis(ps, order, axis=1)
-    return scores, rows
-
-
 def label_quality(db: np.ndarray, labels: np.ndarray, query_rows: np.ndarray, queries: np.ndarray | None = None,
                   k: int = 50, chunk: int = 512) -> dict[str, float]:
     """Label metrics of exact (cosine) search with each query row of the database as the query,

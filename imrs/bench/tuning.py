@@ -18,17 +18,11 @@ from typing import Any
 
 import numpy as np
 
+from ..indexes.exact import drop_excluded
+from ..indexes.params import tunable_names
 from .metrics import recall_at_k
 
 log = logging.getLogger(__name__)
-
-TUNABLE: dict[str, tuple[str, ...]] = {
-    "hnsw": ("efSearch",),
-    "ivf_flat": ("nprobe",),
-    "ivf_pq": ("nprobe", "k_factor"),
-    "annoy": ("search_k",),
-}
-
 
 @dataclass
 class TunePoint:
@@ -83,13 +77,7 @@ def search_without_self(index: Any, queries: np.ndarray, self_ids: np.ndarray | 
     """Top-``k`` ids with each query's own id removed (searching ``k+1``)."""
     extra = 0 if self_ids is None else 1
     scores, ids = index.search(queries, k + extra)
-    if self_ids is None:
-        return scores, ids
-    is_self = ids == np.asarray(self_ids)[:, None]
-    drop = np.where(is_self.any(axis=1), is_self.argmax(axis=1), k)  # no self returned: drop the last
-    keep = np.ones_like(ids, dtype=bool)
-    keep[np.arange(len(ids)), drop] = False
-    return scores[keep].reshape(len(ids), k), ids[keep].reshape(len(ids), k)
+    return (scores, ids) if self_ids is None else drop_excluded(scores, ids, self_ids, k)
 
 
 def measure(index: Any, queries: np.ndarray, truth: np.ndarray, k: int, self_ids: np.ndarray | None,
@@ -112,7 +100,7 @@ def tune_index(index: Any, kind: str, queries: np.ndarray, truth: np.ndarray, *,
     """Sweep ``grid`` (default :func:`param_grid`) on ``index``; ``truth`` holds exact top-``k`` ids
     (self excluded when ``self_ids`` is given). The index is left at the chosen setting."""
     grid = param_grid(kind, index.get_params(), k) if grid is None else grid
-    original = {name: index.get_params().get(name) for name in TUNABLE.get(kind, ())}
+    original = {name: index.get_params().get(name) for name in tunable_names(kind)}
     curve: list[TunePoint] = []
     for setting in grid:
         index.set_params(**setting)

@@ -1,6 +1,6 @@
 """The common half of every index: id bookkeeping, upsert/remove semantics, exact delta, persistence.
 
-Every kind works on *slots*, not on image ids. A slot is a row number in a ``_SlotTable``; the
+Every kind works on *slots*, not on image ids. A slot is a row number in a ``SlotTable``; the
 native structure (FAISS, Annoy) is labelled with slots, and one vectorised gather
 (``table.ids[labels]``) turns its answers into image ids. Slots buy three things the libraries
 do not give uniformly:
@@ -23,24 +23,21 @@ per removal.
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import logging
-import os
-import tempfile
-import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-import faiss
 import numpy as np
 
 from ..errors import SnapshotError
-from ..fsutil import atomic_path, atomic_write_json, read_json
+from ..fsutil import atomic_write_json, read_json
+from .exact import exact_search, merge_topk
 from .params import BUILD_PARAMS, KIND_PARAMS, SEARCH_PARAMS, auto_params, validate_params
+from .rwlock import ReadWriteLock, reads, writes
+from .slots import SlotTable
 
 if TYPE_CHECKING:
     from ..filters import Where as WhereLike
@@ -50,327 +47,12 @@ log = logging.getLogger(__name__)
 FORMAT_VERSION = 1
 META_FILE = "meta.json"
 
-#: Queries per block in exact re-ranking, sized so a block's gathered candidates stay ~64 MiB.
-_RERANK_BLOCK_FLOATS = 16 * 1024 * 1024
 #: A filter allowing at most this many floats of vectors (64 MiB) is answered by exact search over
 #: just those vectors; a larger one by the native structure with a slot mask.
 FILTER_EXACT_FLOATS = 16 * 1024 * 1024
 
 
-class _SlotTable:
-    """Slot -> (image id, live flag[, raw vector]) with an id -> slot dict for membership.
-
-    Arrays grow by doubling, so appends are amortised O(batch). ``vecs`` is None for kinds whose
-    native structure already holds the vectors (flat, HNSW): keeping a second copy would double
-    the memory of the biggest kinds for nothing.
-    """
-
-    def __init__(self, dim: int, keep_vectors: bool, spill: bool = False) -> None:
-        self.dim = dim
-        self.keep_vectors = keep_vectors
-        #: Raw vectors in an unlinked file mapped into memory (IVF-PQ's compressed mode): the kernel
-        #: pages them in for re-ranking and drops them under pressure, so only codes stay resident.
-        self.spill = spill
-        self._ids = np.empty(0, np.int64)
-        self._live = np.empty(0, bool)
-        self._vecs: np.ndarray | None = self._new_vecs(0) if keep_vectors else None
-        self.n = 0
-        self.frozen = 0
-        self.n_dead = 0
-        self.slot_of: dict[int, int] = {}
-
-    # -- views ----------------------------------------------------------------------------------------
-    @property
-    def ids(self) -> np.ndarray:
-        return self._ids[: self.n]
-
-    @property
-    def live(self) -> np.ndarray:
-        return self._live[: self.n]
-
-    @property
-    def vecs(self) -> np.ndarray:
-        if self._vecs is None:
-            raise RuntimeError("this index kind does not keep raw vectors in its slot table")
-        return self._vecs[: self.n]
-
-    def __len__(self) -> int:
-        return len(self.slot_of)
-
-    @property
-    def n_loose(self) -> int:
-        return self.n - self.frozen
-
-    def live_slots(self) -> np.ndarray:
-        return np.flatnonzero(self.live)
-
-    def slots_of(self, ids: np.ndarray) -> np.ndarray:
-        get = self.slot_of.get
-        return np.fromiter((get(i, -1) for i in ids.tolist()), dtype=np.int64, count=len(ids))
-
-    def _new_vecs(self, rows: int) -> np.ndarray:
-        if not self.spill:
-            return np.empty((rows, self.dim), np.float32)
-        return spill_array(rows, self.dim)
-
-    def nbytes(self) -> int:
-        # A dict entry with its two int objects costs ~100 bytes in CPython. Spilled or mapped
-        # vectors are file pages the kernel may drop, not resident memory of this process.
-        vec = 0 if self._vecs is None or self.spill or isinstance(self._vecs, np.memmap) else self._vecs.nbytes
-        return int(self._ids.nbytes + self._live.nbytes + vec + 100 * len(self.slot_of))
-
-    # -- mutation -------------------------------------------------------------------------------------
-    def ensure_writable(self) -> None:
-        """Copy memory-mapped (read-only) arrays into owned memory before the first in-place write."""
-        if self._vecs is not None and not self._vecs.flags.writeable:
-            vecs = self._new_vecs(len(self._vecs))
-            vecs[:] = self._vecs
-            self._vecs = vecs
-        if not self._ids.flags.writeable:
-            self._ids = np.array(self._ids)
-        if not self._live.flags.writeable:
-            self._live = np.array(self._live)
-
-    def _reserve(self, need: int) -> None:
-        cap = len(self._ids)
-        if need <= cap:
-            return
-        new_cap = max(need, cap * 2, 64)
-        ids = np.empty(new_cap, np.int64)
-        ids[: self.n] = self._ids[: self.n]
-        live = np.zeros(new_cap, bool)
-        live[: self.n] = self._live[: self.n]
-        self._ids, self._live = ids, live
-        if self._vecs is not None:
-            vecs = self._new_vecs(new_cap)
-            vecs[: self.n] = self._vecs[: self.n]
-            self._vecs = vecs
-
-    def append(self, ids: np.ndarray, vecs: np.ndarray) -> np.ndarray:
-        """Append rows (ids must not be present); returns their slots, which start out loose."""
-        k = len(ids)
-        self._reserve(self.n + k)
-        lo, hi = self.n, self.n + k
-        self._ids[lo:hi] = ids
-        self._live[lo:hi] = True
-        if self._vecs is not None:
-            self._vecs[lo:hi] = vecs
-        self.slot_of.update(zip(ids.tolist(), range(lo, hi), strict=True))
-        self.n = hi
-        return np.arange(lo, hi, dtype=np.int64)
-
-    def discard(self, slots: np.ndarray) -> np.ndarray:
-        """Forget live ``slots``. Returns the frozen ones, now dead, for the structure to handle.
-
-        Loose slots are removed for real by moving surviving tail rows into the holes.
-        """
-        for i in self._ids[slots].tolist():
-            del self.slot_of[i]
-        frozen = slots[slots < self.frozen]
-        self._live[frozen] = False
-        self.n_dead += len(frozen)
-        loose = slots[slots >= self.frozen]
-        if len(loose):
-            r = len(loose)
-            new_n = self.n - r
-            holes = loose[loose < new_n]
-            tail = np.arange(new_n, self.n)
-            movers = np.setdiff1d(tail, loose, assume_unique=True)
-            self._ids[holes] = self._ids[movers]
-            if self._vecs is not None:
-                self._vecs[holes] = self._vecs[movers]
-            self.slot_of.update(zip(self._ids[holes].tolist(), holes.tolist(), strict=True))
-            self._live[new_n : self.n] = False
-            self.n = new_n
-        return frozen
-
-    def freeze(self) -> None:
-        """Mark every slot as referenced by the native structure."""
-        self.frozen = self.n
-
-    def reset(self, ids: np.ndarray, vecs: np.ndarray | None) -> None:
-        """Replace the content with dense live rows (after compaction or rebuild); nothing frozen."""
-        ids = np.ascontiguousarray(ids, dtype=np.int64)
-        self._ids = ids.copy()
-        self._live = np.ones(len(ids), bool)
-        if self.keep_vectors:
-            assert vecs is not None
-            fresh = self._new_vecs(len(ids))
-            fresh[:] = vecs
-            self._vecs = fresh
-        self.n = len(ids)
-        self.frozen = 0
-        self.n_dead = 0
-        self.slot_of = dict(zip(ids.tolist(), range(len(ids)), strict=True))
-
-    # -- persistence ----------------------------------------------------------------------------------
-    def save(self, directory: Path) -> None:
-        _save_npy(directory / "slot_ids.npy", self.ids)
-        _save_npy(directory / "slot_live.npy", self.live)
-        if self._vecs is not None:
-            _save_npy(directory / "vectors.npy", self.vecs)
-
-    def load(self, directory: Path, n: int, frozen: int, mmap: bool) -> None:
-        ids = np.load(directory / "slot_ids.npy", allow_pickle=False)
-        live = np.load(directory / "slot_live.npy", allow_pickle=False)
-        if ids.dtype != np.int64 or live.dtype != bool or len(ids) != n or len(live) != n:
-            raise SnapshotError(f"index files in {directory} disagree with meta.json: re-save the index")
-        self._ids, self._live = ids, live
-        if self.keep_vectors:
-            vecs = np.load(directory / "vectors.npy", mmap_mode="r" if mmap or self.spill else None,
-                           allow_pickle=False)
-            if vecs.dtype != np.float32 or vecs.shape != (n, self.dim):
-                raise SnapshotError(f"vectors.npy in {directory} has shape {vecs.shape}, expected {(n, self.dim)}")
-            if self.spill and not mmap:  # a private copy, still out of anonymous memory
-                owned = self._new_vecs(n)
-                owned[:] = vecs
-                vecs = owned
-            self._vecs = vecs
-        self.n = n
-        self.frozen = frozen
-        self.n_dead = int(frozen - np.count_nonzero(live[:frozen]))
-        slots = np.flatnonzero(live)
-        self.slot_of = dict(zip(ids[slots].tolist(), slots.tolist(), strict=True))
-
-
-class _ReadWriteLock:
-    """Many readers or one writer. Readers (searches, vector reads) run together: FAISS and Annoy
-    searches are safe in parallel, but not beside an add that resizes the structure under them.
-    A waiting writer goes before new readers, so a growth never waits behind a stream of searches.
-    The writing thread may read (a writer's own checks); nothing upgrades a read to a write."""
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition(threading.Lock())
-        self._readers = 0
-        self._writer: int | None = None
-        self._depth = 0
-        self._waiting = 0
-
-    @contextlib.contextmanager
-    def read(self) -> Iterator[None]:
-        if self._writer == threading.get_ident():
-            yield
-            return
-        with self._cond:
-            while self._writer is not None or self._waiting:
-                self._cond.wait()
-            self._readers += 1
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._readers -= 1
-                if not self._readers:
-                    self._cond.notify_all()
-
-    @contextlib.contextmanager
-    def write(self) -> Iterator[None]:
-        me = threading.get_ident()
-        with self._cond:
-            if self._writer == me:
-                self._depth += 1
-            else:
-                self._waiting += 1
-                while self._writer is not None or self._readers:
-                    self._cond.wait()
-                self._waiting -= 1
-                self._writer, self._depth = me, 1
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._depth -= 1
-                if not self._depth:
-                    self._writer = None
-                    self._cond.notify_all()
-
-
-def _reads(fn: Callable[..., Any]) -> Callable[..., Any]:
-    @functools.wraps(fn)
-    def locked(self: VectorIndex, *args: Any, **kwargs: Any) -> Any:
-        with self._rw.read():
-            return fn(self, *args, **kwargs)
-
-    return locked
-
-
-def _writes(fn: Callable[..., Any]) -> Callable[..., Any]:
-    @functools.wraps(fn)
-    def locked(self: VectorIndex, *args: Any, **kwargs: Any) -> Any:
-        with self._rw.write():
-            return fn(self, *args, **kwargs)
-
-    return locked
-
-
-def spill_array(rows: int, dim: int) -> np.ndarray:
-    """A writable (rows, dim) float32 array backed by an already-unlinked file in the spill folder
-    (IMRS_SPILL_DIR, else the temp folder): it lives exactly as long as the array, even after a crash."""
-    from ..config import spill_dir
-
-    folder = spill_dir()
-    folder.mkdir(parents=True, exist_ok=True)
-    fd, path = tempfile.mkstemp(prefix="imrs-vectors-", suffix=".f32", dir=folder)
-    try:
-        os.close(fd)
-        arr = np.memmap(path, dtype=np.float32, mode="w+", shape=(max(rows, 1), dim))
-    finally:
-        os.unlink(path)
-    return arr[:rows]
-
-
-def _save_npy(path: Path, arr: np.ndarray) -> None:
-    with atomic_path(path, suffix=".npy") as tmp, open(tmp, "wb") as fh:
-        np.save(fh, np.ascontiguousarray(arr), allow_pickle=False)
-
-
-def exact_search(queries: np.ndarray, base: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Brute-force inner product top-k (FAISS's blocked BLAS path); row numbers of ``base``."""
-    nb = len(base)
-    kk = min(k, nb)
-    if kk == 0:
-        return (np.full((len(queries), 0), -np.inf, np.float32), np.full((len(queries), 0), -1, np.int64))
-    scores, rows = faiss.knn(queries, np.ascontiguousarray(base), kk, metric=faiss.METRIC_INNER_PRODUCT)
-    return scores.astype(np.float32, copy=False), rows.astype(np.int64, copy=False)
-
-
-def rerank(queries: np.ndarray, vecs: np.ndarray, labels: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Exact inner products of each query with its candidate rows ``labels`` (-1 = none); top-k.
-
-    Done in query blocks so the gathered (block, candidates, dim) tensor stays bounded.
-    """
-    nq, kc = labels.shape
-    k = min(k, kc)
-    out_d = np.full((nq, k), -np.inf, np.float32)
-    out_l = np.full((nq, k), -1, np.int64)
-    if kc == 0 or nq == 0:
-        return out_d, out_l
-    block = max(1, _RERANK_BLOCK_FLOATS // max(1, kc * vecs.shape[1]))
-    for lo in range(0, nq, block):
-        lab = labels[lo : lo + block]
-        valid = lab >= 0
-        cand = vecs[np.where(valid, lab, 0)]
-        sc = np.einsum("qd,qkd->qk", queries[lo : lo + block], cand, dtype=np.float32)
-        sc[~valid] = -np.inf
-        order = np.argsort(-sc, axis=1, kind="stable")[:, :k]
-        out_d[lo : lo + block] = np.take_along_axis(sc, order, 1)
-        out_l[lo : lo + block] = np.where(np.take_along_axis(valid, order, 1), np.take_along_axis(lab, order, 1), -1)
-    return out_d, out_l
-
-
-def merge_topk(parts: list[tuple[np.ndarray, np.ndarray]], k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Merge per-source (scores, slots) results into one best-first top-k; invalid = slot -1."""
-    D = np.concatenate([p[0] for p in parts], axis=1)
-    S = np.concatenate([p[1] for p in parts], axis=1)
-    D = np.where(S >= 0, D, -np.inf).astype(np.float32, copy=False)
-    if len(parts) > 1 or D.shape[1] > k:
-        order = np.argsort(-D, axis=1, kind="stable")[:, :k]
-        D = np.take_along_axis(D, order, 1)
-        S = np.take_along_axis(S, order, 1)
-    return D, S
-
-
-def _as_ids(ids: Any) -> np.ndarray:
+def as_ids(ids: Any) -> np.ndarray:
     arr = np.asarray(ids)
     if arr.ndim == 0:
         arr = arr.reshape(1)
@@ -401,11 +83,11 @@ class VectorIndex(ABC):
         self.dim = int(dim)
         self._params: dict[str, Any] = dict(params)
         self._explicit: set[str] = set(explicit)
-        self._table = _SlotTable(self.dim, self.keeps_vectors, spill=bool(self._params.get("compressed", 0)))
+        self._table = SlotTable(self.dim, self.keeps_vectors, spill=bool(self._params.get("compressed", 0)))
         #: True while native structures / arrays are memory-mapped read-only views of saved files.
         self._mapped = False
-        #: Searches and reads run in parallel, never beside a change (see ``_ReadWriteLock``).
-        self._rw = _ReadWriteLock()
+        #: Searches and reads run in parallel, never beside a change (see ``ReadWriteLock``).
+        self._rw = ReadWriteLock()
 
     # -- container protocol ---------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -420,7 +102,7 @@ class VectorIndex(ABC):
     def __repr__(self) -> str:
         return f"<{type(self).__name__} kind={self.kind} dim={self.dim} count={len(self)}>"
 
-    @_reads
+    @reads
     def ids(self) -> np.ndarray:
         """Live ids, in slot order (insertion order, modulo compactions)."""
         t = self._table
@@ -446,7 +128,7 @@ class VectorIndex(ABC):
     def _upsert_batch(self, ids: Any, vecs: Any) -> tuple[np.ndarray, np.ndarray]:
         """Checked int64 ids and normalised vectors for an upsert, duplicates resolved (the last
         occurrence in the batch wins); empty arrays when there is nothing to add."""
-        ids = _as_ids(ids)
+        ids = as_ids(ids)
         vecs = self._as_matrix(vecs, "vectors", allow_1d=False) if len(ids) else np.zeros((0, self.dim), np.float32)
         if len(ids) != len(vecs):
             raise ValueError(f"add() got {len(ids)} ids but {len(vecs)} vectors")
@@ -458,7 +140,7 @@ class VectorIndex(ABC):
             ids, vecs = ids[keep], vecs[keep]
         return ids, vecs
 
-    @_writes
+    @writes
     def add(self, ids: Any, vecs: Any) -> None:
         """Upsert: an id already present is replaced; within one batch the last occurrence wins."""
         ids, vecs = self._upsert_batch(ids, vecs)
@@ -473,10 +155,10 @@ class VectorIndex(ABC):
         self._on_append(slots, vecs)
         self._maybe_compact()
 
-    @_writes
+    @writes
     def remove(self, ids: Any) -> int:
         """Remove ``ids``; unknown ids are ignored. Returns how many were actually removed."""
-        ids = np.unique(_as_ids(ids))
+        ids = np.unique(as_ids(ids))
         if not len(ids):
             return 0
         slots = self._table.slots_of(ids)
@@ -502,7 +184,7 @@ class VectorIndex(ABC):
             log.info("%s: compacted %d dead of %d slots in %.3fs", self.kind, dead, dead + len(self),
                      time.perf_counter() - start)
 
-    @_writes
+    @writes
     def rebuild(self, **build_params: Any) -> None:
         """Build the structure again from the stored vectors (IVF re-trains, HNSW/Annoy drop tombstones).
 
@@ -530,7 +212,7 @@ class VectorIndex(ABC):
     def get_params(self) -> dict[str, Any]:
         return dict(self._params)
 
-    @_writes
+    @writes
     def set_params(self, **tunables: Any) -> None:
         """Change search-time or policy parameters; build parameters need ``rebuild(**params)``."""
         build = sorted(set(tunables) & BUILD_PARAMS & KIND_PARAMS[self.kind])
@@ -550,11 +232,11 @@ class VectorIndex(ABC):
                 "indexed": t.frozen - t.n_dead, "dead": t.n_dead, "loose": t.n_loose,
                 "memory_bytes": self.memory_bytes(), "mapped": self._mapped, **self._extra_state()}
 
-    @_reads
+    @reads
     def get_vectors(self, ids: Any) -> np.ndarray:
         """Stored (normalised) vectors of ``ids``, zero rows for unknown ids. Query expansion needs
         the neighbours' vectors, and the index already holds them: no second copy in memory."""
-        ids = _as_ids(ids)
+        ids = as_ids(ids)
         slots = self._table.slots_of(ids)
         out = np.zeros((len(ids), self.dim), np.float32)
         ok = slots >= 0
@@ -579,7 +261,7 @@ class VectorIndex(ABC):
         return self._table.nbytes() + self._native_bytes()
 
     # -- search ---------------------------------------------------------------------------------------
-    @_reads
+    @reads
     def search(self, queries: Any, k: int, where: WhereLike | None = None,
                params: dict[str, Any] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` cosine scores (float32) and ids (int64), best first, each (n, k).
@@ -662,7 +344,7 @@ class VectorIndex(ABC):
         return merge_topk(parts, k)
 
     # -- persistence ----------------------------------------------------------------------------------
-    @_reads
+    @reads
     def save(self, directory: str | Path) -> None:
         """Write native file(s), slot arrays (.npy) and meta.json (last, so it marks a complete save)."""
         directory = Path(directory)

@@ -21,7 +21,8 @@ import faiss
 import numpy as np
 
 from ..fsutil import atomic_path
-from .base import VectorIndex, rerank
+from .base import VectorIndex
+from .exact import rerank
 from .params import MIN_AUTO_NBITS, MIN_POINTS_PER_CENTROID
 
 log = logging.getLogger(__name__)

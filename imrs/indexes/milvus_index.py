@@ -29,15 +29,18 @@ Index types: ``AUTO`` picks HNSW (in-memory graph, best recall/latency up to ~10
 node) and DISKANN on a server above that; ``FLAT``, ``IVF_FLAT``, ``IVF_SQ8``, ``IVF_PQ`` can be
 asked for. Milvus Lite builds only FLAT, HNSW, IVF_FLAT and IVF_SQ8: other requests fall back
 (IVF_PQ -> IVF_SQ8, the compressed type it has; DISKANN -> HNSW) with a log line.
+
+Where the vectors live and how to connect is :mod:`.milvus_connect`; the content checksum is
+:mod:`.milvus_checksum`. What remains here is one idea, the ``VectorIndex`` contract on Milvus, kept
+in one module although it runs a little past 500 lines.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -45,13 +48,28 @@ import numpy as np
 
 from ..errors import IMRSError, SnapshotError
 from ..fsutil import atomic_write_json
-from .base import FILTER_EXACT_FLOATS, FORMAT_VERSION, META_FILE, VectorIndex, _as_ids, exact_search
+from .base import FILTER_EXACT_FLOATS, FORMAT_VERSION, META_FILE, VectorIndex, as_ids
+from .exact import exact_search
+from .milvus_checksum import MASK64, ContentMismatch, checksum_as_stored, content_checksum
+from .milvus_connect import (
+    client,
+    connection_params,
+    is_lite_uri,
+    quiet_library_logs,
+    reason,
+    remember_location,
+    remembered_location,
+)
 from .params import auto_params, validate_params
 
 if TYPE_CHECKING:
     from ..filters import Where
 
 log = logging.getLogger(__name__)
+
+#: Also reached through this module by the collection (location, checksum): one place to import from.
+__all__ = ["ContentMismatch", "MilvusIndex", "checksum_as_stored", "connection_params", "content_checksum",
+           "is_lite_uri", "lite_path_of", "quiet_library_logs", "remember_location", "remembered_location"]
 
 #: Scalar fields stored with every vector, filterable inside Milvus (see ``imrs.filters``).
 ATTRIBUTE_FIELDS: tuple[str, ...] = ("source", "label", "term")
@@ -79,166 +97,6 @@ VERIFY_BATCH = 4096
 AttributeSource = Callable[[np.ndarray], dict[str, list[str]]]
 
 
-class ContentMismatch(SnapshotError):
-    """What Milvus holds is not what a snapshot recorded (rows pruned, added or changed since)."""
-
-
-_MASK64 = (1 << 64) - 1
-_WEIGHTS: dict[int, np.ndarray] = {}
-
-
-def _weights(dim: int) -> np.ndarray:
-    w = _WEIGHTS.get(dim)
-    if w is None:
-        w = _WEIGHTS[dim] = np.random.default_rng(0x1A5).integers(1, 2**63, size=dim, dtype=np.uint64) | np.uint64(1)
-    return w
-
-
-def row_hashes(ids: np.ndarray, vecs: np.ndarray) -> np.ndarray:
-    """One 64-bit hash per (id, vector bits) row: a keyed sum of the float bits, mixed with the id
-    through splitmix64's finaliser, so moving a vector to another id changes the hash."""
-    bits = np.ascontiguousarray(vecs, dtype=np.float32).view(np.uint32).astype(np.uint64)
-    with np.errstate(over="ignore"):
-        h = (bits * _weights(bits.shape[1])[None, :]).sum(axis=1, dtype=np.uint64)
-        h ^= np.asarray(ids, dtype=np.int64).view(np.uint64) * np.uint64(0x9E3779B97F4A7C15)
-        h ^= h >> np.uint64(30)
-        h *= np.uint64(0xBF58476D1CE4E5B9)
-        h ^= h >> np.uint64(27)
-        h *= np.uint64(0x94D049BB133111EB)
-        h ^= h >> np.uint64(31)
-    return h
-
-
-def content_checksum(ids: np.ndarray, vecs: np.ndarray) -> int:
-    """Order-free checksum of a set of rows (sum of row hashes mod 2**64): updated incrementally
-    by adding and subtracting rows, equal for equal contents however they were inserted."""
-    if not len(ids):
-        return 0
-    return int(row_hashes(ids, vecs).sum(dtype=np.uint64))
-
-
-def checksum_as_stored(ids: np.ndarray, vecs: np.ndarray) -> int:
-    """``content_checksum`` of rows as ``add`` would store them (L2-normalised the same way, to the
-    bit): what a snapshot's checksum is compared with when its rows come back from the caches."""
-    arr = np.asarray(vecs, dtype=np.float32)
-    norms = np.linalg.norm(arr, axis=1, keepdims=True)
-    return content_checksum(ids, np.ascontiguousarray(arr / np.maximum(norms, np.float32(1e-12)), dtype=np.float32))
-
-
-def is_lite_uri(uri: str) -> bool:
-    """A local path (Milvus Lite) rather than ``http(s)://`` / ``tcp://`` / ``unix:`` (a server)."""
-    return "://" not in uri and not uri.startswith("unix:")
-
-
-def default_collection_name(state_dir: Path, backbone: str) -> str:
-    """One Milvus collection per (IMRS collection, backbone): the state folder's name already is
-    unique per collection root (it carries a hash of the absolute path), so two IMRS collections
-    can share one Milvus server without ever touching each other's vectors."""
-    raw = f"imrs_{state_dir.name}_{backbone}"
-    return "".join(c if c.isalnum() or c == "_" else "_" for c in raw)[:255]
-
-
-#: Where a collection's Milvus vectors live, remembered in its state folder (see ``remember_location``).
-LOCATION_FILE = "milvus.json"
-
-
-def remembered_location(state_dir: Path, backbone: str) -> dict[str, str] | None:
-    """The URI and collection this state folder's vectors were last put in (None: never). A Lite
-    file inside the state folder is stored relative to it, so a copied state folder names its own
-    copy, never the original's file."""
-    from ..fsutil import read_json
-
-    try:
-        loc = read_json(state_dir / LOCATION_FILE)[backbone]
-        uri, collection = str(loc["uri"]), str(loc["collection"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    if is_lite_uri(uri) and not Path(uri).expanduser().is_absolute():
-        uri = str(state_dir / uri)
-    return {"uri": uri, "collection": collection}
-
-
-def remember_location(state_dir: Path, backbone: str, uri: str, collection: str) -> None:
-    """Record where ``backbone``'s vectors now live (written only when it changed)."""
-    from ..fsutil import read_json
-
-    path = state_dir / LOCATION_FILE
-    if is_lite_uri(uri):
-        try:
-            uri = str(Path(uri).expanduser().resolve().relative_to(state_dir.resolve()))
-        except ValueError:
-            uri = str(Path(uri).expanduser().resolve())
-    try:
-        data = dict(read_json(path))
-    except (OSError, ValueError, TypeError):
-        data = {}
-    if data.get(backbone) != {"uri": uri, "collection": collection}:
-        data[backbone] = {"uri": uri, "collection": collection}
-        atomic_write_json(path, data)
-
-
-def connection_params(state_dir: Path, backbone: str, params: dict[str, Any]) -> dict[str, Any]:
-    """``params`` plus the URI and collection name, for ``make_index("milvus", ...)``: the URI
-    from ``--milvus-uri`` (in ``params``), else IMRS_MILVUS_URI, else where this collection's
-    vectors were last put (``remembered_location``), else a Lite file in the state folder."""
-    from ..config import milvus_uri
-
-    out = dict(params)
-    known = remembered_location(state_dir, backbone) or {}
-    uri = out.get("uri") or milvus_uri()
-    if uri and is_lite_uri(uri):
-        uri = str(Path(uri).expanduser().resolve())
-    out["uri"] = uri or known.get("uri") or str(state_dir.resolve() / "milvus.db")
-    if "collection" not in out:
-        same = known and known.get("uri") == out["uri"]
-        out["collection"] = known["collection"] if same else default_collection_name(state_dir, backbone)
-    return out
-
-
-def _client(uri: str) -> Any:
-    """A ``MilvusClient``; turns every way of failing to connect into one readable IMRSError."""
-    try:
-        from pymilvus import MilvusClient
-    except ImportError as exc:  # the optional extra is missing
-        raise IMRSError("the milvus index needs pymilvus and milvus-lite: pip install 'imrs[scale]'") from exc
-    from ..config import milvus_token
-
-    if is_lite_uri(uri):
-        Path(uri).expanduser().parent.mkdir(parents=True, exist_ok=True)
-        uri = str(Path(uri).expanduser())
-    try:
-        with quiet_library_logs():
-            return MilvusClient(uri=uri, token=milvus_token())
-    except Exception as exc:  # noqa: BLE001 - pymilvus raises several families for "cannot connect"
-        if is_lite_uri(uri):
-            raise IMRSError(f"cannot open the Milvus Lite file {uri} ({_reason(exc)}); Milvus Lite allows one "
-                            f"process at a time: close the app or the other imrs command, or use a Milvus "
-                            f"server (--milvus-uri / IMRS_MILVUS_URI)") from exc
-        raise IMRSError(f"cannot connect to Milvus at {uri}: {_reason(exc)}") from exc
-
-
-@contextlib.contextmanager
-def quiet_library_logs() -> Iterator[None]:
-    """milvus_lite logs a failure to open its file (another process holds it) as a full traceback
-    before pymilvus raises; IMRS says it in one line instead. ``--debug`` (imrs at DEBUG) shows it."""
-    if logging.getLogger("imrs").isEnabledFor(logging.DEBUG):
-        yield
-        return
-    loggers = [logging.getLogger(name) for name in ("milvus_lite", "pymilvus")]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.CRITICAL)
-    try:
-        yield
-    finally:
-        for lg, level in zip(loggers, levels, strict=True):
-            lg.setLevel(level)
-
-
-def _reason(exc: BaseException) -> str:
-    return str(getattr(exc, "message", "") or exc).strip().splitlines()[0][:300] if str(exc) else type(exc).__name__
-
-
 class MilvusIndex(VectorIndex):
     """A Milvus collection holding ``id``, ``vec`` (float32, inner product) and the attribute fields."""
 
@@ -255,7 +113,7 @@ class MilvusIndex(VectorIndex):
         self.uri: str = str(self._params.pop("uri", None) or milvus_uri() or home_dir() / "milvus" / "milvus.db")
         self.collection: str = str(self._params.pop("collection", None) or "imrs_vectors")
         self._explicit -= {"uri", "collection"}
-        self._client = _client(self.uri)
+        self._client = client(self.uri)
         self._lite = is_lite_uri(self.uri) or str(self._client.get_server_version()).startswith("milvus_lite")
         self._attributes: AttributeSource | None = None
         self._count = 0
@@ -309,13 +167,13 @@ class MilvusIndex(VectorIndex):
         try:
             self._client.create_collection(self.collection, schema=schema, consistency_level="Strong")
         except Exception as exc:  # noqa: BLE001 - permissions, quota, a name taken by another schema
-            raise IMRSError(f"Milvus at {self.uri} refused collection {self.collection}: {_reason(exc)}") from exc
+            raise IMRSError(f"Milvus at {self.uri} refused collection {self.collection}: {reason(exc)}") from exc
         try:
             self._create_index()
         except Exception as exc:  # noqa: BLE001 - a server without DISKANN (no local NVMe configured)
             if self.native_type == "HNSW":
-                raise IMRSError(f"Milvus at {self.uri} refused an HNSW index: {_reason(exc)}") from exc
-            log.warning("milvus: server refused %s (%s); using HNSW", self.native_type, _reason(exc))
+                raise IMRSError(f"Milvus at {self.uri} refused an HNSW index: {reason(exc)}") from exc
+            log.warning("milvus: server refused %s (%s); using HNSW", self.native_type, reason(exc))
             self.native_type = "HNSW"
             self._create_index()
         self._client.load_collection(self.collection)
@@ -376,7 +234,7 @@ class MilvusIndex(VectorIndex):
         attrs = self._attributes(ids) if self._attributes is not None else {}
         old_ids, old_vecs = self._rows_of(ids)  # rows this upsert replaces leave the checksum
         self._checksum = (self._checksum - content_checksum(old_ids, old_vecs)
-                          + content_checksum(ids, vecs)) & _MASK64
+                          + content_checksum(ids, vecs)) & MASK64
         step = max(1, REQUEST_BYTES // (4 * self.dim))
         for lo in range(0, len(ids), step):
             hi = min(len(ids), lo + step)
@@ -387,14 +245,14 @@ class MilvusIndex(VectorIndex):
         self._refresh_count()
 
     def remove(self, ids: Any) -> int:
-        ids = np.unique(_as_ids(ids))
+        ids = np.unique(as_ids(ids))
         if not len(ids) or not self._count:
             return 0
         before = self._count
         old_ids, old_vecs = self._rows_of(ids)
         for lo in range(0, len(ids), IDS_PER_REQUEST):
             self._client.delete(self.collection, ids=ids[lo : lo + IDS_PER_REQUEST].tolist())
-        self._checksum = (self._checksum - content_checksum(old_ids, old_vecs)) & _MASK64
+        self._checksum = (self._checksum - content_checksum(old_ids, old_vecs)) & MASK64
         return before - self._refresh_count()
 
     def _rows_of(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -430,7 +288,7 @@ class MilvusIndex(VectorIndex):
                     break
                 ids = np.fromiter((r["id"] for r in batch), dtype=np.int64, count=len(batch))
                 vecs = np.asarray([r["vec"] for r in batch], np.float32)
-                total = (total + content_checksum(ids, vecs)) & _MASK64
+                total = (total + content_checksum(ids, vecs)) & MASK64
                 n += len(batch)
         finally:
             pymilvus_log.setLevel(level)
@@ -469,7 +327,7 @@ class MilvusIndex(VectorIndex):
 
     # -- reads --------------------------------------------------------------------------------------
     def get_vectors(self, ids: Any) -> np.ndarray:
-        ids = _as_ids(ids)
+        ids = as_ids(ids)
         out = np.zeros((len(ids), self.dim), np.float32)
         if not len(ids):
             return out

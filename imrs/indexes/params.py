@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from ..errors import UnknownIndexError
@@ -26,7 +28,28 @@ from ..errors import UnknownIndexError
 INDEX_KINDS: tuple[str, ...] = ("flat_ip", "hnsw", "ivf_flat", "ivf_pq", "annoy", "milvus")
 
 BUILD_PARAMS = frozenset({"M", "efConstruction", "nlist", "m", "nbits", "n_trees", "index_type", "compressed"})
-SEARCH_PARAMS = frozenset({"efSearch", "nprobe", "k_factor", "search_k"})
+
+
+@dataclass(frozen=True)
+class Tunable:
+    """One search-time knob (higher: better recall, slower), changeable per call and per session.
+    ``lo``/``hi`` bound what a person may pick (``-1`` for ``search_k`` means auto); the default is
+    the built index's own value, derived from the collection's size by :func:`auto_params`."""
+
+    name: str
+    lo: int = 1
+    hi: int = 100_000
+
+
+#: The one table of search-time tunables per index kind: the page's per-session inputs, the
+#: benchmark's tuning sweep and the collection's per-call search parameters all read it.
+TUNABLES: dict[str, tuple[Tunable, ...]] = {
+    "hnsw": (Tunable("efSearch"),),
+    "ivf_flat": (Tunable("nprobe"),),
+    "ivf_pq": (Tunable("nprobe"), Tunable("k_factor")),
+    "annoy": (Tunable("search_k", lo=-1),),
+}
+SEARCH_PARAMS = frozenset(t.name for kind in TUNABLES.values() for t in kind)
 POLICY_PARAMS = frozenset({"exact_below", "delta_fraction", "compact_fraction"})
 #: Where a kind's data lives rather than how it is shaped (Milvus): settable at creation only.
 CONNECTION_PARAMS = frozenset({"uri", "collection"})
@@ -60,6 +83,20 @@ DEFAULT_COMPACT_FRACTION = 0.2
 DEFAULT_EXACT_BELOW = 1024
 #: Annoy's exact delta is merged into a rebuilt forest once it exceeds this fraction of the forest.
 DEFAULT_DELTA_FRACTION = 0.1
+
+
+def tunables(kind: str) -> tuple[Tunable, ...]:
+    """``kind``'s search-time tunables (none for exact search)."""
+    return TUNABLES.get(kind, ())
+
+
+def tunable_names(kind: str) -> tuple[str, ...]:
+    return tuple(t.name for t in tunables(kind))
+
+
+def search_params(params: Mapping[str, Any]) -> dict[str, Any]:
+    """Only the search-time tunables of ``params`` (of any kind): what a per-call search may set."""
+    return {k: v for k, v in params.items() if k in SEARCH_PARAMS}
 
 
 def check_kind(kind: str) -> str:

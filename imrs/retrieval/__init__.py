@@ -13,10 +13,10 @@ Every transform works on float32 arrays of L2-normalised rows and returns the sa
 
 from __future__ import annotations
 
-from .fusion import fuse
+from .fusion import fuse_backbones
 from .head import ProjectionHead, train_head
 from .qe import alpha_qe, average_qe, database_augment, expand_queries
 from .whiten import PCAWhitening
 
 __all__ = ["PCAWhitening", "ProjectionHead", "alpha_qe", "average_qe", "database_augment",
-           "expand_queries", "fuse", "train_head"]
+           "expand_queries", "fuse_backbones", "train_head"]

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import numpy as np
 
 
-def fuse(parts: Sequence[np.ndarray], weights: Sequence[float] | None = None) -> np.ndarray:
+def fuse_backbones(parts: Sequence[np.ndarray], weights: Sequence[float] | None = None) -> np.ndarray:
     if not parts:
         raise ValueError("nothing to fuse")
     n = len(parts[0])

@@ -1,6 +1,6 @@
 """Text search in ``imrs bench``: hierarchy-aware ConSE and hybrid search on a labelled folder.
 
-Called by ``imrs.bench.runner.bench_text`` with the benchmark's cached embeddings (nothing is
+Called by ``imrs.bench.quality.bench_text`` with the benchmark's cached embeddings (nothing is
 re-embedded) for ``--improvements conse`` and ``--improvements hybrid``:
 
 - *hierarchy-aware ConSE* (class space, + consensus, query vector = what search returns with

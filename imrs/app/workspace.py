@@ -19,7 +19,7 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,7 +29,7 @@ import streamlit as st
 from ..errors import IMRSError, WeightsUnavailableError
 from ..ids import display_path
 from .media import is_demo
-from .pipeline import OFFLINE_BACKBONE
+from .pipeline import OFFLINE_BACKBONE, Progress
 
 if TYPE_CHECKING:
     from ..collection import Collection
@@ -456,16 +456,16 @@ def needs_first_index(coll: Collection) -> bool:
     return not snap.snapshot_exists(coll.snap_dir, coll.live_name) and not coll.base_npz().exists()
 
 
-def sync_once(ws: Workspace, progress: Callable[[int, int], None] | None = None, force: bool = False) -> str | None:
+def sync_once(ws: Workspace, progress: Progress | None = None, force: bool = False) -> str | None:
     """Index new/changed files once per process (or again when ``force``); the summary of a sync
     that ran now, None when it had already been done (by this or another session)."""
     if needs_first_index(ws.coll):
         ws.ensure_encoder()
 
-    def track(done: int, total: int) -> None:
+    def track(stage: str, done: int, total: int) -> None:
         ws.sync_progress = (done, total)
         if progress is not None:
-            progress(done, total)
+            progress(stage, done, total)
 
     with ws.job_lock:
         if ws.synced and not force:

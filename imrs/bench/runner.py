@@ -21,7 +21,6 @@ from __future__ import annotations
 import logging
 import platform
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,6 +30,7 @@ import numpy as np
 
 from ..config import home_dir
 from ..errors import IMRSError
+from ..progress import Progress, relabel
 from . import metrics as M
 from .data import BenchData, dynamic_vectors, load_embeddings, scan_dataset
 from .tuning import TUNABLE, search_without_self, tune_index
@@ -66,8 +66,8 @@ class BenchConfig:
     index_params: dict[str, dict[str, Any]] = field(default_factory=dict)
     map2d: str = "tsne"  # tsne | pca | none
     progress: bool = True
-    #: (stage, done, total) after each step, for a page's progress bar (imrs.progress.Progress shape)
-    stage_progress: Callable[[str, int, int], None] | None = None
+    #: (stage, done, total) after each step, for a page's progress bar
+    stage_progress: Progress | None = None
     holdout_fraction: float = 0.5
     # improvement settings (defaults chosen on Caltech-101, see docs/benchmarks.md)
     qe_n: int = 5
@@ -406,10 +406,8 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     emb_reports = []
     for b in cfg.backbones:
         _stage(cfg, f"{b}: embeddings", 0, len(data))
-        embed_progress: Any = cfg.progress
-        if cfg.stage_progress is not None:
-            def embed_progress(done: int, total: int, b: str = b) -> None:
-                _stage(cfg, f"{b}: embedding images", done, total)
+        embed_progress = cfg.progress if cfg.stage_progress is None else relabel(cfg.stage_progress,
+                                                                                  f"{b}: embedding images")
         v, rows, rep = load_embeddings(data, b, cache_dir=cache_dir, home=cfg.home, extra=tuple(cfg.emb_files),
                                        weights=cfg.weights, device=cfg.device, batch_size=cfg.batch_size,
                                        progress=embed_progress)

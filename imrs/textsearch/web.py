@@ -83,8 +83,7 @@ def exemplar_vectors(coll: Collection, text: str, n: int = 8, providers: Any = N
         return None, report
     with tempfile.TemporaryDirectory(prefix="imrs-exemplars-") as tmp:
         jobs = [(h.url, Path(tmp) / f"{i:03d}.jpg") for i, h in enumerate(found)]
-        results = fetch_many(jobs, policy, progress=(lambda d, t: progress("web exemplars", d, t))
-                             if progress else None)
+        results = fetch_many(jobs, policy, progress=progress, stage="web exemplars")
         paths = [r.path for r in results if r.ok and r.path is not None][:n]
         report.fetched = sum(r.ok for r in results)
         if not paths:

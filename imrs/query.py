@@ -23,7 +23,7 @@ import logging
 import os
 import time
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -44,12 +44,13 @@ from .expansion.coverage import (
 from .expansion.judge import JUDGE_DEPTH, decide, gather
 from .expansion.judge import context as judge_context
 from .expansion.terms import clean_term, readable_label
-from .progress import Progress, Reporter
+from .progress import ProgressArg, Reporter
 
 if TYPE_CHECKING:
     from PIL import Image
 
     from .collection import Collection, SearchHit
+    from .expansion.batch import BatchReport, TermResult
     from .expansion.grow import ExpansionReport
 
 log = logging.getLogger(__name__)
@@ -494,10 +495,14 @@ def _policy_and_providers(settings: Settings) -> tuple[Any, Any]:
 
 
 def grow_term(coll: Collection, term: str, settings: Settings | None = None, n: int | None = None,
-              progress: Progress | bool | None = None, *, query_vector: np.ndarray | None = None, k: int = 10,
+              progress: ProgressArg = None, *, query_vector: np.ndarray | None = None, k: int = 10,
               accept: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray, float]] | None = None,
               providers: Any = None) -> ExpansionReport:
-    """Grow ``coll`` with up to ``n`` web images of ``term`` (the batch tab, ``imrs expand``)."""
+    """Grow ``coll`` with up to ``n`` web images of ``term``: the one door to growth for one term.
+
+    ``imrs expand`` and the page's batch tab reach it through ``grow_terms``; a query's growth
+    (``run_query``) and the API's grow job call it with ``query_vector`` and ``accept``
+    (``keep_filter``), which check the downloads against the query they grow for."""
     from .expansion.grow import expand
 
     s = settings or Settings.from_env()
@@ -507,8 +512,21 @@ def grow_term(coll: Collection, term: str, settings: Settings | None = None, n: 
                   query_vector=query_vector, k=k, accept=accept)
 
 
+def grow_terms(coll: Collection, terms: Iterable[str], settings: Settings | None = None, n: int | None = None,
+               progress: ProgressArg = None, *, providers: Any = None,
+               on_term: Callable[[TermResult], None] | None = None) -> BatchReport:
+    """``grow_term`` for each of ``terms`` (``imrs expand``, the page's batch tab): terms naming
+    the same folder grow once, a failing term is reported and the next one runs, and progress
+    counts the terms (stage ``"terms"``) around each term's own stages (``expansion.batch``)."""
+    from .expansion.batch import run_batch
+
+    s = settings or Settings.from_env()
+    chain = providers if providers is not None else _policy_and_providers(s)[1]  # one chain for every term
+    return run_batch(terms, lambda term, p: grow_term(coll, term, s, n, p, providers=chain), progress, on_term)
+
+
 def run_query(coll: Collection, query: Query, settings: Settings | None = None,
-              progress: Progress | bool | None = None, *, providers: Any = None) -> QueryOutcome:
+              progress: ProgressArg = None, *, providers: Any = None) -> QueryOutcome:
     """Answer ``query``; when it asked for growth and the verdict is weak, grow and answer again.
 
     Growth needs a term: a text query is its own term; an image query uses ``query.term``, or the
@@ -587,7 +605,7 @@ def ask_web(coll: Collection, query: Query, outcome: QueryOutcome, s: Settings, 
 
 
 def _grow(coll: Collection, query: Query, vector: np.ndarray, s: Settings, outcome: QueryOutcome,
-          progress: Progress | bool | None, providers: Any) -> None:
+          progress: ProgressArg, providers: Any) -> None:
     term = clean_term(query.term) if query.term else None
     if term is None and (query.kind == "text" or s.auto_confirm_term) and outcome.terms:
         term = outcome.terms[0].term

@@ -22,7 +22,7 @@ import httpx
 import pytest
 
 from imrs.api.keys import KeyStore
-from tests.conftest import REPO, caltech_subset
+from tests.conftest import PHOTOS, REPO, caltech_subset
 from tests.webserver import LoopbackServer, bomb_png, mid_bomb_png
 
 BACKBONE = "efficientnet_lite0"
@@ -520,3 +520,22 @@ def test_workers_reload_after_another_commits(api: Api) -> None:
     assert set(after) == set(seen) and all(v == {before + job["result"]["kept"]} for v in after.values())
     with api.w() as c:
         wait_job(c, c.post("/v1/jobs/prune", json={"term": "dragonfly"}).json()["id"])
+
+
+def test_index_job_embeds_new_files_and_records_progress(api: Api) -> None:
+    """The index job reports through the one progress protocol: a new file is embedded, and the job's
+    progress row names the stage and counts it."""
+    added = api.root / "new-photos" / "kite.jpg"
+    added.parent.mkdir()
+    added.symlink_to(PHOTOS / "kite.jpg")
+    try:
+        with api.w() as c:
+            job = wait_job(c, c.post("/v1/jobs/index").json()["id"])
+        assert job["status"] == "done" and job["result"]["embedded"] == 1 and job["result"]["added"] == 1, job
+        assert job["progress"]["stage"].startswith("embed") and job["progress"]["done"] == job["progress"]["total"] == 1
+    finally:
+        added.unlink()
+        added.parent.rmdir()
+        with api.w() as c:
+            gone = wait_job(c, c.post("/v1/jobs/index").json()["id"])
+    assert gone["status"] == "done" and gone["result"]["removed"] == 1

@@ -9,6 +9,7 @@ settings, the URL, snapshots and a benchmark run.
 
 from __future__ import annotations
 
+import json
 import re
 import sys
 import threading
@@ -400,7 +401,12 @@ def test_busy_notice_when_another_session_or_process_writes(app_env: Path) -> No
     assert not any("Another" in i.value for i in at.info)
 
 
-def test_batch_expansion_then_remove_selected(app_env: Path, web_server: Any) -> None:
+def test_batch_expansion_then_remove_selected(app_env: Path, web_server: Any, tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    twin = tmp_path / "twin"  # the same images, grown by `imrs expand` below
+    for f in app_env.rglob("*.jpg"):
+        (twin / f.relative_to(app_env)).parent.mkdir(parents=True, exist_ok=True)
+        (twin / f.relative_to(app_env)).symlink_to(f.resolve())
     at = use_loopback_provider(start(), web_server)
     go_to(at, "Batch expansion")
     at.text_area(key="batch_terms").set_value("parrot\ndog\n\nparrot\nzzqx-nothing")
@@ -412,6 +418,24 @@ def test_batch_expansion_then_remove_selected(app_env: Path, web_server: Any) ->
     assert rows["parrot"]["added"] == 1 and rows["dog"]["added"] == 2, rows
     assert rows["zzqx-nothing"]["added"] == 0
     assert "+ 3 from the web" in header(at)
+
+    # The CLI grows the twin for the same terms from the same web: the same report, the same files.
+    from imrs.cli import main
+
+    home = ["--home", str(tmp_path / "twin-home")]
+    cli = ["--root", str(twin), *home]
+    assert main(["index", str(twin), *home, "--backbone", OFFLINE, "--indexer", "hnsw", "-q"]) == 0
+    capsys.readouterr()
+    assert main(["expand", "parrot", "dog", "parrot", "zzqx-nothing", "-n", "3", "--provider", "wikimedia",
+                 "--wikimedia-api", web_server.api_url, "--allow-loopback", "--json", *cli]) == 0
+    by_cli = {t["term"]: t for t in json.loads(capsys.readouterr().out)["terms"]}
+    assert {t: (r["added"], r["duplicates"], r["failed"]) for t, r in rows.items()} == \
+        {t: (r["added"], r["duplicates"], r["failed"]) for t, r in by_cli.items()}
+
+    def grown(root: Path) -> list[str]:
+        return sorted(str(p.relative_to(root)) for p in root.glob("dynamic_*/*.jpg"))
+
+    assert grown(app_env) == grown(twin) and len(grown(twin)) == 3
 
     go_to(at, "Manage web images")
     assert_clean(at)

@@ -146,7 +146,7 @@ def test_bad_images(small_images: list[Path], tmp_path: Path) -> None:
         enc.embed_images([small_images[0], bad])
     seen: list[tuple[int, int]] = []
     paths = [small_images[0], bad, small_images[1], tmp_path / "gone.png"]
-    res = enc.embed_paths(paths, progress=lambda done, total: seen.append((done, total)))
+    res = enc.embed_paths(paths, progress=lambda stage, done, total: seen.append((done, total)))
     assert isinstance(res, EmbedResult)
     assert res.kept.tolist() == [0, 2] and res.vectors.shape == (2, 1280) and _unit_rows(res.vectors)
     assert [i for i, _ in res.failures] == [1, 3]

@@ -22,18 +22,19 @@ from PIL import Image
 
 from imrs.catalog import ImageRecord
 from imrs.collection import Collection
+from imrs.config import Settings
 from imrs.errors import IMRSError, NetworkError
 from imrs.expansion import (
     CoverageThresholds,
     check_coverage,
     expand,
-    expand_batch,
     list_dynamic,
     parse_terms,
     prune,
     read_terms,
     thresholds_for,
 )
+from imrs.query import grow_terms
 from imrs.store import EmbeddingSet
 from imrs.web import DownloadPolicy, ImageHit, StaticProvider, WikimediaProvider
 from tests.conftest import CALTECH, PHOTOS, REPO, need
@@ -350,7 +351,7 @@ def test_missing_base_phashes_are_filled(coll: Collection, web: LoopbackServer, 
 # ---------------------------------------------------------------------------------------------
 
 
-def test_batch_continues_past_failures(coll: Collection, web: LoopbackServer, policy: DownloadPolicy) -> None:
+def test_batch_continues_past_failures(coll: Collection, web: LoopbackServer) -> None:
     class Flaky:
         name = "flaky"
 
@@ -362,9 +363,9 @@ def test_batch_continues_past_failures(coll: Collection, web: LoopbackServer, po
             urls = {"one": sun_urls(web)[0:2], "two": [*sun_urls(web)[2:4], web.url("/status/500")]}[term]
             return [ImageHit(url=u, license="CC0") for u in urls]
 
-    calls: list[tuple[int, int, str]] = []
-    report = expand_batch(coll, ["one", "broken", "crash", "two", "One"], n=2, policy=policy, providers=Flaky(),
-                          progress=lambda i, t, m: calls.append((i, t, m)))
+    calls: list[tuple[str, int, int]] = []
+    report = grow_terms(coll, ["one", "broken", "crash", "two", "One"], Settings(allow_loopback=True), 2,
+                        lambda stage, d, t: calls.append((stage, d, t)), providers=Flaky())
     by_term = {r.term: r for r in report.results}
     assert list(by_term) == ["one", "broken", "crash", "two"]  # "One" is the same folder as "one"
     assert by_term["one"].added == 2 and by_term["two"].added == 2 and by_term["two"].failed == 1
@@ -372,11 +373,33 @@ def test_batch_continues_past_failures(coll: Collection, web: LoopbackServer, po
     assert by_term["broken"].error and "simulated outage" in by_term["broken"].error
     assert by_term["crash"].error and "boom" in by_term["crash"].error
     assert report.added == 4 and len(report.failed_terms) == 2
-    assert calls[0] == (0, 4, "expanding 'one'") and calls[-1][0] == 4
+    terms = [c for c in calls if c[0] == "terms"]
+    assert terms == [("terms", i, 4) for i in range(5)]  # each term's start, then the end
+    first_download = calls.index(next(c for c in calls if c[0] == "download"))
+    assert calls.index(("terms", 1, 4)) > first_download  # the terms' own stages come in between
     summary = report.summary()
     assert "dynamic_one" in summary and "ERROR: no image provider answered" in summary
     assert "4 image(s) added" in summary
     json.dumps(report.as_dict())
+    rows = {r["term"]: r for r in report.rows()}  # what the page's batch tab shows
+    assert rows["two"]["added"] == 2 and rows["two"]["why"].startswith("http 500")
+    assert rows["broken"]["why"].startswith("error: no image provider answered")
+
+
+def test_batch_stops_when_progress_raises(coll: Collection, web: LoopbackServer) -> None:
+    """A progress callback that raises (a cancel) stops the whole batch; it is not one term's failure."""
+    class Stop(Exception):
+        pass
+
+    def cancel(stage: str, done: int, total: int) -> None:
+        if stage == "download":
+            raise Stop()
+
+    before = counts(coll)
+    with pytest.raises(Stop):
+        grow_terms(coll, ["one", "two"], Settings(allow_loopback=True), 2, cancel,
+                   providers=StaticProvider(sun_urls(web)[:2]))
+    assert counts(coll) == before and not dynamic_files(coll)
 
 
 # ---------------------------------------------------------------------------------------------

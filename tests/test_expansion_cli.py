@@ -118,8 +118,9 @@ def test_expand_cli_wikimedia_and_batch(indexed: Path, home: Path, web: Loopback
     lines += [f"sunflower\t{u}" for u in sun_urls(web)[4:6]]
     urls.write_text("\n".join(lines) + "\n")
     rc, out, err = run(capsys, "expand", "--csv", terms, "--urls-file", urls, "--allow-loopback", "-n", "3",
-                       "--max-side", "128", "--quality", "70", "-q")
+                       "--max-side", "128", "--quality", "70")
     assert rc == 0, err
+    assert "terms" in err and "download" in err and "expanding 'strawberry'" in err  # progress bars, on stderr
     assert "'strawberry' -> dynamic_strawberry: 3 added" in out
     assert "'sunflower' -> dynamic_sunflower: 2 added" in out
     assert "3 term(s): 5 image(s) added" in out

@@ -346,16 +346,16 @@ def test_fetch_many_reports_progress_and_failures(web_server, tmp_path: Path, lo
         (web_server.url("/page.html"), tmp_path / "html.jpg"),
         ("http://10.0.0.1/x.jpg", tmp_path / "lan.jpg"),
     ]
-    seen: list[tuple[int, int]] = []
-    results = fetch_many(jobs, loopback_policy, progress=lambda done, total: seen.append((done, total)))
-    assert seen == [(k, 7) for k in range(1, 8)]
+    seen: list[tuple[str, int, int]] = []
+    results = fetch_many(jobs, loopback_policy, progress=lambda stage, done, total: seen.append((stage, done, total)))
+    assert seen == [("download", k, 7) for k in range(1, 8)]
     assert [r.ok for r in results] == [True] * 5 + [False, False]
     assert results[6].reason == "blocked: private address 10.0.0.1"
     assert fetch_many([], loopback_policy) == []
 
 
 def test_fetch_many_stops_when_progress_raises(slow_web_server, tmp_path: Path):
-    def cancel(done: int, total: int) -> None:
+    def cancel(stage: str, done: int, total: int) -> None:
         raise KeyboardInterrupt("user pressed stop")
 
     policy = DownloadPolicy(allow_loopback=True, workers=2, per_host=2)

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import IMRSError
+from ..progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -166,7 +167,7 @@ def _alive(pid: int) -> bool:
     return True
 
 
-JobFn = Callable[[dict[str, Any], Callable[[str, int, int], None]], dict[str, Any]]
+JobFn = Callable[[dict[str, Any], Progress], dict[str, Any]]
 
 
 class Runner:

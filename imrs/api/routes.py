@@ -8,16 +8,16 @@ import os
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, File, Form, Path, Query, Request, Response, UploadFile
 from fastapi.responses import FileResponse, StreamingResponse
 
 from ..collection import SearchHit
+from ..progress import Progress
 from ..query import Query as ImrsQuery
 from ..query import QueryOutcome, encode, grow_term, keep_filter, run_query
-from .jobs import FINISHED
+from .jobs import FINISHED, JobFn
 from .models import (
     SNAPSHOT_NAME,
     DynamicAnswer,
@@ -39,7 +39,7 @@ from .models import (
     Verdict,
 )
 from .problems import PROBLEM_RESPONSES, ApiProblem
-from .state import JobKind, ServerState
+from .state import ServerState
 
 JOB_ID = r"^[0-9a-f]{1,16}-[0-9a-f]{8}$"
 #: Longest side a query image is decoded at (the encoders look at far less).
@@ -123,12 +123,12 @@ def _run_search(state: ServerState, req: SearchRequest, image: Any = None,
 
 
 # -- writer jobs ------------------------------------------------------------------------------------------
-def job_kinds(state: ServerState) -> dict[str, JobKind]:
+def job_kinds(state: ServerState) -> dict[str, JobFn]:
     """What each job kind runs: the same library calls as ``imrs expand``, ``imrs index``,
     ``imrs prune`` and ``imrs snapshot``."""
     coll, s = state.coll, state.settings
 
-    def grow(p: dict[str, Any], progress: Callable[[str, int, int], None]) -> dict[str, Any]:
+    def grow(p: dict[str, Any], progress: Progress) -> dict[str, Any]:
         if p.get("image_id") is not None:
             rec = _record(state, int(p["image_id"]))
             query = ImrsQuery(image=str(coll.abspath(rec.relpath, rec.source)), exclude_ids=(rec.id,))
@@ -139,25 +139,25 @@ def job_kinds(state: ServerState) -> dict[str, JobKind]:
                            accept=keep_filter(coll, query, vector, s))
         return report.as_dict()
 
-    def index(p: dict[str, Any], progress: Callable[[str, int, int], None]) -> dict[str, Any]:
-        r = coll.sync(progress=progress)  # type: ignore[arg-type]
+    def index(p: dict[str, Any], progress: Progress) -> dict[str, Any]:
+        r = coll.sync(progress=progress)  # type: ignore[arg-type]  # until collection.py takes a Progress
         return {"summary": r.summary(), "scanned": r.scanned, "added": r.added, "changed": r.changed,
                 "removed": r.removed, "unchanged": r.unchanged, "embedded": r.embedded,
                 "failed": [{"relpath": a, "reason": b} for a, b in r.failed[:100]],
                 "skipped": len(r.skipped), "seconds": round(r.seconds, 3)}
 
-    def prune(p: dict[str, Any], progress: Callable[[str, int, int], None]) -> dict[str, Any]:
+    def prune(p: dict[str, Any], progress: Progress) -> dict[str, Any]:
         from ..expansion import prune as prune_images
 
         r = prune_images(coll, term=p.get("term"), ids=p.get("ids"))
         return {"summary": r.summary(), "requested": r.requested, "removed": r.removed,
                 "files_deleted": r.files_deleted, "missing": list(r.missing)[:1000], "slugs": r.slugs}
 
-    def snapshot_save(p: dict[str, Any], progress: Callable[[str, int, int], None]) -> dict[str, Any]:
+    def snapshot_save(p: dict[str, Any], progress: Progress) -> dict[str, Any]:
         m = coll.save_snapshot(p["name"])
         return {"name": m.name, "count": m.count, "created": m.created}
 
-    def snapshot_load(p: dict[str, Any], progress: Callable[[str, int, int], None]) -> dict[str, Any]:
+    def snapshot_load(p: dict[str, Any], progress: Progress) -> dict[str, Any]:
         m = coll.load_snapshot(p["name"])
         return {"name": m.name, "count": m.count, "created": m.created}
 

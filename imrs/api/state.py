@@ -17,7 +17,7 @@ from ..collection import Collection
 from ..config import Settings
 from ..errors import IMRSError
 from ..query import Query, run_query
-from .jobs import JOBS_FILE, JobStore, Runner
+from .jobs import JOBS_FILE, JobFn, JobStore, Runner
 from .keys import ApiKey, KeyStore
 from .metrics import Metrics
 from .problems import ApiProblem
@@ -25,7 +25,6 @@ from .problems import ApiProblem
 log = logging.getLogger(__name__)
 
 #: One writer job: its parameters and a progress callback in, a JSON-ready report out.
-JobKind = Callable[[dict[str, Any], Callable[[str, int, int], None]], dict[str, Any]]
 
 
 @dataclass(frozen=True)
@@ -83,7 +82,7 @@ class RateLimiter:
 class ServerState:
     """Everything a request may use, built once per process."""
 
-    def __init__(self, config: ServeConfig, kinds: Callable[[ServerState], dict[str, JobKind]],
+    def __init__(self, config: ServeConfig, kinds: Callable[[ServerState], dict[str, JobFn]],
                  collection: Collection | None = None) -> None:
         """``kinds``: what each writer job runs, given this state (the routes module defines them)."""
         self.config = config

@@ -35,8 +35,9 @@ from . import backbones as B
 from . import session as S
 from . import workspace as W
 from .media import DEMO_ROOT, is_demo, set_thumb_dir
+from .pipeline import relabel
 from .text import plain
-from .widgets import ProgressBar, counting, detail, flash, show_flashes, shown_errors
+from .widgets import ProgressBar, detail, flash, show_flashes, shown_errors
 
 log = logging.getLogger("imrs.app")
 
@@ -204,7 +205,7 @@ def ensure_indexed(opened: W.Opened) -> None:
                 ws.ensure_encoder()
     label = "Building the index" if first else "Checking the folder for new images"
     bar = ProgressBar(st.empty(), label + " ...")
-    summary = W.sync_once(ws, counting(bar, label))
+    summary = W.sync_once(ws, relabel(bar, label))
     bar.close()
     if summary and first:
         flash("success", f"Indexed {plain(ws.coll.root.name)}: {plain(summary)}")

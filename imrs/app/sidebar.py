@@ -13,7 +13,7 @@ from ..indexes.params import tunables
 from . import backbones as B
 from . import workspace as W
 from .access import Role
-from .pipeline import PROVIDER_CHOICES, calibrate, collection_thresholds
+from .pipeline import PROVIDER_CHOICES, calibrate, collection_thresholds, relabel
 from .text import plain
 from .widgets import ProgressBar, detail, flash, shown_errors
 
@@ -209,10 +209,9 @@ def collection_tools(opened: W.Opened, home: Path, role: Role) -> None:
                                  help="an .npz file or a folder of them (separate several with ';')")
         if st.button("Rescan folder and merge now", key="rescan"):
             with shown_errors("Rescanning"):
-                bar = st.progress(0.0, text="scanning ...")
-                summary = W.sync_once(ws, lambda d, t: bar.progress(min(1.0, d / max(t, 1)), text=f"embedding {d}/{t}"),
-                                      force=True)
-                bar.empty()
+                bar = ProgressBar(st.empty(), "scanning ...")
+                summary = W.sync_once(ws, relabel(bar, "embedding"), force=True)
+                bar.close()
                 flash("success", plain(f"{summary}; {W.merge_npz(ws, home, override)}"))
                 st.rerun()
         if ws.sync_left_out:

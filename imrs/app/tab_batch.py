@@ -1,5 +1,6 @@
-"""The Batch expansion tab: grow the collection for many terms at once, one ``grow_term`` call per
-term (the pipeline's batch expansion), with the overall and the current term's progress."""
+"""The Batch expansion tab: grow the collection for many terms at once through the pipeline's
+``grow_terms`` (the same run and report as ``imrs expand``), with the overall and the current
+term's progress."""
 
 from __future__ import annotations
 
@@ -11,15 +12,16 @@ import streamlit as st
 from ..errors import IMRSError
 from . import access
 from . import workspace as W
-from .pipeline import grow_term
+from .pipeline import TermResult, batch_terms, grow_terms
 from .text import plain
-from .widgets import ProgressBar, detail
+from .widgets import ProgressBar
 
 log = logging.getLogger(__name__)
 
 
 def parse_terms(text: str = "", csv_bytes: bytes | None = None) -> list[str]:
-    """Terms from the text box (one per line) and an uploaded CSV, de-duplicated, in order."""
+    """Terms from the text box (one per line) and an uploaded CSV, in order (the batch grows each
+    folder once)."""
     from ..expansion import parse_terms as _parse
 
     terms = _parse(text or "", csv_mode=False)
@@ -29,8 +31,7 @@ def parse_terms(text: str = "", csv_bytes: bytes | None = None) -> list[str]:
         except UnicodeDecodeError:
             raise IMRSError("the uploaded term list is not UTF-8 text") from None
         terms += _parse(body)
-    seen: set[str] = set()
-    return [t for t in terms if not (t.casefold() in seen or seen.add(t.casefold()))]
+    return terms
 
 
 def tab_batch(ctx: dict[str, Any]) -> None:
@@ -69,31 +70,34 @@ def tab_batch(ctx: dict[str, Any]) -> None:
 
 
 def run_batch(opened: W.Opened, terms: list[str], settings: Any, n: int) -> list[dict[str, Any]]:
-    """Every term in turn; a failed term is a row with its reason, never the end of the run."""
+    """The pipeline's batch growth (the same run as ``imrs expand``), drawn as it goes: the overall
+    bar counts the terms (stage "terms"), each term gets a status box with its own bar, and a failed
+    term is a row with its reason, never the end of the run."""
     ws = opened.ws
     ws.ensure_encoder()
-    overall = st.progress(0.0, text=f"0/{len(terms)} terms")
-    rows = []
-    with ws.activity.job(W.session_id(), "running a batch expansion", f"of {len(terms)} term(s)") as job:
-        for i, term in enumerate(terms):
-            overall.progress(i / len(terms), text=f"{i}/{len(terms)} terms — “{plain(term, 80)}”")
-            with st.status(f"“{plain(term, 80)}”", expanded=True) as status:
-                bar = ProgressBar(st.empty(), "asking image providers ...", job=job)
-                try:
-                    rep = grow_term(opened.coll, term, settings, n=n, progress=bar)
-                except Exception as exc:  # noqa: BLE001 - one term's failure is its row, not the end of the run
-                    if not isinstance(exc, IMRSError):
-                        log.exception("expanding %r failed", term)
-                    bar.close()
-                    status.update(label=f"“{plain(term, 80)}”: failed: {detail(exc)}", state="error", expanded=False)
-                    rows.append({"term": term, "added": 0, "duplicates": 0, "failed": 0, "why": f"error: {exc}",
-                                 "seconds": None})
-                    continue
-                bar.close()
-                reasons = [why for _, why in (rep.failures or [])][:3]
-                status.update(label=f"“{plain(term, 80)}”: {rep.kept} added", state="complete", expanded=False)
-                rows.append({"term": term, "added": rep.kept, "duplicates": len(rep.duplicates),
-                             "failed": len(rep.failures), "why": "; ".join(reasons),
-                             "seconds": round(rep.elapsed, 1)})
-        overall.progress(1.0, text=f"{len(terms)}/{len(terms)} terms done")
-    return rows
+    plan = batch_terms(terms)
+    overall = st.progress(0.0, text=f"0/{len(plan)} terms")
+    with ws.activity.job(W.session_id(), "running a batch expansion", f"of {len(plan)} term(s)") as job:
+        shown: dict[str, Any] = {}
+
+        def progress(stage: str, done: int, total: int) -> None:
+            if stage != "terms":
+                shown["bar"](stage, done, total)
+            elif done < total:  # the term ``plan[done]`` starts
+                name = plain(plan[done], 80)
+                overall.progress(done / total, text=f"{done}/{total} terms — “{name}”")
+                shown["status"] = st.status(f"“{name}”", expanded=True)
+                shown["bar"] = ProgressBar(shown["status"].empty(), "asking image providers ...", job=job)
+
+        def finished(r: TermResult) -> None:
+            shown["bar"].close()
+            name = plain(r.term, 80)
+            if r.ok:
+                shown["status"].update(label=f"“{name}”: {r.added} added", state="complete", expanded=False)
+            else:
+                shown["status"].update(label=f"“{name}”: failed: {plain(r.error or '', 300)}", state="error",
+                                       expanded=False)
+
+        report = grow_terms(opened.coll, plan, settings, n, progress, on_term=finished)
+        overall.progress(1.0, text=f"{len(plan)}/{len(plan)} terms done")
+    return report.rows()

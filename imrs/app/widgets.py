@@ -107,11 +107,6 @@ class ProgressBar:
         self.slot.empty()
 
 
-def counting(callback: Callable[[str, int, int], None], stage: str) -> Callable[[int, int], None]:
-    """A (done, total) callback (the index's sync) as one stage of a Progress callback."""
-    return lambda done, total: callback(stage, done, total)
-
-
 # --------------------------------------------------------------------------------------------
 # Results grid
 # --------------------------------------------------------------------------------------------

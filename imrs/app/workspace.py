@@ -15,7 +15,6 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,7 +26,7 @@ from ..ids import display_path
 from .activity import Activity, activity_for, session_id, writer_busy
 from .backbones import unobtainable, weights_failures
 from .media import is_demo
-from .pipeline import OFFLINE_BACKBONE
+from .pipeline import OFFLINE_BACKBONE, Progress
 
 #: Names the tabs reach through this module (``W.session_id()``, ``W.writer_busy(...)``).
 __all__ = ["OFFLINE_BACKBONE", "Opened", "Workspace", "available_devices", "merge_npz", "needs_first_index",
@@ -235,16 +234,16 @@ def needs_first_index(coll: Collection) -> bool:
     return not snap.snapshot_exists(coll.snap_dir, coll.live_name) and not coll.base_npz().exists()
 
 
-def sync_once(ws: Workspace, progress: Callable[[int, int], None] | None = None, force: bool = False) -> str | None:
+def sync_once(ws: Workspace, progress: Progress | None = None, force: bool = False) -> str | None:
     """Index new/changed files once per process (or again when ``force``); the summary of a sync
     that ran now, None when it had already been done (by this or another session)."""
     if needs_first_index(ws.coll):
         ws.ensure_encoder()
 
-    def track(done: int, total: int) -> None:
+    def track(stage: str, done: int, total: int) -> None:
         ws.sync_progress = (done, total)
         if progress is not None:
-            progress(done, total)
+            progress(stage, done, total)
 
     with ws.job_lock:
         if ws.synced and not force:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,6 +28,7 @@ from ..config import home_dir, state_dir_for
 from ..errors import EmptyCollectionError, IMRSError, StoreError
 from ..fsutil import atomic_write_json, read_json
 from ..ids import stable_id
+from ..progress import ProgressArg
 from ..store import EmbeddingSet
 
 log = logging.getLogger(__name__)
@@ -139,7 +139,7 @@ class EmbeddingReport:
 
 def load_embeddings(data: BenchData, backbone: str, *, cache_dir: Path, home: str | os.PathLike[str] | None,
                     extra: tuple[Path, ...] = (), weights: str = "pretrained", device: str | None = None,
-                    batch_size: int | None = None, progress: bool | Callable[[int, int], None] = True,
+                    batch_size: int | None = None, progress: ProgressArg = True,
                     ) -> tuple[np.ndarray, np.ndarray, EmbeddingReport]:
     """(vectors of the rows that have one, those row numbers, report)."""
     import time

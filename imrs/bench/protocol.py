@@ -13,6 +13,7 @@ import numpy as np
 
 from ..config import home_dir
 from ..indexes.exact import exact_search
+from ..progress import Progress
 from .data import BenchData
 
 IMPROVEMENTS = ("qe", "dba", "whiten", "head", "fusion", "conse", "hybrid")
@@ -45,7 +46,7 @@ class BenchConfig:
     map2d: str = "tsne"  # tsne | pca | none
     progress: bool = True
     #: (stage, done, total) after each step, for a page's progress bar (imrs.progress.Progress shape)
-    stage_progress: Callable[[str, int, int], None] | None = None
+    stage_progress: Progress | None = None
     holdout_fraction: float = 0.5
     # improvement settings (defaults chosen on Caltech-101, see docs/benchmarks.md)
     qe_n: int = 5

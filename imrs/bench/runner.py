@@ -31,6 +31,7 @@ import numpy as np
 from ..errors import IMRSError
 from ..indexes.exact import exact_search
 from ..indexes.params import tunable_names
+from ..progress import relabel
 from . import metrics as M
 from .data import dynamic_vectors, load_embeddings, scan_dataset
 from .protocol import IMPROVEMENTS, BenchConfig, holdout_split, sample_queries
@@ -156,10 +157,8 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     emb_reports = []
     for b in cfg.backbones:
         _stage(cfg, f"{b}: embeddings", 0, len(data))
-        embed_progress: Any = cfg.progress
-        if cfg.stage_progress is not None:
-            def embed_progress(done: int, total: int, b: str = b) -> None:
-                _stage(cfg, f"{b}: embedding images", done, total)
+        embed_progress = cfg.progress if cfg.stage_progress is None else relabel(cfg.stage_progress,
+                                                                                  f"{b}: embedding images")
         v, rows, rep = load_embeddings(data, b, cache_dir=cache_dir, home=cfg.home, extra=tuple(cfg.emb_files),
                                        weights=cfg.weights, device=cfg.device, batch_size=cfg.batch_size,
                                        progress=embed_progress)

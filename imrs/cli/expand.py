@@ -12,9 +12,11 @@ from typing import Any
 
 from ..config import PROVIDER_CHOICES, Settings
 from ..errors import IMRSError
-from ..expansion import dynamic_groups, expand_batch, list_dynamic, policy_for, providers_for, prune, read_terms
+from ..expansion import batch_terms, dynamic_groups, list_dynamic, prune, read_terms
 from ..expansion.prune import select as select_for_prune
 from ..expansion.terms import clean_term
+from ..progress import TqdmBars
+from ..query import grow_terms
 from .common import collection_args, int_in, open_collection, settings_from
 
 
@@ -29,27 +31,22 @@ def cmd_expand(args: argparse.Namespace) -> int:
         raise IMRSError("empty search term: every TERM needs at least one word")
     s = settings_from(args)
     coll = open_collection(args, settings=s)
-    providers = providers_for(s)
-    policy = policy_for(s)
-    show = not args.quiet and not args.json
-    outer = None
-    if show and len(terms) > 1:
-        from tqdm import tqdm
+    plan = batch_terms(terms)
+    bars = TqdmBars(units={"terms": "term"}) if not args.quiet and not args.json else None
 
-        outer = tqdm(total=len(terms), desc="terms", unit="term", dynamic_ncols=True)
-
-    def progress(i: int, total: int, message: str) -> None:
-        if outer is not None:
-            outer.n = i
-            outer.set_postfix_str(message[:60])
-            outer.refresh()
+    def progress(stage: str, done: int, total: int) -> None:
+        assert bars is not None
+        if stage == "terms" and len(plan) < 2:
+            return  # one term: its own bars say it all
+        bars(stage, done, total)
+        if stage == "terms" and done < total:
+            bars.note(stage, f"expanding '{plan[done]}'"[:60])
 
     try:
-        batch = expand_batch(coll, terms, n=s.expand_n, policy=policy, phash_threshold=s.expand_phash_distance,
-                             providers=providers, progress=progress, term_progress=show)
+        batch = grow_terms(coll, plan, s, s.expand_n, progress if bars is not None else None)
     finally:
-        if outer is not None:
-            outer.close()
+        if bars is not None:
+            bars.close()
     failed = batch.failed_terms
     if args.json:
         print(json.dumps(batch.as_dict(), indent=2))

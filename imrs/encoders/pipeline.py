@@ -18,11 +18,11 @@ from typing import Any
 import numpy as np
 
 from ..errors import ImageDecodeError
+from ..progress import Counter, ProgressArg
 from .preprocess import ImageLike, Preprocess, single_threaded_torch_worker
 
 log = logging.getLogger(__name__)
 
-ProgressArg = bool | Callable[[int, int], None]
 Runner = Callable[[np.ndarray], np.ndarray]  # (B, H, W, 3) uint8 -> (B, dim) float32 raw features
 Failures = list[tuple[int, ImageDecodeError]]
 
@@ -134,31 +134,6 @@ def iter_batches(items: Sequence[ImageLike], pre: Preprocess, batch_size: int, w
             pool.shutdown(wait=True, cancel_futures=True)
 
 
-class _Progress:
-    def __init__(self, progress: ProgressArg, total: int, desc: str) -> None:
-        self.total = total
-        self.done = 0
-        self._cb: Callable[[int, int], None] | None = None
-        self._bar = None
-        if callable(progress):
-            self._cb = progress
-        elif progress:
-            from tqdm.auto import tqdm
-
-            self._bar = tqdm(total=total, desc=desc, unit="img")
-
-    def update(self, k: int) -> None:
-        self.done += k
-        if self._bar is not None:
-            self._bar.update(k)
-        if self._cb is not None:
-            self._cb(self.done, self.total)
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
-
-
 def l2_normalise(x: np.ndarray) -> np.ndarray:
     x = np.asarray(x, dtype=np.float32)
     norms = np.linalg.norm(x, axis=1, keepdims=True)
@@ -177,7 +152,7 @@ def embed_items(items: Sequence[ImageLike], runner: Runner, pre: Preprocess, dim
     feats: list[np.ndarray] = []
     kept: list[int] = []
     failures: list[tuple[int, str]] = []
-    bar = _Progress(progress, n, desc)
+    bar = Counter(progress, desc, n)
 
     def collect(indices: list[int], out: np.ndarray | None, fails: Failures) -> None:
         if fails:

@@ -10,15 +10,16 @@ the index are fed exactly as by the local path. An engine's only job is "these p
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     from ..encoders import EmbedResult
+    from ..progress import ProgressArg
 
 ENGINES: tuple[str, ...] = ("local", "ray")
 
 
 class Embedder(Protocol):
     def embed_paths(self, paths: Sequence[str | os.PathLike[str]], batch_size: int | None = None,
-                    progress: bool | Callable[[int, int], None] = False) -> EmbedResult: ...
+                    progress: ProgressArg = False) -> EmbedResult: ...

@@ -26,13 +26,14 @@ import os
 import re
 import socket
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from ..errors import IMRSError
+from ..progress import Counter, ProgressArg
 
 log = logging.getLogger(__name__)
 
@@ -388,9 +389,9 @@ class RayEngine:
         self._actor_cpus = num_cpus
 
     def embed_paths(self, paths: Sequence[str | os.PathLike[str]], batch_size: int | None = None,
-                    progress: bool | Callable[[int, int], None] = False) -> Any:
+                    progress: ProgressArg = False) -> Any:
         from ..encoders import EmbedResult
-        from ..encoders.pipeline import _Progress, l2_normalise
+        from ..encoders.pipeline import l2_normalise
 
         ray = _ray()
         n = len(paths)
@@ -418,7 +419,7 @@ class RayEngine:
         ok = np.zeros(n, bool)
         seen = np.zeros(n, bool)
         failures: list[tuple[int, str]] = []
-        bar = _Progress(progress, n, f"embed {self.backbone} on ray")
+        bar = Counter(progress, f"embed {self.backbone} on ray", n)
         try:
             for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
                 for path, vec, err in zip(batch["path"], batch["vector"], batch["error"], strict=True):

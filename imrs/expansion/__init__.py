@@ -4,13 +4,13 @@
 - ``calibrate``: measure those thresholds on the collection itself (``imrs calibrate``)
 - ``terms``: term clean-up, term files, prompt embeddings (candidates come from ``imrs.query``)
 - ``grow``: search providers, download in parallel, pHash-dedupe, embed, add, re-query
-- ``batch``: many terms in one run
+- ``batch``: many terms in one run (through ``imrs.query.grow_terms``)
 - ``prune``: list and remove dynamic images (never base ones)
 """
 
 from __future__ import annotations
 
-from .batch import BatchReport, TermResult, expand_batch
+from .batch import BatchReport, TermResult, batch_terms
 from .coverage import (
     DEFAULT_THRESHOLDS,
     Coverage,
@@ -42,12 +42,12 @@ __all__ = [
     "ExpansionReport",
     "PruneReport",
     "TermResult",
+    "batch_terms",
     "catalog_hash_index",
     "check_coverage",
     "dynamic_folder",
     "dynamic_groups",
     "expand",
-    "expand_batch",
     "fill_missing_phashes",
     "is_clutter_label",
     "list_dynamic",

@@ -1,4 +1,11 @@
-"""Expand many terms in one run; one failing term never stops the others."""
+"""Growth for many terms in one run: one report, and one failing term never stops the others.
+
+The door for one term is ``imrs.query.grow_term``; ``imrs.query.grow_terms`` runs it over a list
+through ``run_batch`` for ``imrs expand`` and the page's batch tab, which print and show the same
+``BatchReport``. Progress goes through ``imrs.progress``: stage ``"terms"`` counts the terms
+(``done`` is the index of the term starting, ``batch_terms`` names it), each term's own stages
+("download", "embed", ...) come in between.
+"""
 
 from __future__ import annotations
 
@@ -6,22 +13,18 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..errors import IMRSError
-from ..progress import ProgressArg
+from ..progress import Progress, ProgressArg, Reporter
 from ..slug import safe_slug
-from ..web.download import DownloadPolicy
-from .grow import ExpansionReport, expand
-from .sources import as_chain
+from .grow import ExpansionReport
 from .terms import clean_term
-
-if TYPE_CHECKING:
-    from ..collection import Collection
 
 log = logging.getLogger(__name__)
 
-BatchProgress = Callable[[int, int, str], None]  # (term index, total, message)
+#: ``(term, progress) -> report`` for one term: ``imrs.query.grow_term`` with its settings bound.
+GrowOne = Callable[[str, Progress | None], ExpansionReport]
 
 
 @dataclass
@@ -69,6 +72,12 @@ class BatchReport:
                      f"{len(self.failed_terms)} term(s) failed, in {self.elapsed:.1f}s")
         return "\n".join(lines)
 
+    def rows(self) -> list[dict[str, Any]]:
+        """One row per term for a table (the page's summary)."""
+        return [{"term": r.term, "added": r.added, "duplicates": r.duplicates, "failed": r.failed,
+                 "why": f"error: {r.error}" if r.error else "; ".join(r.reasons[:3]),
+                 "seconds": round(r.elapsed, 1)} for r in self.results]
+
     def as_dict(self) -> dict[str, Any]:
         return {"elapsed": round(self.elapsed, 3),
                 "terms": [{"term": r.term, "slug": r.slug, "added": r.added, "duplicates": r.duplicates,
@@ -84,13 +93,8 @@ def _reasons(report: ExpansionReport) -> list[str]:
     return [f"{why} (x{n})" if n > 1 else why for why, n in sorted(counts.items(), key=lambda kv: -kv[1])]
 
 
-def expand_batch(coll: Collection, terms: Iterable[str], n: int = 20, policy: DownloadPolicy | None = None,
-                 phash_threshold: int = 4, providers: Any = None, progress: BatchProgress | None = None,
-                 term_progress: ProgressArg = None) -> BatchReport:
-    """Expand each term in turn (downloads within a term run in parallel). Terms that reduce to the
-    same folder are expanded once."""
-    t0 = time.perf_counter()
-    chain = as_chain(providers)
+def batch_terms(terms: Iterable[str]) -> list[str]:
+    """The terms a batch grows, in order: cleaned, and each folder once ("One" and "one" are one)."""
     todo: list[str] = []
     seen: set[str] = set()
     for t in terms:
@@ -99,30 +103,51 @@ def expand_batch(coll: Collection, terms: Iterable[str], n: int = 20, policy: Do
         if slug not in seen:
             seen.add(slug)
             todo.append(term)
-    out = BatchReport()
-    total = len(todo)
-    for i, term in enumerate(todo):
-        if progress:
-            progress(i, total, f"expanding '{term}'")
-        result = TermResult(term=term, slug=safe_slug(term))
-        t1 = time.perf_counter()
+    return todo
+
+
+def run_batch(terms: Iterable[str], grow: GrowOne, progress: ProgressArg = None,
+              on_term: Callable[[TermResult], None] | None = None) -> BatchReport:
+    """``grow`` each of ``batch_terms(terms)`` in turn; a term that fails (no provider answered, a
+    bug) is a result with its error, and the next term runs. ``on_term`` sees each result as soon
+    as its term is done. An exception raised by ``progress`` itself stops the batch (a cancel)."""
+    t0 = time.perf_counter()
+    todo = batch_terms(terms)
+    report = Reporter(progress)
+    stop: list[BaseException] = []
+
+    def inner(stage: str, done: int, total: int) -> None:
         try:
-            rep = expand(coll, term, n=n, policy=policy, phash_threshold=phash_threshold, providers=chain,
-                         progress=term_progress)
-            result.report = rep
-            result.added, result.duplicates, result.failed = rep.kept, len(rep.duplicates), len(rep.failures)
-            result.reasons = _reasons(rep)
-            msg = f"'{term}': {rep.kept} added, {len(rep.duplicates)} duplicate(s), {len(rep.failures)} failed"
-        except IMRSError as exc:
-            result.error = " ".join(str(exc).split())
-            msg = f"'{term}': failed: {result.error}"
-        except Exception as exc:  # noqa: BLE001 - a bug for one term must not lose the others' work
-            log.warning("expansion of %r crashed", term, exc_info=True)
-            result.error = f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
-            msg = f"'{term}': crashed: {result.error}"
-        result.elapsed = time.perf_counter() - t1
-        out.results.append(result)
-        if progress:
-            progress(i + 1, total, msg)
+            report(stage, done, total)
+        except Exception as exc:
+            stop.append(exc)
+            raise
+
+    out = BatchReport()
+    try:
+        for i, term in enumerate(todo):
+            report("terms", i, len(todo))
+            result = TermResult(term=term, slug=safe_slug(term))
+            t1 = time.perf_counter()
+            try:
+                rep = grow(term, inner if report.active else None)
+                result.report = rep
+                result.added, result.duplicates, result.failed = rep.kept, len(rep.duplicates), len(rep.failures)
+                result.reasons = _reasons(rep)
+            except Exception as exc:  # noqa: BLE001 - a bug for one term must not lose the others' work
+                if stop:  # not the term's failure: the caller's progress callback asked to stop
+                    raise stop[0] from None
+                if isinstance(exc, IMRSError):
+                    result.error = " ".join(str(exc).split())
+                else:
+                    log.warning("expansion of %r crashed", term, exc_info=True)
+                    result.error = f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
+            result.elapsed = time.perf_counter() - t1
+            out.results.append(result)
+            if on_term is not None:
+                on_term(result)
+        report("terms", len(todo), len(todo))
+    finally:
+        report.close()
     out.elapsed = time.perf_counter() - t0
     return out

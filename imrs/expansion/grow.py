@@ -37,7 +37,7 @@ from ..dedupe import HashIndex, phash_file
 from ..errors import IMRSError, NetworkError
 from ..faults import fault_point
 from ..ids import stable_id
-from ..progress import ProgressArg, Reporter
+from ..progress import ProgressArg, Reporter, relabel
 from ..reconcile import sidecar_of, staging_folder, write_provenance
 from ..slug import safe_slug
 from ..web.download import DownloadPolicy, fetch_many
@@ -371,7 +371,7 @@ def _download_and_dedupe(coll: Collection, queue: list[ImageHit], n: int, stagin
         done_before = pos
         pos += len(take)
         jobs = [(h.url, staging / url_filename(h.url)) for h in take]
-        results = fetch_many(jobs, policy, progress=lambda d, t, b=done_before: stage("download", b + d, b + t))
+        results = fetch_many(jobs, policy, progress=lambda s, d, t, b=done_before: stage(s, b + d, b + t))
         for hit, res in zip(take, results, strict=True):
             if not res.ok or res.path is None:
                 report.failures.append((hit.url, res.reason or "download failed"))
@@ -407,8 +407,7 @@ def _embed(coll: Collection, staged: list[_Staged], report: ExpansionReport,
            progress: ProgressArg, accept: AcceptFn | None) -> tuple[list[_Staged], np.ndarray]:
     if not staged:
         return [], np.zeros((0, coll.dim), np.float32)
-    view: Any = Reporter(progress).stage("embed") if callable(progress) else bool(progress)
-    res = coll.encoder.embed_paths([s.path for s in staged], progress=view)
+    res = coll.encoder.embed_paths([s.path for s in staged], progress=relabel(progress, "embed"))
     for i, reason in res.failures:
         report.failures.append((staged[i].hit.url, f"cannot embed: {reason}"))
         staged[i].path.unlink(missing_ok=True)

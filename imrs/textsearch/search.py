@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..errors import IMRSError
+from ..progress import Progress
 from .conse import ClassSpace, TextPlan
 from .hybrid import HybridParams, fuse
 from .wordnet import STOPWORDS, words_of
@@ -125,7 +126,7 @@ def fuse_text_hits(coll: Collection, text: str, visual: Sequence[SearchHit], que
                    use_metadata: bool = True, web_exemplars: bool = False, n_exemplars: int = 8,
                    providers: Any = None, policy: DownloadPolicy | None = None, exclude_ids: Sequence[int] = (),
                    params: HybridParams | None = None,
-                   progress: Callable[[str, int, int], None] | None = None) -> TextFusion:
+                   progress: Progress | None = None) -> TextFusion:
     """Fuse a visual ranking (``visual``: hits best first, from any pipeline -- give it a deep pool,
     e.g. ``HybridParams.visual_pool``) with the collection's words and, when asked, web exemplars.
     Returns the best ``k`` (``exclude_ids`` left out)."""
@@ -218,7 +219,7 @@ def text_search(coll: Collection, text: str, k: int = 10, *, use_metadata: bool 
                 web_exemplars: bool = False, n_exemplars: int = 8, providers: Any = None,
                 policy: DownloadPolicy | None = None, exclude_ids: Sequence[int] = (),
                 params: HybridParams | None = None,
-                progress: Callable[[str, int, int], None] | None = None) -> TextSearchResult:
+                progress: Progress | None = None) -> TextSearchResult:
     """Search ``coll`` for ``text`` (see the module docstring). ``use_metadata=False`` is pure
     visual search; ``web_exemplars`` fetches web images for the text (never stored)."""
     p = params or HybridParams()

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..errors import IMRSError, NetworkError
+from ..progress import Progress
 
 if TYPE_CHECKING:
     from ..collection import Collection
@@ -45,7 +45,7 @@ class ExemplarReport:
 
 def exemplar_vector(coll: Collection, text: str, n: int = 8, providers: Any = None,
                     policy: DownloadPolicy | None = None,
-                    progress: Callable[[str, int, int], None] | None = None
+                    progress: Progress | None = None
                     ) -> tuple[np.ndarray | None, ExemplarReport]:
     """(unit query vector in ``coll``'s image space, report); the vector is None when nothing could
     be fetched (no network, no results) -- the report says why, and text search carries on."""
@@ -58,7 +58,7 @@ def exemplar_vector(coll: Collection, text: str, n: int = 8, providers: Any = No
 
 def exemplar_vectors(coll: Collection, text: str, n: int = 8, providers: Any = None,
                      policy: DownloadPolicy | None = None,
-                     progress: Callable[[str, int, int], None] | None = None
+                     progress: Progress | None = None
                      ) -> tuple[np.ndarray | None, ExemplarReport]:
     """(one unit vector per fetched web image of ``text``, report); None when nothing could be
     fetched. The images are deleted before this returns."""
@@ -83,8 +83,7 @@ def exemplar_vectors(coll: Collection, text: str, n: int = 8, providers: Any = N
         return None, report
     with tempfile.TemporaryDirectory(prefix="imrs-exemplars-") as tmp:
         jobs = [(h.url, Path(tmp) / f"{i:03d}.jpg") for i, h in enumerate(found)]
-        results = fetch_many(jobs, policy, progress=(lambda d, t: progress("web exemplars", d, t))
-                             if progress else None)
+        results = fetch_many(jobs, policy, progress=progress, stage="web exemplars")
         paths = [r.path for r in results if r.ok and r.path is not None][:n]
         report.fetched = sum(r.ok for r in results)
         if not paths:

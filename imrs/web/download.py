@@ -16,7 +16,7 @@ import logging
 import threading
 import time
 from collections import defaultdict, deque
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from importlib import metadata
@@ -30,6 +30,7 @@ from PIL import Image
 from ..errors import ImageDecodeError, NetworkError
 from ..fsutil import atomic_path
 from ..imageio import IMAGE_FORMATS, open_image
+from ..progress import Progress
 from . import netguard
 
 log = logging.getLogger(__name__)
@@ -255,12 +256,13 @@ def _interleave_by_host(urls: Sequence[str]) -> list[int]:
 def fetch_many(
     urls_with_dest: Sequence[tuple[str, Path]],
     policy: DownloadPolicy | None = None,
-    progress: Callable[[int, int], None] | None = None,
+    progress: Progress | None = None,
+    stage: str = "download",
 ) -> list[DownloadResult]:
     """Download in a thread pool, at most ``policy.per_host`` at a time per host; results in input order.
 
-    ``progress(done, total)`` is called from the calling thread; if it raises, pending downloads
-    are cancelled and the exception propagates (a UI's way to cancel).
+    ``progress(stage, done, total)`` (``imrs.progress``) is called from the calling thread; if it
+    raises, pending downloads are cancelled and the exception propagates (a UI's way to cancel).
     """
     policy = policy or DownloadPolicy()
     items = list(urls_with_dest)
@@ -306,7 +308,7 @@ def fetch_many(
                     results[i] = DownloadResult(url=items[i][0], ok=False, reason=f"error: {_short(e, 140)}")
                 done += 1
                 if progress is not None:
-                    progress(done, total)
+                    progress(stage, done, total)
     finally:
         executor.shutdown(wait=True, cancel_futures=True)
         for sess in sessions:

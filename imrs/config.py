@@ -360,11 +360,6 @@ def follow_links() -> str:
     return Settings.from_env().follow_links
 
 
-def ddg_client() -> str:
-    """How DuckDuckGo is queried: "guarded" (through the SSRF guard) or "ddgs" (``IMRS_DDG_CLIENT``)."""
-    return Settings.from_env().ddg_client
-
-
 def fault_point_name() -> str | None:
     """The armed fault point (crash tests only), or None."""
     return Settings.from_env().fault

@@ -146,7 +146,7 @@ class Settings:
     skip_runtime_check: bool = False  # IMRS_SKIP_RUNTIME_CHECK: fast runtimes are not compared to eager
     fault: str | None = None
     checkpoints: tuple[tuple[str, str], ...] = ()
-    # ingestion limits (see imrs.walk and imrs.imageio)
+    # ingestion limits (see imrs.walk and imrs.imagelimits)
     max_image_mb: float = 256.0
     file_read_timeout: float = 30.0
     max_image_pixels: int = 150_000_000
@@ -286,11 +286,12 @@ def settings() -> Settings:
 
 def __getattr__(name: str) -> Any:
     """``DEFAULT_BACKBONE`` / ``DEFAULT_INDEXER``: the environment's choice when asked, not when
-    this module was first imported (prefer ``settings.backbone`` / ``settings.indexer``)."""
+    this module was first imported (prefer ``settings.backbone`` / ``settings.indexer``). Only that
+    one variable is read: modules ask at import, where a bad unrelated variable must not raise."""
     if name == "DEFAULT_BACKBONE":
-        return Settings.from_env().backbone
+        return _get(os.environ, "IMRS_BACKBONE") or Settings.backbone
     if name == "DEFAULT_INDEXER":
-        return Settings.from_env().indexer
+        return _get(os.environ, "IMRS_INDEXER") or Settings.indexer
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
@@ -311,48 +312,12 @@ def state_dir_for(root: str | os.PathLike[str], home: str | os.PathLike[str] | N
 
 
 # -- ingestion limits -------------------------------------------------------------------------------
-# Small readers kept for the modules that take one value (the walk, the decoder, the fault points):
-# each reads the same Settings field, so the environment is still parsed in one place only.
+# Small readers kept for the modules that take one value (the walk, the fault points): each reads
+# the same Settings field, so the environment is still parsed in one place only. The decoder's
+# limits are resolved once into ``imrs.imagelimits.ImageLimits``.
 
-MAX_IMAGE_BYTES = Settings.max_image_mb * 2**20
 FOLLOW_LINKS_CHOICES = _FOLLOW_CHOICES
 FAULT_ENV = "IMRS_FAULT"
-
-
-def max_image_bytes() -> int:
-    """Largest image file read from disk (``IMRS_MAX_IMAGE_MB``): files are read whole before
-    decoding, so this bounds memory per file; a link to /dev/zero is refused instead of read."""
-    return max(1, int(Settings.from_env().max_image_mb * 2**20))
-
-
-def file_read_timeout() -> float:
-    """Wall-clock cap on reading one file (``IMRS_FILE_READ_TIMEOUT``): a stuck network
-    filesystem fails one file, not the whole job."""
-    return Settings.from_env().file_read_timeout or Settings.file_read_timeout
-
-
-def max_image_pixels() -> int:
-    """Decoded-pixel cap for one image, checked on the header (``IMRS_MAX_IMAGE_PIXELS``)."""
-    return max(1, int(Settings.from_env().max_image_pixels))
-
-
-def decode_memory_bytes() -> int:
-    """Decoded bytes in flight in the whole process (``IMRS_DECODE_MEMORY_MB``); 0 = 1/64 of
-    physical memory, between 256 and 512 MiB: two or three 50-megapixel 16-bit pictures at once
-    however many threads decode (a big machine gets more cores, not a license to hold eight)."""
-    mb = Settings.from_env().decode_memory_mb
-    if mb > 0:
-        return int(mb * 2**20)
-    try:
-        physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (AttributeError, OSError, ValueError):
-        physical = 8 * 2**30
-    return int(min(512 * 2**20, max(256 * 2**20, physical // 64)))
-
-
-def min_decoded_fraction() -> float:
-    """Truncated JPEGs are kept only when at least this fraction of rows decoded."""
-    return Settings.from_env().min_decoded_fraction
 
 
 def follow_links() -> str:
@@ -361,8 +326,10 @@ def follow_links() -> str:
 
 
 def fault_point_name() -> str | None:
-    """The armed fault point (crash tests only), or None."""
-    return Settings.from_env().fault
+    """The armed fault point (crash tests only), or None. Read when :mod:`imrs.faults` is imported,
+    so only ``IMRS_FAULT`` is parsed: a bad unrelated variable is reported by the command that
+    reads the settings, as one line, not as a traceback from an import."""
+    return _get(os.environ, FAULT_ENV) or None
 
 
 #: Collections smaller than this stay on fp32 under ``--runtime auto``: calibrating and gating an

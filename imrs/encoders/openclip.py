@@ -37,10 +37,10 @@ def hf_cached_file(repo_id: str, filenames: tuple[str, ...]) -> Path | None:
 
 
 def hf_weights_status(name: str, hf_repo: str, filenames: tuple[str, ...], what: str,
-                      place: WeightsPlace) -> tuple[str, str]:
+                      place: WeightsPlace | None = None) -> tuple[str, str]:
     """Status of weights hosted on the Hugging Face hub, without loading anything: a local
     checkpoint, the normal hub cache, or a download still to come."""
-    local = place.checkpoint_for(name)
+    local = (place or WeightsPlace.from_settings()).checkpoint_for(name)
     if local:
         return "ready", f"local checkpoint {local}"
     path = hf_cached_file(hf_repo, filenames)
@@ -62,7 +62,7 @@ def hf_cache_dir() -> str:
 HubDep = tuple[str, str, tuple[str, ...]]
 
 
-def missing_hub_deps(deps: tuple[HubDep, ...], place: WeightsPlace) -> list[HubDep]:
+def missing_hub_deps(deps: tuple[HubDep, ...], place: WeightsPlace | None = None) -> list[HubDep]:
     """Hub files (tokenizers, text-tower configs) that are neither cached nor downloadable now."""
     missing = [d for d in deps if hf_cached_file(d[1], d[2]) is None]
     return missing if missing and not host_reachable(HOST, place=place) else []

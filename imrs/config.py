@@ -6,7 +6,7 @@ two places drifts (the CLI once fetched 20 images at 256 px while the app fetche
 deployment can change the environment between runs. Values are validated once, here: a bad
 variable ends as one readable line naming it. The entry points (the CLI, the page, the API) build
 one ``Settings`` and pass it down; the library takes ``settings`` (or the resolved values it needs,
-such as :class:`imrs.encoders.weights.WeightsPlace`) as a parameter and never looks at the
+such as :class:`imrs.encoders.place.WeightsPlace`) as a parameter and never looks at the
 environment itself, so settings passed in code reach every layer. A library function called
 without settings falls back to ``Settings.from_env()`` at that call, never at import.
 

@@ -4,7 +4,16 @@ The CLI, the app and the library read their defaults here and nowhere else: a kn
 two places drifts (the CLI once fetched 20 images at 256 px while the app fetched 8 at 512 px).
 ``Settings.from_env()`` is called when a command or a page starts, not at import, so a test or a
 deployment can change the environment between runs. Values are validated once, here: a bad
-variable ends as one readable line naming it.
+variable ends as one readable line naming it. The entry points (the CLI, the page, the API) build
+one ``Settings`` and pass it down; the library takes ``settings`` (or the resolved values it needs,
+such as :class:`imrs.encoders.place.WeightsPlace`) as a parameter and never looks at the
+environment itself, so settings passed in code reach every layer. A library function called
+without settings falls back to ``Settings.from_env()`` at that call, never at import.
+
+Why a hand-made parser and not pydantic-settings: importing pydantic and defining one model costs
+about 100 ms (``import imrs`` costs about 6), every command and the torch-free install would pay it,
+and a pydantic ``ValidationError`` is several lines per field, so it would be re-worded into our one
+line per bad variable anyway. The parser below is a few small functions and one table.
 
 | variable | field | default |
 | --- | --- | --- |
@@ -19,6 +28,9 @@ variable ends as one readable line naming it.
 | IMRS_COVERAGE_BEST_MIN, IMRS_COVERAGE_GOOD_MIN, IMRS_COVERAGE_MIN_GOOD | coverage overrides | calibrated or built in |
 | IMRS_COVERAGE_PRECISION | precision of the judge's confident verdicts (0.5-0.999) | 0.95 |
 | IMRS_CACHE_DIR, IMRS_CHECKPOINT_DIR, IMRS_CHECKPOINT_<BACKBONE>, IMRS_OFFLINE | model files | ~/.cache/imrs |
+| XDG_CACHE_HOME, TORCH_HOME, HF_HUB_OFFLINE, TRANSFORMERS_OFFLINE | where caches live; offline too | ~/.cache |
+| IMRS_SKIP_RUNTIME_CHECK | skip_runtime_check: trust a fast runtime without comparing it to eager | off |
+| IMRS_DDG_CLIENT | ddg_client: "guarded" (through the SSRF guard) or "ddgs" | guarded |
 | IMRS_FOLLOW_LINKS, IMRS_MAX_IMAGE_MB, IMRS_FILE_READ_TIMEOUT, ... | ingestion limits | see the fields |
 | IMRS_FAULT | fault point to die at (crash tests) | none |
 | IMRS_ALLOWED_ROOTS | allowed_roots: folders the page may index (os.pathsep-separated) | IMRS_ROOT and the demo |
@@ -72,11 +84,29 @@ def _number(env: Mapping[str, str], name: str, cast: type, default: Any, lo: flo
     return value
 
 
+def _path(env: Mapping[str, str], name: str) -> Path | None:
+    raw = _get(env, name)
+    return Path(raw).expanduser() if raw else None
+
+
 def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...], default: str) -> str:
     value = _get(env, name).lower() or default
     if value not in choices:
         raise IMRSError(f"${name} must be one of {', '.join(choices)}, not {value[:40]!r}")
     return value
+
+
+CHECKPOINT_PREFIX = "IMRS_CHECKPOINT_"
+
+
+def checkpoint_env_var(backbone: str) -> str:
+    """The variable naming a local weights file for ``backbone`` (``IMRS_CHECKPOINT_CLIP_VIT_B32``)."""
+    return CHECKPOINT_PREFIX + "".join(c if c.isalnum() else "_" for c in backbone.upper())
+
+
+def checkpoint_in(checkpoints: tuple[tuple[str, str], ...], backbone: str) -> str | None:
+    """The file ``checkpoints`` (``Settings.checkpoints``) name for ``backbone``, or None."""
+    return dict(checkpoints).get(checkpoint_env_var(backbone)[len(CHECKPOINT_PREFIX):].lower())
 
 
 @dataclass(frozen=True)
@@ -110,10 +140,13 @@ class Settings:
     # model files
     cache_dir: Path | None = None
     checkpoint_dir: str | None = None
-    offline: bool = False
+    offline: bool = False  # IMRS_OFFLINE, HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE: never probe the network
+    xdg_cache_home: Path | None = None  # XDG_CACHE_HOME: ~/.cache when unset
+    torch_home: Path | None = None  # TORCH_HOME: torch hub's cache, <xdg cache>/torch when unset
+    skip_runtime_check: bool = False  # IMRS_SKIP_RUNTIME_CHECK: fast runtimes are not compared to eager
     fault: str | None = None
     checkpoints: tuple[tuple[str, str], ...] = ()
-    # ingestion limits (see imrs.walk and imrs.imageio)
+    # ingestion limits (see imrs.walk and imrs.imagelimits)
     max_image_mb: float = 256.0
     file_read_timeout: float = 30.0
     max_image_pixels: int = 150_000_000
@@ -161,7 +194,7 @@ class Settings:
         provider = _get(e, "IMRS_EXPAND_PROVIDER").lower() or "auto"
         if provider not in PROVIDER_CHOICES:
             raise IMRSError(f"IMRS_EXPAND_PROVIDER={provider!r}: choose one of {', '.join(PROVIDER_CHOICES)}")
-        prefix = "IMRS_CHECKPOINT_"
+        prefix = CHECKPOINT_PREFIX
         checkpoints = tuple(sorted((k[len(prefix):].lower(), v.strip()) for k, v in e.items()
                                    if k.startswith(prefix) and k != "IMRS_CHECKPOINT_DIR" and v.strip()))
         s = cls(
@@ -185,9 +218,13 @@ class Settings:
             coverage_good_min=_number(e, "IMRS_COVERAGE_GOOD_MIN", float, None),
             coverage_min_good=_number(e, "IMRS_COVERAGE_MIN_GOOD", int, None, 0, 1000),
             coverage_precision=_number(e, "IMRS_COVERAGE_PRECISION", float, 0.95, 0.5, 0.999),
-            cache_dir=Path(_get(e, "IMRS_CACHE_DIR")).expanduser() if _get(e, "IMRS_CACHE_DIR") else None,
+            cache_dir=_path(e, "IMRS_CACHE_DIR"),
             checkpoint_dir=_get(e, "IMRS_CHECKPOINT_DIR") or None,
-            offline=_flag(e, "IMRS_OFFLINE"),
+            offline=_flag(e, "IMRS_OFFLINE") or _get(e, "HF_HUB_OFFLINE").lower() in _TRUE
+            or _get(e, "TRANSFORMERS_OFFLINE").lower() in _TRUE,
+            xdg_cache_home=_path(e, "XDG_CACHE_HOME"),
+            torch_home=_path(e, "TORCH_HOME"),
+            skip_runtime_check=_flag(e, "IMRS_SKIP_RUNTIME_CHECK"),
             fault=_get(e, "IMRS_FAULT") or None,
             checkpoints=checkpoints,
             max_image_mb=_number(e, "IMRS_MAX_IMAGE_MB", float, cls.max_image_mb, 0),
@@ -202,7 +239,7 @@ class Settings:
             milvus_uri=_get(e, "IMRS_MILVUS_URI") or None,
             milvus_token=_get(e, "IMRS_MILVUS_TOKEN"),
             ray_address=_get(e, "IMRS_RAY_ADDRESS") or None,
-            spill_dir=Path(_get(e, "IMRS_SPILL_DIR")).expanduser() if _get(e, "IMRS_SPILL_DIR") else None,
+            spill_dir=_path(e, "IMRS_SPILL_DIR"),
             **cls._page_access(e),
             milvus_verify_rows=_number(e, "IMRS_MILVUS_VERIFY_ROWS", int, cls.milvus_verify_rows, 0),
             ray_connect_timeout=_number(e, "IMRS_RAY_CONNECT_TIMEOUT", float, cls.ray_connect_timeout, 0.5, 600),
@@ -221,14 +258,21 @@ class Settings:
 
     def checkpoint_for(self, backbone: str) -> str | None:
         """``IMRS_CHECKPOINT_<BACKBONE>``: a local weights file for one backbone."""
-        return dict(self.checkpoints).get(backbone.lower())
+        return checkpoint_in(self.checkpoints, backbone)
+
+    def user_cache_home(self) -> Path:
+        """``$XDG_CACHE_HOME`` or ``~/.cache``: the root every library's cache sits under."""
+        return self.xdg_cache_home or Path("~/.cache").expanduser()
 
     def model_cache_dir(self) -> Path:
-        """Where exported/quantised models and other derived model files are cached."""
-        if self.cache_dir is not None:
-            return self.cache_dir
-        xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-        return Path(xdg) / "imrs"
+        """Where exported/quantised models and other derived model files are cached
+        (``$IMRS_CACHE_DIR``, else ``<user cache>/imrs``)."""
+        return self.cache_dir if self.cache_dir is not None else self.user_cache_home() / "imrs"
+
+    def torch_hub_dir(self) -> Path:
+        """torch hub's checkpoint folder (``$TORCH_HOME/hub/checkpoints``), worked out the way torch
+        does it but without importing torch."""
+        return (self.torch_home or self.user_cache_home() / "torch") / "hub" / "checkpoints"
 
     def coverage_overrides(self) -> dict[str, Any]:
         return {k: v for k, v in (("best_min", self.coverage_best_min), ("good_min", self.coverage_good_min),
@@ -240,9 +284,15 @@ def settings() -> Settings:
     return Settings.from_env()
 
 
-# Module-level names kept for the modules that import them; they follow the environment at import.
-DEFAULT_BACKBONE = os.environ.get("IMRS_BACKBONE", Settings.backbone)
-DEFAULT_INDEXER = os.environ.get("IMRS_INDEXER", Settings.indexer)
+def __getattr__(name: str) -> Any:
+    """``DEFAULT_BACKBONE`` / ``DEFAULT_INDEXER``: the environment's choice when asked, not when
+    this module was first imported (prefer ``settings.backbone`` / ``settings.indexer``). Only that
+    one variable is read: modules ask at import, where a bad unrelated variable must not raise."""
+    if name == "DEFAULT_BACKBONE":
+        return _get(os.environ, "IMRS_BACKBONE") or Settings.backbone
+    if name == "DEFAULT_INDEXER":
+        return _get(os.environ, "IMRS_INDEXER") or Settings.indexer
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def home_dir(home: str | os.PathLike[str] | None = None) -> Path:
@@ -262,48 +312,12 @@ def state_dir_for(root: str | os.PathLike[str], home: str | os.PathLike[str] | N
 
 
 # -- ingestion limits -------------------------------------------------------------------------------
-# Small readers kept for the modules that take one value (the walk, the decoder, the fault points):
-# each reads the same Settings field, so the environment is still parsed in one place only.
+# Small readers kept for the modules that take one value (the walk, the fault points): each reads
+# the same Settings field, so the environment is still parsed in one place only. The decoder's
+# limits are resolved once into ``imrs.imagelimits.ImageLimits``.
 
-MAX_IMAGE_BYTES = Settings.max_image_mb * 2**20
 FOLLOW_LINKS_CHOICES = _FOLLOW_CHOICES
 FAULT_ENV = "IMRS_FAULT"
-
-
-def max_image_bytes() -> int:
-    """Largest image file read from disk (``IMRS_MAX_IMAGE_MB``): files are read whole before
-    decoding, so this bounds memory per file; a link to /dev/zero is refused instead of read."""
-    return max(1, int(Settings.from_env().max_image_mb * 2**20))
-
-
-def file_read_timeout() -> float:
-    """Wall-clock cap on reading one file (``IMRS_FILE_READ_TIMEOUT``): a stuck network
-    filesystem fails one file, not the whole job."""
-    return Settings.from_env().file_read_timeout or Settings.file_read_timeout
-
-
-def max_image_pixels() -> int:
-    """Decoded-pixel cap for one image, checked on the header (``IMRS_MAX_IMAGE_PIXELS``)."""
-    return max(1, int(Settings.from_env().max_image_pixels))
-
-
-def decode_memory_bytes() -> int:
-    """Decoded bytes in flight in the whole process (``IMRS_DECODE_MEMORY_MB``); 0 = 1/64 of
-    physical memory, between 256 and 512 MiB: two or three 50-megapixel 16-bit pictures at once
-    however many threads decode (a big machine gets more cores, not a license to hold eight)."""
-    mb = Settings.from_env().decode_memory_mb
-    if mb > 0:
-        return int(mb * 2**20)
-    try:
-        physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (AttributeError, OSError, ValueError):
-        physical = 8 * 2**30
-    return int(min(512 * 2**20, max(256 * 2**20, physical // 64)))
-
-
-def min_decoded_fraction() -> float:
-    """Truncated JPEGs are kept only when at least this fraction of rows decoded."""
-    return Settings.from_env().min_decoded_fraction
 
 
 def follow_links() -> str:
@@ -311,14 +325,11 @@ def follow_links() -> str:
     return Settings.from_env().follow_links
 
 
-def ddg_client() -> str:
-    """How DuckDuckGo is queried: "guarded" (through the SSRF guard) or "ddgs" (``IMRS_DDG_CLIENT``)."""
-    return Settings.from_env().ddg_client
-
-
 def fault_point_name() -> str | None:
-    """The armed fault point (crash tests only), or None."""
-    return Settings.from_env().fault
+    """The armed fault point (crash tests only), or None. Read when :mod:`imrs.faults` is imported,
+    so only ``IMRS_FAULT`` is parsed: a bad unrelated variable is reported by the command that
+    reads the settings, as one line, not as a traceback from an import."""
+    return _get(os.environ, FAULT_ENV) or None
 
 
 #: Collections smaller than this stay on fp32 under ``--runtime auto``: calibrating and gating an
@@ -363,6 +374,19 @@ def milvus_verify_rows() -> int:
 def ray_connect_timeout() -> float:
     """``IMRS_RAY_CONNECT_TIMEOUT``: seconds to probe a Ray cluster (port, GCS, auth) before joining."""
     return Settings.from_env().ray_connect_timeout
+
+
+#: Variables IMRS sets for third-party libraries when a command starts, unless the user set them:
+#: a tokenizer thread pool in a process that later forks (Ray, a decode pool) warns and may deadlock.
+LIBRARY_ENV_DEFAULTS = {"TOKENIZERS_PARALLELISM": "false"}
+
+
+def prepare_library_env() -> None:
+    """Give third-party libraries the environment IMRS runs them in (:data:`LIBRARY_ENV_DEFAULTS`),
+    keeping whatever the user set; with :func:`steer_library_env` and :func:`hand_serve_config`, the
+    only writes to the process environment in IMRS."""
+    for name, value in LIBRARY_ENV_DEFAULTS.items():
+        os.environ.setdefault(name, value)
 
 
 def steer_library_env(name: str, value: str) -> None:

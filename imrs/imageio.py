@@ -18,7 +18,7 @@ What it guarantees, and why:
   the result carries no EXIF so a second pass cannot rotate it again), transparency composited on
   white, palette/CMYK/16-bit mapped to 8-bit RGB (16-bit: value/257, what browsers show).
 - **Truncated files are refused**, except a JPEG whose rows decoded to at least
-  ``config.min_decoded_fraction()`` (libjpeg fills what is missing with flat grey, which is
+  ``ImageLimits.min_decoded_fraction`` (libjpeg fills what is missing with flat grey, which is
   measured, so "mostly grey pictures" never enter an index).
 - **One error type.** Every failure is an :class:`~imrs.errors.ImageDecodeError` with a
   one-line ``reason`` so a batch job can skip the file and say why.
@@ -33,21 +33,25 @@ import logging
 import math
 import os
 import stat
-import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
 
 import numpy as np
 from PIL import Image
 
-from . import config
 from .errors import ImageDecodeError
 from .ids import display_path
+from .imagelimits import (  # noqa: F401  (the gate and the limits, re-exported for callers of this module)
+    DecodeGate,
+    ImageLimits,
+    configure_images,
+    decode_gate,
+    image_limits,
+    set_decode_limits,
+)
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +64,6 @@ IMAGE_EXTENSIONS: frozenset[str] = frozenset(
 IMAGE_FORMATS: tuple[str, ...] = ("JPEG", "MPO", "PNG", "GIF", "WEBP", "BMP", "TIFF", "AVIF")
 
 ImageSource = str | os.PathLike[str] | bytes | bytearray | memoryview | Image.Image
-T = TypeVar("T")
 
 _WHITE = (255, 255, 255)
 _READ_CHUNK = 8 << 20
@@ -106,7 +109,7 @@ def file_kind(mode: int) -> str:
 
 
 def read_image_file(path: str | os.PathLike[str], max_bytes: int | None = None,
-                    timeout: float | None = None) -> bytes:
+                    timeout: float | None = None, *, limits: ImageLimits | None = None) -> bytes:
     """The whole file, or ``ImageDecodeError`` (with ``reason``) when it must not be read.
 
     Opened with O_NONBLOCK so that a FIFO is refused instead of waiting for a writer, then
@@ -114,8 +117,9 @@ def read_image_file(path: str | os.PathLike[str], max_bytes: int | None = None,
     folder walk looked at it). The size is checked before reading and again while reading (a
     file that grows), and the read stops when ``timeout`` seconds have passed between chunks.
     """
-    cap = max_bytes if max_bytes is not None else config.max_image_bytes()
-    limit = timeout if timeout is not None else config.file_read_timeout()
+    lim = limits or image_limits()
+    cap = max_bytes if max_bytes is not None else lim.max_bytes
+    limit = timeout if timeout is not None else lim.read_timeout
     name = display_path(path)
     flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_CLOEXEC", 0)
 
@@ -167,116 +171,6 @@ def _os_reason(exc: OSError) -> str:
     if exc.errno == 40:  # ELOOP
         return "symbolic link loop"
     return f"cannot open: {exc.strerror or _one_line(exc)}"
-
-
-# --------------------------------------------------------------------------------------------
-# The process-wide decode gate
-# --------------------------------------------------------------------------------------------
-
-
-class DecodeGate:
-    """Bounds the decoded bytes in flight in the whole process (all threads together).
-
-    Two mechanisms, because either alone leaks memory with many threads:
-
-    - Every decode runs on one of ``slots`` threads owned by the gate (Pillow decodes without the
-      GIL, so more than the cores only adds memory). glibc keeps freed memory in the arena of the
-      thread that freed it; if eight download threads each decoded a 98 MB picture, eight arenas
-      would each keep ~100 MB after the pictures are gone. With the gate's threads doing all
-      decoding, at most ``slots`` arenas ever hold picture memory.
-    - A decode estimates its peak from the header (after JPEG draft) and holds that many bytes of
-      ``budget`` while it runs. A decode larger than the whole budget still runs, alone. Small
-      images -- nearly all of them -- never wait.
-    """
-
-    def __init__(self, budget: int, slots: int) -> None:
-        self.budget = max(1, int(budget))
-        self.slots = max(1, int(slots))
-        self._cond = threading.Condition()
-        self._used = 0
-        self._active = 0
-        self._local = threading.local()
-        self._pool: ThreadPoolExecutor | None = None
-        self._pool_lock = threading.Lock()
-        self.peak_used = 0
-        self.peak_active = 0
-
-    def run(self, fn: Callable[[], T]) -> T:
-        """``fn()`` on one of the gate's threads (inline when already on one)."""
-        if getattr(self._local, "worker", False):
-            return fn()
-        with self._pool_lock:
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(max_workers=self.slots, thread_name_prefix="imrs-image",
-                                                initializer=self._mark_worker)
-            pool = self._pool
-        return pool.submit(fn).result()
-
-    def _mark_worker(self) -> None:
-        self._local.worker = True
-
-    def close(self) -> None:
-        with self._pool_lock:
-            pool, self._pool = self._pool, None
-        if pool is not None:
-            pool.shutdown(wait=False)
-
-    @contextlib.contextmanager
-    def hold(self, cost: int) -> Iterator[None]:
-        if getattr(self._local, "held", False):  # nested decode in this thread: already counted
-            yield
-            return
-        cost = max(1, min(int(cost), self.budget))
-        with self._cond:
-            while self._active and (self._active >= self.slots or self._used + cost > self.budget):
-                self._cond.wait()
-            self._used += cost
-            self._active += 1
-            self.peak_used = max(self.peak_used, self._used)
-            self.peak_active = max(self.peak_active, self._active)
-        self._local.held = True
-        try:
-            yield
-        finally:
-            self._local.held = False
-            with self._cond:
-                self._used -= cost
-                self._active -= 1
-                self._cond.notify_all()
-
-
-_GATE: DecodeGate | None = None
-_GATE_LOCK = threading.Lock()
-
-
-def decode_gate() -> DecodeGate:
-    """The process's gate, sized from ``config.decode_memory_bytes()`` and the core count."""
-    global _GATE
-    with _GATE_LOCK:
-        if _GATE is None:
-            _GATE = DecodeGate(config.decode_memory_bytes(), os.cpu_count() or 2)
-        return _GATE
-
-
-def _forget_gate_in_child() -> None:
-    """A forked child has none of the parent's threads: it must build its own gate and pool."""
-    global _GATE
-    _GATE = None
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_forget_gate_in_child)
-
-
-def set_decode_limits(budget: int | None = None, slots: int | None = None) -> DecodeGate:
-    """Replace the process's gate (tests, benchmarks); decodes already running keep the old one."""
-    global _GATE
-    with _GATE_LOCK:
-        if _GATE is not None:
-            _GATE.close()
-        _GATE = DecodeGate(budget if budget is not None else config.decode_memory_bytes(),
-                           slots if slots is not None else os.cpu_count() or 2)
-        return _GATE
 
 
 def _bytes_per_pixel(mode: str) -> int:
@@ -400,7 +294,8 @@ def _decoded_fraction(img: Image.Image) -> float:
 
 
 def _load(img: Image.Image, data: bytes | None, formats: tuple[str, ...], min_side: int | None,
-          max_side: int | None) -> Image.Image:
+          max_side: int | None, need: float) -> Image.Image:
+    """Decode the pixels; a truncated JPEG passes when at least ``need`` of its rows decoded."""
     cut_off = False
     try:
         img.load()
@@ -418,7 +313,6 @@ def _load(img: Image.Image, data: bytes | None, formats: tuple[str, ...], min_si
     if img.format in ("JPEG", "MPO"):
         # The rows above libjpeg's flat-grey fill are what decoded. A fill that is not flat grey
         # cannot be measured: such a file is kept unless no truncation at all is accepted.
-        need = config.min_decoded_fraction()
         got = _decoded_fraction(img)
         if got < need or (cut_off and need >= 1.0):
             raise _Bad(f"corrupt image: truncated, only {min(got, 0.99):.0%} of the rows decoded "
@@ -495,19 +389,21 @@ def _to_rgb(img: Image.Image) -> Image.Image:
 
 def open_image(src: ImageSource, *, min_side: int | None = None, max_side: int | None = None,
                max_pixels: int | None = None, max_bytes: int | None = None, timeout: float | None = None,
-               formats: tuple[str, ...] = IMAGE_FORMATS) -> Decoded:
+               formats: tuple[str, ...] = IMAGE_FORMATS, limits: ImageLimits | None = None) -> Decoded:
     """Decode ``src`` (a path, bytes, or a PIL image) to RGB, with every limit of this module.
 
     ``min_side``: the caller needs the shorter side to be at least this (an encoder's input):
     JPEGs decode at a reduced scale and big images are box-reduced to about twice that.
     ``max_side``: the result must fit in a ``max_side`` square (thumbnails, stored web images).
-    ``max_pixels`` / ``max_bytes`` / ``timeout``: per-call overrides of the config limits.
+    ``limits``: the limits to obey (None: the process's, see :mod:`imrs.imagelimits`);
+    ``max_pixels`` / ``max_bytes`` / ``timeout``: per-call overrides of single limits.
     A PIL image that is not a freshly opened file is taken as already oriented.
     """
     name = _describe(src)
+    lim = limits or image_limits()
     try:
         return decode_gate().run(lambda: _decode_then_trim(src, min_side, max_side, max_pixels, max_bytes, timeout,
-                                                           formats))
+                                                           formats, lim))
     except ImageDecodeError as exc:
         raise ImageDecodeError(f"cannot read {name}: {exc.reason}", exc.reason) from None
     except _Bad as exc:
@@ -553,7 +449,7 @@ def _decode_then_trim(*args: object) -> Decoded:
 
 
 def _decode(src: ImageSource, min_side: int | None, max_side: int | None, max_pixels: int | None,
-            max_bytes: int | None, timeout: float | None, formats: tuple[str, ...],
+            max_bytes: int | None, timeout: float | None, formats: tuple[str, ...], limits: ImageLimits,
             cost: list[int] | None = None) -> Decoded:
     data: bytes | None = None
     if isinstance(src, Image.Image):
@@ -562,7 +458,7 @@ def _decode(src: ImageSource, min_side: int | None, max_side: int | None, max_pi
         if isinstance(src, bytes | bytearray | memoryview):
             data = bytes(src)
         else:
-            data = read_image_file(src, max_bytes, timeout)
+            data = read_image_file(src, max_bytes, timeout, limits=limits)
         if not data:
             raise _Bad("empty file")
         img = _open_bytes(data, formats)
@@ -570,7 +466,7 @@ def _decode(src: ImageSource, min_side: int | None, max_side: int | None, max_pi
     width, height = img.size
     if width <= 0 or height <= 0:
         raise _Bad("corrupt image: empty dimensions")
-    cap = max_pixels or config.max_image_pixels()
+    cap = max_pixels or limits.max_pixels
     if width * height > cap:
         raise _Bad(f"decompression bomb: {width}x{height} px > {cap} px")
     if data is not None:
@@ -579,7 +475,7 @@ def _decode(src: ImageSource, min_side: int | None, max_side: int | None, max_pi
     if cost is not None:
         cost[0] = estimate
     with decode_gate().hold(estimate):
-        img = _load(img, data, formats, min_side, max_side)
+        img = _load(img, data, formats, min_side, max_side, limits.min_decoded_fraction)
         # After loading: PNG's getexif() would otherwise decode the whole picture, outside the gate,
         # to look for an eXIf chunk behind the pixel data.
         orientation = _orientation(img) if fmt is not None else 1
@@ -599,6 +495,7 @@ def _decode(src: ImageSource, min_side: int | None, max_side: int | None, max_pi
     return Decoded(out, width, height, fmt)
 
 
-def load_image(src: ImageSource, min_side: int | None = None, max_side: int | None = None) -> Image.Image:
+def load_image(src: ImageSource, min_side: int | None = None, max_side: int | None = None, *,
+               limits: ImageLimits | None = None) -> Image.Image:
     """``open_image(src, ...).image``: an RGB image, a new object (``src`` is never modified)."""
-    return open_image(src, min_side=min_side, max_side=max_side).image
+    return open_image(src, min_side=min_side, max_side=max_side, limits=limits).image

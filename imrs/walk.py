@@ -9,7 +9,7 @@ list, names that are not UTF-8. The walk:
   link farms of a dataset work, and no links to folders);
 - takes only regular files (and links to them): FIFOs, devices and sockets are listed as skipped,
   never opened;
-- skips files that are empty or larger than ``config.max_image_bytes()`` from their size alone;
+- skips files that are empty or larger than ``ImageLimits.max_bytes`` from their size alone;
 - reports every entry it leaves out that looked like an image (or a folder it could not enter)
   with ONE reason, so ``imrs index`` and the app can say what was not indexed and why;
 - keeps names exactly as the filesystem holds them (see ``imrs.ids``), and never lets two files
@@ -32,7 +32,7 @@ from pathlib import Path
 
 from . import config
 from .ids import display_path, stable_id
-from .imageio import IMAGE_EXTENSIONS, file_kind
+from .imageio import IMAGE_EXTENSIONS, file_kind, image_limits
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +90,7 @@ def walk_images(root: str | os.PathLike[str], *, follow_links: str | None = None
     mode = follow_links or config.follow_links()
     if mode not in config.FOLLOW_LINKS_CHOICES:
         raise ValueError(f"follow_links must be one of {config.FOLLOW_LINKS_CHOICES}, not {mode!r}")
-    cap = max_bytes if max_bytes is not None else config.max_image_bytes()
+    cap = max_bytes if max_bytes is not None else image_limits().max_bytes
     root_real = os.path.realpath(os.fspath(root))
     out = WalkResult()
     skip = out.skipped.append

@@ -294,6 +294,7 @@ def quality(per_class: int) -> dict[str, Any]:
         return {"skipped": "torch is not installed in this environment"}
     import onnxruntime as ort
 
+    from imrs.encoders import WeightsPlace
     from imrs.encoders.efficientnet_lite import EFFICIENTNET_LITE0 as spec
     from imrs.encoders.efficientnet_lite import _weights_file
     from imrs.encoders.onnx_build import ensure_model, model_path_for
@@ -310,7 +311,7 @@ def quality(per_class: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as d:
         path = ensure_model(ckpt, pre, model_path_for(ckpt, pre, Path(d)))
         sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        loaded = spec.load("pretrained", ckpt)
+        loaded = spec.load("pretrained", ckpt, WeightsPlace.from_settings())
         model = make_input_adapter(loaded.image_model, pre, channels_last=False)
         new_f, new_l, old_f, old_l, same_model = [], [], [], [], []
         for i in range(0, len(paths), 32):

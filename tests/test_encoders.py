@@ -230,3 +230,70 @@ def test_weights_unobtainable_is_decided_without_loading(monkeypatch):
     assert why is not None and "IMRS_CHECKPOINT_CLIP_VIT_B32" in why and "huggingface.co" in why
     assert ("open_clip" in sys.modules) == before  # the model library was not imported to find out
     assert weights_unobtainable("efficientnet_lite0") is None  # ships with its package
+
+
+def test_settings_given_in_code_reach_the_weights_loader(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                         small_images: list[Path]) -> None:
+    """A checkpoint folder, cache folder and offline switch passed in a ``Settings`` object (as the
+    page and the API do), with none of them in the environment, decide what the loader reads and
+    where it writes: the encoder embeds with the checkpoint's own (random-init) weights."""
+    import torch
+    import torchvision
+
+    from imrs.config import Settings
+    from imrs.encoders import WeightsPlace
+    from imrs.encoders import weights as W
+    from imrs.encoders.weights import weights_unobtainable
+
+    env_cache = tmp_path / "env-cache"
+    monkeypatch.setenv("IMRS_CACHE_DIR", str(env_cache))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # empty hub cache
+    for var in ("IMRS_CHECKPOINT_DIR", "IMRS_CHECKPOINT_RESNET18", "IMRS_OFFLINE", "HF_HUB_OFFLINE"):
+        monkeypatch.delenv(var, raising=False)
+    torch.manual_seed(7)
+    net = torchvision.models.resnet18(weights=None).eval()
+    ckpt_dir = tmp_path / "ckpts"
+    ckpt_dir.mkdir()
+    torch.save(net.state_dict(), ckpt_dir / "resnet18-f37072fd.pth")  # the upstream file name
+    s = Settings.from_env({}).replace(checkpoint_dir=str(ckpt_dir), cache_dir=tmp_path / "given-cache", offline=True)
+    place = WeightsPlace.from_settings(s)
+
+    assert backbone_status("resnet18")[0] == "needs download"  # the environment knows of no file
+    W._PROBE_CACHE.pop("download.pytorch.org", None)
+    # no folder, offline: certainly unobtainable, decided without any probe of the network
+    why = weights_unobtainable("resnet18", WeightsPlace.from_settings(s.replace(checkpoint_dir="")))
+    assert why is not None and "download.pytorch.org" in why and "download.pytorch.org" not in W._PROBE_CACHE
+    assert weights_unobtainable("resnet18", place) is None
+
+    enc = get_encoder("resnet18", device="cpu", runtime="onnx", settings=s)
+    assert enc.runtime == "onnx" and enc._loaded.weights_label == str(ckpt_dir / "resnet18-f37072fd.pth")
+    assert list((tmp_path / "given-cache" / "onnx").glob("resnet18-*.onnx")) and not env_cache.exists()
+    batch = np.stack([enc.preprocess.load(p) for p in small_images])
+    net.fc = torch.nn.Identity()
+    x = torch.from_numpy(batch).permute(0, 3, 1, 2).float()
+    x = (x - torch.tensor(enc.preprocess.mean).view(1, 3, 1, 1)) / torch.tensor(enc.preprocess.std).view(1, 3, 1, 1)
+    with torch.inference_mode():
+        ref = net(x).numpy()
+    got = enc.embed_images(small_images, batch_size=2)
+    ref /= np.linalg.norm(ref, axis=1, keepdims=True)
+    assert np.min(np.sum(ref * got, axis=1)) > 0.999
+    assert get_encoder("resnet18", device="cpu", runtime="onnx", settings=s) is enc  # same settings: cached
+    with pytest.raises(WeightsUnavailableError, match="not cached and download.pytorch.org is unreachable"):
+        get_encoder("resnet18", device="cpu", runtime="onnx", settings=s.replace(checkpoint_dir=""))
+
+
+def test_encoder_cache_is_bounded() -> None:
+    """The least recently used encoder leaves the cache first; one used lately stays."""
+    from imrs.encoders import encoder as E
+
+    def enc(runtime: str, precision: str):
+        return get_encoder("resnet18", device="cpu", weights="random", runtime=runtime, precision=precision)
+
+    E.clear_encoder_cache()
+    a, b = enc("eager", "auto"), enc("eager", "fp32")
+    enc("eager", "bf16")
+    assert enc("eager", "auto") is a  # used again: now the most recent
+    enc("fused", "fp32")
+    enc("fused", "auto")
+    assert E.ENCODER_CACHE_SIZE == 4 and len(E._ENCODERS) == 4
+    assert enc("eager", "auto") is a and enc("eager", "fp32") is not b  # b was the least recently used

@@ -20,9 +20,10 @@ import pytest
 from PIL import Image
 
 from imrs.catalog import Catalog, ImageRecord
+from imrs.config import Settings
 from imrs.errors import ImageDecodeError
 from imrs.ids import display_path, from_storage_text, stable_id, storage_text
-from imrs.imageio import DecodeGate, load_image, open_image, read_image_file
+from imrs.imageio import DecodeGate, ImageLimits, configure_images, load_image, open_image, read_image_file
 from imrs.walk import walk_images
 from tests.ci_skips import platform_skip
 from tests.hostile import BAD_BYTES, CASES, NFC, NFD, Case, make_hostile_folder
@@ -242,7 +243,7 @@ def test_sixteen_bit_scaling_is_the_same_from_disk_and_from_the_web(tmp_path: Pa
     assert disk.tolist() == web.tolist() == [[0, 1, 128], [255, 4, 1]]  # value / 257, rounded
 
 
-def test_truncated_jpeg_is_kept_only_above_the_stated_fraction(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_truncated_jpeg_is_kept_only_above_the_stated_fraction() -> None:
     rng = np.random.default_rng(0)
     buf = io.BytesIO()
     Image.fromarray(rng.integers(0, 255, (400, 300, 3), dtype=np.uint8)).save(buf, "JPEG")
@@ -250,24 +251,30 @@ def test_truncated_jpeg_is_kept_only_above_the_stated_fraction(monkeypatch: pyte
     assert load_image(data[: int(len(data) * 0.97)]).size == (300, 400)  # a few rows short: kept
     with pytest.raises(ImageDecodeError, match=r"only \d+% of the rows decoded \(at least 90% needed\)"):
         load_image(data[: len(data) // 2])
-    monkeypatch.setenv("IMRS_MIN_DECODED_FRACTION", "0.3")
-    assert load_image(data[: len(data) // 2]).size == (300, 400)
-    monkeypatch.setenv("IMRS_MIN_DECODED_FRACTION", "1")
+    lax = ImageLimits.from_settings(Settings(min_decoded_fraction=0.3))
+    assert load_image(data[: len(data) // 2], limits=lax).size == (300, 400)
+    strict = ImageLimits.from_settings(Settings(min_decoded_fraction=1.0))
     with pytest.raises(ImageDecodeError, match="truncated"):
-        load_image(data[: int(len(data) * 0.97)])
+        load_image(data[: int(len(data) * 0.97)], limits=strict)
     with pytest.raises(ImageDecodeError, match="truncated"):
-        load_image(lying_jpeg(7000, 7000))
+        load_image(lying_jpeg(7000, 7000), limits=strict)
 
 
-def test_reader_caps(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_reader_caps(tmp_path: Path) -> None:
     p = tmp_path / "a.jpg"
     p.write_bytes(b"\xff" * 5000)
     with pytest.raises(ImageDecodeError, match="file too large"):
         read_image_file(p, max_bytes=4000)
     assert read_image_file(p, max_bytes=5000) == b"\xff" * 5000
-    monkeypatch.setenv("IMRS_MAX_IMAGE_MB", "0.001")
+    tiny = Settings(max_image_mb=0.001)
     with pytest.raises(ImageDecodeError, match="file too large"):
-        load_image(p)
+        load_image(p, limits=ImageLimits.from_settings(tiny))
+    try:
+        configure_images(tiny)  # what an entry point does with the settings it was given
+        with pytest.raises(ImageDecodeError, match="file too large"):
+            load_image(p)
+    finally:
+        configure_images(Settings.from_env())
 
 
 def test_gate_bounds_bytes_and_slots() -> None:

@@ -146,3 +146,23 @@ def test_draft_mode_decodes_big_jpeg_smaller(tmp_path: Path) -> None:
     # small images are never reduced
     tiny = _save(Image.fromarray(arr[:300, :400]), tmp_path / "tiny.jpg")
     assert load_image(tiny, min_side=224).size == (400, 300)
+
+
+def test_limits_are_the_settings_given_not_the_environment_per_image(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An entry point's settings set the decoder's limits once; the environment is not parsed again
+    for each image, so a variable changed later does not reach a decode (nor cost one)."""
+    from imrs.config import Settings
+    from imrs.imageio import configure_images, image_limits
+
+    buf = io.BytesIO()
+    Image.new("RGB", (20, 20)).save(buf, "PNG")
+    limits = configure_images(Settings(max_image_pixels=100))
+    try:
+        monkeypatch.setenv("IMRS_MAX_IMAGE_PIXELS", "1000000")
+        assert image_limits() is limits
+        with pytest.raises(ImageDecodeError, match=r"decompression bomb: 20x20 px > 100 px"):
+            load_image(buf.getvalue())
+    finally:
+        monkeypatch.undo()
+        configure_images(Settings.from_env())
+    assert load_image(buf.getvalue()).size == (20, 20)

@@ -174,7 +174,7 @@ def test_quantizer_temp_files_stay_in_the_work_folder(tmp_path: Path) -> None:
     """ONNX Runtime's quantizer makes its ``ort.quant.*`` folders with :mod:`tempfile`: while it runs
     they go to IMRS's work folder (cleaned if the build is killed), never the system temp."""
     system = tempfile.gettempdir()
-    with q._temp_inside(tmp_path):
+    with q.temp_inside(tmp_path):
         with tempfile.TemporaryDirectory(prefix="ort.quant.") as d:
             assert Path(d).parent == tmp_path
     assert tempfile.gettempdir() == system

@@ -92,6 +92,7 @@ def test_onnx_build_matches_torch_on_caltech(tmp_path: Path) -> None:
     torch = pytest.importorskip("torch")
     import onnxruntime as ort
 
+    from imrs.encoders import WeightsPlace
     from imrs.encoders.efficientnet_lite import EFFICIENTNET_LITE0 as spec
     from imrs.encoders.onnx_build import ensure_model, model_path_for
     from imrs.encoders.pipeline import iter_batches
@@ -104,7 +105,7 @@ def test_onnx_build_matches_torch_on_caltech(tmp_path: Path) -> None:
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     feats, logits = sess.run(["features", "logits"], {"images": arr})
 
-    loaded = spec.load("pretrained", ckpt)
+    loaded = spec.load("pretrained", ckpt, WeightsPlace.from_settings())
     model = make_input_adapter(loaded.image_model, spec.preprocess, channels_last=False)
     with torch.inference_mode():
         ref = model(torch.from_numpy(arr))

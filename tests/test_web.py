@@ -550,3 +550,19 @@ def test_no_stray_threads_from_downloads(web_server, tmp_path: Path, loopback_po
     time.sleep(0.05)
     extra = [t for t in threading.enumerate() if t.ident not in before and t.name.startswith("imrs-dl")]
     assert not extra
+
+
+def test_duckduckgo_client_choice_comes_from_the_settings_passed_in(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``Settings.ddg_client`` given in code (not in the environment) decides which client asks."""
+    from imrs.config import Settings
+    from imrs.expansion.sources import providers_for
+
+    monkeypatch.delenv("IMRS_DDG_CLIENT", raising=False)
+    for choice, kind in (("ddgs", "DDGS"), ("guarded", "GuardedDuckDuckGo")):
+        chain = providers_for(Settings(provider="ddg", ddg_client=choice))
+        (ddg,) = chain.providers
+        client = ddg._client()
+        assert isinstance(ddg, DuckDuckGoProvider)
+        assert type(client).__name__ == kind, choice
+    with pytest.raises(ValueError, match="guarded or ddgs"):
+        DuckDuckGoProvider(client="bing")

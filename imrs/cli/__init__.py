@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from collections.abc import Sequence
 
+from ..config import Settings, prepare_library_env
 from ..errors import IMRSError
+from ..imagelimits import configure_images
 from . import bench, collection, expand, search, serve
 
 log = logging.getLogger("imrs")
@@ -35,8 +36,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    prepare_library_env()
     try:
+        configure_images(Settings.from_env())  # a bad variable ends here, as one line
         return int(args.func(args) or 0)
     except IMRSError as exc:
         if args.debug:

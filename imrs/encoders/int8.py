@@ -29,19 +29,19 @@ build works in a folder of its own under the cache (``.int8-work``), where ONNX 
 temporary models go too; a killed build's folder is removed by the next build. Vectors from an int8 model carry
 the tag ``int8-<key>`` (:attr:`Encoder.runtime_tag`): the collection stores it with every cache and
 never mixes it with fp32 vectors.
+
+Layout: which recipe a CPU gets is :mod:`.int8_recipes`, the graph work (fold, prepare, quantize)
+is :mod:`.int8_quantize`; this module keys, gates, builds and caches the model.
 """
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import logging
 import os
-import platform
 import shutil
 import socket
 import tempfile
-import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -53,6 +53,26 @@ import numpy as np
 
 from ..errors import IMRSError
 from ..fsutil import atomic_path, atomic_write_json, read_json
+from .int8_quantize import (  # noqa: F401  (the graph steps; re-exported for callers of this module)
+    fold_for,
+    fold_input_normalisation,
+    prepare,
+    quantize,
+    temp_inside,
+)
+from .int8_recipes import (  # noqa: F401  (the recipes; re-exported for callers of this module)
+    CONVNET_RECIPES,
+    LINEAR_OPS,
+    NO_VNNI_CONVNET_RECIPES,
+    NO_VNNI_TRANSFORMER_RECIPES,
+    TRANSFORMER_RECIPES,
+    CpuFeatures,
+    Recipe,
+    choose_recipes,
+    cpu_features,
+    parse_cpuinfo,
+    recipe_plan,
+)
 from .pipeline import cpu_count, decode_workers_for, iter_batches
 from .preprocess import Preprocess
 from .runtime import OnnxRunner, onnx_layout, scratch_dir
@@ -78,172 +98,6 @@ GATE_MIN_SPEEDUP = 1.0
 
 TAG_PREFIX = "int8-"
 FP32_TAG = "fp32"
-
-
-@dataclass(frozen=True)
-class CpuFeatures:
-    """What of the CPU decides which int8 recipe is exact and fast (read from /proc/cpuinfo).
-
-    ``vnni``: AVX-512 VNNI or AVX-VNNI (``vpdpbusd``: u8 x s8 dot products into 32 bits). Without
-    it ONNX Runtime's x86 u8 x s8 kernels use ``vpmaddubsw``, whose 16-bit sums of two products
-    saturate when both weights of a pair are large (255 * 127 * 2 > 32767). ``dotprod``: ARM's
-    ``sdot``/``udot`` (Features ``asimddp``), which accumulate in 32 bits.
-    """
-
-    arch: str  # "x86_64", "aarch64", ... (platform.machine(), normalised)
-    model: str = ""
-    avx2: bool = False
-    avx512f: bool = False
-    vnni: bool = False
-    dotprod: bool = False
-
-    @property
-    def isa(self) -> str:
-        """The class of CPU an int8 model is gated for (part of its cache key and tag)."""
-        if self.arch == "x86_64":
-            if self.vnni:
-                return "x86_64-vnni"
-            return "x86_64-avx512" if self.avx512f else ("x86_64-avx2" if self.avx2 else "x86_64")
-        if self.arch == "aarch64":
-            return "aarch64-dotprod" if self.dotprod else "aarch64"
-        return self.arch
-
-    def describe(self) -> str:
-        """One line for logs and benchmarks: model and the flags that matter."""
-        if self.arch == "x86_64":
-            flags = (f"avx2 {'yes' if self.avx2 else 'no'}, avx512f {'yes' if self.avx512f else 'no'}, "
-                     f"VNNI {'yes' if self.vnni else 'no'}")
-        elif self.arch == "aarch64":
-            flags = f"dotprod {'yes' if self.dotprod else 'no'}"
-        else:
-            flags = "no int8 flags known"
-        return f"{self.model or self.arch} ({self.arch}; {flags})"
-
-
-_ARCH_ALIASES = {"amd64": "x86_64", "x64": "x86_64", "arm64": "aarch64", "armv8": "aarch64"}
-
-
-def parse_cpuinfo(text: str, machine: str) -> CpuFeatures:
-    """CpuFeatures from the text of /proc/cpuinfo (x86 ``flags``, ARM ``Features``) and the machine
-    name. Only the first processor's lines are read: every core of a host has the same ones."""
-    arch = _ARCH_ALIASES.get(machine.lower(), machine.lower())
-    flags: set[str] = set()
-    model = ""
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        key = key.strip().lower()
-        if key in ("flags", "features") and not flags:
-            flags = set(value.split())
-        elif key in ("model name", "cpu model", "hardware") and not model:
-            model = value.strip()
-    return CpuFeatures(arch=arch, model=model, avx2="avx2" in flags, avx512f="avx512f" in flags,
-                       vnni=bool({"avx512_vnni", "avx_vnni", "avx512vnni"} & flags),
-                       dotprod=bool({"asimddp", "dotprod"} & flags))
-
-
-@functools.cache
-def cpu_features() -> CpuFeatures:
-    """This host's CpuFeatures (no flags where /proc/cpuinfo cannot be read: the safest recipes)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        text = ""
-    return parse_cpuinfo(text, platform.machine() or "unknown")
-
-
-@dataclass(frozen=True)
-class Recipe:
-    """One way to quantize. ``only_ops``: quantize just these op types (None: every op ONNX Runtime
-    can); ``float_ops``: op types left in float (sensitive to int8). ``activation``/``weight``:
-    "u8" or "s8"; ``reduce_range``: 7-bit weights (no 16-bit saturation on x86 without VNNI);
-    ``dynamic``: weights int8 ahead of time, activations quantized per batch at run time
-    (ConvInteger / MatMulInteger; no calibration)."""
-
-    name: str
-    calibrate: str = "minmax"  # minmax | percentile | entropy
-    only_ops: tuple[str, ...] | None = None
-    float_ops: tuple[str, ...] = ()
-    batch: int = 8  # calibration batch: bounded memory for histogram calibrators
-    activation: str = "u8"
-    weight: str = "s8"
-    reduce_range: bool = False
-    dynamic: bool = False
-
-    def describe(self) -> str:
-        which = f"only {'/'.join(self.only_ops)}" if self.only_ops else "all ops"
-        keep = f" but {'/'.join(self.float_ops)}" if self.float_ops else ""
-        types = f"{self.activation}{self.weight}" + (" 7-bit weights" if self.reduce_range else "")
-        if self.dynamic:
-            return f"dynamic {types} per-channel, {which}{keep}"
-        return f"QDQ {types} per-channel, {which}{keep}, {self.calibrate}"
-
-    def weight_grid(self) -> tuple[float, int, int]:
-        """(divisor of a channel's max |w| giving the weight step, lowest, highest integer): the grid
-        ONNX Runtime's symmetric per-channel weight quantization uses for this recipe."""
-        if self.weight == "s8":
-            return (64.0, -64, 64) if self.reduce_range else (127.0, -127, 127)
-        # uint8 around zero point 64 (7-bit) or 128: the grid is not symmetric, so the snap cannot
-        # match it exactly; kept within +-(n-1) steps it at least never clips
-        return (63.5, -63, 63) if self.reduce_range else (127.5, -127, 127)
-
-
-LINEAR_OPS = ("Conv", "MatMul", "Gemm")
-
-#: Tried in order until one passes the gate. Convnets: every op in int8 (a conv's output range is
-#: then the one after its ReLU/ReLU6, which the quantizer fuses). Transformers: only the layers
-#: with weights -- quantizing everything (Softmax, LayerNorm, GELU, residual adds, attention's
-#: activation x activation MatMuls) cost ViT-B/16 a mean cosine of 0.92 to fp32 (worst 1%: 0.66);
-#: keeping Softmax/LayerNorm/GELU in float only reached 0.955 (percentile calibration: 0.963);
-#: the weight layers alone give 0.999 and still 2.3x fp32's speed.
-CONVNET_RECIPES = (Recipe("u8s8-minmax"), Recipe("u8s8-linear-minmax", only_ops=LINEAR_OPS, batch=4))
-TRANSFORMER_RECIPES = (Recipe("u8s8-linear-minmax", only_ops=LINEAR_OPS, batch=4),)
-
-#: x86-64 without VNNI (AVX2, AVX-512 without VNNI): the u8 x s8 kernels saturate (see
-#: CpuFeatures), so the weights get 7 bits (same fast kernels, a coarser weight grid), then u8 x u8
-#: (no saturation; other kernels). In order of expected speed; the first that passes the gate
-#: (quality, and not slower than fp32) is kept. Measured on EfficientNet-Lite0
-#: (``scripts/bench_int8_recipes.py``, models run under ``qemu-x86_64 -cpu Haswell``): u8s8 mean
-#: cosine 0.901 (saturated), s8s8 0.902 (ONNX Runtime runs it on the same kernels), 7-bit weights
-#: 0.959 (the same as on VNNI: the coarser grid, not saturation), u8u8 0.990 but 0.17x fp32's
-#: speed (timed on a VNNI host); dynamic quantization of the weight layers 0.55 at 0.09x. So on
-#: such CPUs EfficientNet-Lite0 stays fp32; heavier convnets and transformers may pass with 7 bits.
-NO_VNNI_CONVNET_RECIPES = (
-    Recipe("u8s8-7bit-minmax", reduce_range=True),
-    Recipe("u8u8-minmax", weight="u8"),
-)
-NO_VNNI_TRANSFORMER_RECIPES = (
-    Recipe("u8s8-7bit-linear-minmax", only_ops=LINEAR_OPS, batch=4, reduce_range=True),
-    Recipe("u8s8-7bit-linear-dynamic", only_ops=("MatMul", "Gemm"), reduce_range=True, dynamic=True),
-)
-
-
-def choose_recipes(cpu: CpuFeatures, convnet: bool) -> tuple[tuple[Recipe, ...], str]:
-    """(recipes to try in order, why) for a CPU: the gate then keeps the first that passes."""
-    if cpu.arch == "x86_64" and not cpu.vnni:
-        why = (f"{cpu.isa}: no VNNI, so u8 x s8 products would saturate in 16 bits (vpmaddubsw); "
-               "7-bit weights first")
-        return (NO_VNNI_CONVNET_RECIPES if convnet else NO_VNNI_TRANSFORMER_RECIPES), why
-    if cpu.arch == "x86_64":
-        why = f"{cpu.isa}: VNNI dot products accumulate u8 x s8 in 32 bits (no saturation)"
-    elif cpu.arch == "aarch64":
-        why = (f"{cpu.isa}: ARM " + ("sdot/udot" if cpu.dotprod else "widening multiplies")
-               + " accumulate in 32 bits (no saturation)")
-    else:
-        why = f"{cpu.isa}: no known int8 saturation; the usual recipe"
-    return (CONVNET_RECIPES if convnet else TRANSFORMER_RECIPES), why
-
-
-def recipe_plan(convnet: bool | None = None, cpu: CpuFeatures | None = None) -> str:
-    """One line for ``imrs backbones`` / ``imrs info``: this CPU and the int8 recipes it tries
-    (for convnets, transformers, or both when ``convnet`` is None), and why."""
-    cpu = cpu or cpu_features()
-    kinds = [(True, "convnets"), (False, "transformers")] if convnet is None else [(convnet, "")]
-    parts = []
-    for conv, label in kinds:
-        recipes, why = choose_recipes(cpu, conv)
-        parts.append((f"{label} " if label else "") + " then ".join(r.name for r in recipes))
-    return (f"int8 on this CPU, {cpu.describe()}: tries {'; '.join(parts)} (the first to pass the gate is "
-            f"kept, else fp32) -- {why}")
 
 
 def describe_tag(tag: str, cache: Path | None = None) -> str:
@@ -338,202 +192,6 @@ def artefacts(fp32_path: Path, key: str) -> tuple[Path, Path]:
     """(quantized model, gate result) beside the fp32 export they derive from."""
     stem = fp32_path.name.removesuffix(".onnx")
     return fp32_path.with_name(f"{stem}.int8-{key}.onnx"), fp32_path.with_name(f"{stem}.int8-{key}.json")
-
-
-# --------------------------------------------------------------------------------------------
-# Graph preparation
-# --------------------------------------------------------------------------------------------
-
-
-def fold_input_normalisation(model: Any, size: int, grid: tuple[float, int, int] = (127.0, -127, 127)) -> bool:
-    """Fold ``(x - mean) * scale`` on the uint8 input into the first convolution, in place.
-
-    The exported graph starts ``Cast -> Sub(mean) -> Mul(scale) -> Conv(W, b, pads)``. With
-    ``W' = W * scale`` the conv reads raw pixels; the mean becomes a bias ``b - sum(W' * mean)``
-    and the zero padding (which was zero *after* normalising) becomes padding with the mean. W'
-    is snapped to the int8 grid the quantizer will use (``grid``, see :meth:`Recipe.weight_grid`;
-    symmetric, per output channel) and the bias
-    computed from the snapped weights, so the folded int8 conv computes what the unfolded one did:
-    from float weights, the mean (127 for every tap) would multiply the weights' rounding error.
-    Returns False (graph untouched) when the pattern is not there.
-    """
-    from onnx import helper, numpy_helper
-
-    g = model.graph
-    init = {i.name: i for i in g.initializer}
-    consumers: dict[str, list[Any]] = {}
-    for n in g.node:
-        for i in n.input:
-            consumers.setdefault(i, []).append(n)
-    producers = {o: n for n in g.node for o in n.output}
-    sub = next((n for n in g.node if n.op_type == "Sub" and n.input[1] in init
-                and getattr(producers.get(n.input[0]), "op_type", "") == "Cast"), None)
-    if sub is None or len(consumers.get(sub.output[0], [])) != 1:
-        return False
-    mul = consumers[sub.output[0]][0]
-    if mul.op_type != "Mul" or len(consumers.get(mul.output[0], [])) != 1:
-        return False
-    scale_name = mul.input[1] if mul.input[0] == sub.output[0] else mul.input[0]
-    conv = consumers[mul.output[0]][0]
-    if scale_name not in init or conv.op_type != "Conv" or conv.input[1] not in init:
-        return False
-    attrs = {a.name: helper.get_attribute_value(a) for a in conv.attribute}
-    weight = numpy_helper.to_array(init[conv.input[1]]).astype(np.float64)
-    mean = numpy_helper.to_array(init[sub.input[1]]).astype(np.float64).reshape(-1)
-    scale = numpy_helper.to_array(init[scale_name]).astype(np.float64).reshape(-1)
-    pads = list(attrs.get("pads", [0, 0, 0, 0]))
-    if (weight.ndim != 4 or attrs.get("group", 1) != 1 or attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET")
-            or len(pads) != 4 or mean.size != weight.shape[1] or scale.size != weight.shape[1]):
-        return False
-    bias = (numpy_helper.to_array(init[conv.input[2]]).astype(np.float64) if len(conv.input) > 2 and conv.input[2]
-            else np.zeros(weight.shape[0]))
-
-    w = weight * scale.reshape(1, -1, 1, 1)
-    div, lo, hi = grid
-    step = np.abs(w).reshape(w.shape[0], -1).max(axis=1) / div
-    step[step == 0] = 1.0
-    w = np.clip(np.round(w / step.reshape(-1, 1, 1, 1)), lo, hi) * step.reshape(-1, 1, 1, 1)
-    b = bias - (w * mean.reshape(1, -1, 1, 1)).sum(axis=(1, 2, 3))
-    g.initializer.extend([numpy_helper.from_array(w.astype(np.float32), "imrs_folded_w"),
-                          numpy_helper.from_array(b.astype(np.float32), "imrs_folded_b")])
-    src = sub.input[0]
-    at = list(g.node).index(sub)
-    new_nodes = []
-    if any(pads):
-        same = bool(np.allclose(mean, mean[0]))
-        g.initializer.append(numpy_helper.from_array(
-            np.array([0, 0, pads[0], pads[1], 0, 0, pads[2], pads[3]], np.int64), "imrs_fold_pads"))
-        g.initializer.append(numpy_helper.from_array(np.array(mean[0] if same else 0.0, np.float32),
-                                                     "imrs_fold_pad_value"))
-        new_nodes.append(helper.make_node("Pad", [src, "imrs_fold_pads", "imrs_fold_pad_value"],
-                                          ["imrs_fold_padded"], name="imrs_fold_pad", mode="constant"))
-        src = "imrs_fold_padded"
-        if not same:  # a per-channel mean: zero padding, then the mean added on the border only
-            h, wd = size + pads[0] + pads[2], size + pads[1] + pads[3]
-            border = np.zeros((1, mean.size, h, wd), np.float32)
-            border[0] = mean.reshape(-1, 1, 1)
-            border[0, :, pads[0]:pads[0] + size, pads[1]:pads[1] + size] = 0.0
-            g.initializer.append(numpy_helper.from_array(border, "imrs_fold_border"))
-            new_nodes.append(helper.make_node("Add", [src, "imrs_fold_border"], ["imrs_fold_bordered"],
-                                              name="imrs_fold_border_add"))
-            src = "imrs_fold_bordered"
-        for a in conv.attribute:
-            if a.name == "pads":
-                a.ints[:] = [0, 0, 0, 0]
-    g.node.remove(sub)
-    g.node.remove(mul)
-    for j, n in enumerate(new_nodes):
-        g.node.insert(at + j, n)
-    conv.input[:] = [src, "imrs_folded_w", "imrs_folded_b"]
-    used = {i for n in g.node for i in n.input}
-    for t in [t for t in g.initializer if t.name not in used]:
-        g.initializer.remove(t)
-    return True
-
-
-def prepare(fp32_path: Path, out: Path, size: int) -> None:
-    """Shape inference + graph optimisation (ONNX Runtime's recommended pre-processing)."""
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    with _temp_inside(out.parent):
-        quant_pre_process(str(fp32_path), str(out), skip_symbolic_shape=True)
-
-
-def fold_for(prepared: Path, out: Path, size: int, recipe: Recipe) -> bool:
-    """The normalisation fold on a copy of the prepared model, snapped to the recipe's weight grid.
-    Returns whether the fold applied (else ``out`` is the prepared model as it was)."""
-    import onnx
-
-    model = onnx.load(str(prepared))
-    folded = fold_input_normalisation(model, size, recipe.weight_grid())
-    if folded:
-        onnx.save(model, str(out))
-    else:
-        shutil.copyfile(prepared, out)
-        log.info("%s: input normalisation not folded (first op is not a plain convolution)", prepared.name)
-    return folded
-
-
-_TEMPDIR_LOCK = threading.Lock()
-
-
-class _temp_inside:
-    """Point :mod:`tempfile`'s default folder at ``folder`` while ONNX Runtime's quantizer runs:
-    it writes its intermediate models (``ort.quant.*``) to the system temp folder, where a killed
-    build would leave hundreds of MB behind. Inside IMRS's own work folder they are cleaned with it."""
-
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
-
-    def __enter__(self) -> None:
-        _TEMPDIR_LOCK.acquire()
-        self.saved = tempfile.tempdir
-        tempfile.tempdir = str(self.folder)
-
-    def __exit__(self, *exc: object) -> None:
-        tempfile.tempdir = self.saved
-        _TEMPDIR_LOCK.release()
-
-
-def _reader(input_name: str, arrays: Sequence[np.ndarray], batch: int) -> Any:
-    from onnxruntime.quantization import CalibrationDataReader
-
-    class Reader(CalibrationDataReader):
-        """Batches of the calibration images; ``set_range`` lets the calibrator take one batch per
-        collection pass, so histogram calibrators never hold every activation of every image."""
-
-        def __init__(self) -> None:
-            self.batches = [np.stack(arrays[i:i + batch]) for i in range(0, len(arrays), batch)]
-            self.pos, self.end = 0, len(self.batches)
-
-        def get_next(self) -> dict[str, np.ndarray] | None:
-            if self.pos >= self.end:
-                return None
-            self.pos += 1
-            return {input_name: self.batches[self.pos - 1]}
-
-        def __len__(self) -> int:
-            return len(self.batches)
-
-        def set_range(self, start_index: int, end_index: int) -> None:
-            self.pos, self.end = start_index, min(end_index, len(self.batches))
-
-        def rewind(self) -> None:
-            self.pos, self.end = 0, len(self.batches)
-
-    return Reader()
-
-
-def quantize(prepared: Path, out: Path, arrays: Sequence[np.ndarray], recipe: Recipe) -> None:
-    """Quantize ``prepared`` (already folded for ``recipe``) into ``out``. ONNX Runtime's temporary
-    files go to ``out``'s folder."""
-    import onnx
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
-
-    model = onnx.load(str(prepared), load_external_data=False)
-    exclude = [n.name for n in model.graph.node if n.op_type in recipe.float_ops]
-    input_name = model.graph.input[0].name
-    del model
-    qtype = {"u8": QuantType.QUInt8, "s8": QuantType.QInt8}
-    # symmetric weights (zero point 0, or 128 for uint8): what Recipe.weight_grid and the fold assume
-    extra: dict[str, Any] = {"WeightSymmetric": True, "MatMulConstBOnly": bool(recipe.only_ops)}
-    with _temp_inside(out.parent):
-        if recipe.dynamic:
-            quantize_dynamic(str(prepared), str(out), per_channel=True, reduce_range=recipe.reduce_range,
-                             weight_type=qtype[recipe.weight], nodes_to_exclude=exclude,
-                             op_types_to_quantize=list(recipe.only_ops or []), extra_options=extra)
-            return
-        method = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
-                  "entropy": CalibrationMethod.Entropy}[recipe.calibrate]
-        quantize_static(
-            str(prepared), str(out), _reader(input_name, arrays, recipe.batch),
-            quant_format=QuantFormat.QDQ, per_channel=True, reduce_range=recipe.reduce_range,
-            activation_type=qtype[recipe.activation], weight_type=qtype[recipe.weight],
-            calibrate_method=method, nodes_to_exclude=exclude, op_types_to_quantize=list(recipe.only_ops or []),
-            # One batch per calibration pass (ORT's name for it says MinMax; it applies to every method).
-            # Linear layers only: a MatMul of two activations (attention) stays in float.
-            extra_options={"CalibStridedMinMax": 1, **extra},
-        )
 
 
 # --------------------------------------------------------------------------------------------

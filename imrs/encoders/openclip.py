@@ -12,9 +12,10 @@ import os
 from pathlib import Path
 
 from ..errors import WeightsUnavailableError
+from .place import WeightsPlace
 from .preprocess import Preprocess
 from .registry import DEFAULT_RUNTIMES, BackboneInfo, BackboneSpec, LoadedBackbone, register_backbone
-from .weights import checkpoint_env_var, host_reachable, weights_unavailable, wrap_download_errors
+from .weights import host_reachable, weights_unavailable, wrap_download_errors
 
 HOST = "huggingface.co"
 OPENAI_MEAN = (0.48145466 * 255, 0.4578275 * 255, 0.40821073 * 255)
@@ -35,10 +36,11 @@ def hf_cached_file(repo_id: str, filenames: tuple[str, ...]) -> Path | None:
     return None
 
 
-def hf_weights_status(name: str, hf_repo: str, filenames: tuple[str, ...], what: str) -> tuple[str, str]:
+def hf_weights_status(name: str, hf_repo: str, filenames: tuple[str, ...], what: str,
+                      place: WeightsPlace | None = None) -> tuple[str, str]:
     """Status of weights hosted on the Hugging Face hub, without loading anything: a local
     checkpoint, the normal hub cache, or a download still to come."""
-    local = os.environ.get(checkpoint_env_var(name))
+    local = (place or WeightsPlace.from_settings()).checkpoint_for(name)
     if local:
         return "ready", f"local checkpoint {local}"
     path = hf_cached_file(hf_repo, filenames)
@@ -60,10 +62,10 @@ def hf_cache_dir() -> str:
 HubDep = tuple[str, str, tuple[str, ...]]
 
 
-def missing_hub_deps(deps: tuple[HubDep, ...]) -> list[HubDep]:
+def missing_hub_deps(deps: tuple[HubDep, ...], place: WeightsPlace | None = None) -> list[HubDep]:
     """Hub files (tokenizers, text-tower configs) that are neither cached nor downloadable now."""
     missing = [d for d in deps if hf_cached_file(d[1], d[2]) is None]
-    return missing if missing and not host_reachable(HOST) else []
+    return missing if missing and not host_reachable(HOST, place=place) else []
 
 
 def hub_deps_error(name: str, missing: list[HubDep]) -> WeightsUnavailableError:
@@ -84,17 +86,17 @@ def openclip_backbone(name: str, model_name: str, pretrained: str, hf_repo: str,
     an HF text tower's config); checked before anything is built, so a missing one is one clear
     error within seconds, with random weights too."""
 
-    def status() -> tuple[str, str]:
+    def status(place: WeightsPlace) -> tuple[str, str]:
         size = "600" if dim >= 512 else "300"
-        state, why = hf_weights_status(name, hf_repo, HF_FILENAMES, f"{hf_repo} (~{size} MB)")
+        state, why = hf_weights_status(name, hf_repo, HF_FILENAMES, f"{hf_repo} (~{size} MB)", place)
         lacking = [d for d in hub_deps if hf_cached_file(d[1], d[2]) is None]
         if lacking and state == "ready":
             state = "needs download"
             why += "; " + ", ".join(f"{w} from hf.co/{repo}" for w, repo, _ in lacking) + " still to download"
         return state, why
 
-    def load(which: str, checkpoint: Path | None) -> LoadedBackbone:
-        missing = missing_hub_deps(hub_deps)
+    def load(which: str, checkpoint: Path | None, place: WeightsPlace) -> LoadedBackbone:
+        missing = missing_hub_deps(hub_deps, place)
         if missing:
             raise hub_deps_error(name, missing)
 
@@ -105,7 +107,7 @@ def openclip_backbone(name: str, model_name: str, pretrained: str, hf_repo: str,
         if which == "pretrained":
             path = checkpoint or hf_cached_file(hf_repo, HF_FILENAMES)
             if path is None:
-                if not host_reachable(HOST):
+                if not host_reachable(HOST, place=place):
                     raise weights_unavailable(name, f"open_clip {model_name} {pretrained}", HOST,
                                               hf_cache_dir(), HF_FILENAMES)
                 with wrap_download_errors(name, HOST, hf_cache_dir(), HF_FILENAMES):

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import UnknownBackboneError
+from .place import WeightsPlace
 from .preprocess import Preprocess
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -71,12 +72,14 @@ DEFAULT_RUNTIMES: dict[str, str] = {"cpu": "onnx", "cuda": "eager"}
 
 @dataclass(frozen=True)
 class BackboneSpec:
-    """A registry entry. ``load(weights, checkpoint)`` must raise WeightsUnavailableError quickly."""
+    """A registry entry. ``load(weights, checkpoint, place)`` must raise WeightsUnavailableError
+    quickly; ``status(place)`` answers from files only. ``place`` says where files are looked for
+    and whether the network may be tried (:class:`~imrs.encoders.place.WeightsPlace`)."""
 
     info: BackboneInfo
     preprocess: Preprocess
-    load: Callable[[str, Path | None], LoadedBackbone]
-    status: Callable[[], tuple[str, str]]
+    load: Callable[[str, Path | None, WeightsPlace], LoadedBackbone]
+    status: Callable[[WeightsPlace], tuple[str, str]]
     default_runtime: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_RUNTIMES))
     cpu_batch_size: int = 32
     cuda_batch_size: int = 128
@@ -84,7 +87,7 @@ class BackboneSpec:
     download_host: str = ""  # where pretrained weights come from; "" when they ship with a package
     #: Torch-free loader for the default CPU path (pretrained, fp32): builds or reopens an ONNX
     #: model, so a base install without PyTorch runs this backbone. None: every path needs torch.
-    load_onnx: Callable[[Path | None], LoadedBackbone] | None = None
+    load_onnx: Callable[[Path | None, WeightsPlace], LoadedBackbone] | None = None
 
 
 _REGISTRY: dict[str, BackboneSpec] = {}
@@ -114,13 +117,14 @@ def backbone_info(name: str) -> BackboneInfo:
     return get_spec(name).info
 
 
-def backbone_status(name: str) -> tuple[str, str]:
-    """("ready" | "needs download" | "failed", reason) from caches and files, without loading."""
+def backbone_status(name: str, place: WeightsPlace | None = None) -> tuple[str, str]:
+    """("ready" | "needs download" | "failed", reason) from caches and files, without loading
+    (``place``: where to look; None: the environment's settings)."""
     spec = get_spec(name)
     if spec.load_onnx is None and not torch_installed():
         return "failed", torch_missing(name) or ""
     try:
-        return spec.status()
+        return spec.status(place or WeightsPlace.from_settings())
     except Exception as exc:  # a status probe must never take the settings page down
         return "failed", f"{type(exc).__name__}: {exc}"
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import logging
-import os
 import shutil
 import tempfile
 import threading
@@ -34,9 +33,9 @@ import numpy as np
 from ..errors import IMRSError
 from ..fsutil import atomic_path, atomic_write_text
 from .pipeline import Runner, cpu_count
+from .place import WeightsPlace
 from .preprocess import Preprocess
 from .registry import LoadedBackbone
-from .weights import user_cache_dir
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -274,11 +273,13 @@ def scratch_dir() -> Path:
         return Path(_TMP_EXPORTS[0])
 
 
-def onnx_path_for(name: str, module: nn.Module, pre: Preprocess, persistent: bool) -> Path:
+def onnx_path_for(name: str, module: nn.Module, pre: Preprocess, cache: Path | None) -> Path:
+    """Where the export of ``module`` lives: in ``cache`` (the user cache's ``onnx`` folder), or
+    in the scratch folder when None (random weights)."""
     torch = _torch()
     key = hashlib.blake2b(digest_size=8)
     key.update(f"{weights_hash(module)}|{pre}|{torch.__version__}|{ONNX_OPSET}|{_ADAPTER_VERSION}".encode())
-    root = user_cache_dir() / "onnx" if persistent else scratch_dir()
+    root = cache if cache is not None else scratch_dir()
     return root / f"{name}-{key.hexdigest()}.onnx"
 
 
@@ -325,7 +326,7 @@ def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def _build_one(runtime: str, loaded: LoadedBackbone, pre: Preprocess, device: str, dtype: Any,
-               weights: str, name: str) -> Runner:
+               name: str, cache: Path | None) -> Runner:
     torch = _torch()
     model = loaded.image_model.eval()
     micro = None
@@ -350,7 +351,7 @@ def _build_one(runtime: str, loaded: LoadedBackbone, pre: Preprocess, device: st
         import onnxruntime  # noqa: F401  (fail early and clearly when missing)
 
         adapter = make_input_adapter(model, pre, channels_last=False).float().cpu()
-        path = onnx_path_for(name, adapter, pre, persistent=weights == "pretrained")
+        path = onnx_path_for(name, adapter, pre, cache)
         try:
             export_onnx(adapter, pre.size, path)
         except OSError as exc:  # read-only or full cache dir: export for this process only
@@ -362,25 +363,28 @@ def _build_one(runtime: str, loaded: LoadedBackbone, pre: Preprocess, device: st
 
 
 def build_runner(loaded: LoadedBackbone, pre: Preprocess, device: str, precision: str, runtime: str,
-                 *, weights: str, name: str, explicit: bool) -> tuple[Runner, str]:
-    """(runner, runtime actually used). See the module docstring for the fallback rules."""
+                 *, weights: str, name: str, explicit: bool, place: WeightsPlace) -> tuple[Runner, str]:
+    """(runner, runtime actually used). See the module docstring for the fallback rules. Exports of
+    pretrained weights are cached in ``place``'s cache folder; ``place.verify_runtime`` False skips
+    the comparison with eager."""
     dtype = _dtype_for(precision, device)
+    cache = place.cache_dir / "onnx" if weights == "pretrained" else None
     if runtime == "eager":
-        return _build_one("eager", loaded, pre, device, dtype, weights, name), "eager"
+        return _build_one("eager", loaded, pre, device, dtype, name, cache), "eager"
     try:
-        check = os.environ.get("IMRS_SKIP_RUNTIME_CHECK") != "1"
+        check = place.verify_runtime
         if check and runtime == "onnx" and weights == "pretrained":
             # An export is verified once: its file name already pins weights, preprocessing, torch
             # and opset, so a marker beside it saves the eager reference pass on every later start.
-            runner = _build_one(runtime, loaded, pre, device, dtype, weights, name)
+            runner = _build_one(runtime, loaded, pre, device, dtype, name, cache)
             marker = Path(f"{runner.path}.verified")
             if marker.is_file():
                 return runner, runtime
         if check:  # reference first: building a runtime may move the shared module to the device
-            ref = _build_one("eager", loaded, pre, "cpu", _torch().float32, weights, name)
+            ref = _build_one("eager", loaded, pre, "cpu", _torch().float32, name, cache)
             probe = np.random.default_rng(0).integers(0, 256, size=(2, pre.size, pre.size, 3), dtype=np.uint8)
             expected = ref(probe)
-        runner = _build_one(runtime, loaded, pre, device, dtype, weights, name)
+        runner = _build_one(runtime, loaded, pre, device, dtype, name, cache)
         if check:
             cos = float(_cosines(expected, runner(probe)).min())
             tol = VERIFY_MIN_COSINE if dtype == _torch().float32 else 0.99
@@ -401,4 +405,4 @@ def build_runner(loaded: LoadedBackbone, pre: Preprocess, device: str, precision
                             f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}") from exc
         log.warning("runtime %r unavailable for %s (%s: %s); using eager", runtime, name,
                     type(exc).__name__, exc)
-        return _build_one("eager", loaded, pre, device, dtype, weights, name), "eager"
+        return _build_one("eager", loaded, pre, device, dtype, name, cache), "eager"

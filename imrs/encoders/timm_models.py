@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .openclip import HOST, hf_cache_dir, hf_cached_file, hf_weights_status
+from .place import WeightsPlace
 from .preprocess import Preprocess
 from .registry import DEFAULT_RUNTIMES, BackboneInfo, BackboneSpec, LoadedBackbone, register_backbone
 from .weights import host_reachable, weights_unavailable, wrap_download_errors
@@ -22,16 +23,16 @@ def timm_backbone(name: str, model_name: str, hf_repo: str, dim: int, preprocess
                   cuda_batch_size: int = 128, default_runtime: dict[str, str] | None = None) -> BackboneSpec:
     """Register ``timm.create_model(model_name, num_classes=0)`` with the weights at ``hf_repo``."""
 
-    def status() -> tuple[str, str]:
-        return hf_weights_status(name, hf_repo, TIMM_FILENAMES, hf_repo)
+    def status(place: WeightsPlace) -> tuple[str, str]:
+        return hf_weights_status(name, hf_repo, TIMM_FILENAMES, hf_repo, place)
 
-    def load(which: str, checkpoint: Path | None) -> LoadedBackbone:
+    def load(which: str, checkpoint: Path | None, place: WeightsPlace) -> LoadedBackbone:
         import timm
 
         label = "random"
         if which == "pretrained":
             path = checkpoint or hf_cached_file(hf_repo, TIMM_FILENAMES)
-            if path is None and not host_reachable(HOST):
+            if path is None and not host_reachable(HOST, place=place):
                 raise weights_unavailable(name, f"timm {hf_repo}", HOST, hf_cache_dir(), TIMM_FILENAMES)
             overlay = {"file": str(path)} if path is not None else {"hf_hub_id": hf_repo}
             with wrap_download_errors(name, HOST, hf_cache_dir(), TIMM_FILENAMES):

@@ -3,17 +3,17 @@
 Adding one is a single :func:`torchvision_backbone` call: the architecture function name, the
 weights enum, the feature dimension and how to cut off the classifier.
 
-Weights come from torch hub's cache (``$TORCH_HOME/hub/checkpoints``), are downloaded from
-download.pytorch.org when online, or come from a local file (``IMRS_CHECKPOINT_<NAME>``).
+Weights come from torch hub's cache (``$TORCH_HOME/hub/checkpoints``, as ``WeightsPlace`` says), are
+downloaded from download.pytorch.org when online, or come from a local file (``IMRS_CHECKPOINT_<NAME>``).
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .place import WeightsPlace
 from .preprocess import Preprocess
 from .registry import (
     DEFAULT_RUNTIMES,
@@ -24,7 +24,6 @@ from .registry import (
     register_backbone,
 )
 from .weights import (
-    checkpoint_env_var,
     host_reachable,
     load_checkpoint_into,
     weights_unavailable,
@@ -37,13 +36,6 @@ if TYPE_CHECKING:  # pragma: no cover
 HOST = "download.pytorch.org"
 IMAGENET_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
 IMAGENET_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
-
-
-def hub_checkpoint_dir() -> Path:
-    """torch.hub.get_dir()/checkpoints, computed without importing torch (same env rules)."""
-    torch_home = os.environ.get("TORCH_HOME") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "torch")
-    return Path(os.path.expanduser(torch_home)) / "hub" / "checkpoints"
 
 
 def _weights_enum(spec: str):
@@ -81,33 +73,35 @@ def torchvision_backbone(name: str, arch: str, weights: str, filename: str, dim:
     it in the hub cache without importing torchvision.
     """
 
-    def cached_file() -> Path | None:
-        path = hub_checkpoint_dir() / filename
+    def cached_file(place: WeightsPlace) -> Path | None:
+        path = place.torch_hub_dir / filename
         return path if path.is_file() else None
 
-    def status() -> tuple[str, str]:
-        if os.environ.get(checkpoint_env_var(name)):
-            return "ready", f"local checkpoint {os.environ[checkpoint_env_var(name)]}"
-        path = cached_file()
+    def status(place: WeightsPlace) -> tuple[str, str]:
+        local = place.checkpoint_for(name)
+        if local:
+            return "ready", f"local checkpoint {local}"
+        path = cached_file(place)
         if path is not None:
             return "ready", f"cached at {path}"
         return "needs download", f"{filename} will be downloaded from {HOST} on first use"
 
-    def load(which: str, checkpoint: Path | None) -> LoadedBackbone:
+    def load(which: str, checkpoint: Path | None, place: WeightsPlace) -> LoadedBackbone:
         import torchvision.models as tvm
 
         model = getattr(tvm, arch)(weights=None)
         label = "random"
         if which == "pretrained":
-            path = checkpoint or cached_file()
+            path = checkpoint or cached_file(place)
             if path is not None:
                 load_checkpoint_into(model, path, name)
                 label = str(path)
             else:
-                if not host_reachable(HOST):
-                    raise weights_unavailable(name, weights, HOST, str(hub_checkpoint_dir()), (filename,))
-                with wrap_download_errors(name, HOST, str(hub_checkpoint_dir()), (filename,)):
-                    state = _weights_enum(weights).get_state_dict(progress=False, check_hash=True)
+                hub = str(place.torch_hub_dir)
+                if not host_reachable(HOST, place=place):
+                    raise weights_unavailable(name, weights, HOST, hub, (filename,))
+                with wrap_download_errors(name, HOST, hub, (filename,)):
+                    state = _weights_enum(weights).get_state_dict(progress=False, check_hash=True, model_dir=hub)
                 model.load_state_dict(state)
                 label = f"{weights} (downloaded)"
         strip(model)

@@ -2,7 +2,10 @@
 
 Pretrained weights come from a package, a hub cache, a download, or a file the user points to.
 Everything that decides which (and fails in seconds with one clear line when none is possible)
-lives here, so each family module only names its files and hosts.
+lives here, so each family module only names its files and hosts. Where files are looked for and
+kept comes in a :class:`WeightsPlace`, resolved once from ``Settings`` by whoever builds the
+encoder: nothing here reads the environment, so a checkpoint folder, cache folder or offline switch
+given in code reaches the loader exactly as one given in ``IMRS_*`` variables does.
 """
 
 from __future__ import annotations
@@ -17,64 +20,55 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import IMRSError, WeightsUnavailableError
+from .place import WeightsPlace, checkpoint_env_var
 from .registry import get_spec, torch_missing
 
 if TYPE_CHECKING:  # pragma: no cover
     from torch import nn
 
-
-def user_cache_dir() -> Path:
-    """``$IMRS_CACHE_DIR`` or ``$XDG_CACHE_HOME/imrs`` (``~/.cache/imrs``)."""
-    env = os.environ.get("IMRS_CACHE_DIR")
-    if env:
-        return Path(env).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "imrs"
-
-
-def checkpoint_env_var(name: str) -> str:
-    return "IMRS_CHECKPOINT_" + "".join(c if c.isalnum() else "_" for c in name.upper())
+def user_cache_dir(place: WeightsPlace | None = None) -> Path:
+    """``$IMRS_CACHE_DIR`` or ``$XDG_CACHE_HOME/imrs`` (``~/.cache/imrs``), as ``place`` says."""
+    return (place or WeightsPlace.from_settings()).cache_dir
 
 
 def find_local_checkpoint(name: str, checkpoint: str | os.PathLike[str] | None,
-                          upstream_filenames: Sequence[str] = ()) -> Path | None:
+                          upstream_filenames: Sequence[str] = (), place: WeightsPlace | None = None) -> Path | None:
     """Explicit argument > ``IMRS_CHECKPOINT_<NAME>`` > a matching file in ``IMRS_CHECKPOINT_DIR``.
 
     An explicitly named file that does not exist is an error, not a reason to go online.
     """
-    var = checkpoint_env_var(name)
-    explicit = checkpoint if checkpoint is not None else os.environ.get(var) or None
+    place = place or WeightsPlace.from_settings()
+    explicit = checkpoint if checkpoint is not None else place.checkpoint_for(name)
     if explicit is not None:
         path = Path(explicit).expanduser()
         if not path.is_file():
-            source = "checkpoint argument" if checkpoint is not None else var
+            source = "checkpoint argument" if checkpoint is not None else checkpoint_env_var(name)
             raise WeightsUnavailableError(f"{source} for {name} points to {path}, which is not a file")
         return path
-    directory = os.environ.get("IMRS_CHECKPOINT_DIR")
-    if directory:
-        root = Path(directory).expanduser()
+    if place.checkpoint_dir is not None:
         candidates = [f"{name}{ext}" for ext in (".pth", ".pt", ".bin", ".safetensors")]
         candidates += list(upstream_filenames)
         for cand in candidates:
-            if (root / cand).is_file():
-                return root / cand
+            if (place.checkpoint_dir / cand).is_file():
+                return place.checkpoint_dir / cand
     return None
 
 
-def offline_forced() -> bool:
-    return any(os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on")
-               for v in ("IMRS_OFFLINE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+def offline_forced(place: WeightsPlace | None = None) -> bool:
+    """Whether the settings forbid probing the network (``IMRS_OFFLINE``, ``HF_HUB_OFFLINE``)."""
+    return (place or WeightsPlace.from_settings()).offline
 
 
 _PROBE_CACHE: dict[str, tuple[float, bool]] = {}
 _PROBE_LOCK = threading.Lock()
 
 
-def host_reachable(host: str, port: int = 443, timeout: float = 2.0) -> bool:
+def host_reachable(host: str, port: int = 443, timeout: float = 2.0, place: WeightsPlace | None = None) -> bool:
     """TCP connect within ``timeout`` seconds, DNS included (done in a thread: getaddrinfo has no
     timeout of its own). Answers are remembered for a minute so a UI listing backbones probes once.
+    Always False when ``place`` says offline.
     """
-    if offline_forced():
+    if offline_forced(place):
         return False
     with _PROBE_LOCK:
         hit = _PROBE_CACHE.get(host)
@@ -152,7 +146,7 @@ def wrap_download_errors(name: str, host: str, cache_hint: str, filenames: Seque
             from exc
 
 
-def weights_unobtainable(name: str) -> str | None:
+def weights_unobtainable(name: str, place: WeightsPlace | None = None) -> str | None:
     """Why ``name``'s pretrained weights certainly cannot be had right now (not cached, no local
     checkpoint, download host unreachable), decided without importing the model's library -- the
     app asks this on every offline start, where importing open_clip alone costs seconds. None
@@ -162,9 +156,10 @@ def weights_unobtainable(name: str) -> str | None:
         missing = torch_missing(name)
         if missing:
             return missing
-    state, reason = spec.status()
-    if state != "needs download" or os.environ.get("IMRS_CHECKPOINT_DIR") or not spec.download_host:
+    place = place or WeightsPlace.from_settings()
+    state, reason = spec.status(place)
+    if state != "needs download" or place.checkpoint_dir is not None or not spec.download_host:
         return None
-    if host_reachable(spec.download_host):
+    if host_reachable(spec.download_host, place=place):
         return None
     return str(weights_unavailable(name, reason, spec.download_host, "their cache", spec.checkpoint_filenames))

@@ -31,7 +31,8 @@ PROVIDER_CHOICES = _CHOICES
 
 
 def make_providers(kind: str = "auto", wikimedia_api: str | None = None,
-                   urls_file: str | os.PathLike[str] | None = None, allow_loopback: bool = False) -> ProviderChain:
+                   urls_file: str | os.PathLike[str] | None = None, allow_loopback: bool = False,
+                   ddg_client: str = "guarded") -> ProviderChain:
     """A provider chain. A custom ``wikimedia_api`` (a mirror, a test server) is used for Commons
     search only; Wikipedia lead images are asked only of the real Wikipedia. API calls go through
     the same SSRF guard as downloads: ``allow_loopback`` opens 127.0.0.1 for them too."""
@@ -45,10 +46,11 @@ def make_providers(kind: str = "auto", wikimedia_api: str | None = None,
     commons = wikimedia_api or COMMONS_API
     wikipedia = WIKIPEDIA_API if not wikimedia_api else None
     if kind == "ddg":
-        return ProviderChain([DuckDuckGoProvider(allow_loopback=allow_loopback)])
+        return ProviderChain([DuckDuckGoProvider(allow_loopback=allow_loopback, client=ddg_client)])
     if kind == "wikimedia":
         return ProviderChain([WikimediaProvider(commons, wikipedia, allow_loopback=allow_loopback)])
-    return default_chain(commons_api_url=commons, wikipedia_api_url=wikipedia, allow_loopback=allow_loopback)
+    return default_chain(commons_api_url=commons, wikipedia_api_url=wikipedia, allow_loopback=allow_loopback,
+                         ddg_client=ddg_client)
 
 
 def as_chain(providers: Any) -> ProviderChain:
@@ -66,7 +68,8 @@ def as_chain(providers: Any) -> ProviderChain:
 
 def providers_for(settings: Settings | None = None) -> ProviderChain:
     s = settings or Settings.from_env()
-    return make_providers(s.provider, s.wikimedia_api, s.urls_file, allow_loopback=s.allow_loopback)
+    return make_providers(s.provider, s.wikimedia_api, s.urls_file, allow_loopback=s.allow_loopback,
+                          ddg_client=s.ddg_client)
 
 
 def policy_for(settings: Settings | None = None, **overrides: Any) -> DownloadPolicy:

@@ -15,7 +15,7 @@ from fastapi import APIRouter, Depends, File, Form, Path, Query, Request, Respon
 from fastapi.responses import FileResponse, StreamingResponse
 from pydantic import BaseModel, Field, model_validator
 
-from ..collection import SearchHit
+from ..layout import SearchHit
 from ..query import Query as ImrsQuery
 from ..query import QueryOutcome, encode, grow_term, keep_filter, run_query
 from .app import ServerState
@@ -304,7 +304,7 @@ def job_kinds(state: ServerState) -> dict[str, Callable[[dict[str, Any], Callabl
         return report.as_dict()
 
     def index(p: dict[str, Any], progress: Callable[[str, int, int], None]) -> dict[str, Any]:
-        r = coll.sync(progress=progress)  # type: ignore[arg-type]
+        r = coll.sync(progress=progress)
         return {"summary": r.summary(), "scanned": r.scanned, "added": r.added, "changed": r.changed,
                 "removed": r.removed, "unchanged": r.unchanged, "embedded": r.embedded,
                 "failed": [{"relpath": a, "reason": b} for a, b in r.failed[:100]],

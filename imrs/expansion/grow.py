@@ -32,11 +32,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..catalog import ImageRecord
-from ..collection import DYNAMIC_PREFIX, SearchHit
 from ..dedupe import HashIndex, phash_file
 from ..errors import IMRSError, NetworkError
 from ..faults import fault_point
 from ..ids import stable_id
+from ..layout import DYNAMIC_PREFIX, SearchHit
 from ..progress import ProgressArg, Reporter
 from ..reconcile import sidecar_of, staging_folder, write_provenance
 from ..slug import safe_slug
@@ -252,7 +252,9 @@ def _term_query(coll: Collection, term: str, term_scores: bool | None) -> np.nda
             return coll.encoder.embed_texts([term])[0]
         if not term_scores:
             return None
-        return coll.embed_query_text(term)
+        from ..textsearch import text_query_vector
+
+        return text_query_vector(coll, term)
     except (IMRSError, ImportError) as exc:
         log.debug("no query vector for %r: %s", term, exc)
         return None

@@ -16,6 +16,7 @@ and hands each job to its room:
 - ``imrs.encoderslot``: the encoder and the runtime identity of the vectors (``encoders``);
 - ``imrs.syncpipe``: folder sync, walk -> plan -> read/decode -> embed -> commit;
 - ``imrs.namedsnapshots``: the user's named snapshots;
+- ``imrs.webimages``: adding and removing web images;
 - ``imrs.repairport``: what ``imrs.reconcile`` may touch beneath the check (``repair_port``);
 - ``imrs.active``: the "active collection" pointer.
 """
@@ -33,7 +34,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
-from . import namedsnapshots, reconcile, syncpipe
+from . import namedsnapshots, reconcile, syncpipe, webimages
 from . import snapshot as snap
 from .catalog import Catalog, CatalogDamagedError, ImageRecord
 from .config import DEFAULT_INDEXER, state_dir_for
@@ -42,7 +43,7 @@ from .errors import EmptyCollectionError, IMRSError, StoreError
 from .faults import fault_point
 from .filters import attributes_of
 from .fsutil import atomic_write_json, read_json
-from .layout import DYNAMIC_PREFIX, RemoveReport, SearchHit, SyncReport, is_dynamic_relpath, safe_dynamic_file
+from .layout import RemoveReport, SearchHit, SyncReport, is_dynamic_relpath
 from .liveindex import LiveIndex
 from .locking import WriterLock
 from .progress import ProgressArg
@@ -384,83 +385,25 @@ class Collection:
         log.info("sync %s: %s", self.root, report.summary())
         return report
 
-    # -- dynamic images -----------------------------------------------------------------------------
+    # -- web images (imrs.webimages) --------------------------------------------------------------------
     def add_dynamic(self, slug: str, records: Sequence[ImageRecord], vectors: np.ndarray) -> int:
-        """Add already-embedded dynamic images: the term's NPZ, catalog rows, index vectors (in this
-        order, see ``imrs.reconcile``). The expansion engine calls this after download and dedupe,
-        with the files already in place; nothing else is re-embedded."""
+        """Add already-embedded web images of term ``slug`` (files already in place): the term's
+        cache, catalog rows, index vectors, in the commit order of ``imrs.reconcile``."""
         if not records:
             return 0
-        vectors = np.asarray(vectors, dtype=np.float32)
-        if vectors.shape != (len(records), self.dim):
-            raise StoreError(f"expected {len(records)}x{self.dim} vectors, got {vectors.shape}")
-        if not np.isfinite(vectors).all():  # checked before any write: the caches must stay indexable
-            raise StoreError("refusing to add NaN or infinite vectors")
-        for r in records:
-            if r.source != "dynamic" or not is_dynamic_relpath(r.relpath):
-                raise IMRSError(f"{r.relpath}: dynamic images must live under {DYNAMIC_PREFIX}<term>/")
-        # The vectors come from the encoder in use (an expansion) or the caller; loading a model
-        # only to read its runtime tag would cost seconds, so without one the caches' tag holds.
-        cached = self.cached_runtime()
-        tag = getattr(self.encoders.loaded, "runtime_tag", None) or cached or "fp32"
-        if cached is not None and cached != tag:
-            raise IMRSError(f"the collection holds {cached} vectors but the encoder writes {tag}: "
-                            "run `imrs index` first so one runtime embeds everything")
+        new = webimages.checked_rows(self, records, vectors)
         with self.writing("expand"):
-            if self.dynamic_root == self.root:  # web images recorded in the user's folder: claim it
-                other = reconcile.claim_owner(self.root, self.state_dir)
-                if other is not None:
-                    raise IMRSError(f"{self.root} belongs to the state folder {other}: grow it from there")
-            self.begin_changes()
-            new = EmbeddingSet(self.backbone, [r.id for r in records], [r.relpath for r in records], vectors,
-                               runtime=tag)
-            self.store.write(self.dynamic_npz(slug), add=new)
-            fault_point("expand.after_cache")
-            self.catalog.upsert(records)
-            fault_point("expand.after_catalog")
-            with self.live.lock:
-                self.index.add(new.ids, new.vectors)
-            self.persist_index()
-            fault_point("expand.after_index")
+            webimages.add(self, slug, records, new)
         return len(records)
 
     def remove_dynamic(self, ids: Iterable[int]) -> RemoveReport:
-        """Remove dynamic images everywhere: catalog, NPZ, file, index (in this order, see
-        ``imrs.reconcile``). Refuses the whole request if any id is a base image: a user's own
-        files are never deleted by IMRS."""
+        """Remove web images everywhere: catalog, cache, file, index. Refuses the whole request if
+        any id is a base image: a user's own files are never deleted by IMRS."""
         id_list = sorted({int(i) for i in ids})
-        report = RemoveReport()
         if not id_list:
-            return report
+            return RemoveReport()
         with self.writing("prune"):
-            recs = self.catalog.get_many(id_list)
-            base = [r.relpath for r in recs.values() if r.source != "dynamic" or not is_dynamic_relpath(r.relpath)]
-            if base:
-                raise IMRSError(f"refusing to remove base image(s): {', '.join(base[:3])}"
-                                f"{' ...' if len(base) > 3 else ''}; only dynamic images can be removed")
-            report.missing = len(id_list) - len(recs)
-            if not recs:
-                return report
-            gone = list(recs.keys())
-            self.begin_changes()
-            self.catalog.delete(gone)
-            fault_point("prune.after_catalog")
-            self.store.remove_everywhere(gone)
-            fault_point("prune.after_cache")
-            for r in recs.values():
-                path = safe_dynamic_file(self.dynamic_root, r.relpath)
-                if path is not None and path.exists():
-                    path.unlink()
-                    reconcile.sidecar_of(path).unlink(missing_ok=True)
-                    report.files_deleted += 1
-                    if report.files_deleted == 1:
-                        fault_point("prune.mid_files")
-            with self.live.lock:
-                self.index.remove(np.asarray(gone, dtype=np.int64))
-            self.persist_index()
-            fault_point("prune.after_index")
-            report.removed = len(recs)
-        return report
+            return webimages.remove(self, id_list)
 
     # -- search -------------------------------------------------------------------------------------
     def search_vectors(self, queries: np.ndarray, k: int = 10, qe: int = 0,

@@ -33,9 +33,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: the search-time tunables of every index kind: the one table (imrs.indexes documents each)
-SEARCH_TUNABLES = ("efSearch", "nprobe", "search_k", "k_factor")
-
 #: Search-time index tunables for searches made in this context only (an app session): sessions share
 #: one in-memory index, so one session's efSearch must not become everyone's.
 _CALLER_SEARCH_PARAMS: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
@@ -43,8 +40,11 @@ _CALLER_SEARCH_PARAMS: contextvars.ContextVar[dict[str, Any] | None] = contextva
 
 
 def tunables(params: dict[str, Any]) -> dict[str, Any]:
-    """The search-time tunables among ``params`` (build parameters left out)."""
-    return {k: v for k, v in params.items() if k in SEARCH_TUNABLES}
+    """The search-time tunables among ``params`` (build parameters left out); the table is
+    ``imrs.indexes.params.SEARCH_PARAMS`` (imported here: the index engines load on first use)."""
+    from .indexes.params import SEARCH_PARAMS
+
+    return {k: v for k, v in params.items() if k in SEARCH_PARAMS}
 
 
 @contextlib.contextmanager

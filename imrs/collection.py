@@ -34,10 +34,11 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
-from . import namedsnapshots, reconcile, syncpipe, webimages
+from . import namedsnapshots, reconcile, syncpipe, webfiles, webimages
 from . import snapshot as snap
 from .catalog import Catalog, CatalogDamagedError, ImageRecord
 from .config import DEFAULT_INDEXER, state_dir_for
+from .damaged import replace_damaged_catalog
 from .encoderslot import EncoderSlot
 from .errors import EmptyCollectionError, IMRSError, StoreError
 from .faults import fault_point
@@ -113,7 +114,7 @@ class Collection:
         if dynamic_root is None and self.dynamic_root == self.root:
             with contextlib.suppress(IMRSError):  # web images of ours already there: say whose they are
                 if self.repair_port.catalog.count("dynamic"):
-                    reconcile.claim_owner(self.root, self.state_dir)
+                    webfiles.claim_owner(self.root, self.state_dir)
         self._checked = False  # crash-consistency check done (see ``_ensure_consistent``)
         self._caches: dict[str, Any] = {}  # per-collection derived state (see ``cache``)
         self._caches_lock = threading.Lock()
@@ -137,10 +138,10 @@ class Collection:
     # -- paths and identity --------------------------------------------------------------------------
     def _default_dynamic_root(self) -> Path:
         """Dynamic images live beside the base ones (``<root>/dynamic_<slug>/``) when the folder is
-        writable and this state folder owns them (``reconcile.claim_owner``); a read-only collection
+        writable and this state folder owns them (``webfiles.claim_owner``); a read-only collection
         (a shared dataset), or one another state folder owns, keeps them in the state folder."""
         if os.access(self.root, os.W_OK):
-            owner = reconcile.other_owner(self.root, self.state_dir)
+            owner = webfiles.other_owner(self.root, self.state_dir)
             if owner is None:
                 return self.root
             log.warning("%s belongs to the state folder %s: this one (%s) keeps its own web images and never "
@@ -155,7 +156,7 @@ class Collection:
         writer holds it, the one line of ``exc`` is the answer for now)."""
         try:
             with self.writer.hold(timeout=0):
-                reconcile.replace_damaged_catalog(self, str(exc.__cause__ or exc))
+                replace_damaged_catalog(self, str(exc.__cause__ or exc))
                 self.repair_port.catalog.set_kv("root", str(self.root))
         except IMRSError as busy:
             if isinstance(busy, CatalogDamagedError):
@@ -244,7 +245,7 @@ class Collection:
             reconcile.migrate(self)
             status = reconcile.check(self)
         except CatalogDamagedError as exc:
-            reconcile.replace_damaged_catalog(self, str(exc.__cause__ or exc))
+            replace_damaged_catalog(self, str(exc.__cause__ or exc))
             status = reconcile.check(self)
         self._checked = True  # the repair itself uses the catalog and index
         if not status.clean:
@@ -471,8 +472,8 @@ class Collection:
     # -- reporting ----------------------------------------------------------------------------------
     def info(self) -> dict[str, Any]:
         snaps = snap.list_snapshots(self.snap_dir)
-        qdir = reconcile.quarantine_dir(self)
-        quarantine = {"web_images": len(reconcile.quarantined(self)),
+        qdir = webfiles.quarantine_dir(self)
+        quarantine = {"web_images": len(webfiles.quarantined(self)),
                       "damaged_files": sorted(p.name for p in qdir.glob("*.damaged-*")
                                              if not p.name.endswith(("-wal", "-shm"))) if qdir.is_dir() else [],
                       "folder": str(qdir)}

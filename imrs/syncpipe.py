@@ -29,6 +29,7 @@ import numpy as np
 
 from . import reconcile
 from .catalog import ImageRecord
+from .damaged import quarantine_damaged_caches, replace_damaged_catalog
 from .errors import EmptyCollectionError, StoreError
 from .faults import fault_point
 from .ids import stable_id
@@ -36,6 +37,7 @@ from .layout import SyncReport, is_dynamic_folder
 from .progress import ProgressArg, Reporter
 from .repairport import RepairTarget
 from .store import EmbeddingSet, read_runtime
+from .webfiles import dynamic_record, quarantine_dir, unquarantine, unrecorded_dynamic
 
 if TYPE_CHECKING:
     from .catalog import Catalog
@@ -217,14 +219,14 @@ def verify_stores(coll: SyncTarget, report: SyncReport) -> None:
     folder walk is): a damaged catalog is rebuilt, a damaged cache quarantined (its images are
     re-embedded by the sync), each named in one line."""
     problem = coll.catalog.integrity_problem()
-    damaged = reconcile.quarantine_damaged_caches(coll, verify=True)
+    damaged = quarantine_damaged_caches(coll, verify=True)
     if problem is None and not damaged:
         return
     coll.begin_changes()
     if problem is not None:
-        n = reconcile.replace_damaged_catalog(coll, problem)
+        n = replace_damaged_catalog(coll, problem)
         report.recovered.append(f"catalog damaged ({problem}): rebuilt with {n} image(s)")
-    report.recovered += [f"cache {p.name} damaged: moved to {reconcile.quarantine_dir(coll)}, re-embedding"
+    report.recovered += [f"cache {p.name} damaged: moved to {quarantine_dir(coll)}, re-embedding"
                          for p in damaged]
     reconcile.align(coll)
 
@@ -257,10 +259,10 @@ def adopt_dynamic(coll: SyncTarget, report: SyncReport, encoder: Callable[[], An
     catalog) get their rows from their sidecars; catalogued web images no cache of this backbone
     holds (a damaged cache) are re-embedded from their files. Cache, then catalog, then index."""
     known = coll.catalog.ids_set()
-    reconcile.unquarantine(coll, known)
-    rels = reconcile.unrecorded_dynamic(coll, known)
+    unquarantine(coll, known)
+    rels = unrecorded_dynamic(coll, known)
     cached = set(coll.store.cached_ids().tolist())
-    records = [reconcile.dynamic_record(coll, rel, coll.abspath(rel, "dynamic")) for rel in rels]
+    records = [dynamic_record(coll, rel, coll.abspath(rel, "dynamic")) for rel in rels]
     unvectored = [r for r in coll.catalog.iter_records(source="dynamic") if r.id not in cached]
     records += [r for r in unvectored if coll.abspath(r.relpath, "dynamic").is_file()]
     lost = [r for r in unvectored if not coll.abspath(r.relpath, "dynamic").is_file()]

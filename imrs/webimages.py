@@ -13,11 +13,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from . import reconcile
 from .errors import IMRSError, StoreError
 from .faults import fault_point
 from .layout import DYNAMIC_PREFIX, RemoveReport, is_dynamic_relpath, safe_dynamic_file
 from .store import EmbeddingSet
+from .webfiles import claim_owner, sidecar_of
 
 if TYPE_CHECKING:
     from .catalog import ImageRecord
@@ -49,7 +49,7 @@ def add(coll: SyncTarget, slug: str, records: Sequence[ImageRecord], new: Embedd
     """Add already-embedded web images of term ``slug`` whose files are in place (``checked_rows``
     made ``new``); nothing is re-embedded."""
     if coll.dynamic_root == coll.root:  # web images recorded in the user's folder: claim it
-        other = reconcile.claim_owner(coll.root, coll.state_dir)
+        other = claim_owner(coll.root, coll.state_dir)
         if other is not None:
             raise IMRSError(f"{coll.root} belongs to the state folder {other}: grow it from there")
     coll.begin_changes()
@@ -84,7 +84,7 @@ def remove(coll: SyncTarget, ids: Sequence[int]) -> RemoveReport:
         path = safe_dynamic_file(coll.dynamic_root, r.relpath)
         if path is not None and path.exists():
             path.unlink()
-            reconcile.sidecar_of(path).unlink(missing_ok=True)
+            sidecar_of(path).unlink(missing_ok=True)
             report.files_deleted += 1
             if report.files_deleted == 1:
                 fault_point("prune.mid_files")

@@ -12,7 +12,7 @@ PKG = Path(__file__).resolve().parent.parent / "imrs"
 #: modules that must sit in no cycle at all (the facade, its rooms, and what used to loop with them)
 GUARDED = ("imrs.collection", "imrs.layout", "imrs.protocols", "imrs.vectorstore", "imrs.liveindex",
            "imrs.encoderslot", "imrs.syncpipe", "imrs.namedsnapshots", "imrs.webimages", "imrs.repairport",
-           "imrs.active", "imrs.reconcile", "imrs.textsearch", "imrs.expansion")
+           "imrs.active", "imrs.webfiles", "imrs.damaged", "imrs.reconcile", "imrs.textsearch", "imrs.expansion")
 
 
 def _modules() -> dict[str, Path]:

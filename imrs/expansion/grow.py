@@ -38,10 +38,11 @@ from ..faults import fault_point
 from ..ids import stable_id
 from ..layout import DYNAMIC_PREFIX, SearchHit
 from ..progress import ProgressArg, Reporter
-from ..reconcile import sidecar_of, staging_folder, write_provenance
+from ..reconcile import staging_folder
 from ..slug import safe_slug
 from ..web.download import DownloadPolicy, fetch_many
 from ..web.providers import ImageHit, url_key
+from ..webfiles import sidecar_of, write_provenance
 from .sources import as_chain, policy_for
 from .terms import clean_term
 

@@ -49,9 +49,10 @@ from .progress import ProgressArg, Reporter
 if TYPE_CHECKING:
     from PIL import Image
 
-    from .collection import Collection, SearchHit
+    from .collection import Collection
     from .expansion.batch import BatchReport, TermResult
     from .expansion.grow import ExpansionReport
+    from .layout import SearchHit
 
 log = logging.getLogger(__name__)
 
@@ -223,7 +224,9 @@ def load_query_image(image: ImageInput) -> Image.Image:
 
 def encode(coll: Collection, query: Query) -> np.ndarray:
     if query.kind == "text":
-        return coll.embed_query_text(str(query.text))
+        from .textsearch import text_query_vector
+
+        return text_query_vector(coll, str(query.text))
     return coll.encoder.embed_images([load_query_image(query.image)])[0]
 
 
@@ -350,10 +353,11 @@ def answer(coll: Collection, query: Query, vector: np.ndarray, settings: Setting
     judged_label = ""
     if kind != "metadata" and source != "env":  # hand-set thresholds win over a fitted judge
         from .expansion.calibrate import load_judges
+        from .textsearch import text_index
 
         model = load_judges(coll).get(kind)
         if model is not None:
-            closeness = float(coll.text_index.plan(str(query.text)).closeness) if kind == "textmap" else None
+            closeness = float(text_index(coll).plan(str(query.text)).closeness) if kind == "textmap" else None
             ev = gather(judge_context(coll), kind, judged_ids, judged, vector if kind == "image" else None,
                         closeness)
             d = decide(model, ev, settings.coverage_precision)

@@ -46,6 +46,9 @@ its own web images in its state folder, so it never moves or deletes the owner's
 Expansions download outside the writer lock, into ``dynamic_<slug>/.staging-<token>``; each holds
 a file lock ``<state>/staging/dynamic_<slug>.<token>.lock`` for its lifetime, so a staging folder
 is removed only when its owner is gone (the kernel frees the lock of a killed process).
+
+This module holds the protocol, the check and the repair; the web images' files (sidecars,
+quarantine, ownership) are ``imrs.webfiles``'s, damaged stores ``imrs.damaged``'s.
 """
 
 from __future__ import annotations
@@ -53,7 +56,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import re
 import shutil
 import time
 import uuid
@@ -66,32 +68,26 @@ import numpy as np
 from filelock import FileLock, Timeout
 
 from . import snapshot as snap
-from .catalog import Catalog, ImageRecord, label_for
+from .damaged import cache_files, catalog_lost, quarantine_damaged_caches, rebuild_catalog, replace_damaged_catalog
 from .errors import IMRSError, StoreError
 from .faults import fault_point
 from .fsutil import atomic_write_json, read_json
+from .layout import is_dynamic_folder
 from .shards import ShardStore, migrate_file, sorted_unique
 from .store import EmbeddingSet, load_ids, merge
+from .webfiles import claim_owner, dynamic_folders, quarantine_orphans, rmdir_if_empty, scandir
 
 if TYPE_CHECKING:
-    from .collection import Collection
+    from .repairport import RepairTarget
 
 log = logging.getLogger(__name__)
 
 INTENT_FILE = "intent.json"
 STAGING_LOCK_DIR = "staging"
 STAGING_PREFIX = ".staging-"
-DYNAMIC_PREFIX = "dynamic_"
 #: Temp files in the state folder older than this (s) belong to no live write (any write takes far less).
 TEMP_MAX_AGE = 3600.0
 _LOCKED_TEMP = (f".{INTENT_FILE}.", ".commit-")  # temp names of the records, written under the lock
-#: Names expansion gives downloaded files (``grow.url_filename``); only such files are ever moved.
-DYNAMIC_FILE_RE = re.compile(r"^[0-9a-f]{20}\.jpg$")
-QUARANTINE_DIR = "quarantine"
-OWNER_FILE = ".imrs-owner.json"
-#: Provenance fields a sidecar keeps beside each downloaded image (the catalog's dynamic columns).
-PROVENANCE_FIELDS = ("label", "term", "slug", "source_url", "provider", "title", "license", "author", "page_url",
-                     "phash", "width", "height", "added_at")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -99,20 +95,15 @@ PROVENANCE_FIELDS = ("label", "term", "slug", "source_url", "provider", "title",
 # ---------------------------------------------------------------------------------------------
 
 
-def commit_path(coll: Collection) -> Path:
+def commit_path(coll: RepairTarget) -> Path:
     return coll.state_dir / f"commit-{coll.backbone}-{coll.indexer}.json"
 
 
-def intent_path(coll: Collection) -> Path:
+def intent_path(coll: RepairTarget) -> Path:
     return coll.state_dir / INTENT_FILE
 
 
-def cache_files(coll: Collection) -> list[Path]:
-    """This backbone's caches, most trusted first (base, then dynamic terms): the vector truth."""
-    return [p for p in [coll.base_npz(), *coll.dynamic_npzs()] if p.exists()]
-
-
-def fingerprint(coll: Collection) -> dict[str, Any]:
+def fingerprint(coll: RepairTarget) -> dict[str, Any]:
     """What the commit record stores: enough to notice any change to the three stores without
     reading them. Caches by size and mtime (ns), not inode: a state folder copied with its times
     (a backup put back) is still the same state and needs no repair."""
@@ -124,11 +115,11 @@ def fingerprint(coll: Collection) -> dict[str, Any]:
         with contextlib.suppress(FileNotFoundError):
             st = p.stat()
             caches.append([p.name, st.st_size, st.st_mtime_ns])
-    return {"catalog": coll._catalog.generation(), "caches": caches,
+    return {"catalog": coll.repair_port.catalog.generation(), "caches": caches,
             "version": snap.pointed_version(coll.snap_dir, coll.live_name)}
 
 
-def migrate(coll: Collection) -> int:
+def migrate(coll: RepairTarget) -> int:
     """Under the writer lock: single-file caches (from before shard stores) become stores, and a
     store folder whose manifest is missing gets it back from its deltas. The stores' content is
     unchanged, so a clean commit record is renewed rather than sending the next check to a repair."""
@@ -143,20 +134,20 @@ def migrate(coll: Collection) -> int:
         except StoreError as exc:
             log.warning("not migrating a damaged cache: %s", exc)
     for p in broken:
-        n = ShardStore(p).rebuild_manifest(coll.backbone, coll.dim, coll._runtime_label())
+        n = ShardStore(p).rebuild_manifest(coll.backbone, coll.dim, coll.repair_port.runtime_label())
         log.warning("%s had no manifest: rebuilt it from its %d delta file(s)", p, n)
     if was_clean and not broken:
         commit(coll)
     return len(legacy) + len(broken)
 
 
-def begin(coll: Collection, op: str) -> None:
+def begin(coll: RepairTarget, op: str) -> None:
     """Write the intent record: from here until ``commit`` a crash must trigger a repair."""
     atomic_write_json(intent_path(coll), {"op": op, "pid": os.getpid(), "backbone": coll.backbone,
                                           "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
 
 
-def commit(coll: Collection) -> None:
+def commit(coll: RepairTarget) -> None:
     """Write the commit record (the state is consistent as it is now), then drop the intent."""
     atomic_write_json(commit_path(coll), fingerprint(coll))
     fault_point("commit.after_record")
@@ -177,7 +168,7 @@ def _read(path: Path) -> Any:
 # ---------------------------------------------------------------------------------------------
 
 
-def _staging_lock_dir(coll: Collection) -> Path:
+def _staging_lock_dir(coll: RepairTarget) -> Path:
     return coll.state_dir / STAGING_LOCK_DIR
 
 
@@ -186,7 +177,7 @@ def _new_lock(path: Path) -> FileLock:
 
 
 @contextlib.contextmanager
-def staging_folder(coll: Collection, folder: Path) -> Iterator[Path]:
+def staging_folder(coll: RepairTarget, folder: Path) -> Iterator[Path]:
     """A private folder inside ``folder`` (a ``dynamic_<slug>`` folder) for one expansion's
     downloads, guarded by a lock its owner holds until it is gone: removed here on exit, and by
     ``repair`` if the owner was killed. The lock exists before the folder, so a folder without a
@@ -216,7 +207,7 @@ TEMP_DIR = "tmp"
 
 
 @contextlib.contextmanager
-def temp_folder(coll: Collection) -> Iterator[Path]:
+def temp_folder(coll: RepairTarget) -> Iterator[Path]:
     """A private scratch folder in the state folder's own ``tmp/`` (not the system temp), guarded by
     a lock its owner holds: removed on exit, and by the next open's check if the owner was killed,
     so a killed run never leaves its scratch files behind for good."""
@@ -236,10 +227,10 @@ def temp_folder(coll: Collection) -> Iterator[Path]:
         lock_path.unlink(missing_ok=True)
 
 
-def _clean_temp_folders(coll: Collection) -> int:
+def _clean_temp_folders(coll: RepairTarget) -> int:
     """Scratch folders in ``<state>/tmp`` whose lock is not held (their run was killed)."""
     removed = 0
-    for entry in _scandir(coll.state_dir / TEMP_DIR):
+    for entry in scandir(coll.state_dir / TEMP_DIR):
         lock_path = _staging_lock_dir(coll) / f"{TEMP_DIR}.{entry.name}.lock"
         lock = _is_dead(lock_path) if lock_path.exists() else None
         if lock_path.exists() and lock is None:
@@ -267,7 +258,7 @@ def _is_dead(lock_path: Path) -> FileLock | None:
     return lock
 
 
-def stale_staging(coll: Collection) -> list[Path]:
+def stale_staging(coll: RepairTarget) -> list[Path]:
     """Lock files of staging folders whose expansion died (cheap: the folder is empty normally)."""
     lock_dir = _staging_lock_dir(coll)
     try:
@@ -283,7 +274,7 @@ def stale_staging(coll: Collection) -> list[Path]:
     return out
 
 
-def clean_staging(coll: Collection, scan_folders: bool) -> int:
+def clean_staging(coll: RepairTarget, scan_folders: bool) -> int:
     """Remove staging folders of dead expansions. With ``scan_folders`` also look inside every
     ``dynamic_*`` folder, for staging folders with no lock file (left by IMRS before locks)."""
     removed = 0
@@ -298,18 +289,18 @@ def clean_staging(coll: Collection, scan_folders: bool) -> int:
             if folder == TEMP_DIR and token and "/" not in token:
                 shutil.rmtree(coll.state_dir / TEMP_DIR / token, ignore_errors=True)
                 removed += 1
-            elif folder.startswith(DYNAMIC_PREFIX) and "/" not in folder and token:
+            elif is_dynamic_folder(folder) and "/" not in folder and token:
                 target = dyn_root / folder / f"{STAGING_PREFIX}{token}"
                 if target.is_dir() and not target.is_symlink():
                     shutil.rmtree(target, ignore_errors=True)
                     removed += 1
-                _rmdir_if_empty(dyn_root / folder)
+                rmdir_if_empty(dyn_root / folder)
             lock_path.unlink(missing_ok=True)
         finally:
             lock.release()
     if scan_folders:
-        for folder in _dynamic_folders(dyn_root):
-            for entry in _scandir(folder):
+        for folder in dynamic_folders(dyn_root):
+            for entry in scandir(folder):
                 if not entry.name.startswith(STAGING_PREFIX) or not entry.is_dir(follow_symlinks=False):
                     continue
                 token = entry.name[len(STAGING_PREFIX):]
@@ -324,25 +315,8 @@ def clean_staging(coll: Collection, scan_folders: bool) -> int:
                 finally:
                     if lock is not None:
                         lock.release()
-            _rmdir_if_empty(folder)
+            rmdir_if_empty(folder)
     return removed
-
-
-def _scandir(folder: Path) -> list[os.DirEntry[str]]:
-    try:
-        return list(os.scandir(folder))
-    except OSError:
-        return []
-
-
-def _dynamic_folders(dyn_root: Path) -> list[Path]:
-    return [Path(e.path) for e in _scandir(dyn_root)
-            if e.name.startswith(DYNAMIC_PREFIX) and e.is_dir(follow_symlinks=False)]
-
-
-def _rmdir_if_empty(folder: Path) -> None:
-    with contextlib.suppress(OSError):
-        folder.rmdir()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -398,7 +372,7 @@ class RepairReport:
         return "; ".join(parts) or "nothing to repair"
 
 
-def check(coll: Collection) -> Status:
+def check(coll: RepairTarget) -> Status:
     """The cheap test run on every open and every write: is there anything to repair?"""
     status = Status()
     intent = _read(intent_path(coll))
@@ -426,7 +400,7 @@ def check(coll: Collection) -> Status:
     return status
 
 
-def repair(coll: Collection, status: Status | None = None) -> RepairReport:
+def repair(coll: RepairTarget, status: Status | None = None) -> RepairReport:
     """Bring catalog, caches, index and dynamic folders back in step. The caller holds the writer
     lock. Idempotent: a second run finds nothing to do."""
     t0 = time.perf_counter()
@@ -435,7 +409,7 @@ def repair(coll: Collection, status: Status | None = None) -> RepairReport:
     report.staging_removed = clean_staging(coll, scan_folders=status.full)
     if status.full:
         report.staging_removed += _clean_temp_folders(coll)
-        problem = coll._catalog.integrity_problem()
+        problem = coll.repair_port.catalog.integrity_problem()
         if problem is not None:
             report.catalog_rebuilt = replace_damaged_catalog(coll, problem)
         report.garbage_removed = (_clean_temp_files(coll.emb_dir) + snap.collect_garbage(coll.snap_dir)
@@ -456,7 +430,7 @@ def repair(coll: Collection, status: Status | None = None) -> RepairReport:
     return report
 
 
-def align(coll: Collection, report: RepairReport | None = None, release: str | None = None) -> RepairReport:
+def align(coll: RepairTarget, report: RepairReport | None = None, release: str | None = None) -> RepairReport:
     """The O(n) part: caches lose rows the catalog lacks, unrecorded dynamic files go, the live
     index becomes exactly the cached vectors. Compares ids only (vectors are read just for the
     rows the index lacks); persists the index only if it changed. ``release`` (a snapshot load):
@@ -467,7 +441,7 @@ def align(coll: Collection, report: RepairReport | None = None, release: str | N
     report.caches_quarantined = len(damaged)
     if catalog_lost(coll):
         report.catalog_rebuilt += rebuild_catalog(coll)
-    catalog = coll._catalog.relpaths_by_id()
+    catalog = coll.repair_port.catalog.relpaths_by_id()
     cat_ids = np.fromiter(catalog.keys(), dtype=np.int64, count=len(catalog))
     files: list[tuple[Path, np.ndarray]] = []
     for path in cache_files(coll):
@@ -480,7 +454,7 @@ def align(coll: Collection, report: RepairReport | None = None, release: str | N
         keep = np.isin(ids, cat_ids)
         if not keep.all():
             if path.is_dir():
-                coll._write_cache(path, remove=ids[~keep])
+                coll.repair_port.write_cache(path, remove=ids[~keep])
             else:
                 EmbeddingSet.load(path, backbone=coll.backbone).select(keep).save(path)
             report.cache_rows_dropped += int((~keep).sum())
@@ -489,7 +463,7 @@ def align(coll: Collection, report: RepairReport | None = None, release: str | N
         files.append((path, ids))
     cached = sorted_unique(np.concatenate([ids for _, ids in files])) if files else np.zeros(0, np.int64)
     report.orphan_files = quarantine_orphans(coll, set(catalog), release)
-    index, fresh = coll._index_for_repair(lambda: _load_rows(coll, files, cached))
+    index, fresh = coll.repair_port.index_for_repair(lambda: _load_rows(coll, files, cached))
     have = index.ids()
     have = sorted_unique(have)
     extra = np.setdiff1d(have, cached, assume_unique=True)  # (NumPy's hash unique is slow at 1M ids)
@@ -505,11 +479,11 @@ def align(coll: Collection, report: RepairReport | None = None, release: str | N
         report.index_added = len(add)
     report.without_vectors = int(np.isin(cat_ids, cached, invert=True).sum())
     if fresh or len(extra) or len(missing) or snap.pointed_version(coll.snap_dir, coll.live_name) is None:
-        coll._persist_index()
+        coll.repair_port.persist_index()
     return report
 
 
-def _load_rows(coll: Collection, files: list[tuple[Path, np.ndarray]], wanted: np.ndarray) -> EmbeddingSet:
+def _load_rows(coll: RepairTarget, files: list[tuple[Path, np.ndarray]], wanted: np.ndarray) -> EmbeddingSet:
     """Cached rows of ``wanted`` ids, the first cache holding an id winning (as in ``store.merge``);
     only the files that hold any of them are read in full."""
     sets = [EmbeddingSet.load(path, backbone=coll.backbone) for path, ids in files if np.isin(ids, wanted).any()]
@@ -519,312 +493,9 @@ def _load_rows(coll: Collection, files: list[tuple[Path, np.ndarray]], wanted: n
     return rows.select(np.isin(rows.ids, wanted))
 
 
-# ---------------------------------------------------------------------------------------------
-# The user's web images: quarantine, provenance sidecars, ownership
-# ---------------------------------------------------------------------------------------------
-
-
-def quarantine_dir(coll: Collection) -> Path:
-    return coll.state_dir / QUARANTINE_DIR
-
-
-def sidecar_of(image: Path) -> Path:
-    return image.with_suffix(".json")
-
-
-def write_provenance(image: Path, record: ImageRecord) -> None:
-    """The sidecar of a downloaded image: where it came from, kept beside it so a lost catalog
-    loses nothing (``rebuild_catalog``, ``Collection.sync`` read it back)."""
-    atomic_write_json(sidecar_of(image), {k: getattr(record, k) for k in PROVENANCE_FIELDS}
-                      | {"relpath": record.relpath})
-
-
-def read_provenance(image: Path) -> dict[str, Any]:
-    """The sidecar's fields ({} when there is none or it is unreadable: the folder names the term)."""
-    try:
-        data = read_json(sidecar_of(image))
-    except (OSError, ValueError):
-        return {}
-    return {k: data[k] for k in PROVENANCE_FIELDS if isinstance(data, dict) and k in data}
-
-
-def dynamic_record(coll: Collection, relpath: str, image: Path) -> ImageRecord:
-    """A catalog row for a web image found on disk: its sidecar's provenance, else its folder's term."""
-    slug = relpath.split("/", 1)[0][len(DYNAMIC_PREFIX):]
-    facts: dict[str, Any] = {"label": slug, "term": slug, "slug": slug}
-    facts.update({k: v for k, v in read_provenance(image).items() if v is not None})
-    with contextlib.suppress(OSError):
-        st = image.stat()
-        facts["mtime"], facts["size"] = st.st_mtime, st.st_size
-    return ImageRecord.for_path(relpath, source="dynamic", **facts)
-
-
-def _move_pair(src: Path, dest: Path) -> None:
-    """Move an image and its sidecar (when there is one) to ``dest``."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(src, dest)
-    side = sidecar_of(src)
-    if side.is_file():
-        os.replace(side, sidecar_of(dest))
-
-
-def quarantine_orphans(coll: Collection, catalog_ids: set[int], release: str | None = None) -> int:
-    """Web images an expansion moved into ``dynamic_<slug>/`` but never recorded (killed in between),
-    or that a catalog no longer lists: moved with their sidecars to ``<state>/quarantine/``, never
-    deleted. A state folder that does not own the collection's dynamic folders touches nothing."""
-    from .ids import stable_id
-
-    if not owns_dynamic_root(coll):
-        return 0
-    moved = 0
-    target = quarantine_dir(coll) / f"released-{_stamp()}" if release else quarantine_dir(coll)
-    for folder in _dynamic_folders(Path(coll.dynamic_root)):
-        for entry in _scandir(folder):
-            if not DYNAMIC_FILE_RE.fullmatch(entry.name) or not entry.is_file(follow_symlinks=False):
-                continue
-            rel = f"{folder.name}/{entry.name}"
-            if stable_id(rel) not in catalog_ids:
-                _move_pair(Path(entry.path), target / rel)
-                moved += 1
-        _rmdir_if_empty(folder)
-    if moved and release:
-        log.warning("%d web image(s) not in %s moved to %s (delete that folder to free the space)", moved,
-                    release, target)
-    elif moved:
-        log.warning("%d web image(s) the catalog does not list moved to %s; `imrs index` takes them back",
-                    moved, target)
-    return moved
-
-
-def quarantined(coll: Collection) -> list[tuple[str, Path]]:
-    """(relpath, file) of every web image waiting in the quarantine."""
-    out = []
-    for folder in _dynamic_folders(quarantine_dir(coll)):
-        out += [(f"{folder.name}/{e.name}", Path(e.path)) for e in _scandir(folder)
-                if DYNAMIC_FILE_RE.fullmatch(e.name) and e.is_file(follow_symlinks=False)]
-    return sorted(out)
-
-
-def unquarantine(coll: Collection, known: set[int]) -> list[str]:
-    """Put quarantined web images back in their folders (``imrs index``). One whose name is back
-    already and recorded (the expansion was re-run) is a second copy and goes. Returns relpaths."""
-    from .ids import stable_id
-
-    back = []
-    for rel, path in quarantined(coll):
-        dest = Path(coll.dynamic_root) / rel
-        if dest.exists():
-            if stable_id(rel) in known:
-                path.unlink(missing_ok=True)
-                sidecar_of(path).unlink(missing_ok=True)
-            continue
-        _move_pair(path, dest)
-        back.append(rel)
-    for folder in _dynamic_folders(quarantine_dir(coll)):
-        _rmdir_if_empty(folder)
-    return back
-
-
-def unrecorded_dynamic(coll: Collection, known: set[int]) -> list[str]:
-    """Relpaths of web images (IMRS-named files in ``dynamic_*``) the catalog does not list."""
-    from .ids import stable_id
-
-    out = []
-    for folder in _dynamic_folders(Path(coll.dynamic_root)):
-        out += [f"{folder.name}/{e.name}" for e in _scandir(folder)
-                if DYNAMIC_FILE_RE.fullmatch(e.name) and e.is_file(follow_symlinks=False)
-                and stable_id(f"{folder.name}/{e.name}") not in known]
-    return sorted(out)
-
-
-def _marked_owner(root: Path) -> Path | None:
-    try:
-        return Path(str(read_json(root / OWNER_FILE)["state_dir"]))
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-
-
-def other_owner(root: Path, state_dir: Path) -> Path | None:
-    """The living state folder other than ``state_dir`` that owns ``root``'s web images, if any
-    (read only: opening a collection writes nothing into the user's folder)."""
-    owner = _marked_owner(root)
-    if owner is not None and owner != state_dir and (owner / "catalog.sqlite").exists():
-        return owner
-    return None
-
-
-def claim_owner(root: Path, state_dir: Path) -> Path | None:
-    """Make ``state_dir`` the owner of ``root``'s dynamic folders (before it first writes web images
-    there) unless another living state folder is. Returns that other owner, or None."""
-    owner = _marked_owner(root)
-    if owner is not None and owner != state_dir:
-        if (owner / "catalog.sqlite").exists():
-            return owner
-        log.info("the state folder %s that owned %s is gone: %s takes its web images over", owner, root, state_dir)
-    if owner != state_dir:
-        try:
-            atomic_write_json(root / OWNER_FILE, {"state_dir": str(state_dir),
-                                                  "claimed": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
-        except OSError as exc:  # a folder we cannot write: dynamic images live in the state folder anyway
-            log.debug("cannot claim %s: %s", root, exc)
-    return None
-
-
-def owns_dynamic_root(coll: Collection) -> bool:
-    """Whether this state folder may move files in its dynamic root: its own (in the state folder),
-    or the collection folder it owns."""
-    root = Path(coll.dynamic_root)
-    if root != coll.root:
-        return True
-    return _marked_owner(root) == coll.state_dir  # unclaimed: web images there are nobody's we know
-
-
-# ---------------------------------------------------------------------------------------------
-# Damaged stores: caches and the catalog
-# ---------------------------------------------------------------------------------------------
-
-
-def _stamp() -> str:
-    return time.strftime("%Y%m%dT%H%M%S") + f"-{uuid.uuid4().hex[:4]}"
-
-
-def cache_problem(path: Path, backbone: str, verify: bool) -> str | None:
-    """None when the cache reads whole, else one line naming the file and what is wrong."""
-    try:
-        if path.is_dir():
-            store = ShardStore(path)
-            problems = store.verify() if verify else []
-            if problems:
-                return problems[0]
-            store.load_ids()
-        else:
-            load_ids(path, backbone=backbone)
-            if verify:
-                EmbeddingSet.load(path, backbone=backbone)  # zip CRCs of every member
-    except StoreError as exc:
-        return str(exc)
-    return None
-
-
-def quarantine_damaged_caches(coll: Collection, verify: bool = True) -> list[Path]:
-    """Move every damaged cache of this backbone to the quarantine, naming it and what is lost
-    until ``imrs index`` re-embeds its images. Returns the caches' former paths."""
-    out = []
-    for path in cache_files(coll):
-        problem = cache_problem(path, coll.backbone, verify)
-        if problem is None:
-            continue
-        dest = quarantine_dir(coll) / f"{path.name}.damaged-{_stamp()}"
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(path, dest)
-        log.warning("damaged cache %s (%s) moved to %s: its images keep their index vectors and "
-                    "`imrs index` re-embeds them from the images", path.name, problem, dest)
-        out.append(path)
-    return out
-
-
-def catalog_lost(coll: Collection) -> bool:
-    """A catalog never written (deleted, emptied to 0 bytes, or replaced after damage) while caches
-    or web images say the collection had images: rebuild it rather than cut the caches to it."""
-    cat = coll._catalog
-    if cat.generation() or len(cat):
-        return False
-    return bool(cache_files(coll)) or bool(unrecorded_dynamic(coll, set()))
-
-
-def rebuild_catalog(coll: Collection, salvaged: dict[int, ImageRecord] | None = None) -> int:
-    """Catalog rows for every cached image whose file is still there: base images from the folder
-    (label from the path, mtime/size from the file, so ``imrs index`` keeps the cached vector),
-    web images from their sidecars; rows ``salvaged`` from a damaged catalog win. Images with a
-    file but no vector are found by ``imrs index`` (base) or its adoption of web images."""
-    from .ids import stable_id
-
-    salvaged = salvaged or {}
-    records: dict[int, ImageRecord] = {}
-    for path in cache_files(coll):
-        try:
-            rels = EmbeddingSet.load(path, backbone=coll.backbone).relpaths
-        except StoreError:
-            continue
-        for rel in (str(r) for r in rels):
-            i = stable_id(rel)
-            if i in records:
-                continue
-            dynamic = rel.split("/", 1)[0].startswith(DYNAMIC_PREFIX)
-            file = coll.abspath(rel, "dynamic" if dynamic else "base")
-            if not file.is_file():
-                continue
-            if i in salvaged:
-                records[i] = salvaged[i]
-            elif dynamic:
-                records[i] = dynamic_record(coll, rel, file)
-            else:
-                st = file.stat()
-                records[i] = ImageRecord.for_path(rel, source="base", label=label_for(rel), mtime=st.st_mtime,
-                                                  size=st.st_size)
-    for i, rec in salvaged.items():  # rows whose vectors no cache has: still the user's images
-        if i not in records and coll.abspath(rec.relpath, rec.source).is_file():
-            records[i] = rec
-    coll._catalog.upsert(records.values())
-    if records:
-        log.warning("catalog %s rebuilt: %d image(s) from the caches, the folder and the web images' sidecars",
-                    coll._catalog.path, len(records))
-    return len(records)
-
-
-def salvage_catalog(path: Path) -> dict[int, ImageRecord]:
-    """Rows still readable in a damaged catalog (read until SQLite gives up): they keep imported
-    metadata and provenance that no other store has."""
-    import sqlite3
-
-    from .catalog import _record
-
-    out: dict[int, ImageRecord] = {}
-    try:
-        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    except sqlite3.Error:
-        return out
-    con.row_factory = sqlite3.Row
-    try:
-        for row in con.execute("SELECT * FROM images"):
-            with contextlib.suppress(Exception):
-                rec = _record(row)
-                out[rec.id] = rec
-        for row in con.execute("SELECT id, key, value FROM extra"):
-            if row["id"] in out:
-                out[row["id"]].extra[row["key"]] = row["value"]
-    except sqlite3.Error as exc:
-        log.info("salvaged %d row(s) of the damaged catalog before: %s", len(out), exc)
-    finally:
-        con.close()
-    return out
-
-
-def replace_damaged_catalog(coll: Collection, reason: str) -> int:
-    """Move a damaged catalog (and its WAL) to the quarantine, salvage what reads, and rebuild a new
-    one from it, the caches, the folder and the sidecars. Needs the writer lock (the caller's)."""
-    path = coll._catalog.path if getattr(coll, "_catalog", None) is not None else coll.state_dir / "catalog.sqlite"
-    with contextlib.suppress(Exception):
-        coll._catalog.close()
-    dest = quarantine_dir(coll) / f"catalog.sqlite.damaged-{_stamp()}"
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    for suffix in ("", "-wal", "-shm"):
-        src = Path(f"{path}{suffix}")
-        if src.exists():
-            os.replace(src, Path(f"{dest}{suffix}"))
-    salvaged = salvage_catalog(dest)
-    coll._catalog = Catalog(path)
-    n = rebuild_catalog(coll, salvaged)
-    lost = len(salvaged)
-    log.warning("catalog %s was damaged (%s): moved to %s; rebuilt with %d image(s) (%d row(s) salvaged). "
-                "Images without a cached vector come back with `imrs index`; metadata only the catalog held "
-                "is back from a snapshot (`imrs snapshot load NAME`)", path, reason, dest, n, lost)
-    return n
-
-
 def _dir_stats(path: Path) -> list[list[Any]]:
     out = []
-    for e in _scandir(path):
+    for e in scandir(path):
         if e.name.startswith("d-"):
             with contextlib.suppress(OSError):
                 st = e.stat()
@@ -840,7 +511,7 @@ def _clean_temp_files(folder: Path, unlocked_min_age: float | None = None) -> in
     records this module writes, and temp files older than ``unlocked_min_age`` seconds, are."""
     removed = 0
     now = time.time()
-    for entry in _scandir(folder):
+    for entry in scandir(folder):
         if not (entry.name.startswith(".") and entry.name.endswith(".tmp") and entry.is_file(follow_symlinks=False)):
             continue
         if unlocked_min_age is not None and not entry.name.startswith(_LOCKED_TEMP):

@@ -36,9 +36,9 @@ sys.path.insert(0, str(REPO))
 
 from imrs.bench.docblock import host_line, replace_block  # noqa: E402
 from imrs.bench.metrics import label_quality  # noqa: E402
-from imrs.collection import calibration_sample  # noqa: E402
 from imrs.encoders import get_encoder  # noqa: E402
 from imrs.encoders.int8 import CALIBRATION_IMAGES, HELD_IMAGES  # noqa: E402
+from imrs.encoderslot import calibration_sample  # noqa: E402
 from imrs.indexes.exact import exact_search  # noqa: E402
 
 DOCS = REPO / "docs" / "benchmarks.md"

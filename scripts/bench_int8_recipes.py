@@ -84,9 +84,9 @@ def main() -> None:
         return
 
     from imrs.bench.docblock import host_line, replace_block
-    from imrs.collection import calibration_sample
     from imrs.encoders import get_encoder
     from imrs.encoders import int8 as q
+    from imrs.encoderslot import calibration_sample
 
     files = sorted(args.data.glob("*/*.jpg"))
     if not files:

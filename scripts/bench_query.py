@@ -24,6 +24,7 @@ from imrs.collection import Collection
 from imrs.errors import IMRSError
 from imrs.indexes import INDEX_KINDS, make_index
 from imrs.store import EmbeddingSet
+from imrs.textsearch import text_query_vector
 
 
 def pct(xs: list[float], p: float) -> float:
@@ -82,7 +83,7 @@ def bench_queries(coll: Collection, n: int = 40) -> None:
     coll.search_image(coll.abspath(picks[0].relpath), 10)  # warm-up: model, caches
     labels = coll.catalog.labels()
     try:
-        coll.embed_query_text("a photo of a dog")  # warm-up: the text model loads once per process
+        text_query_vector(coll, "a photo of a dog")  # warm-up: the text model loads once per process
     except IMRSError:
         pass
     rows: dict[str, list[tuple[float, float, float]]] = {"image": [], "text": []}
@@ -90,7 +91,7 @@ def bench_queries(coll: Collection, n: int = 40) -> None:
         rows["image"].append(timed_query(coll, lambda r=r: coll.embed_query_image(coll.abspath(r.relpath))))
         try:
             prompt = f"a photo of a {labels[i % len(labels)]}"
-            rows["text"].append(timed_query(coll, lambda p=prompt: coll.embed_query_text(p)))
+            rows["text"].append(timed_query(coll, lambda p=prompt: text_query_vector(coll, p)))
         except IMRSError as exc:  # no text path for this backbone: report, keep measuring images
             if not rows["text"]:
                 print(f"(text queries unavailable: {exc})")

@@ -94,8 +94,12 @@ def test_corrupt_files_are_skipped_with_a_reason(copy_collection, home):
     (copy_collection / "watch" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
     (copy_collection / "watch" / "empty.png").write_bytes(b"")
     coll = Collection(copy_collection, BB, "flat_ip", home=home)
-    report = coll.sync()
+    heard: list[tuple[str, int, int]] = []
+    report = coll.sync(progress=lambda stage, done, total: heard.append((stage, done, total)))
     assert report.embedded == 24
+    # the one progress protocol (imrs.progress): every file read, the broken one included
+    assert heard and {s for s, _, _ in heard} == {"embed"} and heard[-1][1:] == (25, 25)
+    assert [d for _, d, _ in heard] == sorted(d for _, d, _ in heard)
     assert [r for r, _ in report.failed] == ["watch/broken.jpg"]  # did not decode
     assert report.skipped == [("watch/empty.png", "empty file")]  # left out by the walk, never read
     assert all(reason and "cannot read" not in reason for _, reason in report.failed)

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from imrs import reconcile
+from imrs import reconcile, webfiles
 from imrs import snapshot as snap
 from imrs.catalog import ImageRecord
 from imrs.collection import Collection
@@ -149,7 +149,7 @@ def test_repair_moves_only_unrecorded_files_it_named(root: Path, tmp_path: Path)
     reconcile.begin(coll, "expand")
     report = reconcile.repair(coll)
     assert report.orphan_files == 1 and not orphan.exists()  # moved, never deleted: imrs index takes it back
-    assert (reconcile.quarantine_dir(coll) / "dynamic_x" / orphan.name).read_bytes() == mine.read_bytes()
+    assert (webfiles.quarantine_dir(coll) / "dynamic_x" / orphan.name).read_bytes() == mine.read_bytes()
     assert coll.info()["quarantine"]["web_images"] == 1
     assert report.garbage_removed == 3 and not any(t.exists() for t in temps) and young.exists()
     assert mine.exists() and (root / "base" / "mine.jpg").exists()
@@ -226,7 +226,7 @@ def test_a_snapshot_load_releases_later_web_images_instead_of_deleting_them(root
     data = {r.relpath: coll.abspath(r.relpath).read_bytes() for r in later}
     coll.load_snapshot("s1")
     assert _ids(coll) == ({r.id for r in kept},) * 3
-    released = list(reconcile.quarantine_dir(coll).glob("released-*"))
+    released = list(webfiles.quarantine_dir(coll).glob("released-*"))
     assert len(released) == 1 and {rel: (released[0] / rel).read_bytes() for rel in data} == data
-    assert reconcile.quarantined(coll) == []  # not taken back by imrs index: dropped on purpose
+    assert webfiles.quarantined(coll) == []  # not taken back by imrs index: dropped on purpose
     assert coll.info()["quarantine"]["web_images"] == 0

@@ -74,17 +74,18 @@ def test_conse_class_names_rank_their_class_first(subset_vectors) -> None:
 @pytest.mark.slow
 def test_collection_search_text_without_text_tower(small_collection, home) -> None:
     from imrs.collection import Collection
+    from imrs.textsearch import text_query_vector
 
     coll = Collection(small_collection, "efficientnet_lite0", "flat_ip", home=home)
     coll.sync()
     assert not coll.encoder.supports_text
     for label in ("sunflower", "Leopards", "watch"):
-        hits = coll.search_text(f"a photo of a {label.lower()}", k=5)
+        hits = coll.search_vectors(text_query_vector(coll, f"a photo of a {label.lower()}"), k=5)[0]
         assert len(hits) == 5
         assert sum(h.label == label for h in hits) >= 4, label
     # the per-collection cache is written once and reused
     cache = coll.state_dir / "textmap_efficientnet_lite0.npz"
     assert cache.is_file()
     mtime = cache.stat().st_mtime_ns
-    coll.search_text("a photo of a watch", k=3)
+    coll.search_vectors(text_query_vector(coll, "a photo of a watch"), k=3)
     assert cache.stat().st_mtime_ns == mtime

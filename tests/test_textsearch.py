@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from imrs.catalog import ImageRecord
-from imrs.textsearch import wordnet
+from imrs.textsearch import text_index, wordnet
 from imrs.textsearch.conse import ClassSpace, HierConse
 from imrs.textsearch.hybrid import HybridParams, MetadataIndex, fuse, record_texts
 
@@ -225,13 +225,13 @@ def test_text_state_lives_on_the_collection(indexed, tmp_path: Path) -> None:
     assert not hasattr(textmap, "_MAPPERS")
     other = Collection(root, "efficientnet_lite0", "flat_ip", home=tmp_path / "other-home", encoder=coll.encoder)
     other.sync()
-    assert coll.text_index is coll.text_index and coll.text_index is not other.text_index
-    m1, _ = coll.text_index.conse()
-    m2, _ = other.text_index.conse()
+    assert text_index(coll) is text_index(coll) and text_index(coll) is not text_index(other)
+    m1, _ = text_index(coll).conse()
+    m2, _ = text_index(other).conse()
     assert m1 is not m2
     assert (coll.state_dir / "textmap_efficientnet_lite0.npz").is_file()
     assert (other.state_dir / "textmap_efficientnet_lite0.npz").is_file()
-    coll.text_index.plan("sunflower")
+    text_index(coll).plan("sunflower")
     plans = json.loads((coll.state_dir / "textsearch_plans_efficientnet_lite0.json").read_text())["plans"]
     assert any(k.endswith("|sunflower") for k in plans)
 

@@ -13,7 +13,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, File, Form, Path, Query, Request, Response, UploadFile
 from fastapi.responses import FileResponse, StreamingResponse
 
-from ..collection import SearchHit
+from ..layout import SearchHit
 from ..progress import Progress
 from ..query import Query as ImrsQuery
 from ..query import QueryOutcome, encode, grow_term, keep_filter, run_query
@@ -140,7 +140,7 @@ def job_kinds(state: ServerState) -> dict[str, JobFn]:
         return report.as_dict()
 
     def index(p: dict[str, Any], progress: Progress) -> dict[str, Any]:
-        r = coll.sync(progress=progress)  # type: ignore[arg-type]  # until collection.py takes a Progress
+        r = coll.sync(progress=progress)
         return {"summary": r.summary(), "scanned": r.scanned, "added": r.added, "changed": r.changed,
                 "removed": r.removed, "unchanged": r.unchanged, "embedded": r.embedded,
                 "failed": [{"relpath": a, "reason": b} for a, b in r.failed[:100]],

@@ -27,7 +27,8 @@ from ..ids import display_path
 if TYPE_CHECKING:
     from PIL import Image
 
-    from ..collection import Collection, SearchHit
+    from ..collection import Collection
+    from ..layout import SearchHit
 
 log = logging.getLogger(__name__)
 

@@ -227,7 +227,7 @@ def build_query(kind: str, pending: S.Pending) -> tuple[Query, dict[str, Any]]:
 
 def run_search(ctx: dict[str, Any], pending: S.Pending, progress_slot: Any) -> None:
     """Run one query through the pipeline; the outcome goes to session state as plain data."""
-    from ..collection import caller_search_params
+    from ..liveindex import caller_search_params
 
     opened: W.Opened = ctx["opened"]
     ws, coll = opened.ws, opened.coll

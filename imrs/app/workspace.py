@@ -144,13 +144,15 @@ class Workspace:
             self.encoder_loaded.set()
         log.info("loaded %s (%s) in %.2fs", self.coll.backbone, getattr(enc, "device", "?"), self.load_s)
         try:
+            from ..textsearch import text_query_vector
+
             if not enc.supports_text:
                 text_warmup().thread.join()
             # after the folder check: the class map is built over the indexed images
             if self.synced_event.wait(600.0) and len(self.coll.catalog):
                 # one text query through the collection's own path builds (or loads) what the
                 # first real one needs: the sentence model and the collection's class map
-                self.coll.embed_query_text("warm up")
+                text_query_vector(self.coll, "warm up")
         except Exception as exc:  # noqa: BLE001 - a failed warm-up only means a slower first query
             log.info("text search warm-up skipped: %s", exc)
         finally:
@@ -250,7 +252,7 @@ def sync_once(ws: Workspace, progress: Progress | None = None, force: bool = Fal
             return None
         try:
             with ws.activity.job(session_id(), "indexing", ws.coll.root.name):
-                report = ws.coll.sync(progress=track)
+                report = ws.coll.sync(progress=lambda _stage, done, total: track(done, total))
         finally:
             ws.synced_event.set()  # the text warm-up waits for this, success or not
         ws.synced = True

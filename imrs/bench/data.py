@@ -23,11 +23,11 @@ from pathlib import Path
 import numpy as np
 
 from ..catalog import label_for
-from ..collection import DYNAMIC_PREFIX, scan_folder
 from ..config import home_dir, state_dir_for
 from ..errors import EmptyCollectionError, IMRSError, StoreError
 from ..fsutil import atomic_write_json, read_json
 from ..ids import stable_id
+from ..layout import DYNAMIC_PREFIX, scan_folder
 from ..progress import ProgressArg
 from ..store import EmbeddingSet
 

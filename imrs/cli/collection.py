@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..collection import read_active, remember_active
+from ..active import read_active, remember_active
 from ..encoders.int8 import describe_tag, is_int8_tag, recipe_plan
 from .common import collection_args, open_collection, runtime_arg, settings_from
 from .scale import add_engine_args, engine_from_args

@@ -7,7 +7,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from ..collection import Collection, read_active
+from ..active import read_active
+from ..collection import Collection
 from ..config import Settings
 from ..errors import IMRSError
 from .scale import add_milvus_arg, milvus_params

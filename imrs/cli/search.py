@@ -13,8 +13,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..collection import SearchHit
 from ..errors import IMRSError
+from ..layout import SearchHit
 from ..query import Query, QueryOutcome, run_query
 from .common import collection_args, int_in, open_collection, runtime_arg, settings_from
 from .scale import add_where_arg

@@ -480,7 +480,7 @@ def _text_cases(coll: Collection, classes: dict[str, list[int]], members_of: dic
                 b: _CaseBuilder, rep: Reporter, views: _Views | None) -> Cases:
     """Text queries: each folder's readable name in a few phrasings, embedded and judged exactly as
     a live text query (``imrs.query`` embeds the raw text, no prompt template)."""
-    from ..textsearch import text_class_space
+    from ..textsearch import text_class_space, text_index, text_query_vector
 
     names = b.names
     textmap = not coll.backbone_info.supports_text
@@ -495,9 +495,9 @@ def _text_cases(coll: Collection, classes: dict[str, list[int]], members_of: dic
                 ids, scores = text_class_space(coll, text)
                 order = np.argsort(-scores, kind="stable")[:depth + len(members) + 1]
                 pairs = [(float(scores[j]), int(ids[j])) for j in order]
-                closeness = float(coll.text_index.plan(text).closeness)
+                closeness = float(text_index(coll).plan(text).closeness)
             else:
-                vec = coll.embed_query_text(text)
+                vec = text_query_vector(coll, text)
                 srow, irow = coll.index.search(np.asarray([vec], np.float32), depth + biggest + 1)
                 pairs = [(float(x), int(i)) for x, i in zip(srow[0].tolist(), irow[0].tolist(), strict=True)]
             b.add(c, pairs, members, closeness=closeness, exemplars=exemplars)

@@ -32,16 +32,17 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..catalog import ImageRecord
-from ..collection import DYNAMIC_PREFIX, SearchHit
 from ..dedupe import HashIndex, phash_file
 from ..errors import IMRSError, NetworkError
 from ..faults import fault_point
 from ..ids import stable_id
+from ..layout import DYNAMIC_PREFIX, SearchHit
 from ..progress import ProgressArg, Reporter, relabel
-from ..reconcile import sidecar_of, staging_folder, write_provenance
+from ..reconcile import staging_folder
 from ..slug import safe_slug
 from ..web.download import DownloadPolicy, fetch_many
 from ..web.providers import ImageHit, url_key
+from ..webfiles import sidecar_of, write_provenance
 from .sources import as_chain, policy_for
 from .terms import clean_term
 
@@ -252,7 +253,9 @@ def _term_query(coll: Collection, term: str, term_scores: bool | None) -> np.nda
             return coll.encoder.embed_texts([term])[0]
         if not term_scores:
             return None
-        return coll.embed_query_text(term)
+        from ..textsearch import text_query_vector
+
+        return text_query_vector(coll, term)
     except (IMRSError, ImportError) as exc:
         log.debug("no query vector for %r: %s", term, exc)
         return None

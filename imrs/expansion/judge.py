@@ -130,8 +130,10 @@ class ClassContext:
         self.row_of: dict[int, int] = {}
         self.label_dist: dict[str, np.ndarray] = {}
         if getattr(coll.backbone_info, "has_classifier", True) and not coll.backbone_info.supports_text:
+            from ..textsearch import text_index
+
             try:
-                self.mapper, ids = coll.text_index.conse()
+                self.mapper, ids = text_index(coll).conse()
             except IMRSError as exc:  # no classifier after all: cosine evidence only
                 log.debug("judge without ImageNet evidence: %s", exc)
                 self.mapper = None

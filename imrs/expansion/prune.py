@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from ..catalog import ImageRecord
-from ..collection import DYNAMIC_PREFIX, is_dynamic_relpath
 from ..errors import IMRSError
+from ..layout import DYNAMIC_PREFIX, is_dynamic_relpath
 from ..slug import safe_slug
 from .grow import dynamic_folder
 from .terms import clean_term

@@ -19,7 +19,7 @@ import numpy as np
 from ..errors import IMRSError
 
 if TYPE_CHECKING:
-    from ..collection import Collection
+    from ..protocols import CollectionView
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +32,7 @@ def readable_label(label: str) -> str:
     return " ".join(label.replace("_", " ").split())
 
 
-def prompt_vectors(coll: Collection, labels: Sequence[str]) -> np.ndarray:
+def prompt_vectors(coll: CollectionView, labels: Sequence[str]) -> np.ndarray:
     """CLIP prompt embeddings of ``labels``, cached on the collection: the vocabulary grows with
     every expansion, and re-embedding 1000 ImageNet prompts per query would cost seconds."""
     lock, cache = coll.cache("prompt_vectors", lambda: (threading.Lock(), {}))

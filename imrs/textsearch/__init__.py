@@ -5,7 +5,7 @@
   ``text_class_space``/``textmap_scorer`` give the judged scores for image-only backbones;
 - ``conse``: hierarchy-aware ConSE through WordNet for image-only backbones;
 - ``hybrid``: the collection's own words (labels, file names, captions, terms, EXIF) and the fusion;
-- ``index.TextIndex``: per-collection state, ``Collection.text_index``;
+- ``index.TextIndex``: per-collection state, ``text_index(coll)``;
 - ``minilm``: the sentence model in NumPy (no torch on the text path); ``cache``: on-disk caches;
 - ``wordnet``: the shipped WordNet 3.0 slice; ``web``: web exemplars.
 
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from .conse import HierConse, HierParams, TextPlan
 from .hybrid import HybridParams
-from .index import TextIndex
+from .index import TextIndex, text_index
 from .search import (
     TextFusion,
     TextSearchResult,
@@ -37,6 +37,7 @@ __all__ = [
     "TextSearchResult",
     "fuse_text_hits",
     "text_class_space",
+    "text_index",
     "text_query_vector",
     "text_search",
     "textmap_scorer",

@@ -32,7 +32,7 @@ from .wordnet import STOPWORDS, WordNetTable, concepts, table, words_of
 
 if TYPE_CHECKING:
     from ..catalog import Catalog, ImageRecord
-    from ..collection import Collection
+    from ..protocols import CollectionView
 
 log = logging.getLogger(__name__)
 
@@ -340,11 +340,11 @@ def _load(path: Path) -> dict[str, Any] | None:
         return None
 
 
-def meta_path(coll: Collection) -> Path:
+def meta_path(coll: CollectionView) -> Path:
     return coll.state_dir / "textsearch_meta.npz"
 
 
-def load_or_build_metadata(coll: Collection, fp: str) -> MetadataIndex:
+def load_or_build_metadata(coll: CollectionView, fp: str) -> MetadataIndex:
     """The collection's metadata index: from ``textsearch_meta.npz`` when the catalog is unchanged,
     else rebuilt from the catalog (EXIF descriptions are re-read only for new or changed files)."""
     path = meta_path(coll)

@@ -1,4 +1,4 @@
-"""Per-collection text-search state: ``Collection.text_index`` (one per collection object).
+"""Per-collection text-search state: ``text_index(coll)`` (one per collection object).
 
 What it holds, each built on first use and kept on disk in the collection's state folder so a new
 process starts warm:
@@ -10,8 +10,9 @@ process starts warm:
   the sentence model);
 - the **metadata index** (``textsearch_meta.npz``, see ``hybrid``), keyed by the catalog's content.
 
-Nothing here is module-global: two collections in one process (the app serving several folders,
-tests) never share or overwrite each other's state. Collection-independent caches (sentence
+Nothing here is module-global: the state is kept on the collection through ``coll.cache`` (the
+collection never imports text search), so two collections in one process (the app serving
+several folders, tests) never share or overwrite each other's state. Collection-independent caches (sentence
 embeddings, ImageNet class-gloss embeddings) live in the user cache (``cache``).
 """
 
@@ -36,7 +37,7 @@ from .cache import SentenceCache, cache_root, class_embeddings
 from .conse import ClassSpace, HierConse, HierParams, TextPlan
 
 if TYPE_CHECKING:
-    from ..collection import Collection
+    from ..protocols import CollectionView
     from ..textmap import ConseMapper
     from .hybrid import MetadataIndex
 
@@ -61,7 +62,7 @@ def fingerprint(ids: np.ndarray) -> str:
 class IndexRows:
     """The collection's vectors by row, read from its vector index on demand (no second copy)."""
 
-    def __init__(self, coll: Collection, ids: np.ndarray) -> None:
+    def __init__(self, coll: CollectionView, ids: np.ndarray) -> None:
         self._coll = coll
         self.ids = np.asarray(ids, dtype=np.int64)
 
@@ -101,7 +102,7 @@ def imagenet_class_embeddings() -> np.ndarray:
 class TextIndex:
     """Lazily built text-search state of one collection (see the module docstring)."""
 
-    def __init__(self, coll: Collection, params: HierParams | None = None) -> None:
+    def __init__(self, coll: CollectionView, params: HierParams | None = None) -> None:
         self._coll_ref = weakref.ref(coll)  # the collection owns us; no reference cycle
         self.params = params or HierParams()
         self._lock = threading.RLock()
@@ -111,7 +112,7 @@ class TextIndex:
         self._meta: tuple[str, MetadataIndex] | None = None
 
     @property
-    def coll(self) -> Collection:
+    def coll(self) -> CollectionView:
         coll = self._coll_ref()
         if coll is None:
             raise IMRSError("the collection behind this text index was closed")
@@ -280,3 +281,9 @@ class TextIndex:
 
     def sentences(self, texts: Sequence[str]) -> np.ndarray:
         return sentence_cache().get(texts)
+
+
+def text_index(coll: CollectionView) -> TextIndex:
+    """``coll``'s text-search state (class space, query plans, metadata index), built on first use
+    and kept on the collection object: one per collection, gone with it."""
+    return coll.cache("textsearch", lambda: TextIndex(coll))

@@ -28,10 +28,12 @@ from ..errors import IMRSError
 from ..progress import Progress
 from .conse import ClassSpace, TextPlan
 from .hybrid import HybridParams, fuse
+from .index import text_index
 from .wordnet import STOPWORDS, words_of
 
 if TYPE_CHECKING:
-    from ..collection import Collection, SearchHit
+    from ..layout import SearchHit
+    from ..protocols import CollectionView
     from ..web.download import DownloadPolicy
     from .web import ExemplarReport
 
@@ -62,7 +64,7 @@ class TextSearchResult:
         return iter((self.hits, self.judged, self.kind))
 
 
-def _neighbour_fn(coll: Collection, ids: np.ndarray) -> Callable[[np.ndarray, int], np.ndarray]:
+def _neighbour_fn(coll: CollectionView, ids: np.ndarray) -> Callable[[np.ndarray, int], np.ndarray]:
     row_of = {int(i): r for r, i in enumerate(ids.tolist())}
 
     def neighbours(rows: np.ndarray, k: int, mapper: Any) -> np.ndarray:
@@ -74,9 +76,9 @@ def _neighbour_fn(coll: Collection, ids: np.ndarray) -> Callable[[np.ndarray, in
     return neighbours  # type: ignore[return-value]
 
 
-def conse_scores(coll: Collection, text: str) -> tuple[np.ndarray, np.ndarray, TextPlan]:
+def conse_scores(coll: CollectionView, text: str) -> tuple[np.ndarray, np.ndarray, TextPlan]:
     """(class-space scores of every indexed image, their ids, the plan) for an image-only backbone."""
-    ti = coll.text_index
+    ti = text_index(coll)
     mapper, ids = ti.conse()
     plan = ti.plan(text)
     space = ClassSpace(mapper.top_idx, mapper.top_prob, len(mapper.class_names))
@@ -89,21 +91,23 @@ def judged_textmap(scores: np.ndarray, plan: TextPlan, k: int = 10) -> list[floa
     return [float(x) * plan.closeness for x in top]
 
 
-def text_query_vector(coll: Collection, text: str) -> np.ndarray:
+def text_query_vector(coll: CollectionView, text: str) -> np.ndarray:
     """Unit query vector in ``coll``'s image space for ``text`` (the visual part of text search):
     the text tower where there is one, else hierarchy-aware ConSE's prototype."""
+    if coll.backbone_info.supports_text:  # ConSE never runs the model on the query: no warning
+        coll.warn_if_query_runtime_differs()
     vec, _, _ = _visual_query(coll, text)
     return vec
 
 
-def _visual_query(coll: Collection, text: str) -> tuple[np.ndarray, str, tuple[np.ndarray, TextPlan] | None]:
+def _visual_query(coll: CollectionView, text: str) -> tuple[np.ndarray, str, tuple[np.ndarray, TextPlan] | None]:
     text = text.strip()
     if not text:
         raise IMRSError("empty text query")
     if coll.backbone_info.supports_text:
         return coll.encoder.embed_texts([text])[0], "text", None
     scores, ids, plan = conse_scores(coll, text)
-    mapper, _ = coll.text_index.conse()
+    mapper, _ = text_index(coll).conse()
     nb = _neighbour_fn(coll, ids)
     ranked = mapper.rank_scores(scores, neighbours=lambda rows, k: nb(rows, k, mapper))
     return mapper.prototype(ranked), "textmap", (scores, plan)
@@ -122,7 +126,7 @@ class TextFusion:
     timings: dict[str, float] = field(default_factory=dict)
 
 
-def fuse_text_hits(coll: Collection, text: str, visual: Sequence[SearchHit], query_vector: np.ndarray, k: int, *,
+def fuse_text_hits(coll: CollectionView, text: str, visual: Sequence[SearchHit], query_vector: np.ndarray, k: int, *,
                    use_metadata: bool = True, web_exemplars: bool = False, n_exemplars: int = 8,
                    providers: Any = None, policy: DownloadPolicy | None = None, exclude_ids: Sequence[int] = (),
                    params: HybridParams | None = None,
@@ -192,18 +196,18 @@ def fuse_text_hits(coll: Collection, text: str, visual: Sequence[SearchHit], que
     return TextFusion(hits, strength, judged, exemplars, notes, timings)
 
 
-def text_class_space(coll: Collection, text: str) -> tuple[np.ndarray, np.ndarray]:
+def text_class_space(coll: CollectionView, text: str) -> tuple[np.ndarray, np.ndarray]:
     """(ids, judged scores) of every indexed image for ``text`` on an image-only backbone: class-space
     scores times the plan's closeness, the scale the ``textmap`` coverage thresholds are set on."""
     scores, ids, plan = conse_scores(coll, text)
     return np.asarray(ids, np.int64), np.asarray(scores, np.float64) * plan.closeness
 
 
-def textmap_scorer(coll: Collection, text: str) -> Callable[[np.ndarray], np.ndarray]:
+def textmap_scorer(coll: CollectionView, text: str) -> Callable[[np.ndarray], np.ndarray]:
     """``vectors -> judged scores`` for images outside the collection (web images before they are
     kept), on the same scale as ``text_class_space``."""
-    mapper, _ = coll.text_index.conse()
-    plan = coll.text_index.plan(text)
+    mapper, _ = text_index(coll).conse()
+    plan = text_index(coll).plan(text)
 
     def score(vectors: np.ndarray) -> np.ndarray:
         vectors = np.atleast_2d(np.asarray(vectors, np.float32))
@@ -215,7 +219,7 @@ def textmap_scorer(coll: Collection, text: str) -> Callable[[np.ndarray], np.nda
     return score
 
 
-def text_search(coll: Collection, text: str, k: int = 10, *, use_metadata: bool = True, qe: int = 0,
+def text_search(coll: CollectionView, text: str, k: int = 10, *, use_metadata: bool = True, qe: int = 0,
                 web_exemplars: bool = False, n_exemplars: int = 8, providers: Any = None,
                 policy: DownloadPolicy | None = None, exclude_ids: Sequence[int] = (),
                 params: HybridParams | None = None,
@@ -238,7 +242,7 @@ def text_search(coll: Collection, text: str, k: int = 10, *, use_metadata: bool 
     if conse is not None:
         scores, plan = conse
         judged = judged_textmap(scores, plan, k)
-        notes.append(f"ImageNet reading: {plan.describe(coll.text_index.conse()[0].class_names)}")
+        notes.append(f"ImageNet reading: {plan.describe(text_index(coll).conse()[0].class_names)}")
     else:
         judged = [h.score for h in visual[:k]]
     fused = fuse_text_hits(coll, text, visual, q, k, use_metadata=use_metadata, web_exemplars=web_exemplars,
@@ -251,10 +255,10 @@ def text_search(coll: Collection, text: str, k: int = 10, *, use_metadata: bool 
     return TextSearchResult(fused.hits, judged, kind, q, plan, notes + fused.notes, fused.exemplars, timings)
 
 
-def _metadata_matches(coll: Collection, text: str, p: HybridParams
+def _metadata_matches(coll: CollectionView, text: str, p: HybridParams
                       ) -> tuple[np.ndarray, np.ndarray, list[tuple[str, ...]]]:
     """(image ids, strengths, why) of the metadata matches, strongest first (at most ``meta_pool``)."""
-    ti = coll.text_index
+    ti = text_index(coll)
     try:
         meta = ti.metadata()
     except (OSError, IMRSError) as exc:

@@ -22,7 +22,7 @@ from ..errors import IMRSError, NetworkError
 from ..progress import Progress
 
 if TYPE_CHECKING:
-    from ..collection import Collection
+    from ..protocols import CollectionView
     from ..web.download import DownloadPolicy
 
 log = logging.getLogger(__name__)
@@ -43,7 +43,7 @@ class ExemplarReport:
         return f"web exemplars for '{self.term}': {self.used} image(s) used of {self.candidates} found"
 
 
-def exemplar_vector(coll: Collection, text: str, n: int = 8, providers: Any = None,
+def exemplar_vector(coll: CollectionView, text: str, n: int = 8, providers: Any = None,
                     policy: DownloadPolicy | None = None,
                     progress: Progress | None = None
                     ) -> tuple[np.ndarray | None, ExemplarReport]:
@@ -56,7 +56,7 @@ def exemplar_vector(coll: Collection, text: str, n: int = 8, providers: Any = No
     return v / max(float(np.linalg.norm(v)), 1e-12), report
 
 
-def exemplar_vectors(coll: Collection, text: str, n: int = 8, providers: Any = None,
+def exemplar_vectors(coll: CollectionView, text: str, n: int = 8, providers: Any = None,
                      policy: DownloadPolicy | None = None,
                      progress: Progress | None = None
                      ) -> tuple[np.ndarray | None, ExemplarReport]:

@@ -15,6 +15,7 @@ What is judged ("the verdict") depends on the query and the backbone, and is dec
 The verdict looks at a fixed depth of results (``JUDGE_DEPTH``), not at the ``k`` the person
 asked for, so ``-k 1`` on a perfect match is not "weak" for lack of company. The query image
 itself, when it is part of the collection, is left out of what is judged and marked in the hits.
+The loop's data (``Query``, ``Verdict``, ``QueryOutcome``) is in ``imrs.querytypes``.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import os
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -45,6 +46,10 @@ from .expansion.judge import JUDGE_DEPTH, decide, gather
 from .expansion.judge import context as judge_context
 from .expansion.terms import clean_term, readable_label
 from .progress import ProgressArg, Reporter
+from .querytypes import ImageInput, Query, QueryOutcome, TermCandidate, Verdict
+
+__all__ = ["ImageInput", "Query", "QueryOutcome", "TermCandidate", "Verdict", "answer", "ask_web", "encode",
+           "grow_term", "grow_terms", "hit_confidence", "judged_kind", "keep_filter", "propose_terms", "run_query"]
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -63,131 +68,6 @@ METADATA_EXACT_HITS = 2
 #: A hit this close to the query is the query image itself (or a byte-identical copy).
 SAME_IMAGE = 0.9995
 MAX_TERMS = 6
-
-ImageInput = str | os.PathLike[str] | bytes | Any  # PIL.Image.Image
-
-
-@dataclass(frozen=True)
-class Query:
-    """One question to the collection: exactly one of ``text`` / ``image``."""
-
-    text: str | None = None
-    image: ImageInput | None = None
-    k: int = 10
-    qe: int | None = None  # None: settings.qe
-    expand: bool = False  # grow from the web when the verdict is weak
-    term: str | None = None  # confirmed web search term (image queries grow only with one)
-    n_images: int | None = None  # None: settings.expand_n
-    exclude_ids: tuple[int, ...] = ()
-    where: str | None = None  # filter: source == 'dynamic', label in ['a', 'b'], ... (imrs.filters)
-    metadata: bool = True  # text: fuse what the collection says in words (labels, captions, ...)
-    web_exemplars: bool = False  # text: also search with a few web images for it (not kept)
-    ask_web: bool | None = None  # an uncertain verdict asks the web (None: when growth was asked for)
-
-    def validate(self) -> None:
-        if (self.text is None or not str(self.text).strip()) == (self.image is None):
-            raise IMRSError("give exactly one of a text or an image query")
-        if not 1 <= int(self.k) <= 1000:
-            raise IMRSError(f"k must be between 1 and 1000, not {self.k}")
-        if self.term is not None and not clean_term(self.term):
-            raise IMRSError("the expansion term is empty")
-
-    @property
-    def kind(self) -> str:
-        return "text" if self.text is not None and str(self.text).strip() else "image"
-
-
-@dataclass
-class Verdict:
-    """Is the answer good enough? Always computed; growth only decides what to do with it."""
-
-    weak: bool
-    reason: str
-    kind: str  # "image" | "text" | "textmap" | "metadata": which scores were judged
-    scores: list[float]  # the judged scores, best first
-    best: float
-    source: str  # "calibrated" | "default" | "env": where the thresholds came from
-    label: str  # "likely match" | "uncertain" | "no match"
-    thresholds: CoverageThresholds | None = None
-    n_good: int = 0
-    probability: float | None = None  # the judge's p(covered), when a fitted judge decided
-    folder: str = ""  # the folder the answer came from (its leading label)
-    web: dict[str, Any] | None = None  # what asking the web said (``judge.WebTest``), when it was asked
-
-    def line(self) -> str:
-        word = "weak" if self.weak else "ok"
-        return f"coverage {word}: {self.reason} [{self.kind} scores, {self.source} thresholds] -> {self.label}"
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"weak": self.weak, "reason": self.reason, "kind": self.kind, "label": self.label,
-                "best": _num(self.best), "n_good": self.n_good, "source": self.source,
-                "probability": None if self.probability is None else round(self.probability, 4),
-                "folder": self.folder, "web": self.web,
-                "scores": [round(float(s), 4) for s in self.scores],
-                "thresholds": self.thresholds.as_dict() if self.thresholds else None}
-
-
-@dataclass
-class TermCandidate:
-    term: str
-    score: float
-    method: str  # "text" | "clip" | "imagenet" | "neighbours"
-
-
-@dataclass
-class QueryOutcome:
-    query: Query
-    hits: list[SearchHit]
-    verdict: Verdict
-    terms: list[TermCandidate] = field(default_factory=list)
-    hits_before: list[SearchHit] | None = None
-    verdict_before: Verdict | None = None
-    report: ExpansionReport | None = None
-    error: str | None = None
-    timings: dict[str, float] = field(default_factory=dict)
-    stages: tuple[str, ...] = ()  # search improvements applied (``imrs improve``)
-
-    @property
-    def grew(self) -> bool:
-        return self.report is not None
-
-    def summary(self) -> str:
-        """What happened, in the lines a terminal shows above the hits."""
-        lines = []
-        if self.verdict_before is not None:
-            lines.append(f"before: {self.verdict_before.line()}")
-        if self.report is not None:
-            lines.append(f"grew: {self.report.summary()}")
-        if self.error:
-            lines.append(f"growth: {self.error}")
-        lines.append(self.verdict.line())
-        return "\n".join(lines)
-
-    def to_dict(self) -> dict[str, Any]:
-        def hit(n: int, h: SearchHit) -> dict[str, Any]:
-            return {"rank": n, "score": round(float(h.score), 4), "confidence": h.confidence, "why": list(h.why),
-                    "id": h.id, "label": h.label, "source": h.source, "path": str(h.path)}
-
-        return {
-            "query": {"text": self.query.text, "image": None if self.query.image is None else
-                      (str(self.query.image) if isinstance(self.query.image, str | os.PathLike) else "<image>"),
-                      "k": self.query.k, "expand": self.query.expand, "term": self.query.term},
-            "verdict": self.verdict.as_dict(),
-            "terms": [{"term": t.term, "score": round(float(t.score), 4), "method": t.method} for t in self.terms],
-            "hits": [hit(n, h) for n, h in enumerate(self.hits, 1)],
-            "before": None if self.verdict_before is None else {
-                "verdict": self.verdict_before.as_dict(),
-                "hits": [hit(n, h) for n, h in enumerate(self.hits_before or [], 1)]},
-            "growth": None if self.report is None else self.report.as_dict(),
-            "error": self.error,
-            "timings": {k: round(v, 4) for k, v in self.timings.items()},
-            "stages": list(self.stages),
-        }
-
-
-def _num(x: float) -> float | None:
-    return None if x is None or (isinstance(x, float) and np.isnan(x)) else round(float(x), 4)
-
 
 # ---------------------------------------------------------------------------------------------
 # Thresholds of one collection
@@ -245,14 +125,6 @@ def _own_ids(coll: Collection, query: Query) -> set[int]:
     return out
 
 
-def text_class_space(coll: Collection, text: str) -> tuple[np.ndarray, np.ndarray]:
-    """(ids, judged scores) of every indexed image for ``text`` on an image-only backbone
-    (hierarchy-aware ConSE: class-space scores times closeness, ``imrs.textsearch``)."""
-    from .textsearch import text_class_space as scores
-
-    return scores(coll, text)
-
-
 def _class_size(coll: Collection, label: str) -> int | None:
     if not label or is_clutter_label(label):
         return None
@@ -302,6 +174,8 @@ def answer(coll: Collection, query: Query, vector: np.ndarray, settings: Setting
     same = {h.id for h in plain if h.id in own or (kind == "image" and h.score >= SAME_IMAGE)}
     per_hit: dict[int, float]
     if kind == "textmap":
+        from .textsearch import text_class_space  # ConSE class-space scores times closeness
+
         ids, scores = text_class_space(coll, str(query.text))
         keep = ~np.isin(ids, list(same)) if same else np.ones(len(ids), bool)
         ids, scores = ids[keep], scores[keep]

@@ -1,5 +1,9 @@
 """Crash consistency: the commit protocol of a collection's three stores, and repair on open.
 
+One idea in one module: the protocol, the check that reads it and the repair that finishes it are
+the three halves of one promise and are read together (web images' files live in ``webfiles``,
+damaged stores in ``damaged``).
+
 A collection's state lives in three places that cannot share one transaction: the SQLite catalog
 (which images exist), the NPZ embedding caches (their vectors, one set per backbone) and the live
 index snapshot (a search structure over those vectors, one per backbone and index kind). A

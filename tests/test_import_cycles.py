@@ -8,14 +8,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent / "imrs"
 
-#: Cycles still being taken apart (the collection facade and text search); empty this when they go.
-KNOWN: set[frozenset[str]] = {
-    frozenset({"imrs.collection", "imrs.expansion.terms", "imrs.reconcile", "imrs.textsearch",
-               "imrs.textsearch.hybrid", "imrs.textsearch.index", "imrs.textsearch.search",
-               "imrs.textsearch.web"}),
-}
-
-
 def _modules() -> dict[str, Path]:
     out = {}
     for path in ROOT.rglob("*.py"):
@@ -99,5 +91,22 @@ def test_finder_sees_a_cycle_closed_inside_a_function() -> None:
 
 
 def test_no_import_cycles_in_imrs() -> None:
-    found = [sorted(c) for c in cycles(import_graph()) if c not in KNOWN]
+    found = [sorted(c) for c in cycles(import_graph())]
     assert found == [], f"import cycles: {found}"
+
+
+#: The size past which a module must say, in its docstring, why it is one idea and not several.
+LONG = 520
+
+
+def test_long_modules_say_why_they_are_one_idea() -> None:
+    """A module of many hundred lines is usually several jobs; the few that are one idea (a
+    protocol, an engine adapter) say so in their docstring, with "one idea" in it."""
+    long = {}
+    for path in sorted(ROOT.rglob("*.py")):
+        text = path.read_text(encoding="utf-8")
+        if text.count("\n") > LONG:
+            doc = ast.get_docstring(ast.parse(text)) or ""
+            if "one idea" not in doc.lower():
+                long[str(path.relative_to(ROOT.parent))] = text.count("\n")
+    assert long == {}, f"modules over {LONG} lines without a docstring saying why they are one idea: {long}"

@@ -15,7 +15,8 @@ import pytest
 
 from imrs.collection import Collection
 from imrs.config import Settings
-from imrs.expansion.calibrate import calibrate, families, load_judges
+from imrs.expansion.calibrate import calibrate, load_judges
+from imrs.expansion.cases import families
 from imrs.expansion.coverage import LIKELY, NO_MATCH, UNCERTAIN, CoverageThresholds
 from imrs.expansion.judge import (
     balanced_threshold,

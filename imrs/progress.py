@@ -15,7 +15,6 @@ report and cleans up like any failed write.
 
 from __future__ import annotations
 
-import inspect
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -71,7 +70,7 @@ class Reporter:
     def __init__(self, progress: ProgressArg, leave: bool = False) -> None:
         self._bars: TqdmBars | None = None
         if callable(progress):
-            self._fn: Progress = _from_counts(progress) if _takes_two(progress) else progress
+            self._fn: Progress = progress
         elif progress:
             self._bars = TqdmBars(leave=leave)
             self._fn = self._bars
@@ -116,26 +115,3 @@ def relabel(progress: ProgressArg, stage: str) -> ProgressArg:
         return progress
     fn = Reporter(progress)
     return lambda _stage, done, total: fn(stage, done, total)
-
-
-# -- transitional: callbacks of the old ``(done, total)`` shape ------------------------------------------
-# ``imrs.collection`` still types ``sync(progress=...)`` as ``(done, total)`` while it is being split into
-# rooms; until that split is merged, a two-argument callable handed to any ``progress=`` keeps working
-# (with one warning). Remove ``_takes_two``/``_from_counts`` once nothing passes the old shape.
-
-
-def _takes_two(fn: Callable[..., Any]) -> bool:
-    try:
-        params = list(inspect.signature(fn).parameters.values())
-    except (TypeError, ValueError):
-        return False
-    if any(p.kind is p.VAR_POSITIONAL for p in params):
-        return False
-    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-    return len([p for p in positional if p.default is p.empty]) == 2 and len(positional) == 2
-
-
-def _from_counts(fn: Callable[[int, int], None]) -> Progress:
-    log.warning("a progress callback of the old (done, total) shape was given; the protocol is "
-                "(stage, done, total) (imrs.progress)")
-    return lambda _stage, done, total: fn(done, total)

@@ -10,16 +10,12 @@ from tests.conftest import REPO
 
 #: Parameter annotations that are the protocol.
 PROTOCOL = {"Progress", "ProgressArg", "Progress | None", "ProgressArg | None"}
-#: Still typed with the old ``(done, total)`` shape while the collection is split into rooms.
-TRANSITIONAL = {"imrs/collection.py"}
 
 
 def test_every_progress_parameter_is_the_protocol() -> None:
     wrong = []
     for path in sorted((REPO / "imrs").rglob("*.py")):
         rel = path.relative_to(REPO).as_posix()
-        if rel in TRANSITIONAL:
-            continue
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
                 args = [*node.args.posonlyargs, *node.args.args, *node.args.kwonlyargs]
@@ -53,12 +49,6 @@ def test_relabel_shows_a_callee_as_one_stage() -> None:
     inner("embed efficientnet_lite0", 3, 24)
     assert seen == [("Building the index", 3, 24)]
     assert relabel(True, "x") is True and relabel(None, "x") is None  # bars or silence pass through
-
-
-def test_old_two_argument_callbacks_still_work_until_the_split_merges() -> None:
-    seen: list[tuple[int, int]] = []
-    Reporter(lambda done, total: seen.append((done, total)))("embed", 1, 4)
-    assert seen == [(1, 4)]
 
 
 def test_tqdm_bars_one_per_stage(capsys) -> None:  # type: ignore[no-untyped-def]

@@ -23,6 +23,7 @@ import streamlit as st
 from ..errors import ImageDecodeError, IMRSError
 from ..fsutil import atomic_write_bytes
 from ..ids import display_path
+from ..layout import DYNAMIC_PREFIX
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -304,7 +305,7 @@ def example_images(root: str | os.PathLike[str], n: int = 4) -> list[tuple[str, 
         if len(out) >= n:
             return out
     if not out and root.is_dir():
-        for d in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(("dynamic_", "."))):
+        for d in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith((DYNAMIC_PREFIX, "."))):
             files = sorted(f for f in d.iterdir() if f.suffix.lower() in (".jpg", ".jpeg", ".png"))
             if files:
                 out.append((d.name, files[0]))

@@ -15,6 +15,7 @@ from ..errors import IMRSError
 from ..expansion import batch_terms, dynamic_groups, list_dynamic, prune, read_terms
 from ..expansion.prune import select as select_for_prune
 from ..expansion.terms import clean_term
+from ..layout import DYNAMIC_PREFIX
 from ..progress import TqdmBars
 from ..query import grow_terms
 from .common import collection_args, int_in, open_collection, settings_from
@@ -88,7 +89,7 @@ def cmd_dynamic(args: argparse.Namespace) -> int:
     groups = dynamic_groups(coll)
     if args.json:
         print(json.dumps([{"slug": g.slug, "term": g.term, "count": g.count,
-                           "folder": str(coll.dynamic_root / f"dynamic_{g.slug}")} for g in groups], indent=2))
+                           "folder": str(coll.dynamic_root / f"{DYNAMIC_PREFIX}{g.slug}")} for g in groups], indent=2))
         return 0
     if not groups:
         print(f"no dynamic images in {coll.root} yet: run `imrs expand TERM`")

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import IMRSError
+from ..layout import DYNAMIC_PREFIX
 from ..progress import Progress, ProgressArg, Reporter
 from ..slug import safe_slug
 from .grow import ExpansionReport
@@ -61,7 +62,7 @@ class BatchReport:
         rows = [("term", "folder", "added", "dups", "failed", "notes")]
         for r in self.results:
             note = f"ERROR: {r.error}" if r.error else "; ".join(r.reasons[:3])
-            rows.append((r.term or "''", f"dynamic_{r.slug}", str(r.added), str(r.duplicates), str(r.failed),
+            rows.append((r.term or "''", f"{DYNAMIC_PREFIX}{r.slug}", str(r.added), str(r.duplicates), str(r.failed),
                          note))
         widths = [max(len(row[c]) for row in rows) for c in range(5)]
         lines = ["  ".join(row[c].ljust(widths[c]) for c in range(5)) + "  " + row[5] for row in rows]

@@ -163,8 +163,13 @@ def answer(coll: Collection, query: Query, vector: np.ndarray, settings: Setting
         web: dict[str, Any] = {}
         if query.web_exemplars:  # the same providers and download limits as growth
             web = dict(zip(("policy", "providers"), _policy_and_providers(settings), strict=True))
+        allowed = None
+        if query.where:  # the collection's words may name images the filter leaves out
+            from .filters import Where
+
+            allowed = Where(query.where, coll.catalog).allowed_ids()
         fusion = fuse_text_hits(coll, str(query.text), hits, vector, len(hits), use_metadata=query.metadata,
-                                web_exemplars=query.web_exemplars, **web)
+                                web_exemplars=query.web_exemplars, allowed=allowed, **web)
         hits = fusion.hits
         timings["words"] = timings.get("words", 0.0) + time.perf_counter() - t0
     t0 = time.perf_counter()
@@ -383,7 +388,7 @@ def grow_term(coll: Collection, term: str, settings: Settings | None = None, n: 
     (``keep_filter``), which check the downloads against the query they grow for."""
     from .expansion.grow import expand
 
-    s = settings or Settings.from_env()
+    s = settings or coll.settings  # the collection's, read once when it was opened
     policy, default_providers = _policy_and_providers(s)
     return expand(coll, term, n=n or s.expand_n, policy=policy, phash_threshold=s.expand_phash_distance,
                   providers=providers if providers is not None else default_providers, progress=progress,
@@ -398,7 +403,7 @@ def grow_terms(coll: Collection, terms: Iterable[str], settings: Settings | None
     counts the terms (stage ``"terms"``) around each term's own stages (``expansion.batch``)."""
     from .expansion.batch import run_batch
 
-    s = settings or Settings.from_env()
+    s = settings or coll.settings  # the collection's, read once when it was opened
     chain = providers if providers is not None else _policy_and_providers(s)[1]  # one chain for every term
     return run_batch(terms, lambda term, p: grow_term(coll, term, s, n, p, providers=chain), progress, on_term)
 
@@ -411,7 +416,7 @@ def run_query(coll: Collection, query: Query, settings: Settings | None = None,
     best proposed candidate when ``settings.auto_confirm_term`` is on. A failed growth (offline,
     nothing found) is reported in ``error``; the hits are still the collection's answer."""
     query.validate()
-    s = settings or Settings.from_env()
+    s = settings or coll.settings  # the collection's, read once when it was opened
     timings: dict[str, float] = {}
     t_all = time.perf_counter()
     t0 = time.perf_counter()

@@ -68,6 +68,17 @@ def test_verdict_does_not_depend_on_k(coll: Collection, home: Path) -> None:
     assert out.hits[0].label == "Leopards" and out.hits[0].confidence in ("likely match", "uncertain")
 
 
+def test_a_filter_holds_for_the_collections_words_too(coll: Collection, home: Path) -> None:
+    """Text fused with the collection's words (the folder name "Leopards" matches the text) still
+    answers only from what ``where`` keeps: a word match outside the filter is not a hit."""
+    free = run_query(coll, Query(text="leopards", k=6), settings(home))
+    assert [h.label for h in free.hits] == ["Leopards"] * 6 and "label" in " ".join(free.hits[0].why)
+    kept = run_query(coll, Query(text="leopards", k=6, where="label == 'watch'"), settings(home))
+    assert [h.label for h in kept.hits] == ["watch"] * 6
+    none = run_query(coll, Query(text="leopards", k=3, where="source == 'dynamic'"), settings(home))
+    assert none.hits == []
+
+
 def test_query_image_in_the_collection_is_left_out(coll: Collection, home: Path) -> None:
     rel = next(r.relpath for r in coll.catalog.iter_records() if r.label == "watch")
     out = run_query(coll, Query(image=str(coll.root / rel), k=5), settings(home))

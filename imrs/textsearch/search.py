@@ -130,10 +130,11 @@ def fuse_text_hits(coll: CollectionView, text: str, visual: Sequence[SearchHit],
                    use_metadata: bool = True, web_exemplars: bool = False, n_exemplars: int = 8,
                    providers: Any = None, policy: DownloadPolicy | None = None, exclude_ids: Sequence[int] = (),
                    params: HybridParams | None = None,
-                   progress: Progress | None = None) -> TextFusion:
+                   progress: Progress | None = None, allowed: np.ndarray | None = None) -> TextFusion:
     """Fuse a visual ranking (``visual``: hits best first, from any pipeline -- give it a deep pool,
     e.g. ``HybridParams.visual_pool``) with the collection's words and, when asked, web exemplars.
-    Returns the best ``k`` (``exclude_ids`` left out)."""
+    Returns the best ``k`` (``exclude_ids`` left out). ``allowed``: the ids a filter (``--where``)
+    keeps; word and web matches outside it are dropped, as the visual ranking already dropped them."""
     p = params or HybridParams()
     timings: dict[str, float] = {}
     notes: list[str] = []
@@ -147,6 +148,10 @@ def fuse_text_hits(coll: CollectionView, text: str, visual: Sequence[SearchHit],
     if use_metadata:
         t0 = time.perf_counter()
         meta_ids, meta_strength, meta_why = _metadata_matches(coll, text, p)
+        if allowed is not None:
+            keep = np.isin(meta_ids, allowed)
+            meta_ids, meta_strength = meta_ids[keep], meta_strength[keep]
+            meta_why = [w for w, k_ in zip(meta_why, keep.tolist(), strict=True) if k_]
         timings["metadata"] = time.perf_counter() - t0
     else:
         notes.append("metadata off: visual ranking only")
@@ -161,6 +166,8 @@ def fuse_text_hits(coll: CollectionView, text: str, visual: Sequence[SearchHit],
         notes.append(exemplars.summary())
         if wq is not None:
             web_ids = np.asarray([h.id for h in coll.search_vectors(wq, max(n_pool, k))[0]], np.int64)
+            if allowed is not None:
+                web_ids = web_ids[np.isin(web_ids, allowed)]
             extra_lists.append(("web", web_ids))
         timings["web"] = time.perf_counter() - t0
     # visual scores of candidates outside the visual pool (to order equally strong word matches,

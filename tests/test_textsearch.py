@@ -17,6 +17,7 @@ from imrs.catalog import ImageRecord
 from imrs.textsearch import text_index, wordnet
 from imrs.textsearch.conse import ClassSpace, HierConse
 from imrs.textsearch.hybrid import HybridParams, MetadataIndex, fuse, record_texts
+from tests.conftest import CALTECH
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -234,6 +235,31 @@ def test_text_state_lives_on_the_collection(indexed, tmp_path: Path) -> None:
     text_index(coll).plan("sunflower")
     plans = json.loads((coll.state_dir / "textsearch_plans_efficientnet_lite0.json").read_text())["plans"]
     assert any(k.endswith("|sunflower") for k in plans)
+
+
+def test_a_text_asked_again_reuses_its_vector_until_the_images_change(indexed, tmp_path: Path) -> None:
+    from imrs.collection import Collection
+    from imrs.textsearch import text_query_vector
+
+    coll, root, _ = indexed
+    first = text_query_vector(coll, "sunflower")
+    again = text_query_vector(coll, " sunflower ")
+    assert again is first and not first.flags.writeable  # remembered, and nobody may change it
+    assert text_query_vector(coll, "leopard") is not first
+    # another collection over the same images keeps its own memory
+    other = Collection(root, "efficientnet_lite0", "flat_ip", home=tmp_path / "h", encoder=coll.encoder)
+    other.sync()
+    assert text_query_vector(other, "sunflower") is not first
+    # a write (here a new image) makes the remembered vector stale: it is computed again
+    extra = sorted((CALTECH / "sunflower").glob("*.jpg"))[30]
+    (root / "sunflower" / extra.name).symlink_to(extra)
+    try:
+        coll.sync()
+        fresh = text_query_vector(coll, "sunflower")
+        assert fresh is not first and text_query_vector(coll, "sunflower") is fresh
+    finally:
+        (root / "sunflower" / extra.name).unlink()
+        coll.sync()
 
 
 @pytest.mark.slow

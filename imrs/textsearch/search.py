@@ -17,7 +17,9 @@ returned), or metadata match strengths when the collection's own words answered
 from __future__ import annotations
 
 import logging
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -91,12 +93,51 @@ def judged_textmap(scores: np.ndarray, plan: TextPlan, k: int = 10) -> list[floa
     return [float(x) * plan.closeness for x in top]
 
 
+#: Query vectors a collection remembers (per text, for its current set of images).
+QUERY_VECTOR_CACHE = 256
+
+
+class _QueryVectors:
+    """The last ``QUERY_VECTOR_CACHE`` text query vectors of one collection, least recently used
+    first out. A text asked again (a page rerun, an API client's usual queries) skips the text
+    tower or ConSE's neighbour searches; the key holds the catalog's generation, so any write
+    (an index, a growth, a prune) makes every remembered vector stale."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._vectors: OrderedDict[tuple[str, str], np.ndarray] = OrderedDict()
+
+    def get(self, key: tuple[str, str]) -> np.ndarray | None:
+        with self._lock:
+            vec = self._vectors.get(key)
+            if vec is not None:
+                self._vectors.move_to_end(key)
+            return vec
+
+    def put(self, key: tuple[str, str], vec: np.ndarray) -> None:
+        vec = np.array(vec, np.float32)
+        vec.setflags(write=False)  # shared between callers: nobody may change it in place
+        with self._lock:
+            self._vectors[key] = vec
+            self._vectors.move_to_end(key)
+            while len(self._vectors) > QUERY_VECTOR_CACHE:
+                self._vectors.popitem(last=False)
+
+
 def text_query_vector(coll: CollectionView, text: str) -> np.ndarray:
     """Unit query vector in ``coll``'s image space for ``text`` (the visual part of text search):
-    the text tower where there is one, else hierarchy-aware ConSE's prototype."""
+    the text tower where there is one, else hierarchy-aware ConSE's prototype. Read-only; a text
+    asked again for the same set of images is answered from the collection's memory."""
     if coll.backbone_info.supports_text:  # ConSE never runs the model on the query: no warning
         coll.warn_if_query_runtime_differs()
-    vec, _, _ = _visual_query(coll, text)
+    key = (text.strip(), coll.catalog.generation())
+    memory = coll.cache("text_query_vectors", _QueryVectors)
+    vec = memory.get(key)
+    if vec is None:
+        vec, _, _ = _visual_query(coll, text)
+        memory.put(key, vec)
+        vec = memory.get(key)
+        assert vec is not None
     return vec
 
 

@@ -233,6 +233,9 @@ def test_text_state_lives_on_the_collection(indexed, tmp_path: Path) -> None:
     assert (coll.state_dir / "textmap_efficientnet_lite0.npz").is_file()
     assert (other.state_dir / "textmap_efficientnet_lite0.npz").is_file()
     text_index(coll).plan("sunflower")
+    from imrs.textsearch import cache
+
+    cache.flush()  # the plan is written off the query path; a process writes it at the latest when it exits
     plans = json.loads((coll.state_dir / "textsearch_plans_efficientnet_lite0.json").read_text())["plans"]
     assert any(k.endswith("|sunflower") for k in plans)
 
@@ -283,6 +286,12 @@ def test_second_process_answers_without_torch(indexed) -> None:
     got = json.loads(out.stdout.strip().splitlines()[-1])
     assert got["ids"] == [h.id for h in first.hits]
     assert got["torch"] is False and got["transformers"] is False
+    # caches are written off the query path, and a process that exits right after a new text has
+    # still written its plan for the next one
+    new = code.replace("r = text_search(c, 'a photo of a sunflower', 5)", "r = text_search(c, 'a red kite at sea', 5)")
+    subprocess.run([sys.executable, "-c", new], capture_output=True, text=True, env=env, timeout=300, check=True)
+    plans = json.loads((coll.state_dir / "textsearch_plans_efficientnet_lite0.json").read_text())["plans"]
+    assert any(k.endswith("|a red kite at sea") for k in plans)
 
 
 @pytest.mark.slow

@@ -10,11 +10,14 @@ and live in the user cache (``$IMRS_CACHE_DIR`` or ``~/.cache/imrs/textsearch``)
 
 Files are NPZ without pickles, written atomically; a damaged or foreign file is ignored and
 rebuilt. Two processes writing at once can only lose each other's newest entries (both merge
-what is on disk before writing), never corrupt the file.
+what is on disk before writing), never corrupt the file. They are written off the query path
+(``later``): a server answering a new text does not wait for a file write, and a one-shot CLI
+process still writes them when it exits.
 """
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import logging
 import threading
@@ -30,10 +33,63 @@ log = logging.getLogger(__name__)
 EmbedFn = Callable[[Sequence[str]], np.ndarray]
 
 
-def cache_root() -> Path:
-    from ..encoders.weights import user_cache_dir
+#: Seconds a cache change waits before it is written; changes meanwhile share the one write.
+WRITE_DELAY = 2.0
 
-    return user_cache_dir() / "textsearch"
+
+class _WriteBehind:
+    """Runs cache writes in a daemon thread, ``WRITE_DELAY`` after the first request; what is still
+    pending when the process exits is written then. They are caches: a crash before the write
+    only costs recomputing them."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pending: dict[Callable[[], None], None] = {}
+        self._timer: threading.Timer | None = None
+
+    def later(self, write: Callable[[], None]) -> None:
+        with self._lock:
+            self._pending[write] = None
+            if self._timer is None:
+                self._timer = threading.Timer(WRITE_DELAY, self.flush)
+                self._timer.daemon = True
+                self._timer.start()
+
+    def flush(self) -> None:
+        with self._lock:
+            pending, self._pending = list(self._pending), {}
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer = None
+        for write in pending:
+            try:
+                write()
+            except Exception:  # noqa: BLE001 - a cache that cannot be written costs only speed
+                log.warning("could not write a text-search cache", exc_info=log.isEnabledFor(logging.DEBUG))
+
+
+_WRITER = _WriteBehind()
+atexit.register(_WRITER.flush)
+
+
+def later(write: Callable[[], None]) -> None:
+    """Write a cache off the query path (see the module docstring)."""
+    _WRITER.later(write)
+
+
+def flush() -> None:
+    """Write every pending cache now (a test, or a caller about to copy the state)."""
+    _WRITER.flush()
+
+
+def cache_root(cache_dir: Path | None = None) -> Path:
+    """Where text search keeps its machine-wide files: under ``cache_dir`` (a collection's
+    ``settings.model_cache_dir()``), else the environment's model cache."""
+    if cache_dir is None:
+        from ..encoders.weights import user_cache_dir
+
+        cache_dir = user_cache_dir()
+    return cache_dir / "textsearch"
 
 
 def _load_npz(path: Path, keys: Sequence[str]) -> dict[str, np.ndarray] | None:
@@ -88,7 +144,7 @@ class SentenceCache:
                 mem.update(zip(missing, vecs, strict=True))
                 self._dirty = True
             if save:
-                self.save()
+                later(self.save)
         with self._lock:
             return (np.stack([mem[t] for t in texts]) if texts
                     else np.zeros((0, self.dim), np.float32))
@@ -116,13 +172,13 @@ class SentenceCache:
                   vectors=np.stack([v for _, v in items]).astype(np.float32))
 
 
-def class_embeddings(texts: Callable[[], Sequence[str]], n: int, embed: EmbedFn, model: str, tag: str = ""
-                     ) -> np.ndarray:
+def class_embeddings(texts: Callable[[], Sequence[str]], n: int, embed: EmbedFn, model: str, tag: str = "",
+                     cache_dir: Path | None = None) -> np.ndarray:
     """Sentence embeddings of the ``n`` ImageNet class descriptions, computed once per machine (the
     key covers the model and a digest of the descriptions' source, ``tag``; ``texts()`` is only
-    called when the cache misses)."""
+    called when the cache misses). ``cache_dir``: see :func:`cache_root`."""
     key = hashlib.sha1(f"{model}\n{tag}\n{n}".encode()).hexdigest()[:16]
-    path = cache_root() / f"classes_{key}.npz"
+    path = cache_root(cache_dir) / f"classes_{key}.npz"
     z = _load_npz(path, ("emb",))
     if z is not None and len(z["emb"]) == n:
         return z["emb"].astype(np.float32)

@@ -33,7 +33,7 @@ import numpy as np
 from ..errors import EmptyCollectionError, IMRSError
 from ..fsutil import atomic_savez, atomic_write_json, read_json
 from ..textmap import ConseParams
-from .cache import SentenceCache, cache_root, class_embeddings
+from .cache import SentenceCache, cache_root, class_embeddings, later
 from .conse import ClassSpace, HierConse, HierParams, TextPlan
 
 if TYPE_CHECKING:
@@ -77,11 +77,12 @@ _SENTENCES: dict[str, SentenceCache] = {}  # one per cache file: a process-wide,
 _SENTENCES_LOCK = threading.Lock()
 
 
-def sentence_cache() -> SentenceCache:
-    """The user-level sentence-embedding cache (texts are the same whatever the collection)."""
+def sentence_cache(cache_dir: Path | None = None) -> SentenceCache:
+    """The user-level sentence-embedding cache (texts are the same whatever the collection), under
+    ``cache_dir`` (a collection's ``settings.model_cache_dir()``; None: the environment's)."""
     from .minilm import DIM, MODEL_NAME, embed
 
-    path = cache_root() / "sentences.npz"
+    path = cache_root(cache_dir) / "sentences.npz"
     with _SENTENCES_LOCK:
         cache = _SENTENCES.get(str(path))
         if cache is None:
@@ -89,14 +90,14 @@ def sentence_cache() -> SentenceCache:
         return cache
 
 
-def imagenet_class_embeddings() -> np.ndarray:
+def imagenet_class_embeddings(cache_dir: Path | None = None) -> np.ndarray:
     """(1000, 384) sentence embeddings of the ImageNet-1k classes as ``"lemmas: definition"``."""
     from . import wordnet
     from .minilm import MODEL_NAME, embed
 
     wn = wordnet.table()
     return class_embeddings(lambda: [wordnet.gloss(w, wn) for w in wn.in1k], len(wn.in1k), embed, MODEL_NAME,
-                            tag=f"wordnet-gloss-{wordnet.glosses_digest()}")
+                            tag=f"wordnet-gloss-{wordnet.glosses_digest()}", cache_dir=cache_dir)
 
 
 class TextIndex:
@@ -104,6 +105,7 @@ class TextIndex:
 
     def __init__(self, coll: CollectionView, params: HierParams | None = None) -> None:
         self._coll_ref = weakref.ref(coll)  # the collection owns us; no reference cycle
+        self._cache_dir = coll.settings.model_cache_dir()  # machine-wide files, where its settings say
         self.params = params or HierParams()
         self._lock = threading.RLock()
         self._space: tuple[str, ConseMapper, np.ndarray] | None = None
@@ -129,7 +131,7 @@ class TextIndex:
     def _head_path(self) -> Path:
         coll = self.coll
         tag = hashlib.sha1(f"{coll.backbone}|{coll.weights}|{coll.checkpoint}".encode()).hexdigest()[:12]
-        return cache_root() / f"head_{coll.backbone}_{tag}.npz"
+        return cache_root(self._cache_dir) / f"head_{coll.backbone}_{tag}.npz"
 
     def _classifier_head(self) -> tuple[np.ndarray, np.ndarray]:
         """The backbone's ImageNet classifier (weight, bias), cached per machine so that mapping a few
@@ -193,7 +195,8 @@ class TextIndex:
                 emb = emb.select(np.isin(emb.ids, ids))  # map what the index holds
                 ids = emb.ids
                 norm = estimate_feature_norm(encoder, [coll.abspath(str(r)) for r in emb.relpaths[:64]])
-                mapper = ConseMapper(None, None, encoder.class_names, norm, SEARCH_CONSE, head=self._classifier_head)
+                mapper = ConseMapper(None, None, encoder.class_names, norm, SEARCH_CONSE, head=self._classifier_head,
+                                     cache_dir=self._cache_dir)
                 top_idx, top_prob = mapper.class_probs(emb.vectors)
                 try:
                     atomic_savez(path, version=np.asarray(CLASS_SPACE_VERSION), fingerprint=np.asarray(fp),
@@ -201,7 +204,8 @@ class TextIndex:
                                  feature_norm=np.asarray(norm))
                 except OSError as exc:
                     log.warning("cannot write %s: %s", path, exc)
-            mapper = ConseMapper(None, None, self._class_names(), float(norm), SEARCH_CONSE, head=self._classifier_head)
+            mapper = ConseMapper(None, None, self._class_names(), float(norm), SEARCH_CONSE, head=self._classifier_head,
+                                 cache_dir=self._cache_dir)
             mapper.fit(IndexRows(coll, ids), top_idx, top_prob)
             self._space = (fp, mapper, np.asarray(ids, np.int64))
             return mapper, self._space[2]
@@ -216,8 +220,8 @@ class TextIndex:
                 from . import wordnet
 
                 wn = wordnet.table()
-                cache = sentence_cache()
-                self._hier = HierConse(imagenet_class_embeddings(), lambda texts: cache.get(texts), wn,
+                cache = sentence_cache(self._cache_dir)
+                self._hier = HierConse(imagenet_class_embeddings(self._cache_dir), lambda texts: cache.get(texts), wn,
                                        self.params, gloss=lambda w: wordnet.gloss(w, wn))
             return self._hier
 
@@ -258,13 +262,17 @@ class TextIndex:
             assert self._plans is not None
             self._plans.pop(key, None)
             self._plans[key] = entry
-            keep = dict(list(self._plans.items())[-PLAN_LIMIT:])
-            self._plans = keep
+            self._plans = dict(list(self._plans.items())[-PLAN_LIMIT:])
+        later(self._save_plans)
+        return plan
+
+    def _save_plans(self) -> None:
+        with self._lock:
+            keep = dict(self._plans or {})
         try:
             atomic_write_json(self._plans_path(), {"version": PLAN_VERSION, "plans": keep})
         except OSError as exc:
             log.warning("cannot write %s: %s", self._plans_path(), exc)
-        return plan
 
     # -- metadata --------------------------------------------------------------------------------------
     def metadata(self) -> MetadataIndex:
@@ -280,7 +288,7 @@ class TextIndex:
             return meta
 
     def sentences(self, texts: Sequence[str]) -> np.ndarray:
-        return sentence_cache().get(texts)
+        return sentence_cache(self._cache_dir).get(texts)
 
 
 def text_index(coll: CollectionView) -> TextIndex:

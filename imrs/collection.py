@@ -37,7 +37,7 @@ import numpy as np
 from . import namedsnapshots, reconcile, syncpipe, webfiles, webimages
 from . import snapshot as snap
 from .catalog import Catalog, CatalogDamagedError, ImageRecord
-from .config import DEFAULT_INDEXER, state_dir_for
+from .config import Settings, state_dir_for
 from .damaged import replace_damaged_catalog
 from .encoderslot import EncoderSlot
 from .errors import EmptyCollectionError, IMRSError, StoreError
@@ -67,11 +67,15 @@ T = TypeVar("T")
 class Collection:
     """A folder of images, indexed with one backbone and one index kind."""
 
-    def __init__(self, root: str | os.PathLike[str], backbone: str, indexer: str = DEFAULT_INDEXER, *,
+    def __init__(self, root: str | os.PathLike[str], backbone: str | None = None, indexer: str | None = None, *,
                  home: str | os.PathLike[str] | None = None, device: str | None = None,
                  weights: str = "pretrained", checkpoint: str | None = None,
                  index_params: dict[str, Any] | None = None, dynamic_root: str | None = None,
-                 encoder: Encoder | None = None, runtime: str = "auto"):
+                 encoder: Encoder | None = None, runtime: str = "auto", settings: Settings | None = None):
+        # read once, here: every room (encoder, weights, walk, Milvus) takes these, never the environment
+        self.settings = settings if settings is not None else Settings.from_env()
+        backbone = backbone or self.settings.backbone
+        indexer = indexer or self.settings.indexer
         self.root = Path(root).expanduser().resolve()
         if not self.root.is_dir():
             raise IMRSError(f"collection folder not found: {root}")
@@ -87,7 +91,7 @@ class Collection:
         self.weights = weights
         self.checkpoint = checkpoint
         self.runtime = runtime  # "auto" | "fp32" | "int8" | a float runtime name (see imrs.encoders)
-        self.state_dir = state_dir_for(self.root, home)
+        self.state_dir = state_dir_for(self.root, home if home is not None else self.settings.home)
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.emb_dir = self.state_dir / "emb"
         self.snap_dir = self.state_dir / "snapshots"
@@ -97,11 +101,13 @@ class Collection:
         self.store = VectorStore(self.emb_dir, backbone, self.dim, lambda rel: self.abspath(rel).exists())
         self.live = LiveIndex(root=self.root, state_dir=self.state_dir, snap_dir=self.snap_dir, backbone=backbone,
                               dim=self.dim, indexer=indexer, index_params=index_params, writer=self.writer,
+                              settings=self.settings,
                               attributes=lambda ids: attributes_of(self._catalog, ids),
                               vectors=self.all_embeddings, cached_runtime=self.cached_runtime,
                               catalog_size=lambda: len(self._catalog) if self._catalog is not None else 0)
         self.encoders = EncoderSlot(backbone=backbone, device=device, weights=weights, checkpoint=checkpoint,
                                     runtime=runtime, given=encoder, cached_runtime=self.cached_runtime,
+                                    settings=self.settings,
                                     base_files=lambda: [self.root / r.relpath
                                                         for r in self.catalog.iter_records(source="base")])
         self.repair_port = RepairPort(get_catalog=lambda: self._catalog, set_catalog=self._set_catalog,

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:
+    from .config import Settings
     from .encoders import Encoder
 
 log = logging.getLogger(__name__)
@@ -26,11 +27,13 @@ log = logging.getLogger(__name__)
 
 class EncoderSlot:
     """The collection's encoder (``given`` by the caller, or made on first use). ``cached_runtime()``
-    reads the caches' tag; ``base_files()`` lists the base images (int8 calibrates on them)."""
+    reads the caches' tag; ``base_files()`` lists the base images (int8 calibrates on them).
+    ``settings`` (the collection's) say where weights are found and from what size int8 pays."""
 
     def __init__(self, *, backbone: str, device: str | None, weights: str, checkpoint: str | None, runtime: str,
                  given: Encoder | None, cached_runtime: Callable[[], str | None],
-                 base_files: Callable[[], list[Path]]) -> None:
+                 base_files: Callable[[], list[Path]], settings: Settings) -> None:
+        self.settings = settings
         self.backbone = backbone
         self.device = device
         self.weights = weights
@@ -84,7 +87,6 @@ class EncoderSlot:
     def _make(self, sync_files: Sequence[Path] | None) -> Encoder:
         """The encoder for this collection. ``sync_files`` (when indexing) lets int8 be calibrated
         on the collection's own images; without them an int8 model is only reopened."""
-        from .config import int8_auto_min_images
         from .encoders import get_encoder
         from .encoders.int8 import CALIBRATION_IMAGES, HELD_IMAGES, is_int8_tag
 
@@ -96,10 +98,10 @@ class EncoderSlot:
             kw["runtime"] = "fp32"
         if kw["runtime"] in ("auto", "int8") and (sync_files is not None or self.runtime == "int8"):
             files = list(sync_files) if sync_files is not None else self._base_files()
-            if self.runtime == "int8" or "int8_tag" in kw or len(files) >= int8_auto_min_images():
+            if self.runtime == "int8" or "int8_tag" in kw or len(files) >= self.settings.int8_min_images:
                 kw["calibration"] = calibration_sample(files, CALIBRATION_IMAGES + HELD_IMAGES)
         return get_encoder(self.backbone, device=self.device, weights=self.weights, checkpoint=self.checkpoint,
-                           **kw)
+                           settings=self.settings, **kw)
 
 
 def calibration_sample(files: Sequence[Path], n: int, seed: int = 0) -> list[Path]:

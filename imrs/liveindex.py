@@ -27,6 +27,7 @@ from .errors import IMRSError, SnapshotError
 from .fsutil import read_json
 
 if TYPE_CHECKING:
+    from .config import Settings
     from .indexes import VectorIndex
     from .locking import WriterLock
     from .store import EmbeddingSet
@@ -68,7 +69,9 @@ class LiveIndex:
     def __init__(self, *, root: Path, state_dir: Path, snap_dir: Path, backbone: str, dim: int, indexer: str,
                  index_params: dict[str, Any] | None, writer: WriterLock,
                  attributes: Callable[[np.ndarray], Any], vectors: Callable[[], EmbeddingSet],
-                 cached_runtime: Callable[[], str | None], catalog_size: Callable[[], int]) -> None:
+                 cached_runtime: Callable[[], str | None], catalog_size: Callable[[], int],
+                 settings: Settings) -> None:
+        self.settings = settings  # the collection's: where Milvus lives, how much of it is checked on open
         self.root = root
         self.state_dir = state_dir
         self.snap_dir = snap_dir
@@ -234,7 +237,7 @@ class LiveIndex:
             return self.index_params
         from .indexes.milvus_index import connection_params
 
-        return connection_params(self.state_dir, self.backbone, self.index_params)
+        return connection_params(self.state_dir, self.backbone, self.index_params, self.settings)
 
     def milvus_location(self) -> dict[str, str] | None:
         """Where this collection's Milvus vectors live now (remembered; None: never put there)."""
@@ -248,10 +251,9 @@ class LiveIndex:
         folder), that file instead: the checksum then proves it holds the same vectors."""
         if self.indexer != "milvus":
             return None
-        from .config import milvus_verify_rows
         from .indexes.milvus_index import is_lite_uri
 
-        remote: dict[str, Any] = {"verify": verify, "verify_rows": milvus_verify_rows()}
+        remote: dict[str, Any] = {"verify": verify, "verify_rows": self.settings.milvus_verify_rows}
         try:
             at = snap.read_manifest(self.snap_dir, name).extra.get("vectors_at") or {}
         except SnapshotError:

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     import numpy as np
 
     from .catalog import Catalog
+    from .config import Settings
     from .encoders import Encoder
     from .indexes import VectorIndex
     from .layout import SearchHit
@@ -34,6 +35,7 @@ class CollectionView(Protocol):
     backbone: str
     weights: str
     checkpoint: str | None
+    settings: Settings  # read once when the collection was opened: never the environment below it
 
     @property
     def backbone_info(self) -> Any: ...

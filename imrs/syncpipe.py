@@ -34,13 +34,14 @@ from .errors import EmptyCollectionError, StoreError
 from .faults import fault_point
 from .ids import stable_id
 from .layout import SyncReport, is_dynamic_folder
-from .progress import ProgressArg, Reporter
+from .progress import ProgressArg, relabel
 from .repairport import RepairTarget
 from .store import EmbeddingSet, read_runtime
 from .webfiles import dynamic_record, quarantine_dir, unquarantine, unrecorded_dynamic
 
 if TYPE_CHECKING:
     from .catalog import Catalog
+    from .config import Settings
     from .encoders import Encoder
     from .encoderslot import EncoderSlot
     from .engines import Embedder
@@ -59,6 +60,7 @@ class SyncTarget(RepairTarget, Protocol):
     store: VectorStore
     live: LiveIndex
     encoders: EncoderSlot
+    settings: Settings
 
     @property
     def catalog(self) -> Catalog: ...
@@ -86,7 +88,7 @@ def run(coll: SyncTarget, progress: ProgressArg = False, batch_size: int | None 
     collection's encoder (``imrs.engines.ray_engine.RayEngine``: anything with ``embed_paths``)."""
     report = SyncReport()
     verify_stores(coll, report)
-    files = walk(coll.root, report, empty=not len(coll.catalog))
+    files = walk(coll.root, report, empty=not len(coll.catalog), follow_links=coll.settings.follow_links)
     known = coll.catalog.file_stats()
     base = coll.store.load_base()
     todo = plan(files, known, base, report)
@@ -124,12 +126,13 @@ def run(coll: SyncTarget, progress: ProgressArg = False, batch_size: int | None 
 
 
 # -- stage 1: walk ------------------------------------------------------------------------------------
-def walk(root: Path, report: SyncReport, empty: bool) -> list[FileStat]:
+def walk(root: Path, report: SyncReport, empty: bool, follow_links: str | None = None) -> list[FileStat]:
     """Every image under ``root`` but the web-image folders; what the walk leaves out goes into
-    ``report.skipped``. ``empty`` (the catalog lists nothing): no image at all is an error."""
+    ``report.skipped``. ``empty`` (the catalog lists nothing): no image at all is an error.
+    ``follow_links``: which links are followed (the collection's ``settings.follow_links``)."""
     from .walk import walk_images
 
-    walked = walk_images(root, skip_top=is_dynamic_folder)
+    walked = walk_images(root, follow_links=follow_links, skip_top=is_dynamic_folder)
     files = [(f.relpath, f.mtime, f.size) for f in walked.files]
     report.skipped = [(s.relpath, s.reason) for s in walked.skipped]
     report.scanned = len(files)
@@ -167,10 +170,9 @@ def embed(encoder: Encoder | Embedder, root: Path, todo: Sequence[FileStat], tag
           batch_size: int | None, progress: ProgressArg) -> Embedded:
     """Read, decode and embed ``todo`` (one streamed pass of the encoder's pipeline), and the
     catalog rows of the files that embedded (with width, height and pHash)."""
-    reporter = Reporter(progress)
     # a caller's callback hears ("embed", done, total); True keeps the encoder's own labelled bar
     res = encoder.embed_paths([root / rel for rel, _, _ in todo], batch_size=batch_size,
-                              progress=reporter.stage("embed") if callable(progress) else bool(progress))
+                              progress=relabel(progress, "embed") if callable(progress) else bool(progress))
     kept = [todo[i] for i in res.kept.tolist()]
     rows = EmbeddingSet(backbone, [stable_id(r) for r, _, _ in kept], [r for r, _, _ in kept], res.vectors,
                         runtime=tag)

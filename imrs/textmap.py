@@ -92,17 +92,20 @@ def embed_sentences(texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
         raise TextMapUnavailableError(str(exc)) from exc
 
 
-def _cache_root() -> Path:
-    from .encoders.weights import user_cache_dir
+def _cache_root(cache_dir: Path | None = None) -> Path:
+    if cache_dir is None:
+        from .encoders.weights import user_cache_dir
 
-    return user_cache_dir() / "textmap"
+        cache_dir = user_cache_dir()
+    return cache_dir / "textmap"
 
 
-def class_name_embeddings(names: Sequence[str], prompt: str = PROMPT) -> np.ndarray:
+def class_name_embeddings(names: Sequence[str], prompt: str = PROMPT, cache_dir: Path | None = None) -> np.ndarray:
     """Sentence embeddings of the prompted class names, cached on disk (the 1000 ImageNet names take
-    seconds to embed on a small CPU; they never change)."""
+    seconds to embed on a small CPU; they never change), under ``cache_dir`` (a collection's
+    ``settings.model_cache_dir()``; None: the environment's model cache)."""
     key = hashlib.sha1(("\n".join([TEXT_MODEL, prompt, *names])).encode("utf-8")).hexdigest()[:16]
-    path = _cache_root() / f"names_{key}.npz"
+    path = _cache_root(cache_dir) / f"names_{key}.npz"
     if path.exists():
         try:
             with np.load(path, allow_pickle=False) as z:
@@ -181,8 +184,10 @@ class ConseMapper:
 
     def __init__(self, weight: np.ndarray | None, bias: np.ndarray | None, class_names: Sequence[str],
                  feature_norm: float = DEFAULT_FEATURE_NORM, params: ConseParams | None = None, *,
-                 head: Callable[[], tuple[np.ndarray, np.ndarray]] | None = None) -> None:
+                 head: Callable[[], tuple[np.ndarray, np.ndarray]] | None = None,
+                 cache_dir: Path | None = None) -> None:
         self.class_names = list(class_names)
+        self._cache_dir = cache_dir  # where the class-name embeddings are cached (None: the environment's)
         self._weight: np.ndarray | None = None
         self._bias: np.ndarray | None = None
         # the classifier is only needed to map new images; a collection whose class distributions
@@ -265,9 +270,10 @@ class ConseMapper:
             mode = self.params.class_text
             parts = []
             if mode in ("name", "both"):
-                parts.append(class_name_embeddings(self.class_names))
+                parts.append(class_name_embeddings(self.class_names, cache_dir=self._cache_dir))
             if mode in ("gloss", "both"):
-                parts.append(class_name_embeddings(imagenet_class_texts(self.class_names, "gloss"), prompt="{}"))
+                parts.append(class_name_embeddings(imagenet_class_texts(self.class_names, "gloss"), prompt="{}",
+                                                   cache_dir=self._cache_dir))
             emb = parts[0] if len(parts) == 1 else parts[0] + parts[1]
             emb = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
             self._name_emb = emb.astype(np.float32)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -232,18 +233,12 @@ def test_weights_unobtainable_is_decided_without_loading(monkeypatch):
     assert weights_unobtainable("efficientnet_lite0") is None  # ships with its package
 
 
-def test_settings_given_in_code_reach_the_weights_loader(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                         small_images: list[Path]) -> None:
-    """A checkpoint folder, cache folder and offline switch passed in a ``Settings`` object (as the
-    page and the API do), with none of them in the environment, decide what the loader reads and
-    where it writes: the encoder embeds with the checkpoint's own (random-init) weights."""
+def _random_resnet18_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Any, Path, Path]:
+    """A random-init resnet18 saved under its upstream file name in ``<tmp>/ckpts``, with an
+    environment that knows of no checkpoint, no offline switch and an empty torch hub cache; its
+    own model cache (IMRS_CACHE_DIR) is ``<tmp>/env-cache``. Returns (net, checkpoint folder, env cache)."""
     import torch
     import torchvision
-
-    from imrs.config import Settings
-    from imrs.encoders import WeightsPlace
-    from imrs.encoders import weights as W
-    from imrs.encoders.weights import weights_unobtainable
 
     env_cache = tmp_path / "env-cache"
     monkeypatch.setenv("IMRS_CACHE_DIR", str(env_cache))
@@ -255,6 +250,34 @@ def test_settings_given_in_code_reach_the_weights_loader(tmp_path: Path, monkeyp
     ckpt_dir = tmp_path / "ckpts"
     ckpt_dir.mkdir()
     torch.save(net.state_dict(), ckpt_dir / "resnet18-f37072fd.pth")  # the upstream file name
+    return net, ckpt_dir, env_cache
+
+
+def _torch_reference(net: Any, enc: Any, images: list[Path]) -> np.ndarray:
+    """Unit features of ``images`` from ``net`` itself (its classifier removed), preprocessed as
+    ``enc`` does: what an encoder loaded from the net's checkpoint must reproduce."""
+    import torch
+
+    batch = np.stack([enc.preprocess.load(p) for p in images])
+    net.fc = torch.nn.Identity()
+    x = torch.from_numpy(batch).permute(0, 3, 1, 2).float()
+    x = (x - torch.tensor(enc.preprocess.mean).view(1, 3, 1, 1)) / torch.tensor(enc.preprocess.std).view(1, 3, 1, 1)
+    with torch.inference_mode():
+        ref = net(x).numpy()
+    return ref / np.linalg.norm(ref, axis=1, keepdims=True)
+
+
+def test_settings_given_in_code_reach_the_weights_loader(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                         small_images: list[Path]) -> None:
+    """A checkpoint folder, cache folder and offline switch passed in a ``Settings`` object (as the
+    page and the API do), with none of them in the environment, decide what the loader reads and
+    where it writes: the encoder embeds with the checkpoint's own (random-init) weights."""
+    from imrs.config import Settings
+    from imrs.encoders import WeightsPlace
+    from imrs.encoders import weights as W
+    from imrs.encoders.weights import weights_unobtainable
+
+    net, ckpt_dir, env_cache = _random_resnet18_checkpoint(tmp_path, monkeypatch)
     s = Settings.from_env({}).replace(checkpoint_dir=str(ckpt_dir), cache_dir=tmp_path / "given-cache", offline=True)
     place = WeightsPlace.from_settings(s)
 
@@ -268,18 +291,51 @@ def test_settings_given_in_code_reach_the_weights_loader(tmp_path: Path, monkeyp
     enc = get_encoder("resnet18", device="cpu", runtime="onnx", settings=s)
     assert enc.runtime == "onnx" and enc._loaded.weights_label == str(ckpt_dir / "resnet18-f37072fd.pth")
     assert list((tmp_path / "given-cache" / "onnx").glob("resnet18-*.onnx")) and not env_cache.exists()
-    batch = np.stack([enc.preprocess.load(p) for p in small_images])
-    net.fc = torch.nn.Identity()
-    x = torch.from_numpy(batch).permute(0, 3, 1, 2).float()
-    x = (x - torch.tensor(enc.preprocess.mean).view(1, 3, 1, 1)) / torch.tensor(enc.preprocess.std).view(1, 3, 1, 1)
-    with torch.inference_mode():
-        ref = net(x).numpy()
+    ref = _torch_reference(net, enc, small_images)
     got = enc.embed_images(small_images, batch_size=2)
-    ref /= np.linalg.norm(ref, axis=1, keepdims=True)
     assert np.min(np.sum(ref * got, axis=1)) > 0.999
     assert get_encoder("resnet18", device="cpu", runtime="onnx", settings=s) is enc  # same settings: cached
     with pytest.raises(WeightsUnavailableError, match="not cached and download.pytorch.org is unreachable"):
         get_encoder("resnet18", device="cpu", runtime="onnx", settings=s.replace(checkpoint_dir=""))
+
+
+def test_settings_given_in_code_reach_the_encoder_through_a_collection(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, small_images: list[Path]) -> None:
+    """A Collection opened with a ``Settings`` object (the page and the API do) takes its backbone,
+    index kind, home, links policy and model files from it, never from the environment: the
+    environment here names another index kind, follows no links and knows of no checkpoint, yet the
+    sync walks the linked image and embeds both images with the given checkpoint's weights."""
+    from imrs.collection import Collection
+    from imrs.config import Settings
+
+    net, ckpt_dir, env_cache = _random_resnet18_checkpoint(tmp_path, monkeypatch)
+    monkeypatch.setenv("IMRS_BACKBONE", "efficientnet_lite0")
+    monkeypatch.setenv("IMRS_INDEXER", "annoy")
+    monkeypatch.setenv("IMRS_FOLLOW_LINKS", "none")
+    monkeypatch.setenv("IMRS_HOME", str(tmp_path / "env-home"))
+    root = tmp_path / "photos"
+    (root / "own").mkdir(parents=True)
+    (root / "linked").mkdir()
+    (root / "own" / "a.png").write_bytes(small_images[0].read_bytes())
+    (root / "linked" / "b.png").symlink_to(small_images[1])  # a link to a file outside: followed under "files"
+    given_cache = tmp_path / "given-cache"
+    s = Settings(home=tmp_path / "home", backbone="resnet18", indexer="flat_ip", checkpoint_dir=str(ckpt_dir),
+                 cache_dir=given_cache, offline=True, follow_links="files")
+
+    coll = Collection(root, settings=s)
+    assert (coll.backbone, coll.indexer, coll.settings) == ("resnet18", "flat_ip", s)
+    assert coll.state_dir.parent == tmp_path / "home" / "collections"
+    report = coll.sync()
+    assert report.scanned == 2 and not report.skipped
+    assert coll.encoder._loaded.weights_label == str(ckpt_dir / "resnet18-f37072fd.pth")
+    assert not env_cache.exists() and not (tmp_path / "env-home").exists()
+    emb = coll.all_embeddings()
+    by_rel = dict(zip([str(r) for r in emb.relpaths], emb.vectors, strict=True))
+    got = np.stack([by_rel["own/a.png"], by_rel["linked/b.png"]])
+    ref = _torch_reference(net, coll.encoder, small_images)
+    assert np.min(np.sum(ref * got, axis=1)) > 0.999
+    hit = coll.search_image(small_images[1], k=1)[0]
+    assert hit.relpath == "linked/b.png"
 
 
 def test_encoder_cache_is_bounded() -> None:

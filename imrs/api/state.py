@@ -16,6 +16,7 @@ from fastapi import Request
 from ..collection import Collection
 from ..config import Settings
 from ..errors import IMRSError
+from ..imagelimits import configure_images
 from ..query import Query, run_query
 from .jobs import JOBS_FILE, JobFn, JobStore, Runner
 from .keys import ApiKey, KeyStore
@@ -86,11 +87,12 @@ class ServerState:
                  collection: Collection | None = None) -> None:
         """``kinds``: what each writer job runs, given this state (the routes module defines them)."""
         self.config = config
-        self.settings = Settings.from_env(home=config.home)
+        self.settings = Settings.from_env(home=config.home)  # read once per process, passed down from here
+        configure_images(self.settings)
         self.coll = collection or Collection(config.root, config.backbone, config.indexer, home=config.home,
                                              device=config.device, weights=config.weights,
                                              checkpoint=config.checkpoint, index_params=config.index_params,
-                                             runtime=config.runtime)
+                                             runtime=config.runtime, settings=self.settings)
         self.keys = KeyStore(config.home)
         self.limiter = RateLimiter()
         self.metrics = Metrics()

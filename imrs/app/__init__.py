@@ -77,16 +77,25 @@ def _icon() -> Any:
     return im
 
 
+@st.cache_resource(show_spinner=False)
+def configure_images_once(settings: Any) -> None:
+    """The server's ingestion limits become the process's once (again only when the settings change)."""
+    from ..imagelimits import configure_images
+
+    configure_images(settings)
+
+
 def _page() -> None:
     base = S.base_settings()
     home = Path(base.home).expanduser().resolve()
     set_thumb_dir(home / "app" / "thumbs")
     default_root = base.root or str(DEMO_ROOT)
-    S.init_session(base, lambda: B.default_backbone(base.backbone), default_root)
+    configure_images_once(base)
+    S.init_session(base, lambda: B.default_backbone(base.backbone, base), default_root)
     role = access.current_role(base)
     st.session_state["_editor"] = role.editor  # read by the error boundary: visitors see no server path
     access.editor_panel(base, role)
-    cfg = sidebar.collection_settings(role)
+    cfg = sidebar.collection_settings(role, base)
     root = default_root
     refusal = None
     if role.editor:
@@ -101,7 +110,7 @@ def _page() -> None:
     if refusal:
         st.error(plain(refusal) + ": showing the default collection.", icon=":material/folder_off:")
     try:
-        opened = W.open_workspace(root, cfg["backbone"], cfg["indexer"], cfg["device"], home)
+        opened = W.open_workspace(root, cfg["backbone"], cfg["indexer"], cfg["device"], home, base)
     except IMRSError as exc:
         header.markdown("### :material/image_search: IMRS — image search")
         st.error(detail(exc), icon=":material/error:")

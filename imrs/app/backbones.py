@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import streamlit as st
 
 from ..errors import IMRSError
-from .pipeline import OFFLINE_BACKBONE
+from .pipeline import OFFLINE_BACKBONE, Settings
 
 log = logging.getLogger(__name__)
 
@@ -32,28 +32,32 @@ class BackboneChoice:
 
 
 @st.cache_data(ttl=30, show_spinner=False)
-def backbone_choices() -> list[BackboneChoice]:
-    """Every registered backbone with its weights state (cheap: no model is loaded)."""
-    from ..encoders import backbone_info, backbone_status, list_backbones
+def backbone_choices(settings: Settings | None = None) -> list[BackboneChoice]:
+    """Every registered backbone with its weights state (cheap: no model is loaded), where
+    ``settings`` (the server's; None: the environment's) say weights are found."""
+    from ..encoders import WeightsPlace, backbone_info, backbone_status, list_backbones
     from ..encoders.base import get_spec
 
+    place = WeightsPlace.from_settings(settings)
     out = []
     for name in list_backbones():
         info = backbone_info(name)
-        state, reason = backbone_status(name)
+        state, reason = backbone_status(name, place)
         out.append(BackboneChoice(name, state, reason, int(info.dim), bool(info.supports_text),
                                   get_spec(name).download_host))
     return out
 
 
-def unobtainable(backbone: str) -> str | None:
-    """Why ``backbone``'s weights certainly cannot be had now (without importing its library)."""
+def unobtainable(backbone: str, settings: Settings | None = None) -> str | None:
+    """Why ``backbone``'s weights certainly cannot be had now (without importing its library),
+    where ``settings`` (None: the environment's) say weights are found."""
     if backbone == OFFLINE_BACKBONE:
         return None
     try:
+        from ..encoders import WeightsPlace
         from ..encoders.base import weights_unobtainable
 
-        return weights_unobtainable(backbone)
+        return weights_unobtainable(backbone, WeightsPlace.from_settings(settings))
     except IMRSError as exc:
         return str(exc)
     except Exception as exc:  # noqa: BLE001 - only a shortcut: the real load decides when unsure
@@ -61,10 +65,10 @@ def unobtainable(backbone: str) -> str | None:
         return None
 
 
-def default_backbone(configured: str) -> str:
+def default_backbone(configured: str, settings: Settings | None = None) -> str:
     """The configured backbone when its weights can be had, else the offline one. The page then
     says plainly which backbone it runs on instead of pretending to be CLIP."""
-    return configured if unobtainable(configured) is None else OFFLINE_BACKBONE
+    return configured if unobtainable(configured, settings) is None else OFFLINE_BACKBONE
 
 
 @dataclass
@@ -83,24 +87,27 @@ _DOWNLOADS: dict[str, Download] = {}
 _DOWNLOADS_GUARD = threading.Lock()
 
 
-def download_weights(name: str) -> None:
-    """Fetch ``name``'s pretrained weights into its library's cache (a real load, on CPU). Refuses
-    at once, with the reason, when offline is forced or the host does not answer."""
+def download_weights(name: str, settings: Settings | None = None) -> None:
+    """Fetch ``name``'s pretrained weights into its library's cache (a real load, on CPU), where
+    ``settings`` (the server's; None: the environment's) say. Refuses at once, with the reason,
+    when offline is forced or the host does not answer."""
+    from ..encoders import WeightsPlace
     from ..encoders.base import get_encoder, get_spec, host_reachable, offline_forced
 
     spec = get_spec(name)
     if not spec.download_host:
         return
-    if offline_forced():
+    place = WeightsPlace.from_settings(settings)
+    if offline_forced(place):
         raise IMRSError(f"cannot download {name}: offline mode is on (HF_HUB_OFFLINE, TRANSFORMERS_OFFLINE or "
                         f"IMRS_OFFLINE is set for this server); restart it without that to download")
-    if not host_reachable(spec.download_host):
+    if not host_reachable(spec.download_host, place=place):
         raise IMRSError(f"cannot download {name}: {spec.download_host} is not reachable from this server "
                         f"(no network?)")
-    get_encoder(name, device="cpu")
+    get_encoder(name, device="cpu", settings=settings)
 
 
-def start_download(name: str) -> Download:
+def start_download(name: str, settings: Settings | None = None) -> Download:
     """One download per backbone per process, in the background; the first failure is kept."""
     with _DOWNLOADS_GUARD:
         job = _DOWNLOADS.get(name)
@@ -111,7 +118,7 @@ def start_download(name: str) -> Download:
     def work() -> None:
         t0 = time.perf_counter()
         try:
-            download_weights(name)
+            download_weights(name, settings)
         except Exception as exc:  # noqa: BLE001 - shown on the page as one line
             job.error = str(exc) if isinstance(exc, IMRSError) else f"{type(exc).__name__}: {exc}"
         finally:

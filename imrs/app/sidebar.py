@@ -13,12 +13,12 @@ from ..indexes.params import tunables
 from . import backbones as B
 from . import workspace as W
 from .access import Role
-from .pipeline import PROVIDER_CHOICES, calibrate, collection_thresholds, relabel
+from .pipeline import PROVIDER_CHOICES, Settings, calibrate, collection_thresholds, relabel
 from .text import plain
 from .widgets import ProgressBar, detail, flash, shown_errors
 
 
-def collection_settings(role: Role) -> dict[str, Any]:
+def collection_settings(role: Role, settings: Settings | None = None) -> dict[str, Any]:
     """Which collection, backbone, index and device this session uses (before anything opens).
     Only an editor picks them: a new folder, backbone or index means indexing on the server."""
     from ..indexes import INDEX_KINDS
@@ -31,7 +31,7 @@ def collection_settings(role: Role) -> dict[str, Any]:
                              help="A folder of images (sub-folders are labels) inside the folders this server allows "
                                   "(IMRS_ALLOWED_ROOTS); a name is looked up in each of them. Empty: the default.")
     locked = not role.editor
-    choices = {c.name: c for c in B.backbone_choices()}
+    choices = {c.name: c for c in B.backbone_choices(settings)}
     if st.session_state.get("backbone") not in choices:
         st.session_state["backbone"] = W.OFFLINE_BACKBONE
     icons = {"ready": "●", "needs download": "○", "failed": "✕"}
@@ -69,7 +69,7 @@ def backbone_status(slot: Any, opened: W.Opened, choices: dict[str, B.BackboneCh
                     st.info(f"downloading {target.name} ...", icon=":material/downloading:")
                 elif st.button(f"Download {target.name} weights", key="dl_weights", icon=":material/download:",
                                help=f"fetch them from {target.download_host} into the local cache"):
-                    job = B.start_download(target.name)
+                    job = B.start_download(target.name, opened.coll.settings)
                     if job.error:
                         st.error(detail(job.error), icon=":material/cloud_off:")
                     elif job.running:

@@ -68,7 +68,7 @@ def run(opened: W.Opened, home: Path, indexers: list[str], improvements: list[st
                               indexers=indexers, improvements=tuple(improvements), sample_queries=queries,
                               topk=max(10, min(50, coll.catalog.count("base") - 1)),
                               latency_queries=min(200, queries), tune=tune, map2d=map2d, home=home,
-                              device=coll.device, progress=False, stage_progress=bar)
+                              device=coll.device, progress=False, stage_progress=bar, settings=coll.settings)
             results = run_bench(cfg)
         finally:
             bar.close()

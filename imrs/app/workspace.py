@@ -26,7 +26,7 @@ from ..ids import display_path
 from .activity import Activity, activity_for, session_id, writer_busy
 from .backbones import unobtainable, weights_failures
 from .media import is_demo
-from .pipeline import OFFLINE_BACKBONE, Progress
+from .pipeline import OFFLINE_BACKBONE, Progress, Settings
 
 #: Names the tabs reach through this module (``W.session_id()``, ``W.writer_busy(...)``).
 __all__ = ["OFFLINE_BACKBONE", "Opened", "Workspace", "available_devices", "merge_npz", "needs_first_index",
@@ -174,12 +174,14 @@ def dynamic_root_for(root: str, home: str) -> str | None:
 
 
 @st.cache_resource(show_spinner=False, max_entries=8)
-def _workspace(root: str, backbone: str, indexer: str, device: str, home: str, generation: int = 0) -> Workspace:
-    """``generation`` changes after a failed model load, so a retry builds a fresh workspace."""
+def _workspace(root: str, backbone: str, indexer: str, device: str, home: str, generation: int = 0,
+               settings: Settings | None = None) -> Workspace:
+    """``generation`` changes after a failed model load, so a retry builds a fresh workspace.
+    ``settings``: the server's (model files, Milvus, links followed), part of the cache key."""
     from ..collection import Collection
 
     coll = Collection(root, backbone, indexer, home=home, device=device,
-                      dynamic_root=dynamic_root_for(root, home))
+                      dynamic_root=dynamic_root_for(root, home), settings=settings)
     ws = Workspace(coll=coll)
     ws.start_loading()
     return ws
@@ -200,28 +202,30 @@ class Opened:
         return self.ws.coll.backbone
 
 
-def open_workspace(root: str, backbone: str, indexer: str, device: str, home: str | os.PathLike[str]) -> Opened:
+def open_workspace(root: str, backbone: str, indexer: str, device: str, home: str | os.PathLike[str],
+                   settings: Settings | None = None) -> Opened:
     """The shared workspace for these settings (its model still loading in the background). A
     backbone whose weights cannot be had is replaced by the offline one; ``fallback_reason`` says
-    why, for the status badge."""
+    why, for the status badge. ``settings``: the server's (None: the environment's, read now)."""
+    settings = settings if settings is not None else Settings.from_env()
     home_s = str(Path(home).expanduser().resolve())
     root_s = str(Path(root).expanduser().resolve())
 
     def fallback(reason: str) -> Opened:
-        return Opened(_workspace(root_s, OFFLINE_BACKBONE, indexer, device, home_s), backbone, reason)
+        return Opened(_workspace(root_s, OFFLINE_BACKBONE, indexer, device, home_s, 0, settings), backbone, reason)
 
     if backbone == OFFLINE_BACKBONE:
-        return Opened(_workspace(root_s, backbone, indexer, device, home_s), backbone)
+        return Opened(_workspace(root_s, backbone, indexer, device, home_s, 0, settings), backbone)
     failures = weights_failures()
     failed = failures.recent(backbone)
     if failed is not None:
         return fallback(failed)
-    quick = unobtainable(backbone)
+    quick = unobtainable(backbone, settings)
     if quick is not None:
         failures.forget(backbone)  # an expired failure gives way to the newer reason
         failures.remember(backbone, quick, new_generation=False)
         return fallback(quick)
-    ws = _workspace(root_s, backbone, indexer, device, home_s, failures.generation(backbone))
+    ws = _workspace(root_s, backbone, indexer, device, home_s, failures.generation(backbone), settings)
     if ws.encoder_ready and isinstance(ws.load_error, WeightsUnavailableError):
         failures.remember(backbone, str(ws.load_error))
         return fallback(str(ws.load_error))
@@ -252,7 +256,7 @@ def sync_once(ws: Workspace, progress: Progress | None = None, force: bool = Fal
             return None
         try:
             with ws.activity.job(session_id(), "indexing", ws.coll.root.name):
-                report = ws.coll.sync(progress=lambda _stage, done, total: track(done, total))
+                report = ws.coll.sync(progress=track)
         finally:
             ws.synced_event.set()  # the text warm-up waits for this, success or not
         ws.synced = True

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from ..catalog import label_for
-from ..config import home_dir, state_dir_for
+from ..config import Settings, home_dir, state_dir_for
 from ..errors import EmptyCollectionError, IMRSError, StoreError
 from ..fsutil import atomic_write_json, read_json
 from ..ids import stable_id
@@ -140,8 +140,9 @@ class EmbeddingReport:
 def load_embeddings(data: BenchData, backbone: str, *, cache_dir: Path, home: str | os.PathLike[str] | None,
                     extra: tuple[Path, ...] = (), weights: str = "pretrained", device: str | None = None,
                     batch_size: int | None = None, progress: ProgressArg = True,
-                    ) -> tuple[np.ndarray, np.ndarray, EmbeddingReport]:
-    """(vectors of the rows that have one, those row numbers, report)."""
+                    settings: Settings | None = None) -> tuple[np.ndarray, np.ndarray, EmbeddingReport]:
+    """(vectors of the rows that have one, those row numbers, report). ``settings``: where the
+    backbone's weights are found (None: the environment's)."""
     import time
 
     from ..encoders import backbone_info
@@ -190,7 +191,7 @@ def load_embeddings(data: BenchData, backbone: str, *, cache_dir: Path, home: st
         from ..encoders import get_encoder
 
         log.info("embedding %d image(s) with %s (%d cached)", len(todo), backbone, from_cache)
-        enc = get_encoder(backbone, device=device, weights=weights, runtime="fp32")
+        enc = get_encoder(backbone, device=device, weights=weights, runtime="fp32", settings=settings)
         res = enc.embed_paths([data.root / str(data.relpaths[r]) for r in todo], batch_size=batch_size,
                               progress=progress)
         kept = np.asarray(todo, dtype=np.int64)[res.kept]

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from ..config import home_dir
+from ..config import Settings, home_dir
 from ..indexes.exact import exact_search
 from ..progress import Progress
 from .data import BenchData
@@ -57,6 +57,9 @@ class BenchConfig:
     head_dim: int = 128
     head_hidden: int = 1024
     head_epochs: int = 60
+    #: where model weights are found (the caller's settings; None: the environment's). Not a result:
+    #: left out of the run's written configuration.
+    settings: Settings | None = None
 
     def resolved_cache_dir(self) -> Path:
         return Path(self.cache_dir) if self.cache_dir else home_dir(self.home) / "bench" / "cache"

@@ -136,7 +136,7 @@ def bench_text(backbone: str, db: np.ndarray, data: BenchData, cfg: BenchConfig
     want_hybrid = "hybrid" in cfg.improvements
     if not info.supports_text and not want_conse and not want_hybrid:
         return summary, per_class
-    enc = get_encoder(backbone, device=cfg.device, weights=cfg.weights)
+    enc = get_encoder(backbone, device=cfg.device, weights=cfg.weights, settings=cfg.settings)
     if enc.supports_text:
         record("text tower", M.text_quality(db, labels, enc.embed_texts(prompts), present, k=10),
                "the backbone's own text encoder")

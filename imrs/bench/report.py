@@ -167,7 +167,8 @@ def write_report(results: dict[str, Any], out: Path, home: str | os.PathLike[str
     if config is not None:
         # shallow: asdict() deep-copies, and a progress callback (a page's bar) cannot be copied
         cfg = {f.name: getattr(config, f.name) for f in fields(config)} if is_dataclass(config) else dict(config)
-        results["config"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in cfg.items() if not callable(v)}
+        results["config"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in cfg.items()
+                             if not callable(v) and k != "settings"}
     atomic_write_text(out / "summary.md", summary_markdown(results))
     serialisable = {k: v for k, v in results.items() if k != "maps"}
     dump_json(out / "results.json", serialisable)

@@ -161,7 +161,7 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
                                                                                   f"{b}: embedding images")
         v, rows, rep = load_embeddings(data, b, cache_dir=cache_dir, home=cfg.home, extra=tuple(cfg.emb_files),
                                        weights=cfg.weights, device=cfg.device, batch_size=cfg.batch_size,
-                                       progress=embed_progress)
+                                       progress=embed_progress, settings=cfg.settings)
         vectors[b], row_sets[b] = v, rows
         emb_reports.append(asdict(rep))
     common = row_sets[cfg.backbones[0]]

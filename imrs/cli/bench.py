@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import IMRSError
+from .common import settings_from
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +93,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
                       emb_files=tuple(Path(e) for e in args.emb), device=args.device, weights=args.weights,
                       batch_size=args.batch_size, background=args.background,
                       latency_queries=args.latency_queries, tune=not args.no_tune, tune_target=args.tune_target,
-                      index_params=_index_params(args.index_param), map2d=args.map, progress=not args.quiet)
+                      index_params=_index_params(args.index_param), map2d=args.map, progress=not args.quiet,
+                      settings=settings_from(args))
     if not cfg.backbones or not cfg.indexers:
         raise IMRSError("give at least one backbone and one indexer")
     results = run_bench(cfg)

@@ -34,7 +34,9 @@ def cmd_index(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    home = settings_from(args).home
+    s = settings_from(args)
+    home = s.home
+    onnx_cache = s.model_cache_dir() / "onnx"
     roots = [args.root] if args.root else []
     if not roots:
         coll_dir = home / "collections"
@@ -53,7 +55,7 @@ def cmd_info(args: argparse.Namespace) -> int:
             print(f"{root}: folder no longer exists")
             continue
         args.root = root
-        coll = open_collection(args)
+        coll = open_collection(args, settings=s)
         info = coll.info()
         out.append(info)
         if args.json:
@@ -68,7 +70,7 @@ def cmd_info(args: argparse.Namespace) -> int:
                   f"{mb:.1f} MB in {len(d['files'])} file(s)")
             for tag in d.get("runtimes", []):
                 if is_int8_tag(tag):
-                    print(f"    {describe_tag(tag)}")
+                    print(f"    {describe_tag(tag, onnx_cache)}")
         q = info["quarantine"]
         if q["web_images"] or q["damaged_files"]:
             print(f"  quarantine ({q['folder']}): {q['web_images']} web image(s) `imrs index` takes back, "
@@ -85,11 +87,12 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_backbones(args: argparse.Namespace) -> int:
-    from ..encoders import backbone_info, backbone_status, list_backbones
+    from ..encoders import WeightsPlace, backbone_info, backbone_status, list_backbones
 
+    place = WeightsPlace.from_settings(settings_from(args))
     for name in list_backbones():
         info = backbone_info(name)
-        state, why = backbone_status(name)
+        state, why = backbone_status(name, place)
         text = "text+image" if info.supports_text else "image"
         print(f"{name:22s} {info.dim:5d}-d  {text:10s}  {state}: {why}")
     print(recipe_plan())

@@ -75,7 +75,8 @@ def open_collection(args: argparse.Namespace, root: str | None = None,
             params[key] = val
     params.update(milvus_params(args))
     return Collection(root, backbone, indexer, home=s.home, device=s.device, weights=args.weights,
-                      checkpoint=args.checkpoint, index_params=params, runtime=getattr(args, "runtime", None) or "auto")
+                      checkpoint=args.checkpoint, index_params=params, runtime=getattr(args, "runtime", None) or "auto",
+                      settings=s)
 
 
 def runtime_arg(p: argparse.ArgumentParser) -> None:

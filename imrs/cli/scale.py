@@ -56,11 +56,11 @@ def engine_from_args(args: argparse.Namespace, coll: Collection) -> Embedder | N
     """None for the local engine (the collection's own encoder), else a RayEngine."""
     if getattr(args, "engine", "local") != "ray":
         return None
-    from ..config import ray_address
     from ..engines.ray_engine import RayEngine
 
     engine = RayEngine(coll.backbone, device=coll.device, weights=coll.weights, checkpoint=coll.checkpoint,
-                       address=args.ray_address or ray_address(), batch_size=args.ray_batch_size or args.batch_size,
-                       concurrency=args.ray_concurrency, num_cpus=args.ray_cpus, num_gpus=args.ray_gpus)
+                       address=args.ray_address or coll.settings.ray_address,
+                       batch_size=args.ray_batch_size or args.batch_size, concurrency=args.ray_concurrency,
+                       num_cpus=args.ray_cpus, num_gpus=args.ray_gpus, settings=coll.settings)
     engine.prepare()  # a misconfigured cluster fails now, in seconds, before any other work
     return engine

@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from ..config import Settings
 from ..errors import IMRSError
 from ..progress import Counter, ProgressArg
 
@@ -321,13 +322,13 @@ class EmbedActor:
     """One encoder per actor; ``__call__`` embeds a batch of file contents (Ray Data UDF)."""
 
     def __init__(self, backbone: str, device: str | None, weights: str, checkpoint: str | None,
-                 threads: int) -> None:
+                 threads: int, settings: Settings | None = None) -> None:
         import torch
 
         from ..encoders import get_encoder
 
         torch.set_num_threads(max(1, threads))
-        self.encoder = get_encoder(backbone, device=device, weights=weights, checkpoint=checkpoint)
+        self.encoder = get_encoder(backbone, device=device, weights=weights, checkpoint=checkpoint, settings=settings)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         paths = [str(p) for p in batch["path"]]
@@ -346,7 +347,9 @@ class RayEngine:
     """Embed with Ray Data; same call and result as ``Encoder.embed_paths``.
 
     ``concurrency`` actors (each ``num_cpus`` CPUs and ``num_gpus`` GPUs: 1 for a GPU per actor,
-    0.25 to share one GPU between four) take ``batch_size`` images per call.
+    0.25 to share one GPU between four) take ``batch_size`` images per call. ``settings`` (the
+    collection's) travel to the actors, so weights are found where the driver was told; a folder
+    left unset there (the user cache) is resolved on each node.
     """
 
     backbone: str
@@ -358,6 +361,7 @@ class RayEngine:
     concurrency: int = 2
     num_cpus: float = 1.0
     num_gpus: float = 0.0
+    settings: Settings | None = None
 
     def __post_init__(self) -> None:
         if self.concurrency < 1:
@@ -376,7 +380,8 @@ class RayEngine:
             if _is_loopback(self.address):
                 _driver_on_loopback()
             if not _ray().is_initialized():
-                num_cpus = fit_to_cluster(probe_cluster(self.address), self.concurrency, self.num_cpus,
+                timeout = self.settings.ray_connect_timeout if self.settings is not None else None
+                num_cpus = fit_to_cluster(probe_cluster(self.address, timeout), self.concurrency, self.num_cpus,
                                           self.num_gpus)
         # a local Ray gets one logical CPU more than the actors take, so read tasks always run
         # (with every CPU held by an encoder actor the reads would wait forever)
@@ -414,7 +419,7 @@ class RayEngine:
                             num_cpus=num_cpus, num_gpus=self.num_gpus,
                             fn_constructor_kwargs={"backbone": self.backbone, "device": device,
                                                    "weights": self.weights, "checkpoint": self.checkpoint,
-                                                   "threads": max(1, int(num_cpus))})
+                                                   "threads": max(1, int(num_cpus)), "settings": self.settings})
         vecs = np.zeros((n, dim), np.float32)
         ok = np.zeros(n, bool)
         seen = np.zeros(n, bool)

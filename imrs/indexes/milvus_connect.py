@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from ..config import Settings
 from ..errors import IMRSError
 from ..fsutil import atomic_write_json
 
@@ -65,15 +66,15 @@ def remember_location(state_dir: Path, backbone: str, uri: str, collection: str)
         atomic_write_json(path, data)
 
 
-def connection_params(state_dir: Path, backbone: str, params: dict[str, Any]) -> dict[str, Any]:
+def connection_params(state_dir: Path, backbone: str, params: dict[str, Any],
+                      settings: Settings | None = None) -> dict[str, Any]:
     """``params`` plus the URI and collection name, for ``make_index("milvus", ...)``: the URI
-    from ``--milvus-uri`` (in ``params``), else IMRS_MILVUS_URI, else where this collection's
-    vectors were last put (``remembered_location``), else a Lite file in the state folder."""
-    from ..config import milvus_uri
-
+    from ``--milvus-uri`` (in ``params``), else ``settings.milvus_uri`` (IMRS_MILVUS_URI), else
+    where this collection's vectors were last put (``remembered_location``), else a Lite file in
+    the state folder. ``settings``: the collection's (None: the environment's, read now)."""
     out = dict(params)
     known = remembered_location(state_dir, backbone) or {}
-    uri = out.get("uri") or milvus_uri()
+    uri = out.get("uri") or (settings if settings is not None else Settings.from_env()).milvus_uri
     if uri and is_lite_uri(uri):
         uri = str(Path(uri).expanduser().resolve())
     out["uri"] = uri or known.get("uri") or str(state_dir.resolve() / "milvus.db")

@@ -177,6 +177,10 @@ def _check_reachable(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
         raise IMRSError(f"cannot reach the Ray cluster at {address}: {exc.strerror or exc}") from exc
 
 
+#: How long the probe waits between asks while a cluster has no live node yet.
+NODE_WAIT_S = 0.5
+
+
 @dataclass
 class ClusterInfo:
     """What ``probe_cluster`` learned: the alive nodes' addresses and total resources."""
@@ -241,7 +245,11 @@ def probe_cluster(address: str, timeout: float | None = None) -> ClusterInfo:
         channel.close()
     alive = [n for n in reply.node_info_list if n.state == 0]  # GcsNodeInfo.ALIVE
     if not alive:
-        raise IMRSError(f"the Ray cluster at {address} has no live node")
+        left = timeout - (time.monotonic() - start)
+        if left > NODE_WAIT_S:  # a head that has just started registers its own node a moment later
+            time.sleep(NODE_WAIT_S)
+            return probe_cluster(address, left - NODE_WAIT_S)
+        raise IMRSError(f"the Ray cluster at {address} has no live node (waited {timeout:.0f} s)")
     info = ClusterInfo(address, sorted({n.node_manager_address for n in alive}),
                        float(sum(n.resources_total.get("CPU", 0.0) for n in alive)),
                        float(sum(n.resources_total.get("GPU", 0.0) for n in alive)))

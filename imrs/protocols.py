@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from .catalog import Catalog
     from .config import Settings
     from .encoders import Encoder
+    from .filters import Where
     from .indexes import VectorIndex
     from .layout import SearchHit
     from .store import EmbeddingSet
@@ -56,7 +57,7 @@ class CollectionView(Protocol):
     def all_embeddings(self) -> EmbeddingSet: ...
 
     def search_vectors(self, queries: np.ndarray, k: int = 10, qe: int = 0, qe_alpha: float = 3.0,
-                       where: str | None = None, params: dict[str, Any] | None = None
+                       where: str | Where | None = None, params: dict[str, Any] | None = None
                        ) -> list[list[SearchHit]]: ...
 
     def hits_for(self, ids: Sequence[int], scores: Sequence[float]) -> list[SearchHit]: ...

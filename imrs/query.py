@@ -148,8 +148,11 @@ def answer(coll: Collection, query: Query, vector: np.ndarray, settings: Setting
 
         depth = max(depth, HybridParams().visual_pool)
     t0 = time.perf_counter()
-    hits = coll.search_vectors(vector, depth, qe=qe, where=query.where)[0]
-    plain = hits if qe == 0 else coll.search_vectors(vector, depth, where=query.where)[0]  # judged without QE
+    from .filters import Where
+
+    where = Where(query.where, coll.catalog) if query.where else None  # resolved once, for every use below
+    hits = coll.search_vectors(vector, depth, qe=qe, where=where)[0]
+    plain = hits if qe == 0 else coll.search_vectors(vector, depth, where=where)[0]  # judged without QE
     if stages.active:  # re-ranked in the improved space; scores stay the plain ones the verdict reads
         order, _ = stages.rerank(coll, vector, np.asarray([h.id for h in hits], dtype=np.int64))
         pos = {int(i): n for n, i in enumerate(order.tolist())}
@@ -163,11 +166,8 @@ def answer(coll: Collection, query: Query, vector: np.ndarray, settings: Setting
         web: dict[str, Any] = {}
         if query.web_exemplars:  # the same providers and download limits as growth
             web = dict(zip(("policy", "providers"), _policy_and_providers(settings), strict=True))
-        allowed = None
-        if query.where:  # the collection's words may name images the filter leaves out
-            from .filters import Where
-
-            allowed = Where(query.where, coll.catalog).allowed_ids()
+        # the collection's words may name images the filter leaves out
+        allowed = where.allowed_ids() if where is not None else None
         fusion = fuse_text_hits(coll, str(query.text), hits, vector, len(hits), use_metadata=query.metadata,
                                 web_exemplars=query.web_exemplars, allowed=allowed, **web)
         hits = fusion.hits

@@ -114,7 +114,8 @@ class _QueryVectors:
                 self._vectors.move_to_end(key)
             return vec
 
-    def put(self, key: tuple[str, str], vec: np.ndarray) -> None:
+    def put(self, key: tuple[str, str], vec: np.ndarray) -> np.ndarray:
+        """Remember ``vec`` (as a read-only copy, which is returned)."""
         vec = np.array(vec, np.float32)
         vec.setflags(write=False)  # shared between callers: nobody may change it in place
         with self._lock:
@@ -122,6 +123,7 @@ class _QueryVectors:
             self._vectors.move_to_end(key)
             while len(self._vectors) > QUERY_VECTOR_CACHE:
                 self._vectors.popitem(last=False)
+        return vec
 
 
 def text_query_vector(coll: CollectionView, text: str) -> np.ndarray:
@@ -134,10 +136,7 @@ def text_query_vector(coll: CollectionView, text: str) -> np.ndarray:
     memory = coll.cache("text_query_vectors", _QueryVectors)
     vec = memory.get(key)
     if vec is None:
-        vec, _, _ = _visual_query(coll, text)
-        memory.put(key, vec)
-        vec = memory.get(key)
-        assert vec is not None
+        vec = memory.put(key, _visual_query(coll, text)[0])
     return vec
 
 

@@ -295,6 +295,21 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
+SHARED_ENV = "IMRS_SHARED"
+
+
+def shared_data_dir(env: Mapping[str, str] | None = None) -> Path:
+    """Where the shared data the benchmarks run on lives (Caltech-101, the photos):
+    ``$IMRS_SHARED``, else ``shared/`` beside the repository."""
+    value = (os.environ if env is None else env).get(SHARED_ENV, "")
+    return Path(value).expanduser() if value else Path(__file__).resolve().parents[2] / "shared"
+
+
+def caltech_dir(env: Mapping[str, str] | None = None) -> Path:
+    """The benchmarks' default data: Caltech-101 in the shared data folder."""
+    return shared_data_dir(env) / "datasets" / "caltech101"
+
+
 def home_dir(home: str | os.PathLike[str] | None = None) -> Path:
     """Root of all run-time state (``runs/`` by default, git-ignored)."""
     return Path(home).expanduser() if home else Settings.from_env().home

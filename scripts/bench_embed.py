@@ -46,6 +46,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from imrs.bench.docblock import host_line, replace_block  # noqa: E402
+from imrs.config import caltech_dir  # noqa: E402
 from imrs.encoders import Encoder, clear_encoder_cache, cpu_count, get_encoder, get_spec  # noqa: E402
 from imrs.encoders.int8 import recipe_plan  # noqa: E402
 from imrs.encoders.runtime import TorchRunner  # noqa: E402
@@ -123,7 +124,7 @@ def timed(fn, n: int) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", type=Path,
-                    default=Path(os.environ.get("IMRS_SHARED", REPO.parent / "shared")) / "datasets" / "caltech101")
+                    default=caltech_dir())
     ap.add_argument("--backbones", default=",".join(DEFAULT_BACKBONES))
     ap.add_argument("--n", type=int, default=256, help="images for efficientnet_lite0")
     ap.add_argument("--heavy-n", type=int, default=64, help="images for the other (slower) backbones")

@@ -34,8 +34,10 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from imrs.bench.data import labelled_images  # noqa: E402
 from imrs.bench.docblock import host_line, replace_block  # noqa: E402
 from imrs.bench.metrics import label_quality  # noqa: E402
+from imrs.config import caltech_dir  # noqa: E402
 from imrs.encoders import get_encoder  # noqa: E402
 from imrs.encoders.int8 import CALIBRATION_IMAGES, HELD_IMAGES  # noqa: E402
 from imrs.encoderslot import calibration_sample  # noqa: E402
@@ -47,7 +49,7 @@ DOCS = REPO / "docs" / "benchmarks.md"
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", type=Path,
-                    default=Path(os.environ.get("IMRS_SHARED", REPO.parent / "shared")) / "datasets" / "caltech101")
+                    default=caltech_dir())
     ap.add_argument("--backbone", default="efficientnet_lite0")
     ap.add_argument("--weights", default="pretrained", choices=["pretrained", "random"])
     ap.add_argument("--limit", type=int, default=0, help="embed only a seeded sample of this many images")
@@ -59,12 +61,9 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("imrs.encoders.int8").setLevel(logging.INFO)
 
-    paths = sorted(args.data.glob("*/*.jpg"))
+    paths = labelled_images(args.data, args.limit)
     if not paths:
         sys.exit(f"no images under {args.data} (pass --data)")
-    if args.limit and args.limit < len(paths):
-        rng = np.random.default_rng(0)
-        paths = [paths[i] for i in sorted(rng.choice(len(paths), args.limit, replace=False).tolist())]
     labels = np.asarray([p.parent.name for p in paths])
     label_ids = np.unique(labels, return_inverse=True)[1]
     load_before = " ".join(f"{x:.2f}" for x in os.getloadavg())

@@ -38,6 +38,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from imrs.config import caltech_dir  # noqa: E402  (standard library only: light for the qemu worker)
+
 
 def worker(folder: Path) -> None:
     """Run every model in ``folder`` on ``held.npy``; only numpy and onnxruntime (fast under qemu)."""
@@ -68,7 +70,7 @@ def worker(folder: Path) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", type=Path,
-                    default=Path(os.environ.get("IMRS_SHARED", REPO.parent / "shared")) / "datasets" / "caltech101")
+                    default=caltech_dir())
     ap.add_argument("--backbone", default="efficientnet_lite0")
     ap.add_argument("--weights", default="pretrained", choices=["pretrained", "random"])
     ap.add_argument("--n", type=int, default=96, help="images: half calibrate, half are held out for the gate")

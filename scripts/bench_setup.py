@@ -294,13 +294,14 @@ def quality(per_class: int) -> dict[str, Any]:
         return {"skipped": "torch is not installed in this environment"}
     import onnxruntime as ort
 
+    from imrs.config import caltech_dir
     from imrs.encoders import WeightsPlace
     from imrs.encoders.efficientnet_lite import EFFICIENTNET_LITE0 as spec
     from imrs.encoders.efficientnet_lite import _weights_file
     from imrs.encoders.onnx_build import ensure_model, model_path_for
     from imrs.encoders.runtime import make_input_adapter
 
-    shared = Path(os.environ.get("IMRS_SHARED", REPO.parent / "shared")) / "datasets" / "caltech101"
+    shared = caltech_dir()
     classes = sorted(d for d in shared.iterdir() if d.is_dir()) if shared.is_dir() else []
     paths = [f for d in classes for f in sorted(d.glob("*.jpg"))[:per_class]]
     if not paths:

@@ -31,15 +31,16 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "scripts"))
 from bench_setup import _torch_resample, host  # noqa: E402
 
+from imrs.bench.data import labelled_images  # noqa: E402
 from imrs.bench.metrics import label_quality  # noqa: E402
+from imrs.config import caltech_dir  # noqa: E402
 
 BEGIN, END = "<!-- torchfree-quality:begin -->", "<!-- torchfree-quality:end -->"
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--data", type=Path, default=Path(os.environ.get("IMRS_SHARED", REPO.parent / "shared"))
-                    / "datasets" / "caltech101")
+    ap.add_argument("--data", type=Path, default=caltech_dir())
     ap.add_argument("--limit", type=int, default=0, help="a seeded sample of this many images")
     ap.add_argument("--write-docs", action="store_true")
     args = ap.parse_args()
@@ -50,12 +51,9 @@ def main() -> int:
     from imrs.encoders.efficientnet_lite import _weights_file
     from imrs.encoders.onnx_build import ensure_model, model_path_for
 
-    paths = sorted(args.data.glob("*/*.jpg"))
+    paths = labelled_images(args.data, args.limit)
     if not paths:
         sys.exit(f"no images under {args.data}")
-    if args.limit and args.limit < len(paths):
-        rng = np.random.default_rng(0)
-        paths = [paths[i] for i in sorted(rng.choice(len(paths), args.limit, replace=False).tolist())]
     h = host()
     load_before = " ".join(f"{x:.1f}" for x in os.getloadavg())
     print(f"# {len(paths)} images; {h['cpu']}, {h['cores']} cores {h['isa']}; load {load_before}", flush=True)

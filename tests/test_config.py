@@ -94,3 +94,25 @@ def test_no_environment_reads_outside_config() -> None:
                     a.name in ("environ", "environb", "getenv", "putenv", "unsetenv") for a in node.names):
                 offenders.append(f"{rel}:{node.lineno}")
     assert not offenders, offenders
+
+
+def test_benchmark_data_place_and_seeded_sample(tmp_path: Path) -> None:
+    """The benchmarks' data: ``$IMRS_SHARED`` when set, else ``shared/`` beside the repository; a
+    ``--limit`` sample is the same images, in the same order, every time it is drawn."""
+    from imrs.bench.data import labelled_images
+    from imrs.config import caltech_dir, shared_data_dir
+
+    assert shared_data_dir({"IMRS_SHARED": str(tmp_path)}) == tmp_path
+    assert shared_data_dir({}) == REPO.parent / "shared"
+    assert caltech_dir({"IMRS_SHARED": str(tmp_path)}) == tmp_path / "datasets" / "caltech101"
+    for label in ("a", "b"):
+        (tmp_path / label).mkdir()
+        for n in range(6):
+            (tmp_path / label / f"{n}.jpg").write_bytes(b"x")
+    (tmp_path / "a" / "notes.txt").write_text("not an image")
+    every = labelled_images(tmp_path)
+    assert len(every) == 12 and every == sorted(every) and all(p.suffix == ".jpg" for p in every)
+    five = labelled_images(tmp_path, 5, seed=3)
+    assert len(five) == 5 and five == sorted(five) and set(five) <= set(every)
+    assert labelled_images(tmp_path, 5, seed=3) == five
+    assert labelled_images(tmp_path, 50) == every  # a limit above the count takes them all

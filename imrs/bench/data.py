@@ -36,6 +36,17 @@ log = logging.getLogger(__name__)
 DEFAULT_BACKGROUND = ("BACKGROUND_Google",)
 
 
+def labelled_images(root: Path, limit: int = 0, seed: int = 0) -> list[Path]:
+    """The JPEGs one folder deep under ``root`` (the folder is the label), sorted; with ``limit``,
+    a sample of that many drawn with ``seed``, still sorted, so a benchmark repeated with the same
+    arguments measures the same images."""
+    paths = sorted(Path(root).glob("*/*.jpg"))
+    if limit and limit < len(paths):
+        rng = np.random.default_rng(seed)
+        paths = [paths[i] for i in sorted(rng.choice(len(paths), limit, replace=False).tolist())]
+    return paths
+
+
 @dataclass
 class BenchData:
     """The images of a labelled folder, one row each, in sorted relpath order.

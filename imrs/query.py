@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .config import Settings
+from .config import WEB_CHECK_IMAGES, Settings
 from .errors import IMRSError, NetworkError
 from .expansion.coverage import (
     LIKELY,
@@ -431,7 +431,7 @@ def run_query(coll: Collection, query: Query, settings: Settings | None = None,
     outcome = QueryOutcome(query, hits, verdict, terms, timings=timings, stages=stages_for(coll).names)
     ask = query.expand if query.ask_web is None else query.ask_web
     if ask and verdict.label == UNCERTAIN and (query.term or terms):
-        ask_web(coll, query, outcome, s, providers)
+        ask_web(coll, query, outcome, s, providers, vector=None if verdict.kind == "textmap" else vector)
     if query.expand and outcome.verdict.weak:
         _grow(coll, query, vector, s, outcome, progress, providers)
     timings["total"] = time.perf_counter() - t_all
@@ -439,13 +439,14 @@ def run_query(coll: Collection, query: Query, settings: Settings | None = None,
 
 
 def ask_web(coll: Collection, query: Query, outcome: QueryOutcome, s: Settings, providers: Any = None,
-            n: int = 6) -> None:
+            n: int = WEB_CHECK_IMAGES, vector: np.ndarray | None = None) -> None:
     """An uncertain verdict asks the web: a few images of the term (the confirmed one, else the best
     proposed) are fetched with the growth's providers and download guard, embedded, compared with
     the collection (``judge.web_test``) and deleted. A clear answer replaces "uncertain"; no
     network or too few images leave the verdict as it was and say why. The time counts in the
-    timings ("web_check")."""
-    from .expansion.judge import web_test
+    timings ("web_check"). ``vector``: the query in the images' space (how close it is to the web
+    images is part of the check; None for text on an image-only backbone)."""
+    from .expansion.webcheck import web_test
     from .textsearch.web import exemplar_vectors
 
     v = outcome.verdict
@@ -463,14 +464,13 @@ def ask_web(coll: Collection, query: Query, outcome: QueryOutcome, s: Settings, 
         from .expansion.calibrate import load_judges
 
         test = web_test(judge_context(coll), vectors, scores, ids, v.folder, term, model=load_judges(coll).get(v.kind),
-                        p1=v.probability, precision=s.coverage_precision)
+                        p1=v.probability, precision=s.coverage_precision, query_vector=vector)
         if test is None:
             v.web = {"term": term, "error": f"only {len(vectors)} web image(s)"}
             v.reason += f"; web check of '{term}': too few web images ({len(vectors)})"
             return
-        v.web = {"term": term, "exemplars": test.exemplars, "to_collection": round(test.to_collection, 4),
-                 "to_each_other": round(test.to_each_other, 4), "on_label": round(test.on_label, 4),
-                 "outcome": test.outcome}
+        v.web = {"term": term, "exemplars": test.exemplars, "outcome": test.outcome,
+                 **{k: round(x, 4) for k, x in test.evidence.items()}}
         v.reason += "; " + test.describe()
         if test.weak is not None:  # a fitted web check also makes the forced decision
             v.weak = test.weak

@@ -1,7 +1,8 @@
 """How often is the coverage verdict right on queries that look like other people's photos?
 
-Runs ``imrs calibrate``'s protocol (``imrs.expansion.calibrate``: folders split three ways, the
-judge fitted on 40%, its precision thresholds set on 30%, everything measured on the last 30%,
+Runs ``imrs calibrate``'s protocol (``imrs.expansion.calibrate``: the judge fitted on 70% of the
+folders, its precision thresholds set on out-of-fold probabilities of those, everything measured
+on the last 30%,
 image queries asked as indexed and as external-style views, a concept absent only with its whole
 family of folders) for several seeds, and prints, per query kind:
 
@@ -33,6 +34,7 @@ sys.path.insert(0, str(REPO))
 
 from imrs.bench.docblock import host_line, replace_block  # noqa: E402
 from imrs.collection import Collection  # noqa: E402
+from imrs.config import CALIBRATE_PER_CLASS  # noqa: E402
 from imrs.expansion.calibrate import calibrate, save_calibration  # noqa: E402
 from imrs.query import Query, run_query  # noqa: E402
 
@@ -50,7 +52,7 @@ def main() -> int:
     ap.add_argument("--home", default=str(REPO / "runs" / "bench_verdict"))
     ap.add_argument("--backbone", default="efficientnet_lite0")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--per-class", type=int, default=5)
+    ap.add_argument("--per-class", type=int, default=CALIBRATE_PER_CLASS)
     ap.add_argument("--precision", type=float, default=0.95)
     ap.add_argument("--write-docs", action="store_true")
     args = ap.parse_args()

@@ -144,8 +144,10 @@ def calibrated(tmp_path: Path, home: Path, encoder: Any) -> Collection:  # noqa:
     report = calibrate(c, kinds=["image"], per_class=4)
     [r] = report.results
     assert r.judge is not None and r.judge_report["fitted"]
-    assert r.judge_report["classes_fit"] + r.judge_report["classes_calibration"] + \
-        r.judge_report["classes_report"] == len(CLASSES)
+    assert r.judge_report["classes_fit"] + r.judge_report["classes_report"] == len(CLASSES)
+    assert r.judge_report["folds"] == 5  # thresholds from models that never saw the case's folder
+    # every training case has an out-of-fold probability behind the thresholds
+    assert len(r.judge.cal_p) == 4 * 2 * 2 * r.judge_report["classes_fit"]
     ext = r.judge_report["external"]
     assert ext["queries"] == r.judge_report["classes_report"] * 4 * 2  # present and absent, views only
     assert ext["precision_ci"][0] <= ext["precision"] <= ext["precision_ci"][1]
@@ -181,22 +183,31 @@ def test_the_web_check_is_fitted_and_runs_live(calibrated: Collection, home: Pat
     """The stored judge carries the web check's model; a live web check decides with it, and web
     images of a folder the collection holds are judged more likely covered than those of one it
     lacks, from the same first judgement."""
-    from imrs.expansion.judge import context, web_test
+    from imrs.expansion.judge import context
+    from imrs.expansion.webcheck import web_test
 
     model = load_judges(calibrated)["image"]
-    assert model.web is not None and model.web.features == ("p1", "to_collection", "to_each_other", "on_label")
+    assert model.web is not None and model.web.features == (
+        "p1", "to_collection", "to_each_other", "on_label", "same_folder", "apart", "to_query")
     ctx = context(calibrated)
 
-    def check(folder: str, p1: float) -> Any:
-        imgs = sorted((CALTECH / folder).glob("*.jpg"))[40:46]  # not in the collection
+    def check(folder: str, p1: float, with_query: bool = True) -> Any:
+        imgs = sorted((CALTECH / folder).glob("*.jpg"))[40:47]  # not in the collection
         vecs = calibrated.encoder.embed_images([str(x) for x in imgs])
-        scores, ids = calibrated.index.search(vecs, 10)
-        return web_test(ctx, vecs, scores, ids, "sunflower", folder, model=model, p1=p1, precision=0.95)
+        scores, ids = calibrated.index.search(vecs[1:], 10)
+        # the first is the person's photo, the other six the web images of the term
+        return web_test(ctx, vecs[1:], scores, ids, "sunflower", folder, model=model, p1=p1, precision=0.95,
+                        query_vector=vecs[0] if with_query else None)
 
     has, lacks = check("sunflower", 0.5), check("trilobite", 0.5)
     assert has.probability is not None and lacks.probability is not None
     assert has.probability > lacks.probability and has.to_collection > lacks.to_collection
     assert has.on_label > lacks.on_label
+    # web images of a concept the collection lacks are closer to each other than to what it holds
+    assert has.evidence["apart"] > lacks.evidence["apart"]
+    # a check that lacks a value its fitted model reads falls back to the rule, and says so by
+    # having no probability
+    assert check("sunflower", 0.5, with_query=False).probability is None
     lo, hi = model.web.thresholds(0.95)
     for t in (has, lacks):
         assert (t.outcome == LIKELY) == (t.probability >= hi) and (t.outcome == NO_MATCH) == (t.probability <= lo)
@@ -234,6 +245,36 @@ def test_expand_that_cannot_grow_exits_non_zero(tmp_path: Path, home: Path) -> N
     ok = subprocess.run([*run, "search", "--image", str(PHOTOS / "giraffe.jpg"), "--root", str(root)],
                         env=env, capture_output=True, text=True, timeout=300)
     assert ok.returncode == 0  # no growth asked: a weak verdict is an answer, not a failure
+
+
+def test_web_evidence_on_vectors_worked_by_hand() -> None:
+    """Five web images: unit vectors e0, e0 (a copy: counts once), e1, e2 and m = 0.6 e0 + 0.8 e1."""
+    from imrs.expansion.webcheck import web_evidence
+
+    class Ctx:  # the judge context's labels, all web_evidence reads of it
+        label_of = {10: "kite", 11: "kite", 12: "umbrella", 13: "kite", 14: "umbrella"}
+
+    e = np.eye(4, dtype=np.float32)
+    ex = np.stack([e[0], e[0], e[1], e[2], 0.6 * e[0] + 0.8 * e[1]])
+    best = [[0.9, 0.2, 0.1], [0.9, 0.2, 0.1], [0.7, 0.1, 0.1], [0.5, 0.4, 0.3], [0.8, 0.3, 0.2]]
+    ids = [[10, 12, 11], [10, 12, 11], [12, 10, 14], [11, 12, 13], [13, 14, 10]]
+    ev = web_evidence(Ctx(), ex, best, ids, "kite", query_vector=e[0])
+    assert ev is not None
+    # mean cosine to the other distinct images: e0 0.6 / 3, e1 0.8 / 3, e2 0, m 1.4 / 3 -> median
+    assert ev["to_each_other"] == pytest.approx((0.2 + 0.8 / 3) / 2, abs=1e-6)
+    assert ev["to_collection"] == pytest.approx(0.75, abs=1e-6)  # median of .9 .7 .5 .8
+    # best hits kite, umbrella, kite, kite: three of four agree; the best three mostly "kite" for
+    # three of four (e1's are umbrella, kite, umbrella)
+    assert ev["same_folder"] == pytest.approx(0.75) and ev["on_label"] == pytest.approx(0.75)
+    # best minus nearest other web image: .9 - .6, .7 - .8, .5 - 0, .8 - .8 -> median (0 + .3) / 2
+    assert ev["apart"] == pytest.approx(0.15, abs=1e-6)
+    # the query (e0) to the web images: 1, 0, 0, 0.6 -> median 0.3
+    assert ev["to_query"] == pytest.approx(0.3, abs=1e-6)
+    assert "to_query" not in web_evidence(Ctx(), ex, best, ids, "kite")
+    assert web_evidence(Ctx(), ex[:2], best[:2], ids[:2], "kite") is None  # one distinct image is too few
+    # a tie among the labels goes to the one ranked first, in every process
+    tie = web_evidence(Ctx(), ex[2:], [[0.5, 0.4]] * 3, [[12, 10]] * 3, "umbrella")
+    assert tie is not None and tie["on_label"] == 1.0 and tie["same_folder"] == 1.0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -275,6 +316,9 @@ def test_uncertain_answers_ask_the_web(tmp_path: Path, home: Path, encoder: Any,
     assert lacks.verdict.web["outcome"] == NO_MATCH and lacks.verdict.label == NO_MATCH and lacks.verdict.weak
     assert all(h.confidence == NO_MATCH for h in lacks.hits)
     assert lacks.verdict.web["to_each_other"] > lacks.verdict.web["to_collection"]
+    # the photo is judged against the web images too (image queries have a vector in their space)
+    assert has.verdict.web["apart"] > lacks.verdict.web["apart"]
+    assert has.verdict.web["to_query"] == pytest.approx(lacks.verdict.web["to_query"], abs=1e-4)
     # not asked (no growth, no --ask-web): the web is never touched
     quiet = run_query(without, Query(image=str(PHOTOS / "sunflower.jpg"), k=5), s, providers=provider)
     assert quiet.verdict.web is None and quiet.verdict.label == UNCERTAIN and "web_check" not in quiet.timings

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ..config import CALIBRATE_PER_CLASS
 from ..errors import IMRSError
 from ..layout import SearchHit
 from ..query import Query, QueryOutcome, run_query
@@ -157,13 +158,15 @@ def register(sub: Any) -> None:
     p = sub.add_parser("calibrate", help="measure coverage thresholds on this collection (held-out classes)",
                        description="Uses each labelled folder as a covered concept and, with its images taken "
                                    "out of the answers, as an absent one, asked in other people's photo "
-                                   "style; fits the judge on 40% of the folders, sets its precision "
-                                   "thresholds on 30% and reports on the last 30%: precision of the "
-                                   "confident answers, the share answered, balanced accuracy, and the same "
-                                   "with the web check for uncertain answers.")
+                                   "style; fits the judge on 70% of the folders (its precision thresholds "
+                                   "from models that never saw the folder) and reports on the last 30%: "
+                                   "precision of the confident answers, the share answered, balanced "
+                                   "accuracy, and the same with the web check for uncertain answers.")
     p.add_argument("--kind", choices=["image", "text", "both"], default="both")
-    p.add_argument("--per-class", type=int_in(1, 50, "--per-class"), default=5,
-                   help="images sampled per folder: queries, and (4+) stand-ins for web images in the web check")
+    p.add_argument("--per-class", type=int_in(1, 50, "--per-class"), default=CALIBRATE_PER_CLASS,
+                   help="images sampled per folder: queries, and stand-ins for web images in the web check "
+                        f"(default {CALIBRATE_PER_CLASS}: {CALIBRATE_PER_CLASS - 1} stand-ins per query, as many "
+                        "as a live check fetches)")
     p.add_argument("--max-classes", type=int_in(4, 10000, "--max-classes"), default=120)
     _measurement_args(p, keeps="the current thresholds")
     p.set_defaults(func=cmd_calibrate)

@@ -15,11 +15,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..config import WEB_CHECK_IMAGES
 from ..errors import IMRSError
 from ..progress import Reporter
 from .coverage import is_clutter_label
-from .judge import WEB_FEATURES, ClassContext, feature_names, gather, web_evidence
+from .judge import ClassContext, feature_names, gather
 from .terms import readable_label
+from .webcheck import web_evidence, web_feature_names
 
 if TYPE_CHECKING:
     from ..collection import Collection
@@ -38,7 +40,8 @@ class Cases:
     cls: np.ndarray  # which class the query came from (for the split)
     features: np.ndarray | None = None  # (n, len(feature names)): the judge's evidence
     external: np.ndarray | None = None  # the query was an external-style view
-    web: np.ndarray | None = None  # (n, 3): what simulated web images said (NaN: too few of them)
+    web: np.ndarray | None = None  # (n, len(web_names) - 1): what simulated web images said (NaN: too few)
+    web_names: tuple[str, ...] = ()  # the web check's features ("p1" first, then the columns of ``web``)
 
 
 
@@ -105,9 +108,9 @@ def external_view(image: Any, seed: int) -> Any:
     return Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
 
 
-#: A simulated web check looks at this many other-style views of the folder (as a live one
-#: fetches ``imrs.query.ask_web``'s six images).
-WEB_EXEMPLARS = 6
+#: A simulated web check looks at this many other-style views of the folder, as many as a live
+#: one fetches.
+WEB_EXEMPLARS = WEB_CHECK_IMAGES
 
 
 @dataclass
@@ -129,6 +132,7 @@ class CaseBuilder:
         self.kind, self.names, self.depth = kind, list(names), depth
         self.label_of, self.sizes, self.ctx = label_of, sizes, ctx
         self.features = feature_names(kind, ctx.has_classifier)
+        self.web_names = web_feature_names(kind)
         self.rows: list[np.ndarray] = []
         self.size: list[int] = []
         self.covered: list[bool] = []
@@ -158,13 +162,15 @@ class CaseBuilder:
                 gone |= absent
             hits = [[(s, i) for s, i in e.pairs if i != -1 and i not in gone][:10] for e in mine]
             web = web_evidence(self.ctx, np.asarray([e.vector for e in mine], np.float32).reshape(len(mine), -1),
-                               [[s for s, _ in h] for h in hits], [[i for _, i in h] for h in hits], ev.top_label)
-            self.web.append(np.full(3, np.nan) if web is None else
-                            np.asarray([web[n] for n in WEB_FEATURES[1:]], np.float64))
+                               [[s for s, _ in h] for h in hits], [[i for _, i in h] for h in hits], ev.top_label,
+                               query_vector if "to_query" in self.web_names else None)
+            names = self.web_names[1:]
+            self.web.append(np.full(len(names), np.nan) if web is None else
+                            np.asarray([web[n] for n in names], np.float64))
 
     def cases(self) -> Cases:
         return Cases(np.stack(self.rows), np.asarray(self.size), np.asarray(self.covered), np.asarray(self.cls),
-                     np.stack(self.ev), np.asarray(self.ext), np.stack(self.web))
+                     np.stack(self.ev), np.asarray(self.ext), np.stack(self.web), self.web_names)
 
 
 @dataclass
@@ -262,7 +268,7 @@ def text_cases(coll: Collection, classes: dict[str, list[int]], members_of: dict
         exemplars = views.exemplars(c) if views is not None else []
         for form in PHRASINGS:
             text = form.format(readable_label(name))
-            closeness = None
+            closeness, vec = None, None
             if textmap:
                 ids, scores = text_class_space(coll, text)
                 order = np.argsort(-scores, kind="stable")[:depth + len(members) + 1]
@@ -272,7 +278,7 @@ def text_cases(coll: Collection, classes: dict[str, list[int]], members_of: dict
                 vec = text_query_vector(coll, text)
                 srow, irow = coll.index.search(np.asarray([vec], np.float32), depth + biggest + 1)
                 pairs = [(float(x), int(i)) for x, i in zip(srow[0].tolist(), irow[0].tolist(), strict=True)]
-            b.add(c, pairs, members, closeness=closeness, exemplars=exemplars)
+            b.add(c, pairs, members, closeness=closeness, exemplars=exemplars, query_vector=vec)
         rep("calibrate text", c + 1, len(names))
     return b.cases()
 
@@ -281,4 +287,4 @@ def subset(cases: Cases, mask: np.ndarray) -> Cases:
     return Cases(cases.scores[mask], cases.class_size[mask], cases.covered[mask], cases.cls[mask],
                  None if cases.features is None else cases.features[mask],
                  None if cases.external is None else cases.external[mask],
-                 None if cases.web is None else cases.web[mask])
+                 None if cases.web is None else cases.web[mask], cases.web_names)

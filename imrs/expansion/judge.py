@@ -31,12 +31,12 @@ is fitted is what runs. A judgement has three steps:
    ``1 - DELTA``). Everything between asks. The forced decision (``weak``: should IMRS grow?) is the
    threshold of best balanced accuracy.
 
-4. **Asking the web** (:func:`web_test`), for answers that stay uncertain when growth was asked
+4. **Asking the web** (``imrs.expansion.webcheck``), for answers that stay uncertain when growth was asked
    for (``imrs search --expand``, the page's grow button): a handful of web images of the proposed
    term are embedded and compared with the collection. One photo is one noisy sample of a concept;
-   six web images of it are six, and how well they find the collection, relative to how well they
+   ten web images of it are ten, and how well they find the collection, relative to how well they
    find each other, is a per-concept yardstick no single cosine has. ``imrs calibrate`` fits this
-   second step too (features ``WEB_FEATURES``, simulated web images: other-style views of other
+   second step too (``webcheck.WEB_FEATURES``, simulated web images: other-style views of other
    images of the folder), with its own precision thresholds on the cases the first step left
    uncertain.
 
@@ -405,95 +405,6 @@ def decide(model: JudgeModel, ev: Evidence, precision: float) -> Decision:
     return Decision(outcome, weak, p, f"{word} (p={p:.2f}): {ev.describe()}")
 
 
-# ---------------------------------------------------------------------------------------------
-# Asking the web, for answers that stay uncertain
-# ---------------------------------------------------------------------------------------------
-
-#: Fewest web exemplars the web test decides on.
-WEB_MIN_EXEMPLARS = 3
-#: What the fitted web check reads: the first judgement (as a logit) and what the exemplars say.
-WEB_FEATURES = ("p1", "to_collection", "to_each_other", "on_label")
-
-
 def logit(p: float) -> float:
     q = min(max(float(p), 1e-6), 1.0 - 1e-6)
     return math.log(q / (1.0 - q))
-
-
-def web_evidence(ctx: ClassContext, exemplars: np.ndarray, score_rows: Sequence[Sequence[float]],
-                 id_rows: Sequence[Sequence[int]], top_label: str) -> dict[str, float] | None:
-    """What a handful of web images of the proposed term say, the same for a live check and for
-    calibration: how well they find the collection (``to_collection``, median best cosine), how
-    well they find each other (``to_each_other``, median of each one's mean cosine to the others),
-    and the share of them whose best five land on the answer's leading folder (``on_label``).
-    ``score_rows``/``id_rows``: each exemplar's best collection hits, best first. None: too few."""
-    E = np.asarray(exemplars, np.float32)
-    m = len(E)
-    if m < WEB_MIN_EXEMPLARS:
-        return None
-    S = (E @ E.T).astype(np.float64)
-    np.fill_diagonal(S, np.nan)
-    each_other = float(np.median(np.nanmean(S, axis=1)))
-    best = [float(r[0]) if len(r) else 0.0 for r in score_rows]
-    on_label = 0.0
-    if top_label:
-        votes = []
-        for row in id_rows:
-            labels = [ctx.label_of.get(int(i), "") for i in list(row)[:5] if int(i) != -1]
-            votes.append(bool(labels) and max(set(labels), key=labels.count) == top_label)
-        on_label = float(np.mean(votes))
-    return {"to_collection": float(np.median(best)), "to_each_other": each_other, "on_label": on_label}
-
-
-@dataclass
-class WebTest:
-    """What a handful of web images of the proposed term said (``web_evidence``) and the outcome,
-    with the fitted web check's p(covered) when the collection was calibrated."""
-
-    term: str
-    exemplars: int
-    to_collection: float
-    to_each_other: float
-    on_label: float
-    outcome: str  # LIKELY | NO_MATCH | UNCERTAIN
-    probability: float | None = None
-    weak: bool | None = None  # the forced decision after the check (None: the rule had no opinion)
-
-    def describe(self) -> str:
-        word = {LIKELY: "covered", NO_MATCH: "not covered", UNCERTAIN: "still uncertain"}[self.outcome]
-        p = f", p={self.probability:.2f}" if self.probability is not None else ""
-        return (f"web check of '{self.term}': {word}{p} ({self.exemplars} web images find the collection at "
-                f"{self.to_collection:.2f}, each other at {self.to_each_other:.2f}; "
-                f"{self.on_label:.0%} land on the answer's folder)")
-
-
-def web_test(ctx: ClassContext, exemplars: np.ndarray, collection_scores: np.ndarray,
-             collection_ids: np.ndarray, top_label: str, term: str, model: JudgeModel | None = None,
-             p1: float | None = None, precision: float = 0.95) -> WebTest | None:
-    """A per-concept, self-calibrating test for answers that stay uncertain. Web images of a
-    concept resemble each other about as much as the concept's photos ever will; if the
-    collection holds the concept, they find its images about as well as they find each other, and
-    in the folder the answer came from. If it does not, they find each other much better than
-    anything in the collection.
-
-    With a calibrated judge (``model.web``, fitted by ``imrs calibrate`` on simulated web images:
-    other-style views of other images of the folder) the first judgement ``p1`` and the
-    exemplars' evidence are combined and decided at the person's precision; without one, a fixed
-    rule decides. ``collection_scores``/``collection_ids``: each exemplar's best collection hits."""
-    ev = web_evidence(ctx, exemplars, collection_scores, collection_ids, top_label)
-    if ev is None:
-        return None
-    m = len(exemplars)
-    stage = model.web if model is not None else None
-    if stage is not None and p1 is not None:
-        d = decide(stage, Evidence("web", {"p1": logit(p1), **ev}), precision)
-        return WebTest(term, m, ev["to_collection"], ev["to_each_other"], ev["on_label"], d.outcome,
-                       d.probability, d.weak)
-    to_coll, each_other, on_label = ev["to_collection"], ev["to_each_other"], ev["on_label"]
-    if to_coll >= each_other and on_label >= 0.5:
-        outcome = LIKELY
-    elif to_coll < 0.85 * each_other or (top_label and on_label < 0.25 and to_coll < each_other):
-        outcome = NO_MATCH
-    else:
-        outcome = UNCERTAIN
-    return WebTest(term, m, to_coll, each_other, on_label, outcome)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -107,6 +108,22 @@ def main() -> int:
                    f"{pct(np.mean([x['covered_weak'] for x in rs]))} | {np.mean([x['rule_ba'] for x in rs]):.3f} | "
                    f"{np.mean([x['builtin_ba'] for x in rs]):.3f} | {pct(mw('asked_web'))} | | "
                    f"{pct(mw('answered'))} | {mw('balanced_accuracy'):.3f} | {pct(mw('covered_judged_weak'))} |")
+
+    out += ["", "Where the wrong confident answers (with the web check) came from, all seeds together; a "
+            "concept is absent with its whole family of folders, so an absent folder whose look-alike stays "
+            "(schooner/ketch) is a wrong \"covered\":", "",
+            "| kind | folder | wrong answer | queries | share of the kind's wrong answers |", "|---|---|---|---|---|"]
+    for kind, rs in rows.items():
+        wrong: Counter[tuple[str, str]] = Counter()
+        for x in rs:
+            for side, counts in ((x["web"] or {}).get("confident_errors") or {}).items():
+                for name, n in counts.items():
+                    wrong[(name, side)] += n
+        total = sum(wrong.values())
+        for (name, side), n in wrong.most_common(8):
+            what = "absent, said covered" if side == "absent_said_covered" else "covered, said absent"
+            out.append(f"| {kind} | {name} | {what} | {n} | {pct(n / total)} |")
+        out.append(f"| {kind} | all {len(wrong)} folders | | {total} | 100% |")
 
     photos = sorted(Path(args.photos).glob("*.jpg")) if Path(args.photos).is_dir() else []
     if photos and first is not None:

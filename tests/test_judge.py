@@ -156,6 +156,12 @@ def calibrated(tmp_path: Path, home: Path, encoder: Any) -> Collection:  # noqa:
     assert r.judge.web is not None and web["queries"] == ext["queries"]
     assert 0.0 <= web["asked_web"] <= 1.0 and web["precision_ci"][0] <= web["precision"] <= web["precision_ci"][1]
     assert any("with the web check" in line for line in report.lines())
+    # the wrong confident answers are named by folder, and there are as many as precision says
+    errors = web["confident_errors"]
+    assert set(errors) == {"absent_said_covered", "covered_said_absent"}
+    assert all(name in CLASSES for side in errors.values() for name in side)
+    wrong = sum(n for side in errors.values() for n in side.values())
+    assert wrong == round((1 - web["precision"]) * web["answered"] * web["queries"])
     return c
 
 

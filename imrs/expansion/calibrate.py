@@ -324,6 +324,20 @@ def _probs(model: JudgeModel, X: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-np.clip(z, -30, 30)))
 
 
+def _per_class(cls: np.ndarray) -> dict[int, int]:
+    values, counts = np.unique(cls, return_counts=True)
+    return {int(v): int(n) for v, n in zip(values.tolist(), counts.tolist(), strict=True)}
+
+
+def _name_errors(judge_report: dict[str, Any], names: Sequence[str]) -> None:
+    """Class numbers to folder names in the web check's ``confident_errors``."""
+    for part in ((judge_report.get("web") or {}).get(k) for k in ("all", "external")):
+        errors = (part or {}).get("confident_errors")
+        if errors:
+            for side, counts in errors.items():
+                errors[side] = {names[c]: n for c, n in sorted(counts.items(), key=lambda kv: -kv[1])}
+
+
 def _web_X(p1: np.ndarray, web: np.ndarray) -> np.ndarray:
     return np.column_stack([[logit(x) for x in p1], web])
 
@@ -391,6 +405,11 @@ def fit_web(model: JudgeModel, train: Cases, report: Cases, precision: float, fo
         forced = np.where(asks, p2 >= web.t_mid, p1 >= model.t_mid)
         m = outcome_metrics(said_cov, said_abs, forced, y, report.cls[mask])
         m["asked_web"] = float(asks.mean()) if len(asks) else 0.0
+        # which folders the wrong confident answers came from (named by ``calibrate``): a few
+        # concepts the backbone cannot tell from a neighbour usually account for most of them
+        cls = report.cls[mask]
+        m["confident_errors"] = {"absent_said_covered": _per_class(cls[said_cov & (y == 0)]),
+                                 "covered_said_absent": _per_class(cls[said_abs & (y == 1)])}
         return m
 
     out: dict[str, Any] = {"t_low": t_low2, "t_high": t_high2, "t_mid": web.t_mid,
@@ -494,6 +513,7 @@ def calibrate(coll: Collection, kinds: Sequence[str] = ("image", "text"), per_cl
             else:
                 result.judge, result.judge_report = fit_judge(stored, b.features, subset(cases, which != 2), held,
                                                               precision)
+                _name_errors(result.judge_report, names)
             report.results.append(result)
     finally:
         rep.close()

@@ -470,6 +470,7 @@ def ask_web(coll: Collection, query: Query, outcome: QueryOutcome, s: Settings, 
             v.reason += f"; web check of '{term}': too few web images ({len(vectors)})"
             return
         v.web = {"term": term, "exemplars": test.exemplars, "outcome": test.outcome,
+                 "probability": None if test.probability is None else round(test.probability, 4),
                  **{k: round(x, 4) for k, x in test.evidence.items()}}
         v.reason += "; " + test.describe()
         if test.weak is not None:  # a fitted web check also makes the forced decision

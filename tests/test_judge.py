@@ -222,6 +222,27 @@ def test_the_web_check_is_fitted_and_runs_live(calibrated: Collection, home: Pat
     assert check("trilobite", 0.95).probability > lacks.probability
 
 
+def test_a_live_search_asks_the_fitted_web_check(calibrated: Collection, home: Path, web: Any) -> None:  # noqa: F811
+    """``run_query`` with ``ask_web`` on a calibrated collection: the web images are fetched from
+    the loopback web, every value the fitted check reads is measured (the photo's closeness to
+    them included), and the fitted check makes the forced decision."""
+    from imrs.web import StaticProvider
+
+    model = load_judges(calibrated)["image"]
+    assert model.web is not None
+    # a precision no calibration can certify leaves the first answer uncertain, so the web is asked
+    s = Settings.from_env(home=home, allow_loopback=True, coverage_precision=0.999)
+    out = run_query(calibrated, Query(image=str(PHOTOS / "sunflower.jpg"), k=5, term="sunflower", ask_web=True),
+                    s, providers=StaticProvider(sun_urls(web, 10)))
+    v = out.verdict
+    assert v.web is not None and v.web["term"] == "sunflower" and v.web["exemplars"] >= 3
+    assert set(model.web.features) - {"p1"} <= set(v.web)
+    assert v.web["probability"] is not None and v.weak == (v.web["probability"] < model.web.t_mid)
+    lo, hi = model.web.thresholds(0.999)
+    assert (v.web["outcome"] == LIKELY) == (v.web["probability"] >= hi)
+    assert out.timings["web_check"] > 0
+
+
 def test_precision_target_is_a_setting(calibrated: Collection, home: Path) -> None:
     model = load_judges(calibrated)["image"]
     lo95, hi95 = model.thresholds(0.95)

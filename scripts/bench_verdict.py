@@ -109,9 +109,9 @@ def main() -> int:
                    f"{np.mean([x['builtin_ba'] for x in rs]):.3f} | {pct(mw('asked_web'))} | | "
                    f"{pct(mw('answered'))} | {mw('balanced_accuracy'):.3f} | {pct(mw('covered_judged_weak'))} |")
 
-    out += ["", "Where the wrong confident answers (with the web check) came from, all seeds together; a "
-            "concept is absent with its whole family of folders, so an absent folder whose look-alike stays "
-            "(schooner/ketch) is a wrong \"covered\":", "",
+    out += ["", "Where the wrong confident answers (with the web check) came from, all seeds together "
+            "(\"absent, said covered\": the folder and its family were left out and the judge still said "
+            "covered; \"covered, said absent\": the folder was there):", "",
             "| kind | folder | wrong answer | queries | share of the kind's wrong answers |", "|---|---|---|---|---|"]
     for kind, rs in rows.items():
         wrong: Counter[tuple[str, str]] = Counter()

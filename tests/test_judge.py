@@ -194,8 +194,14 @@ def test_the_web_check_is_fitted_and_runs_live(calibrated: Collection, home: Pat
 
     model = load_judges(calibrated)["image"]
     assert model.web is not None and model.web.features == (
-        "p1", "to_collection", "to_each_other", "on_label", "same_folder", "apart", "to_query")
+        "p1", "to_collection", "to_each_other", "on_label", "same_folder", "apart", "vs_folder", "to_query")
     ctx = context(calibrated)
+    # a folder's tightness: the median cosine of its images to their nearest one in the folder
+    ids = np.asarray(calibrated.catalog.ids_by_label()["watch"], np.int64)
+    V = calibrated.index.get_vectors(ids)
+    nearest = [max(float(V[a] @ V[b]) for b in range(len(V)) if b != a) for a in range(len(V))]
+    assert ctx.tightness_of("watch") == pytest.approx(float(np.median(nearest)), abs=1e-5)
+    assert ctx.tightness_of("no such folder") == ctx.typical_tightness > 0
 
     def check(folder: str, p1: float, with_query: bool = True) -> Any:
         imgs = sorted((CALTECH / folder).glob("*.jpg"))[40:47]  # not in the collection
@@ -278,8 +284,11 @@ def test_web_evidence_on_vectors_worked_by_hand() -> None:
     """Five web images: unit vectors e0, e0 (a copy: counts once), e1, e2 and m = 0.6 e0 + 0.8 e1."""
     from imrs.expansion.webcheck import web_evidence
 
-    class Ctx:  # the judge context's labels, all web_evidence reads of it
+    class Ctx:  # the judge context's labels and folder tightness, all web_evidence reads of it
         label_of = {10: "kite", 11: "kite", 12: "umbrella", 13: "kite", 14: "umbrella"}
+
+        def tightness_of(self, label: str) -> float:
+            return {"kite": 0.6, "umbrella": 0.5}[label]
 
     e = np.eye(4, dtype=np.float32)
     ex = np.stack([e[0], e[0], e[1], e[2], 0.6 * e[0] + 0.8 * e[1]])
@@ -295,6 +304,8 @@ def test_web_evidence_on_vectors_worked_by_hand() -> None:
     assert ev["same_folder"] == pytest.approx(0.75) and ev["on_label"] == pytest.approx(0.75)
     # best minus nearest other web image: .9 - .6, .7 - .8, .5 - 0, .8 - .8 -> median (0 + .3) / 2
     assert ev["apart"] == pytest.approx(0.15, abs=1e-6)
+    # best cosine minus its folder's tightness: .9 - .6, .7 - .5, .5 - .6, .8 - .6 -> median .2
+    assert ev["vs_folder"] == pytest.approx(0.2, abs=1e-6)
     # the query (e0) to the web images: 1, 0, 0, 0.6 -> median 0.3
     assert ev["to_query"] == pytest.approx(0.3, abs=1e-6)
     assert "to_query" not in web_evidence(Ctx(), ex, best, ids, "kite")

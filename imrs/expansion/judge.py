@@ -117,15 +117,22 @@ class Evidence:
 
 
 class ClassContext:
-    """What the judge needs of a collection beyond the answer: labels of images and, for
-    backbones with an ImageNet classifier, each image's and each label's class distribution.
-    Built once per collection state (``Collection.cache``), from the text-search class space."""
+    """What the judge needs of a collection beyond the answer: labels of images, how tight each
+    folder is and, for backbones with an ImageNet classifier, each image's and each label's class
+    distribution. Built once per collection state (``Collection.cache``), from the text-search
+    class space."""
+
+    #: Images per folder the tightness is measured on.
+    TIGHTNESS_SAMPLE = 64
 
     def __init__(self, coll: Collection) -> None:
         self.label_of: dict[int, str] = {}
         for label, ids in coll.catalog.ids_by_label().items():
             for i in ids:
                 self.label_of[int(i)] = label
+        self.tightness: dict[str, float] = {}
+        self.typical_tightness = 0.0
+        self._measure_tightness(coll)
         self.mapper: Any = None
         self.row_of: dict[int, int] = {}
         self.label_dist: dict[str, np.ndarray] = {}
@@ -150,6 +157,37 @@ class ClassContext:
                     if len(rows_a) > 256:  # the mean of a large folder needs no more than a sample
                         rows_a = rng.choice(rows_a, 256, replace=False)
                     self.label_dist[label] = self._dense_rows(rows_a).mean(axis=0)
+
+    def _measure_tightness(self, coll: Collection) -> None:
+        """Per folder, the median cosine of its images to their nearest neighbour in the same folder
+        (on a sample). A web image's best cosine means little until it is set against how alike
+        the folder it lands in is: a diverse folder (ants in every pose) is found at lower cosines
+        than a tight one (cars from the side) even when it holds the concept. Clutter, unlabelled
+        and one-image folders get the typical value."""
+        by_label: dict[str, list[int]] = {}
+        for i in coll.index.ids().tolist():
+            label = self.label_of.get(int(i), "")
+            if label and not is_clutter_label(label):
+                by_label.setdefault(label, []).append(int(i))
+        rng = np.random.default_rng(0)
+        picks = {label: (ids if len(ids) <= self.TIGHTNESS_SAMPLE else
+                         rng.choice(ids, self.TIGHTNESS_SAMPLE, replace=False).tolist())
+                 for label, ids in sorted(by_label.items()) if len(ids) >= 2}
+        if not picks:
+            return
+        flat = np.asarray([i for ids in picks.values() for i in ids], np.int64)
+        vectors = np.asarray(coll.index.get_vectors(flat), np.float32)
+        start = 0
+        for label, ids in picks.items():
+            V = vectors[start:start + len(ids)]
+            start += len(ids)
+            S = V @ V.T
+            np.fill_diagonal(S, -np.inf)
+            self.tightness[label] = float(np.median(S.max(axis=1)))
+        self.typical_tightness = float(np.median(list(self.tightness.values())))
+
+    def tightness_of(self, label: str) -> float:
+        return self.tightness.get(label, self.typical_tightness)
 
     @property
     def has_classifier(self) -> bool:

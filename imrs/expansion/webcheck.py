@@ -23,7 +23,7 @@ WEB_MIN_EXEMPLARS = 3
 #: Web images this alike count once (the same photo on several sites is one sample of the concept).
 WEB_SAME_IMAGE = 0.95
 #: What the fitted web check reads: the first judgement (as a logit) and what the exemplars say.
-WEB_FEATURES = ("p1", "to_collection", "to_each_other", "on_label", "same_folder", "apart")
+WEB_FEATURES = ("p1", "to_collection", "to_each_other", "on_label", "same_folder", "apart", "vs_folder")
 #: ...and, when the query lives in the images' space (an image, or text on a backbone with a text
 #: tower), how close the query is to the web images.
 WEB_QUERY_FEATURE = "to_query"
@@ -67,6 +67,9 @@ def web_evidence(ctx: ClassContext, exemplars: np.ndarray, score_rows: Sequence[
       over the folders that merely resemble it);
     - ``apart``: median over the images of (best collection cosine - best cosine to another web
       image): a concept the collection lacks is closer to its own web images than to anything held;
+    - ``vs_folder``: median over the images of (best collection cosine - how tight the folder of
+      that best hit is, ``ClassContext.tightness_of``): found as well as the folder's own images
+      find each other, or not;
     - ``to_query`` (with ``query_vector``): median cosine of the query to the web images. A query
       much closer to the web images of its concept than to its best collection hit has found the
       concept outside the collection."""
@@ -87,8 +90,10 @@ def web_evidence(ctx: ClassContext, exemplars: np.ndarray, score_rows: Sequence[
     firsts = [ctx.label_of.get(row[0], "") if row else "" for row in id_rows]
     named = [lb for lb in firsts if lb]
     same_folder = named.count(_majority(named)) / len(firsts) if named else 0.0
+    tight = np.asarray([ctx.tightness_of(lb) for lb in firsts])
     out = {"to_collection": float(np.median(best)), "to_each_other": each_other, "on_label": on_label,
-           "same_folder": float(same_folder), "apart": float(np.median(best - np.nanmax(S, axis=1)))}
+           "same_folder": float(same_folder), "apart": float(np.median(best - np.nanmax(S, axis=1))),
+           "vs_folder": float(np.median(best - tight))}
     if query_vector is not None:
         out[WEB_QUERY_FEATURE] = float(np.median(E @ np.asarray(query_vector, np.float32).reshape(-1)))
     return out

@@ -442,10 +442,9 @@ def ask_web(coll: Collection, query: Query, outcome: QueryOutcome, s: Settings, 
             n: int = WEB_CHECK_IMAGES, vector: np.ndarray | None = None) -> None:
     """An uncertain verdict asks the web: a few images of the term (the confirmed one, else the best
     proposed) are fetched with the growth's providers and download guard, embedded, compared with
-    the collection (``judge.web_test``) and deleted. A clear answer replaces "uncertain"; no
-    network or too few images leave the verdict as it was and say why. The time counts in the
-    timings ("web_check"). ``vector``: the query in the images' space (how close it is to the web
-    images is part of the check; None for text on an image-only backbone)."""
+    the collection and the query ``vector`` (None for text on an image-only backbone) by
+    ``webcheck.web_test``, and deleted. A clear answer replaces "uncertain"; no network or too few
+    images leave the verdict as it was and say why. The time counts in the timings ("web_check")."""
     from .expansion.webcheck import web_test
     from .textsearch.web import exemplar_vectors
 

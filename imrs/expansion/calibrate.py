@@ -65,7 +65,7 @@ from .cases import (
     text_cases,
 )
 from .coverage import CoverageThresholds, builtin_thresholds
-from .judge import JudgeModel, balanced_threshold, fit_logistic, logit
+from .judge import JudgeModel, balanced_threshold, fit_logistic, folds_of, logit, out_of_fold
 
 if TYPE_CHECKING:
     from ..collection import Collection
@@ -342,26 +342,6 @@ def _web_X(p1: np.ndarray, web: np.ndarray) -> np.ndarray:
     return np.column_stack([[logit(x) for x in p1], web])
 
 
-def folds_of(cls: np.ndarray, k: int = FOLDS) -> np.ndarray:
-    """Fold number of each case: whole folders to a fold, dealt out in a fixed random order."""
-    ug = np.unique(cls)
-    order = np.random.default_rng(0).permutation(len(ug))
-    fold_of = {int(ug[j]): n % k for n, j in enumerate(order)}
-    return np.asarray([fold_of[int(c)] for c in cls], dtype=int)
-
-
-def out_of_fold(X: np.ndarray, y: np.ndarray, fold: np.ndarray) -> np.ndarray:
-    """Each case's probability from a model fitted on the other folds: what a model that never saw
-    the case's folder says of it, the way it will judge a concept it has never seen."""
-    p = np.full(len(y), np.nan)
-    for f in np.unique(fold):
-        train, test = fold != f, fold == f
-        mean, scale, coef, intercept = fit_logistic(X[train], y[train].astype(float))
-        z = (X[test] - mean) / scale @ coef + intercept
-        p[test] = 1.0 / (1.0 + np.exp(-np.clip(z, -30, 30)))
-    return p
-
-
 def fit_web(model: JudgeModel, train: Cases, report: Cases, precision: float, fold: np.ndarray,
             p1_oof: np.ndarray) -> dict[str, Any] | None:
     """The web check's model (``judge.web_test``): logistic over the first judgement's logit (the
@@ -429,7 +409,7 @@ def fit_judge(kind: str, features: Sequence[str], train: Cases, report: Cases,
     y = train.covered.astype(int)
     mean, scale, coef, intercept = fit_logistic(train.features, y.astype(float))
     model = JudgeModel(kind, tuple(features), mean, scale, coef, intercept, np.zeros(0), np.zeros(0, int), 0.5)
-    fold = folds_of(train.cls)
+    fold = folds_of(train.cls, FOLDS)
     p1_oof = out_of_fold(train.features, y, fold)
     model.cal_p, model.cal_y, model.cal_g = p1_oof, y, train.cls.astype(int)
     model.t_mid = balanced_threshold(p1_oof, y)

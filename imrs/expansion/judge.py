@@ -293,6 +293,26 @@ def fit_logistic(X: np.ndarray, y: np.ndarray, l2: float = 1.0, iters: int = 50
     return mean, scale, w[:-1], float(w[-1])
 
 
+def folds_of(cls: np.ndarray, k: int) -> np.ndarray:
+    """Fold number of each case: whole folders to a fold, dealt out in a fixed random order."""
+    ug = np.unique(cls)
+    order = np.random.default_rng(0).permutation(len(ug))
+    fold_of = {int(ug[j]): n % k for n, j in enumerate(order)}
+    return np.asarray([fold_of[int(c)] for c in cls], dtype=int)
+
+
+def out_of_fold(X: np.ndarray, y: np.ndarray, fold: np.ndarray) -> np.ndarray:
+    """Each case's probability from a model fitted on the other folds: what a model that never saw
+    the case's folder says of it, the way it will judge a concept it has never seen."""
+    p = np.full(len(y), np.nan)
+    for f in np.unique(fold):
+        train, test = fold != f, fold == f
+        mean, scale, coef, intercept = fit_logistic(X[train], y[train].astype(float))
+        z = (X[test] - mean) / scale @ coef + intercept
+        p[test] = 1.0 / (1.0 + np.exp(-np.clip(z, -30, 30)))
+    return p
+
+
 def min_answers(alpha: float, delta: float = DELTA) -> int:
     """The fewest answers whose error bound can meet ``alpha`` at all (zero errors among them):
     below this, a run of lucky answers would set a threshold nothing supports."""

@@ -319,11 +319,6 @@ def judge_metrics(p: np.ndarray, y: np.ndarray, cls: np.ndarray, t_low: float, t
     return outcome_metrics(p >= t_high, p <= t_low, p >= t_mid, y, cls)
 
 
-def _probs(model: JudgeModel, X: np.ndarray) -> np.ndarray:
-    z = (X - model.mean) / model.scale @ model.coef + model.intercept
-    return 1.0 / (1.0 + np.exp(-np.clip(z, -30, 30)))
-
-
 def _per_class(cls: np.ndarray) -> dict[int, int]:
     values, counts = np.unique(cls, return_counts=True)
     return {int(v): int(n) for v, n in zip(values.tolist(), counts.tolist(), strict=True)}
@@ -343,14 +338,14 @@ def _web_X(p1: np.ndarray, web: np.ndarray) -> np.ndarray:
 
 
 def fit_web(model: JudgeModel, train: Cases, report: Cases, precision: float, fold: np.ndarray,
-            p1_oof: np.ndarray) -> dict[str, Any] | None:
+            p1_oof: np.ndarray, p_rep: np.ndarray) -> dict[str, Any] | None:
     """The web check's model (``judge.web_test``): logistic over the first judgement's logit (the
     out-of-fold one, ``p1_oof``, as a live query's first judgement comes from a model that never
     saw its concept) and what the simulated web images said, fitted on ``train``. Its precision
     thresholds are set on the out-of-fold probabilities of the cases the first step leaves
     uncertain (the only ones that ask the web), or of all of them when those rest on too few
     folders. Returns the two-step report on ``report``: first-step confident answers stand, the
-    rest are decided with the web check."""
+    rest are decided with the web check (``p_rep``: the first step's probabilities of ``report``)."""
     from .judge import MIN_GROUPS
 
     if train.web is None or report.web is None or train.features is None or report.features is None:
@@ -370,14 +365,13 @@ def fit_web(model: JudgeModel, train: Cases, report: Cases, precision: float, fo
     web.t_mid = balanced_threshold(p2_oof, y2)
     t_low2, t_high2 = web.thresholds(precision)
     model.web = web
-    p_rep = _probs(model, report.features)
 
     def two_step(mask: np.ndarray) -> dict[str, Any]:
         p1, w, y = p_rep[mask], report.web[mask], report.covered[mask].astype(int)
         has = ~np.isnan(w).any(axis=1)
         p2 = np.full(len(p1), np.nan)
         if has.any():
-            p2[has] = _probs(web, _web_X(p1[has], w[has]))
+            p2[has] = web.probabilities(_web_X(p1[has], w[has]))
         sure1 = (p1 >= t_high1) | (p1 <= t_low1)
         asks = ~sure1 & has
         said_cov = (sure1 & (p1 >= t_high1)) | (asks & (p2 >= t_high2))
@@ -414,7 +408,7 @@ def fit_judge(kind: str, features: Sequence[str], train: Cases, report: Cases,
     model.cal_p, model.cal_y, model.cal_g = p1_oof, y, train.cls.astype(int)
     model.t_mid = balanced_threshold(p1_oof, y)
     t_low, t_high = model.thresholds(precision)
-    pr = _probs(model, report.features)
+    pr = model.probabilities(report.features)
     out: dict[str, Any] = {"fitted": True, "precision_target": precision, "features": list(features),
                            "classes_fit": int(len(np.unique(train.cls))), "folds": int(len(np.unique(fold))),
                            "classes_report": int(len(np.unique(report.cls))),
@@ -425,7 +419,7 @@ def fit_judge(kind: str, features: Sequence[str], train: Cases, report: Cases,
         e = report.external
         out["external"] = judge_metrics(pr[e], report.covered[e].astype(int), report.cls[e], t_low, t_high,
                                         model.t_mid)
-    web = fit_web(model, train, report, precision, fold, p1_oof)
+    web = fit_web(model, train, report, precision, fold, p1_oof, pr)
     if web is not None:
         out["web"] = web
     model.metrics = {k: v for k, v in out.items() if k in ("all", "external", "precision_target")}

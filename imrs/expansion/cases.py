@@ -108,11 +108,6 @@ def external_view(image: Any, seed: int) -> Any:
     return Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
 
 
-#: A simulated web check looks at this many other-style views of the folder, as many as a live
-#: one fetches.
-WEB_EXEMPLARS = WEB_CHECK_IMAGES
-
-
 @dataclass
 class Exemplar:
     """An other-style view of a folder's image, as a stand-in for a web image of its concept: its
@@ -144,7 +139,7 @@ class CaseBuilder:
     def add(self, c: int, pairs: Sequence[tuple[float, int]], absent: set[int], *, query_vector: Any = None,
             closeness: float | None = None, external: bool = False, skip: int | None = None,
             exemplars: Sequence[Exemplar] = ()) -> None:
-        mine = [e for e in exemplars if e.source_id != skip][:WEB_EXEMPLARS]
+        mine = [e for e in exemplars if e.source_id != skip][:WEB_CHECK_IMAGES]  # as many as a live check fetches
         for present in (True, False):
             keep = [(s, i) for s, i in pairs if i != -1 and i != skip and (present or i not in absent)][:self.depth]
             self.rows.append(_row([s for s, _ in keep], self.depth))

@@ -301,15 +301,20 @@ def folds_of(cls: np.ndarray, k: int) -> np.ndarray:
     return np.asarray([fold_of[int(c)] for c in cls], dtype=int)
 
 
+def logistic_probs(X: np.ndarray, mean: np.ndarray, scale: np.ndarray, coef: np.ndarray, intercept: float
+                   ) -> np.ndarray:
+    """p(covered) of each row of ``X`` under a model ``fit_logistic`` returned."""
+    z = (X - mean) / scale @ coef + intercept
+    return 1.0 / (1.0 + np.exp(-np.clip(z, -30, 30)))
+
+
 def out_of_fold(X: np.ndarray, y: np.ndarray, fold: np.ndarray) -> np.ndarray:
     """Each case's probability from a model fitted on the other folds: what a model that never saw
     the case's folder says of it, the way it will judge a concept it has never seen."""
     p = np.full(len(y), np.nan)
     for f in np.unique(fold):
         train, test = fold != f, fold == f
-        mean, scale, coef, intercept = fit_logistic(X[train], y[train].astype(float))
-        z = (X[test] - mean) / scale @ coef + intercept
-        p[test] = 1.0 / (1.0 + np.exp(-np.clip(z, -30, 30)))
+        p[test] = logistic_probs(X[test], *fit_logistic(X[train], y[train].astype(float)))
     return p
 
 
@@ -416,6 +421,10 @@ class JudgeModel:
     def probability(self, ev: Evidence) -> float:
         z = (ev.vector(self.features) - self.mean) / self.scale
         return float(1.0 / (1.0 + math.exp(-float(np.clip(z @ self.coef + self.intercept, -30, 30)))))
+
+    def probabilities(self, X: np.ndarray) -> np.ndarray:
+        """``probability`` for many cases at once: rows of ``X`` hold the values of ``features``."""
+        return logistic_probs(X, self.mean, self.scale, self.coef, self.intercept)
 
     def thresholds(self, precision: float) -> tuple[float, float]:
         key = round(float(precision), 6)

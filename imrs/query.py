@@ -45,6 +45,7 @@ from .expansion.coverage import (
 from .expansion.judge import JUDGE_DEPTH, decide, gather
 from .expansion.judge import context as judge_context
 from .expansion.terms import clean_term, readable_label
+from .filters import Where
 from .progress import ProgressArg, Reporter
 from .querytypes import ImageInput, Query, QueryOutcome, TermCandidate, Verdict
 
@@ -148,8 +149,6 @@ def answer(coll: Collection, query: Query, vector: np.ndarray, settings: Setting
 
         depth = max(depth, HybridParams().visual_pool)
     t0 = time.perf_counter()
-    from .filters import Where
-
     where = Where(query.where, coll.catalog) if query.where else None  # resolved once, for every use below
     hits = coll.search_vectors(vector, depth, qe=qe, where=where)[0]
     plain = hits if qe == 0 else coll.search_vectors(vector, depth, where=where)[0]  # judged without QE
@@ -182,7 +181,7 @@ def answer(coll: Collection, query: Query, vector: np.ndarray, settings: Setting
         from .textsearch import text_class_space  # ConSE class-space scores times closeness
 
         ids, scores = text_class_space(coll, str(query.text))
-        keep = ~np.isin(ids, list(same)) if same else np.ones(len(ids), bool)
+        keep = ~np.isin(ids, list(same)) & (np.isin(ids, where.allowed_ids()) if where is not None else True)
         ids, scores = ids[keep], scores[keep]
         order = np.argsort(-scores, kind="stable")[:JUDGE_DEPTH]
         judged = [float(s) for s in scores[order]]
@@ -418,8 +417,7 @@ def run_query(coll: Collection, query: Query, settings: Settings | None = None,
     query.validate()
     s = settings or coll.settings  # the collection's, read once when it was opened
     timings: dict[str, float] = {}
-    t_all = time.perf_counter()
-    t0 = time.perf_counter()
+    t_all = t0 = time.perf_counter()
     vector = encode(coll, query)
     timings["encode"] = time.perf_counter() - t0
     hits, verdict = answer(coll, query, vector, s, timings)
@@ -459,8 +457,10 @@ def ask_web(coll: Collection, query: Query, outcome: QueryOutcome, s: Settings, 
             v.web = {"term": term, "error": report.error}
             v.reason += f"; web check of '{term}': {report.error}"
             return
-        scores, ids = coll.index.search(np.asarray(vectors, np.float32), 10)
         from .expansion.calibrate import load_judges
+
+        where = Where(query.where, coll.catalog) if query.where else None  # what it leaves out is not asked about
+        scores, ids = coll.index.search(np.asarray(vectors, np.float32), 10, where=where)
 
         test = web_test(judge_context(coll), vectors, scores, ids, v.folder, term, model=load_judges(coll).get(v.kind),
                         p1=v.probability, precision=s.coverage_precision, query_vector=vector)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -357,6 +358,10 @@ def test_uncertain_answers_ask_the_web(tmp_path: Path, home: Path, encoder: Any,
     # the photo is judged against the web images too (image queries have a vector in their space)
     assert has.verdict.web["apart"] > lacks.verdict.web["apart"]
     assert has.verdict.web["to_query"] == pytest.approx(lacks.verdict.web["to_query"], abs=1e-4)
+    # a filter that leaves the sunflowers out asks about what it keeps: there, they are absent
+    kept = run_query(with_sun, replace(query, where="label != 'sunflower'"), s, providers=provider)
+    assert kept.verdict.web["outcome"] == NO_MATCH and kept.verdict.weak
+    assert kept.verdict.web["to_collection"] == pytest.approx(lacks.verdict.web["to_collection"], abs=1e-4)
     # not asked (no growth, no --ask-web): the web is never touched
     quiet = run_query(without, Query(image=str(PHOTOS / "sunflower.jpg"), k=5), s, providers=provider)
     assert quiet.verdict.web is None and quiet.verdict.label == UNCERTAIN and "web_check" not in quiet.timings

@@ -77,6 +77,15 @@ def test_a_filter_holds_for_the_collections_words_too(coll: Collection, home: Pa
     assert [h.label for h in kept.hits] == ["watch"] * 6
     none = run_query(coll, Query(text="leopards", k=3, where="source == 'dynamic'"), settings(home))
     assert none.hits == []
+    # ... and so does the verdict on class-space scores (text on an image-only backbone): the
+    # leopards the filter leaves out are not evidence that leopards are in what it keeps
+    seen = run_query(coll, Query(text="a leopard", k=3, metadata=False), settings(home))
+    kept = run_query(coll, Query(text="a leopard", k=3, metadata=False, where="label == 'watch'"), settings(home))
+    assert seen.verdict.kind == kept.verdict.kind == "textmap"
+    assert (seen.verdict.folder, kept.verdict.folder) == ("Leopards", "watch")
+    watches = len(list((coll.root / "watch").iterdir()))
+    assert kept.verdict.weak and len(kept.verdict.scores) == watches < len(seen.verdict.scores)
+    assert kept.verdict.best < seen.verdict.best
 
 
 def test_query_image_in_the_collection_is_left_out(coll: Collection, home: Path) -> None:

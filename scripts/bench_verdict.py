@@ -36,7 +36,10 @@ sys.path.insert(0, str(REPO))
 from imrs.bench.docblock import host_line, replace_block  # noqa: E402
 from imrs.collection import Collection  # noqa: E402
 from imrs.config import CALIBRATE_PER_CLASS  # noqa: E402
-from imrs.expansion.calibrate import calibrate, save_calibration  # noqa: E402
+from imrs.expansion.calibrate import calibrate, outcome_metrics, save_calibration  # noqa: E402
+from imrs.expansion.cases import PHRASINGS, families  # noqa: E402
+from imrs.expansion.coverage import LIKELY, NO_MATCH, is_clutter_label  # noqa: E402
+from imrs.expansion.terms import readable_label  # noqa: E402
 from imrs.query import Query, run_query  # noqa: E402
 
 PHOTO_TRUTH = {"dragonfly.jpg": True, "sunflower.jpg": True, "grace_hopper.jpg": True}
@@ -44,6 +47,35 @@ PHOTO_TRUTH = {"dragonfly.jpg": True, "sunflower.jpg": True, "grace_hopper.jpg":
 
 def pct(x: float) -> str:
     return f"{100 * x:.0f}%"
+
+
+def live_text(coll: Collection, folders: list[str], names: list[str]) -> dict[str, dict]:
+    """Text queries through ``run_query`` itself (the collection's stored judge, no web), on the
+    report's held-out folders, in ``calibrate``'s phrasings: once with the folder there, once with
+    it and its family left out by a ``--where`` filter. With the collection's words (the default,
+    where a folder's name can answer for itself) and without them (what calibration simulates:
+    the two should agree, or the fitted judge is not what runs)."""
+    fam = families(names)
+    out = {}
+    for words in (True, False):
+        said_cov, said_abs, ok, y, cls = [], [], [], [], []
+        for c, name in enumerate(folders):
+            gone = sorted(fam.get(name, {name}))
+            assert all("'" not in g for g in gone), gone
+            away = "label not in [" + ", ".join(f"'{g}'" for g in gone) + "]"
+            for form in PHRASINGS:
+                text = form.format(readable_label(name))
+                for present in (True, False):
+                    v = run_query(coll, Query(text=text, k=10, metadata=words,
+                                              where=None if present else away)).verdict
+                    said_cov.append(v.label == LIKELY)
+                    said_abs.append(v.label == NO_MATCH)
+                    ok.append(not v.weak)
+                    y.append(int(present))
+                    cls.append(c)
+        out["with words" if words else "no words"] = outcome_metrics(
+            np.asarray(said_cov), np.asarray(said_abs), np.asarray(ok), np.asarray(y), np.asarray(cls))
+    return out
 
 
 def main() -> int:
@@ -56,12 +88,14 @@ def main() -> int:
     ap.add_argument("--per-class", type=int, default=CALIBRATE_PER_CLASS)
     ap.add_argument("--precision", type=float, default=0.95)
     ap.add_argument("--write-docs", action="store_true")
+    ap.add_argument("--no-live", action="store_true", help="skip the text queries through run_query")
     args = ap.parse_args()
 
     coll = Collection(args.root, args.backbone, "flat_ip", home=args.home, runtime="fp32")
     rep = coll.sync(progress=True)
     print(rep.summary(), flush=True)
     rows: dict[str, list[dict]] = {}
+    live: dict[int, dict[str, dict]] = {}
     first = None
     for seed in args.seeds:
         r = calibrate(coll, per_class=args.per_class, seed=seed, save=False, precision=args.precision)
@@ -77,6 +111,17 @@ def main() -> int:
                 "classes": j.get("classes_report", k.classes_held_out), "queries": part.get("queries", 0),
                 "web": (j.get("web") or {}).get("external") or (j.get("web") or {}).get("all")})
         print(f"seed {seed}: " + " | ".join(r.lines()), flush=True)
+        text = next((k for k in r.results if k.kind in ("text", "textmap") and k.judge_report.get("fitted")), None)
+        if text is not None and not args.no_live:
+            save_calibration(coll, r)  # this seed's judges answer the live queries
+            names = sorted(n for n in coll.catalog.label_counts() if not is_clutter_label(n))
+            live[seed] = live_text(coll, text.judge_report["folders_report"], names)
+            sim = live[seed]["calibration"] = text.judge_report["all"]
+            print(f"seed {seed} live text: " + "; ".join(
+                f"{view}: {pct(m['precision'])} right, {pct(m['answered'])} answered, BA {m['balanced_accuracy']:.3f}"
+                for view, m in live[seed].items() if view != "calibration") +
+                f" (calibration's own simulation: {pct(sim['precision'])} right, {pct(sim['answered'])} answered, "
+                f"BA {sim['balanced_accuracy']:.3f})", flush=True)
 
     out = [f"{host_line()} Backbone {args.backbone}, {len(coll.index)} images, precision target "
            f"{pct(args.precision)}, {args.per_class} image queries per folder, seeds {args.seeds}. Figures are for "
@@ -125,6 +170,29 @@ def main() -> int:
             out.append(f"| {kind} | {name} | {what} | {n} | {pct(n / total)} |")
         out.append(f"| {kind} | all {len(wrong)} folders | | {total} | 100% |")
 
+    if live:
+        out += ["", "Text queries through `run_query` itself (the seed's stored judge, first judgement, no web), on "
+                "the same held-out folders in the same phrasings, each once with its folder and once with the "
+                "folder and its family left out by a `--where` filter. \"With words\": the default, where the "
+                "collection's folder names can answer; \"no words\": `--no-metadata`, the figures calibration "
+                "simulates (its own simulation of the same queries in the last columns):", "",
+                "| seed | view | confident answers right | answered confidently | forced decision (balanced) | "
+                "covered judged weak | calibration's simulation: right | answered | balanced |",
+                "|---|---|---|---|---|---|---|---|---|"]
+        for seed, views in live.items():
+            sim = views["calibration"]
+            for view in ("with words", "no words"):
+                m = views[view]
+                tail = (f"{pct(sim['precision']) if sim['answered'] else '-'} | {pct(sim['answered'])} | "
+                        f"{sim['balanced_accuracy']:.3f}") if view == "no words" else " | | "
+                out.append(f"| {seed} | {view} | {pct(m['precision']) if m['answered'] else '-'} | "
+                           f"{pct(m['answered'])} | {m['balanced_accuracy']:.3f} | {pct(m['covered_judged_weak'])} | "
+                           f"{tail} |")
+        for view in ("with words", "no words"):
+            ms = [v[view] for v in live.values()]
+            out.append(f"| mean | {view} | | {pct(np.mean([m['answered'] for m in ms]))} | "
+                       f"{np.mean([m['balanced_accuracy'] for m in ms]):.3f} | "
+                       f"{pct(np.mean([m['covered_judged_weak'] for m in ms]))} | | | |")
     photos = sorted(Path(args.photos).glob("*.jpg")) if Path(args.photos).is_dir() else []
     if photos and first is not None:
         save_calibration(coll, first)  # the first seed's judge answers the photos, as a live search would

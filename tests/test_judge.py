@@ -160,7 +160,10 @@ def calibrated(tmp_path: Path, home: Path, encoder: Any) -> Collection:  # noqa:
     # the wrong confident answers are named by folder, and there are as many as precision says
     errors = web["confident_errors"]
     assert set(errors) == {"absent_said_covered", "covered_said_absent"}
-    assert all(name in CLASSES for side in errors.values() for name in side)
+    # ... and come from the folders the report names as its own, none of them used for fitting
+    held = r.judge_report["folders_report"]
+    assert len(held) == len(set(held)) == r.judge_report["classes_report"] and set(held) <= set(CLASSES)
+    assert all(name in held for side in errors.values() for name in side)
     wrong = sum(n for side in errors.values() for n in side.values())
     assert wrong == round((1 - web["precision"]) * web["answered"] * web["queries"])
     return c

@@ -488,6 +488,8 @@ def calibrate(coll: Collection, kinds: Sequence[str] = ("image", "text"), per_cl
                 result.judge, result.judge_report = fit_judge(stored, b.features, subset(cases, which != 2), held,
                                                               precision)
                 _name_errors(result.judge_report, names)
+                # which folders the report is on: a live search can be measured on the same ones
+                result.judge_report["folders_report"] = [n for c, n in enumerate(names) if part[c] == 2]
             report.results.append(result)
     finally:
         rep.close()

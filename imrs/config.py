@@ -27,6 +27,7 @@ line per bad variable anyway. The parser below is a few small functions and one 
 | IMRS_AUTO_CONFIRM_TERM | auto_confirm_term | off |
 | IMRS_COVERAGE_BEST_MIN, IMRS_COVERAGE_GOOD_MIN, IMRS_COVERAGE_MIN_GOOD | coverage overrides | calibrated or built in |
 | IMRS_COVERAGE_PRECISION | precision of the judge's confident verdicts (0.5-0.999) | 0.95 |
+| IMRS_COVERAGE_CONFIDENCE | how sure calibration must be that they are that precise (0.5-0.999) | 0.95 |
 | IMRS_CACHE_DIR, IMRS_CHECKPOINT_DIR, IMRS_CHECKPOINT_<BACKBONE>, IMRS_OFFLINE | model files | ~/.cache/imrs |
 | XDG_CACHE_HOME, TORCH_HOME, HF_HUB_OFFLINE, TRANSFORMERS_OFFLINE | where caches live; offline too | ~/.cache |
 | IMRS_SKIP_RUNTIME_CHECK | skip_runtime_check: trust a fast runtime without comparing it to eager | off |
@@ -59,6 +60,10 @@ WEB_CHECK_IMAGES = 10
 #: other queries, a stand-in web image: one more than ``WEB_CHECK_IMAGES`` leaves as many
 #: stand-ins per query as a live check fetches, so the fitted check sees what it will judge.
 CALIBRATE_PER_CLASS = WEB_CHECK_IMAGES + 1
+#: How sure the judge must be that its confident answers meet the precision target: the
+#: thresholds hold with this probability over the calibration's luck of the draw. Lower answers
+#: more queries confidently, with a weaker promise (docs/benchmarks.md measures 95%, 90% and 80%).
+COVERAGE_CONFIDENCE = 0.95
 PROVIDER_CHOICES = ("auto", "ddg", "wikimedia")
 _FOLLOW_CHOICES = ("none", "inside", "files", "all")
 _TRUE = ("1", "true", "yes", "on")
@@ -145,6 +150,8 @@ class Settings:
     coverage_min_good: int | None = None
     #: how precise the judge's confident answers ("covered" / "not covered") must be; the rest are "uncertain"
     coverage_precision: float = 0.95
+    #: how sure calibration must be that they are that precise (``COVERAGE_CONFIDENCE``)
+    coverage_confidence: float = COVERAGE_CONFIDENCE
     # model files
     cache_dir: Path | None = None
     checkpoint_dir: str | None = None
@@ -226,6 +233,7 @@ class Settings:
             coverage_good_min=_number(e, "IMRS_COVERAGE_GOOD_MIN", float, None),
             coverage_min_good=_number(e, "IMRS_COVERAGE_MIN_GOOD", int, None, 0, 1000),
             coverage_precision=_number(e, "IMRS_COVERAGE_PRECISION", float, 0.95, 0.5, 0.999),
+            coverage_confidence=_number(e, "IMRS_COVERAGE_CONFIDENCE", float, COVERAGE_CONFIDENCE, 0.5, 0.999),
             cache_dir=_path(e, "IMRS_CACHE_DIR"),
             checkpoint_dir=_get(e, "IMRS_CHECKPOINT_DIR") or None,
             offline=_flag(e, "IMRS_OFFLINE") or _get(e, "HF_HUB_OFFLINE").lower() in _TRUE

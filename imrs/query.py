@@ -238,7 +238,7 @@ def answer(coll: Collection, query: Query, vector: np.ndarray, settings: Setting
             closeness = float(text_index(coll).plan(str(query.text)).closeness) if kind == "textmap" else None
             ev = gather(judge_context(coll), kind, judged_ids, judged, vector if kind == "image" else None,
                         closeness)
-            d = decide(model, ev, settings.coverage_precision)
+            d = decide(model, ev, settings.coverage_precision, settings.coverage_confidence)
             verdict = Verdict(d.weak, d.reason, kind, judged, cov.best, "calibrated", d.outcome, thr, cov.n_good,
                               d.probability, folder=ev.top_label)
             judged_label = ev.top_label
@@ -458,12 +458,12 @@ def ask_web(coll: Collection, query: Query, outcome: QueryOutcome, s: Settings, 
             v.reason += f"; web check of '{term}': {report.error}"
             return
         from .expansion.calibrate import load_judges
-
         where = Where(query.where, coll.catalog) if query.where else None  # what it leaves out is not asked about
         scores, ids = coll.index.search(np.asarray(vectors, np.float32), 10, where=where)
 
         test = web_test(judge_context(coll), vectors, scores, ids, v.folder, term, model=load_judges(coll).get(v.kind),
-                        p1=v.probability, precision=s.coverage_precision, query_vector=vector)
+                        p1=v.probability, precision=s.coverage_precision, confidence=s.coverage_confidence,
+                        query_vector=vector)
         if test is None:
             v.web = {"term": term, "error": f"only {len(vectors)} web image(s)"}
             v.reason += f"; web check of '{term}': too few web images ({len(vectors)})"

@@ -35,7 +35,7 @@ sys.path.insert(0, str(REPO))
 
 from imrs.bench.docblock import host_line, replace_block  # noqa: E402
 from imrs.collection import Collection  # noqa: E402
-from imrs.config import CALIBRATE_PER_CLASS  # noqa: E402
+from imrs.config import CALIBRATE_PER_CLASS, COVERAGE_CONFIDENCE  # noqa: E402
 from imrs.expansion.calibrate import calibrate, outcome_metrics, save_calibration  # noqa: E402
 from imrs.expansion.cases import PHRASINGS, families  # noqa: E402
 from imrs.expansion.coverage import LIKELY, NO_MATCH, is_clutter_label  # noqa: E402
@@ -89,6 +89,8 @@ def main() -> int:
     ap.add_argument("--precision", type=float, default=0.95)
     ap.add_argument("--write-docs", action="store_true")
     ap.add_argument("--no-live", action="store_true", help="skip the text queries through run_query")
+    ap.add_argument("--also-confidence", type=float, nargs="*", default=[0.90, 0.80],
+                    help="also calibrate at these confidences of the precision bound (a table of what each gives)")
     args = ap.parse_args()
 
     coll = Collection(args.root, args.backbone, "flat_ip", home=args.home, runtime="fp32")
@@ -96,9 +98,19 @@ def main() -> int:
     print(rep.summary(), flush=True)
     rows: dict[str, list[dict]] = {}
     live: dict[int, dict[str, dict]] = {}
+    by_conf: dict[tuple[str, float], list[dict]] = {}
     first = None
     for seed in args.seeds:
-        r = calibrate(coll, per_class=args.per_class, seed=seed, save=False, precision=args.precision)
+        r = calibrate(coll, per_class=args.per_class, seed=seed, save=False, precision=args.precision,
+                      confidence=COVERAGE_CONFIDENCE)
+        for c in args.also_confidence:
+            rc = calibrate(coll, per_class=args.per_class, seed=seed, save=False, precision=args.precision,
+                           confidence=c)
+            for k in rc.results:
+                w = (k.judge_report.get("web") or {})
+                w = w.get("external") or w.get("all")
+                if w:
+                    by_conf.setdefault((k.kind, c), []).append(w)
         first = first or r
         for k in r.results:
             j = k.judge_report
@@ -170,6 +182,24 @@ def main() -> int:
             out.append(f"| {kind} | {name} | {what} | {n} | {pct(n / total)} |")
         out.append(f"| {kind} | all {len(wrong)} folders | | {total} | 100% |")
 
+    if by_conf:
+        out += ["", "The same seeds calibrated for a weaker promise (`IMRS_COVERAGE_CONFIDENCE`: how sure the "
+                "precision bound must be; the default is "
+                f"{pct(COVERAGE_CONFIDENCE)}), two-step figures (with the web check):", "",
+                "| kind | confidence | confident answers right, per seed (mean) | answered confidently | "
+                "forced decision (balanced) | covered judged weak |", "|---|---|---|---|---|---|"]
+        for kind, rs in rows.items():
+            confs = [(COVERAGE_CONFIDENCE, [x["web"] for x in rs if x["web"]])]
+            confs += [(c, by_conf.get((kind, c), [])) for c in args.also_confidence]
+            for c, ws in confs:
+                if not ws:
+                    continue
+                precs = [w["precision"] for w in ws if w["answered"]]
+                mean = f"{100 * np.mean(precs):.1f}%" if precs else "-"
+                out.append(f"| {kind} | {pct(c)} | {'/'.join(f'{100 * x:.0f}' for x in precs)} ({mean}) | "
+                           f"{pct(np.mean([w['answered'] for w in ws]))} | "
+                           f"{np.mean([w['balanced_accuracy'] for w in ws]):.3f} | "
+                           f"{pct(np.mean([w['covered_judged_weak'] for w in ws]))} |")
     if live:
         out += ["", "Text queries through `run_query` itself (the seed's stored judge, first judgement, no web), on "
                 "the same held-out folders in the same phrasings, each once with its folder and once with the "

@@ -4,6 +4,7 @@ EfficientNet-Lite0, FAISS and SQLite."""
 
 from __future__ import annotations
 
+import json
 import math
 import subprocess
 import sys
@@ -20,6 +21,7 @@ from imrs.expansion.calibrate import calibrate, load_judges
 from imrs.expansion.cases import families
 from imrs.expansion.coverage import LIKELY, NO_MATCH, UNCERTAIN, CoverageThresholds
 from imrs.expansion.judge import (
+    JudgeModel,
     balanced_threshold,
     fit_logistic,
     min_answers,
@@ -260,6 +262,45 @@ def test_precision_target_is_a_setting(calibrated: Collection, home: Path) -> No
     assert hi80 <= hi95 and lo80 >= lo95  # a lower target answers at least as many confidently
     with pytest.raises(Exception, match="IMRS_COVERAGE_PRECISION"):
         Settings.from_env(env={"IMRS_COVERAGE_PRECISION": "1.5"})
+
+
+def test_confidence_of_the_bound_is_a_setting(calibrated: Collection, home: Path) -> None:
+    """A weaker promise (the thresholds hold with 60% rather than 95% probability) answers at
+    least as many confidently, and a live query decides with the thresholds of its own setting."""
+    model = load_judges(calibrated)["image"]
+    lo95, hi95 = model.thresholds(0.95, 0.95)
+    lo60, hi60 = model.thresholds(0.95, 0.60)
+    assert hi60 <= hi95 and lo60 >= lo95 and (hi60, lo60) != (hi95, lo95)
+    assert model.thresholds(0.95) == (lo95, hi95)  # the default confidence is 95%
+    photo = str(sorted((CALTECH / "sunflower").glob("*.jpg"))[30])
+    for confidence, (lo, hi) in ((0.95, (lo95, hi95)), (0.60, (lo60, hi60))):
+        s = Settings.from_env(home=home, env={"IMRS_COVERAGE_CONFIDENCE": str(confidence)})
+        assert s.coverage_confidence == confidence
+        v = run_query(calibrated, Query(image=photo, k=3), s).verdict
+        assert (v.label == LIKELY) == (v.probability >= hi) and (v.label == NO_MATCH) == (v.probability <= lo)
+    with pytest.raises(Exception, match="IMRS_COVERAGE_CONFIDENCE"):
+        Settings.from_env(env={"IMRS_COVERAGE_CONFIDENCE": "0.2"})
+
+
+def test_calibrate_cli_reports_at_the_settings_targets(calibrated: Collection, home: Path,
+                                                      monkeypatch: pytest.MonkeyPatch,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """``imrs calibrate`` reports at the precision and confidence the person set, so the figures
+    it prints are those of the verdicts they will get."""
+    from imrs.cli import main
+
+    monkeypatch.setenv("IMRS_HOME", str(home))
+    monkeypatch.setenv("IMRS_COVERAGE_PRECISION", "0.9")
+    monkeypatch.setenv("IMRS_COVERAGE_CONFIDENCE", "0.8")
+    capsys.readouterr()
+    assert main(["calibrate", "--root", str(calibrated.root), "--backbone", BACKBONE, "--kind", "image",
+                 "--per-class", "4", "--json", "--dry-run"]) == 0
+    [kind] = json.loads(capsys.readouterr().out)["kinds"]
+    report = kind["judge_report"]
+    assert (report["precision_target"], report["confidence"]) == (0.9, 0.8)
+    model = JudgeModel.from_dict(kind["judge"])
+    assert model.thresholds(0.9, 0.8) == pytest.approx((report["t_low"], report["t_high"]), abs=1e-4)
+    assert model.thresholds(0.9, 0.8) != model.thresholds(0.9, 0.999)
 
 
 def test_hand_set_thresholds_win_over_the_judge(calibrated: Collection, home: Path) -> None:

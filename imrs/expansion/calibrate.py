@@ -49,7 +49,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..config import CALIBRATE_PER_CLASS
+from ..config import CALIBRATE_PER_CLASS, COVERAGE_CONFIDENCE
 from ..errors import IMRSError
 from ..fsutil import atomic_write_json, read_json
 from ..progress import ProgressArg, Reporter
@@ -77,7 +77,6 @@ MIN_CLASSES = 4
 #: Fewer classes than this in the fit or calibration part: the judge's model is not fitted (the
 #: threshold rule judges), since its precision guarantee would rest on a handful of concepts.
 MIN_JUDGE_CLASSES = 6
-DEFAULT_PRECISION = 0.95
 #: The judge's thresholds are set on probabilities from models that never saw the case's folder:
 #: the training folders are dealt into this many folds.
 FOLDS = 5
@@ -130,7 +129,9 @@ class CalibrationReport:
                            f"({_ci(ext['answered_ci'])}); the rest are marked uncertain")
                 out.append(f"{'':{len(name)}s}  grow-or-not decision right {_pct(ext['balanced_accuracy'])} "
                            f"(balanced, {_ci(ext['balanced_accuracy_ci'])}); target precision "
-                           f"{_pct(j['precision_target'])}; measured on {j['classes_report']} folders never used "
+                           f"{_pct(j['precision_target'])} at confidence "
+                           f"{_pct(j.get('confidence', COVERAGE_CONFIDENCE))}; "
+                           f"measured on {j['classes_report']} folders never used "
                            + ("for fitting, on photos in other people's style" if j.get("external")
                               else "for fitting"))
                 web = j.get("web")
@@ -338,7 +339,7 @@ def _web_X(p1: np.ndarray, web: np.ndarray) -> np.ndarray:
 
 
 def fit_web(model: JudgeModel, train: Cases, report: Cases, precision: float, fold: np.ndarray,
-            p1_oof: np.ndarray, p_rep: np.ndarray) -> dict[str, Any] | None:
+            p1_oof: np.ndarray, p_rep: np.ndarray, confidence: float = COVERAGE_CONFIDENCE) -> dict[str, Any] | None:
     """The web check's model (``judge.web_test``): logistic over the first judgement's logit (the
     out-of-fold one, ``p1_oof``, as a live query's first judgement comes from a model that never
     saw its concept) and what the simulated web images said, fitted on ``train``. Its precision
@@ -358,12 +359,12 @@ def fit_web(model: JudgeModel, train: Cases, report: Cases, precision: float, fo
     web = JudgeModel(model.kind + "+web", train.web_names, mean, scale, coef, intercept, np.zeros(0),
                      np.zeros(0, int), 0.5)
     p2_oof = out_of_fold(X2, y2, fold[ok])
-    t_low1, t_high1 = model.thresholds(precision)
+    t_low1, t_high1 = model.thresholds(precision, confidence)
     unsure = (p1_oof[ok] > t_low1) & (p1_oof[ok] < t_high1)
     use = unsure if len(np.unique(g2[unsure])) >= MIN_GROUPS else np.ones(len(y2), bool)
     web.cal_p, web.cal_y, web.cal_g = p2_oof[use], y2[use], g2[use]
     web.t_mid = balanced_threshold(p2_oof, y2)
-    t_low2, t_high2 = web.thresholds(precision)
+    t_low2, t_high2 = web.thresholds(precision, confidence)
     model.web = web
 
     def two_step(mask: np.ndarray) -> dict[str, Any]:
@@ -394,8 +395,8 @@ def fit_web(model: JudgeModel, train: Cases, report: Cases, precision: float, fo
     return out
 
 
-def fit_judge(kind: str, features: Sequence[str], train: Cases, report: Cases,
-              precision: float) -> tuple[JudgeModel, dict[str, Any]]:
+def fit_judge(kind: str, features: Sequence[str], train: Cases, report: Cases, precision: float,
+              confidence: float = COVERAGE_CONFIDENCE) -> tuple[JudgeModel, dict[str, Any]]:
     """The model is fitted on all of ``train``; its thresholds and forced decision are set on
     ``train``'s out-of-fold probabilities (``FOLDS`` folds of whole folders), so they rest on
     every training folder rather than on a held-back third; everything is reported on ``report``."""
@@ -407,9 +408,10 @@ def fit_judge(kind: str, features: Sequence[str], train: Cases, report: Cases,
     p1_oof = out_of_fold(train.features, y, fold)
     model.cal_p, model.cal_y, model.cal_g = p1_oof, y, train.cls.astype(int)
     model.t_mid = balanced_threshold(p1_oof, y)
-    t_low, t_high = model.thresholds(precision)
+    t_low, t_high = model.thresholds(precision, confidence)
     pr = model.probabilities(report.features)
-    out: dict[str, Any] = {"fitted": True, "precision_target": precision, "features": list(features),
+    out: dict[str, Any] = {"fitted": True, "precision_target": precision, "confidence": confidence,
+                           "features": list(features),
                            "classes_fit": int(len(np.unique(train.cls))), "folds": int(len(np.unique(fold))),
                            "classes_report": int(len(np.unique(report.cls))),
                            "t_low": t_low, "t_high": t_high, "t_mid": model.t_mid,
@@ -419,7 +421,7 @@ def fit_judge(kind: str, features: Sequence[str], train: Cases, report: Cases,
         e = report.external
         out["external"] = judge_metrics(pr[e], report.covered[e].astype(int), report.cls[e], t_low, t_high,
                                         model.t_mid)
-    web = fit_web(model, train, report, precision, fold, p1_oof, pr)
+    web = fit_web(model, train, report, precision, fold, p1_oof, pr, confidence)
     if web is not None:
         out["web"] = web
     model.metrics = {k: v for k, v in out.items() if k in ("all", "external", "precision_target")}
@@ -428,9 +430,14 @@ def fit_judge(kind: str, features: Sequence[str], train: Cases, report: Cases,
 
 def calibrate(coll: Collection, kinds: Sequence[str] = ("image", "text"), per_class: int = CALIBRATE_PER_CLASS,
               max_classes: int = 120, seed: int = 0, save: bool = True,
-              progress: ProgressArg = None, precision: float = DEFAULT_PRECISION) -> CalibrationReport:
+              progress: ProgressArg = None, precision: float | None = None,
+              confidence: float | None = None) -> CalibrationReport:
     """Fit the judge and the threshold rule on ``coll`` (see the module docstring); store them when
-    ``save``."""
+    ``save``. ``precision``/``confidence``: the targets the report's confident answers are set for
+    (None: the collection's settings, ``coverage_precision``/``coverage_confidence``; a live query
+    applies its own settings to the same stored calibration cases)."""
+    precision = coll.settings.coverage_precision if precision is None else precision
+    confidence = coll.settings.coverage_confidence if confidence is None else confidence
     from .judge import JUDGE_DEPTH, context
 
     t0 = time.perf_counter()
@@ -486,7 +493,7 @@ def calibrate(coll: Collection, kinds: Sequence[str] = ("image", "text"), per_cl
                                        f"{MIN_JUDGE_CLASSES * 10 // 3}+); judged by thresholds"}
             else:
                 result.judge, result.judge_report = fit_judge(stored, b.features, subset(cases, which != 2), held,
-                                                              precision)
+                                                              precision, confidence)
                 _name_errors(result.judge_report, names)
                 # which folders the report is on: a live search can be measured on the same ones
                 result.judge_report["folders_report"] = [n for c, n in enumerate(names) if part[c] == 2]

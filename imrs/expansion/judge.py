@@ -25,11 +25,12 @@ is fitted is what runs. A judgement has three steps:
 3. **Three outcomes**: covered, not covered, or uncertain. The two confident outcomes use
    thresholds chosen so that, on the calibration cases, each meets the precision the person asks
    for (``IMRS_COVERAGE_PRECISION``, default 95%) with a finite-sample guarantee: the thresholds
-   are scanned from the safest one outwards and accepted while the upper Clopper-Pearson bound of
-   their error stays under ``1 - precision`` (fixed-sequence testing, as in Learn-then-Test risk
-   control; it holds for queries exchangeable with the calibration cases at confidence
-   ``1 - DELTA``). Everything between asks. The forced decision (``weak``: should IMRS grow?) is the
-   threshold of best balanced accuracy.
+   are scanned from the safest one outwards and accepted while a lower bound of their precision
+   (a bootstrap over whole folders) stays at the target (fixed-sequence testing, as in
+   Learn-then-Test risk control; it holds for concepts exchangeable with the calibration's folders
+   at the confidence the person asks for, ``IMRS_COVERAGE_CONFIDENCE``, default 95%). Everything
+   between asks. The forced decision (``weak``: should IMRS grow?) is the threshold of best
+   balanced accuracy among those that call at most a tenth of covered concepts weak.
 
 4. **Asking the web** (``imrs.expansion.webcheck``), for answers that stay uncertain when growth was asked
    for (``imrs search --expand``, the page's grow button): a handful of web images of the proposed
@@ -54,6 +55,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..config import COVERAGE_CONFIDENCE
 from ..errors import IMRSError
 from .coverage import LIKELY, NO_MATCH, UNCERTAIN, is_clutter_label
 
@@ -62,8 +64,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: Confidence of the precision bound (the thresholds hold with probability 1 - DELTA).
-DELTA = 0.05
+#: 1 - the default confidence of the precision bound (the thresholds hold with probability 1 - DELTA).
+DELTA = 1.0 - COVERAGE_CONFIDENCE
 #: A confident side must rest on at least this many folders: a bound drawn from a handful of
 #: concepts says little about the next one.
 MIN_GROUPS = 8
@@ -372,7 +374,9 @@ def precision_thresholds(p: np.ndarray, y: np.ndarray, precision: float, groups:
     ug, inv = np.unique(groups, return_inverse=True)
     rng = np.random.default_rng(0)
     W = np.stack([np.bincount(rng.integers(0, len(ug), len(ug)), minlength=len(ug))[inv] for _ in range(reps)])
-    need = min_answers(1.0 - precision, delta)
+    # the scan never starts before the default confidence's start: a weaker promise then only
+    # loosens the bound at every tested threshold, so it answers at least as many
+    need = min_answers(1.0 - precision, min(delta, DELTA))
     grouped = inv if len(ug) < len(p) else None
     hi = _side(p, y == 0, W, precision, need, delta, descending=True, inv=grouped)
     lo = _side(p, y == 1, W, precision, need, delta, descending=False, inv=grouped)
@@ -416,7 +420,7 @@ class JudgeModel:
     cal_g: np.ndarray | None = None  # the folder each calibration case came from
     metrics: dict[str, Any] = field(default_factory=dict)
     web: JudgeModel | None = None  # the web check's model, for answers this one leaves uncertain
-    _thresholds: dict[float, tuple[float, float]] = field(default_factory=dict, repr=False, compare=False)
+    _thresholds: dict[tuple[float, float], tuple[float, float]] = field(default_factory=dict, repr=False, compare=False)
 
     def probability(self, ev: Evidence) -> float:
         z = (ev.vector(self.features) - self.mean) / self.scale
@@ -426,11 +430,13 @@ class JudgeModel:
         """``probability`` for many cases at once: rows of ``X`` hold the values of ``features``."""
         return logistic_probs(X, self.mean, self.scale, self.coef, self.intercept)
 
-    def thresholds(self, precision: float) -> tuple[float, float]:
-        key = round(float(precision), 6)
+    def thresholds(self, precision: float, confidence: float = COVERAGE_CONFIDENCE) -> tuple[float, float]:
+        """(t_low, t_high) meeting ``precision`` with probability ``confidence`` (``precision_thresholds``)."""
+        key = (round(float(precision), 6), round(float(confidence), 6))
         cached = self._thresholds.get(key)
         if cached is None:
-            cached = self._thresholds[key] = precision_thresholds(self.cal_p, self.cal_y, precision, self.cal_g)
+            cached = self._thresholds[key] = precision_thresholds(self.cal_p, self.cal_y, precision, self.cal_g,
+                                                                  delta=1.0 - float(confidence))
         return cached
 
     def as_dict(self) -> dict[str, Any]:
@@ -458,9 +464,9 @@ class Decision:
     reason: str
 
 
-def decide(model: JudgeModel, ev: Evidence, precision: float) -> Decision:
+def decide(model: JudgeModel, ev: Evidence, precision: float, confidence: float = COVERAGE_CONFIDENCE) -> Decision:
     p = model.probability(ev)
-    t_low, t_high = model.thresholds(precision)
+    t_low, t_high = model.thresholds(precision, confidence)
     if p >= t_high:
         outcome = LIKELY
     elif p <= t_low:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..config import COVERAGE_CONFIDENCE
 from .coverage import LIKELY, NO_MATCH, UNCERTAIN
 from .judge import ClassContext, Evidence, JudgeModel, decide, logit
 
@@ -134,7 +135,7 @@ class WebTest:
 
 def web_test(ctx: ClassContext, exemplars: np.ndarray, collection_scores: np.ndarray,
              collection_ids: np.ndarray, top_label: str, term: str, model: JudgeModel | None = None,
-             p1: float | None = None, precision: float = 0.95,
+             p1: float | None = None, precision: float = 0.95, confidence: float = COVERAGE_CONFIDENCE,
              query_vector: np.ndarray | None = None) -> WebTest | None:
     """A per-concept, self-calibrating test for answers that stay uncertain. Web images of a
     concept resemble each other about as much as the concept's photos ever will; if the
@@ -154,7 +155,7 @@ def web_test(ctx: ClassContext, exemplars: np.ndarray, collection_scores: np.nda
     m = len(distinct_exemplars(exemplars))
     stage = model.web if model is not None else None
     if stage is not None and p1 is not None and all(f in ev for f in stage.features if f != "p1"):
-        d = decide(stage, Evidence("web", {"p1": logit(p1), **ev}), precision)
+        d = decide(stage, Evidence("web", {"p1": logit(p1), **ev}), precision, confidence)
         return WebTest(term, m, ev, d.outcome, d.probability, d.weak)
     to_coll, each_other, on_label = ev["to_collection"], ev["to_each_other"], ev["on_label"]
     if to_coll >= each_other and on_label >= 0.5:

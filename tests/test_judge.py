@@ -106,6 +106,19 @@ def test_forced_decision_keeps_covered_concepts_covered() -> None:
     assert balanced_threshold(p, y, max_miss=0.10) == 0.35
 
 
+def test_forced_decision_bar_holds_over_folders_not_only_on_average() -> None:
+    """Nine covered folders found well (0.6, 0.7) and one diverse folder found poorly (0.3, 0.3):
+    on average a cut at 0.6 misses exactly 10% of covered queries, but any draw of folders with
+    the diverse one twice misses more. Counted by folder, the cut must keep that folder covered."""
+    pos = [0.6, 0.7] * 9 + [0.3, 0.3]
+    neg = [0.1, 0.2, 0.25, 0.4, 0.45, 0.5, 0.55]
+    p = np.asarray(pos + neg)
+    y = np.asarray([1] * len(pos) + [0] * len(neg))
+    groups = np.asarray([n // 2 for n in range(len(pos))] + [100 + n for n in range(len(neg))])
+    assert balanced_threshold(p, y) == 0.6
+    assert balanced_threshold(p, y, groups=groups) == 0.3
+
+
 def test_families_group_folders_of_one_concept() -> None:
     names = ["Faces", "Faces_easy", "cougar_body", "cougar_face", "chair", "windsor_chair", "sunflower",
              "crocodile", "crocodile_head", "watch"]

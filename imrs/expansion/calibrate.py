@@ -363,7 +363,7 @@ def fit_web(model: JudgeModel, train: Cases, report: Cases, precision: float, fo
     unsure = (p1_oof[ok] > t_low1) & (p1_oof[ok] < t_high1)
     use = unsure if len(np.unique(g2[unsure])) >= MIN_GROUPS else np.ones(len(y2), bool)
     web.cal_p, web.cal_y, web.cal_g = p2_oof[use], y2[use], g2[use]
-    web.t_mid = balanced_threshold(p2_oof, y2)
+    web.t_mid = balanced_threshold(p2_oof, y2, groups=g2)
     t_low2, t_high2 = web.thresholds(precision, confidence)
     model.web = web
 
@@ -407,7 +407,7 @@ def fit_judge(kind: str, features: Sequence[str], train: Cases, report: Cases, p
     fold = folds_of(train.cls, FOLDS)
     p1_oof = out_of_fold(train.features, y, fold)
     model.cal_p, model.cal_y, model.cal_g = p1_oof, y, train.cls.astype(int)
-    model.t_mid = balanced_threshold(p1_oof, y)
+    model.t_mid = balanced_threshold(p1_oof, y, groups=train.cls)
     t_low, t_high = model.thresholds(precision, confidence)
     pr = model.probabilities(report.features)
     out: dict[str, Any] = {"fitted": True, "precision_target": precision, "confidence": confidence,

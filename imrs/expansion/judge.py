@@ -321,6 +321,16 @@ def out_of_fold(X: np.ndarray, y: np.ndarray, fold: np.ndarray) -> np.ndarray:
     return p
 
 
+def folder_bootstrap(groups: np.ndarray, reps: int) -> np.ndarray:
+    """(reps, cases) weights of a bootstrap that draws whole folders (``groups``) with replacement:
+    how often each case's folder was drawn in each replicate. Queries of one concept succeed or
+    fail together, so the precision bound and the forced decision's miss bar both resample folders,
+    with the same fixed seed."""
+    ug, inv = np.unique(np.asarray(groups), return_inverse=True)
+    rng = np.random.default_rng(0)
+    return np.stack([np.bincount(rng.integers(0, len(ug), len(ug)), minlength=len(ug))[inv] for _ in range(reps)])
+
+
 def min_answers(alpha: float, delta: float = DELTA) -> int:
     """The fewest answers whose error bound can meet ``alpha`` at all (zero errors among them):
     below this, a run of lucky answers would set a threshold nothing supports."""
@@ -373,8 +383,7 @@ def precision_thresholds(p: np.ndarray, y: np.ndarray, precision: float, groups:
         return -math.inf, math.inf
     groups = np.arange(len(p)) if groups is None else np.asarray(groups)
     ug, inv = np.unique(groups, return_inverse=True)
-    rng = np.random.default_rng(0)
-    W = np.stack([np.bincount(rng.integers(0, len(ug), len(ug)), minlength=len(ug))[inv] for _ in range(reps)])
+    W = folder_bootstrap(groups, reps)
     # the scan never starts before the default confidence's start: a weaker promise then only
     # loosens the bound at every tested threshold, so it answers at least as many
     need = min_answers(1.0 - precision, min(delta, DELTA))
@@ -415,12 +424,8 @@ def balanced_threshold(p: np.ndarray, y: np.ndarray, max_miss: float = MAX_MISS,
     miss = 1.0 - tpr
     if groups is not None and len(pos):
         # bootstrap weights of the covered cases, in the order of their probabilities
-        g = np.asarray(groups)
-        ug, inv = np.unique(g, return_inverse=True)
-        rng = np.random.default_rng(0)
         order = np.argsort(p[y == 1], kind="stable")
-        w = np.stack([np.bincount(rng.integers(0, len(ug), len(ug)), minlength=len(ug))[inv[y == 1]][order]
-                      for _ in range(reps)]).astype(np.float64)
+        w = folder_bootstrap(groups, reps)[:, y == 1][:, order].astype(np.float64)
         below = np.concatenate([np.zeros((reps, 1)), np.cumsum(w, axis=1)], axis=1)  # weight below the k-th
         k = np.searchsorted(pos, cands, side="left")
         miss = np.quantile(below[:, k] / np.maximum(below[:, -1:], 1.0), confidence, axis=0)
@@ -451,8 +456,7 @@ class JudgeModel:
     _thresholds: dict[tuple[float, float], tuple[float, float]] = field(default_factory=dict, repr=False, compare=False)
 
     def probability(self, ev: Evidence) -> float:
-        z = (ev.vector(self.features) - self.mean) / self.scale
-        return float(1.0 / (1.0 + math.exp(-float(np.clip(z @ self.coef + self.intercept, -30, 30)))))
+        return float(self.probabilities(ev.vector(self.features)[None, :])[0])
 
     def probabilities(self, X: np.ndarray) -> np.ndarray:
         """``probability`` for many cases at once: rows of ``X`` hold the values of ``features``."""

@@ -35,7 +35,7 @@ sys.path.insert(0, str(REPO))
 
 from imrs.bench.docblock import host_line, replace_block  # noqa: E402
 from imrs.collection import Collection  # noqa: E402
-from imrs.config import CALIBRATE_PER_CLASS, COVERAGE_CONFIDENCE  # noqa: E402
+from imrs.config import CALIBRATE_PER_CLASS, COVERAGE_CONFIDENCE, caltech_dir, shared_data_dir  # noqa: E402
 from imrs.expansion.calibrate import calibrate, outcome_metrics, save_calibration  # noqa: E402
 from imrs.expansion.cases import PHRASINGS, families  # noqa: E402
 from imrs.expansion.coverage import LIKELY, NO_MATCH, is_clutter_label  # noqa: E402
@@ -47,6 +47,13 @@ PHOTO_TRUTH = {"dragonfly.jpg": True, "sunflower.jpg": True, "grace_hopper.jpg":
 
 def pct(x: float) -> str:
     return f"{100 * x:.0f}%"
+
+
+def web_part(judge_report: dict) -> dict | None:
+    """The two-step (web check) figures of a kind's report: on the external-style views when there
+    are any, else on every query."""
+    web = judge_report.get("web") or {}
+    return web.get("external") or web.get("all")
 
 
 def live_text(coll: Collection, folders: list[str], names: list[str]) -> dict[str, dict]:
@@ -80,8 +87,8 @@ def live_text(coll: Collection, folders: list[str], names: list[str]) -> dict[st
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--root", default=str(REPO.parent / "shared" / "datasets" / "caltech101"))
-    ap.add_argument("--photos", default=str(REPO.parent / "shared" / "photos"))
+    ap.add_argument("--root", default=str(caltech_dir()))
+    ap.add_argument("--photos", default=str(shared_data_dir() / "photos"))
     ap.add_argument("--home", default=str(REPO / "runs" / "bench_verdict"))
     ap.add_argument("--backbone", default="efficientnet_lite0")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -107,8 +114,7 @@ def main() -> int:
             rc = calibrate(coll, per_class=args.per_class, seed=seed, save=False, precision=args.precision,
                            confidence=c)
             for k in rc.results:
-                w = (k.judge_report.get("web") or {})
-                w = w.get("external") or w.get("all")
+                w = web_part(k.judge_report)
                 if w:
                     by_conf.setdefault((k.kind, c), []).append(w)
         first = first or r
@@ -121,7 +127,7 @@ def main() -> int:
                 "covered_weak": part.get("covered_judged_weak", float("nan")),
                 "rule_ba": k.accuracy_held_out, "builtin_ba": k.builtin_held_out,
                 "classes": j.get("classes_report", k.classes_held_out), "queries": part.get("queries", 0),
-                "web": (j.get("web") or {}).get("external") or (j.get("web") or {}).get("all")})
+                "web": web_part(j)})
         print(f"seed {seed}: " + " | ".join(r.lines()), flush=True)
         text = next((k for k in r.results if k.kind in ("text", "textmap") and k.judge_report.get("fitted")), None)
         if text is not None and not args.no_live:

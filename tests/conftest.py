@@ -9,8 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from imrs.config import shared_data_dir
+
 REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("IMRS_SHARED", REPO.parent / "shared"))
+SHARED = shared_data_dir()  # $IMRS_SHARED, else shared/ beside the repository
 CALTECH = SHARED / "datasets" / "caltech101"
 PHOTOS = SHARED / "photos"
 

@@ -42,7 +42,6 @@ import contextlib
 import gzip
 import io
 import json
-import os
 import random
 import struct
 import threading
@@ -57,8 +56,9 @@ from urllib.parse import parse_qs, quote, urlsplit
 import numpy as np
 from PIL import Image
 
-REPO = Path(__file__).resolve().parents[1]
-PHOTOS_DIR = Path(os.environ.get("IMRS_SHARED", REPO.parent / "shared")) / "photos"
+from imrs.config import shared_data_dir
+
+PHOTOS_DIR = shared_data_dir() / "photos"
 
 LICENSES = ["CC BY-SA 4.0", "CC0", "Public domain", "CC BY 2.0"]
 

@@ -294,6 +294,24 @@ def test_second_process_answers_without_torch(indexed) -> None:
     assert any(k.endswith("|a red kite at sea") for k in plans)
 
 
+def test_a_cache_write_under_way_at_exit_is_finished(tmp_path: Path) -> None:
+    """A process that exits while the write-behind timer is writing a cache waits for that write:
+    the exit flush used to find nothing pending and return, and the daemon thread was abandoned
+    mid-write (a query process that lived past the write delay lost its plan)."""
+    out = tmp_path / "written.txt"
+    code = ("import sys, time\n"
+            "import imrs.textsearch.cache as cache\n"
+            "cache.WRITE_DELAY = 0.01\n"
+            "def write():\n"
+            "    time.sleep(0.5)\n"
+            f"    open({str(out)!r}, 'w').write('done')\n"
+            "cache.later(write)\n"
+            "time.sleep(0.1)\n")  # the timer has fired; its write is under way when the process ends
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    subprocess.run([sys.executable, "-c", code], env=env, timeout=60, check=True)
+    assert out.read_text() == "done"
+
+
 @pytest.mark.slow
 def test_web_exemplars_query_without_storing(indexed, web_server, loopback_policy) -> None:
     from imrs.textsearch import text_search

@@ -44,6 +44,9 @@ class _WriteBehind:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
+        # one flush at a time: the flush at exit waits for one the timer thread has under way (a
+        # daemon thread is abandoned mid-write when the interpreter ends)
+        self._writing = threading.Lock()
         self._pending: dict[Callable[[], None], None] = {}
         self._timer: threading.Timer | None = None
 
@@ -56,16 +59,17 @@ class _WriteBehind:
                 self._timer.start()
 
     def flush(self) -> None:
-        with self._lock:
-            pending, self._pending = list(self._pending), {}
-            if self._timer is not None:
-                self._timer.cancel()
-            self._timer = None
-        for write in pending:
-            try:
-                write()
-            except Exception:  # noqa: BLE001 - a cache that cannot be written costs only speed
-                log.warning("could not write a text-search cache", exc_info=log.isEnabledFor(logging.DEBUG))
+        with self._writing:
+            with self._lock:
+                pending, self._pending = list(self._pending), {}
+                if self._timer is not None:
+                    self._timer.cancel()
+                self._timer = None
+            for write in pending:
+                try:
+                    write()
+                except Exception:  # noqa: BLE001 - a cache that cannot be written costs only speed
+                    log.warning("could not write a text-search cache", exc_info=log.isEnabledFor(logging.DEBUG))
 
 
 _WRITER = _WriteBehind()

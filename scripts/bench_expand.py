@@ -37,14 +37,14 @@ sys.path.insert(0, str(REPO))
 
 from imrs.catalog import Catalog, ImageRecord  # noqa: E402
 from imrs.collection import Collection  # noqa: E402
+from imrs.config import caltech_dir, shared_data_dir  # noqa: E402
 from imrs.dedupe import HashIndex  # noqa: E402
 from imrs.expansion import catalog_hash_index, expand, thresholds_for  # noqa: E402
 from imrs.web import DownloadPolicy, StaticProvider  # noqa: E402
 from tests.webserver import LoopbackServer  # noqa: E402
 
-SHARED = REPO.parent / "shared"
-CALTECH = SHARED / "datasets" / "caltech101"
-PHOTOS = SHARED / "photos"
+CALTECH = caltech_dir()
+PHOTOS = shared_data_dir() / "photos"
 BACKBONE = "efficientnet_lite0"
 
 

@@ -50,6 +50,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from imrs.config import caltech_dir  # noqa: E402
+
 DIM = 1280
 KINDS = ["flat_ip", "hnsw", "ivf_pq", "ivf_pq_compressed", "milvus"]
 #: Explicit build parameters: IVF training over 4*sqrt(1M)=4,000 lists on 1,280-d would take an
@@ -422,7 +424,7 @@ def main() -> None:
     ap.add_argument("--kinds", default=",".join(KINDS))
     ap.add_argument("--budget", type=float, default=600.0, help="seconds of building per kind before it stops")
     ap.add_argument("--data", default=str(REPO / "runs" / "bench_scale"))
-    ap.add_argument("--caltech", default=str(REPO.parent / "shared" / "datasets" / "caltech101"))
+    ap.add_argument("--caltech", default=str(caltech_dir()))
     ap.add_argument("--recall", action="store_true",
                     help="recall on real embeddings and on a mixture fitted to them (default --n 200000); "
                          "writes its section of docs/scale.md")

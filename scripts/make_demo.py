@@ -19,7 +19,11 @@ from pathlib import Path
 from PIL import Image, ImageOps
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_SRC = REPO.parent / "shared" / "datasets" / "caltech101"
+sys.path.insert(0, str(REPO))
+
+from imrs.config import caltech_dir  # noqa: E402
+
+DEFAULT_SRC = caltech_dir()
 DEFAULT_OUT = REPO / "demo" / "caltech101-mini"
 SKIP = {"BACKGROUND_Google"}
 MAX_BYTES = 15 * 1024 * 1024

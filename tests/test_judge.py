@@ -119,6 +119,23 @@ def test_forced_decision_bar_holds_over_folders_not_only_on_average() -> None:
     assert balanced_threshold(p, y, groups=groups) == 0.3
 
 
+def test_balanced_accuracy_interval_resamples_whole_folders() -> None:
+    """A judge that calls everything covered has balanced accuracy 0.5 in every draw of folders
+    (all covered right, all absent wrong); a perfect one 1.0; one that is wrong on exactly one of
+    four covered folders (two queries each) spans draws with that folder absent (1.0) and drawn
+    twice or more (below its average of 0.875)."""
+    from imrs.expansion.calibrate import _ba_interval
+
+    covered = np.asarray([True] * 8 + [False] * 8)
+    cls = np.asarray([n // 2 for n in range(16)])
+    assert _ba_interval(np.ones(16, bool), covered, cls) == (0.5, 0.5)
+    assert _ba_interval(covered.copy(), covered, cls) == (1.0, 1.0)
+    ok = covered.copy()
+    ok[:2] = False  # folder 0's two covered queries judged weak
+    low, high = _ba_interval(ok, covered, cls)
+    assert high == 1.0 and low < 0.875
+
+
 def test_families_group_folders_of_one_concept() -> None:
     names = ["Faces", "Faces_easy", "cougar_body", "cougar_face", "chair", "windsor_chair", "sunflower",
              "crocodile", "crocodile_head", "watch"]

@@ -58,14 +58,22 @@ from .cases import (
     Cases,
     families,
     image_cases,
-    labelled_classes,
     members_of_classes,
     sample_views,
     subset,
     text_cases,
 )
 from .coverage import CoverageThresholds, builtin_thresholds
-from .judge import JudgeModel, balanced_threshold, fit_logistic, folds_of, logit, out_of_fold
+from .judge import (
+    JudgeModel,
+    balanced_threshold,
+    fit_logistic,
+    folder_bootstrap,
+    folds_of,
+    labelled_classes,
+    logit,
+    out_of_fold,
+)
 
 if TYPE_CHECKING:
     from ..collection import Collection
@@ -284,15 +292,13 @@ def wilson(k: int, n: int, z: float = 1.645) -> tuple[float, float]:
 
 
 def _ba_interval(ok: np.ndarray, covered: np.ndarray, cls: np.ndarray, reps: int = 400) -> tuple[float, float]:
-    """90% bootstrap interval of balanced accuracy, resampling whole classes (queries of one class
-    are not independent)."""
-    rng = np.random.default_rng(0)
-    uc = np.unique(cls)
-    vals = []
-    for _ in range(reps):
-        pick = rng.choice(uc, len(uc), replace=True)
-        idx = np.concatenate([np.flatnonzero(cls == c) for c in pick])
-        vals.append(balanced_accuracy(ok[idx], covered[idx])[0])
+    """90% interval of balanced accuracy over the judge's bootstrap of whole folders
+    (``judge.folder_bootstrap``): queries of one folder are not independent."""
+    W = folder_bootstrap(cls, reps).astype(np.float64)
+    hit = ok.astype(np.float64)
+    tpr = (W * (hit * covered)).sum(axis=1) / np.maximum((W * covered).sum(axis=1), 1e-12)
+    tnr = (W * ((1.0 - hit) * ~covered)).sum(axis=1) / np.maximum((W * ~covered).sum(axis=1), 1e-12)
+    vals = (tpr + tnr) / 2  # a side no drawn folder has counts 0, as in ``balanced_accuracy``
     return (float(np.quantile(vals, 0.05)), float(np.quantile(vals, 0.95)))
 
 

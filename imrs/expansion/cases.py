@@ -46,18 +46,6 @@ class Cases:
 
 
 
-def labelled_classes(coll: Collection, min_size: int) -> dict[str, list[int]]:
-    indexed = set(coll.index.ids().tolist())
-    out = {}
-    for label, ids in coll.catalog.ids_by_label().items():
-        if is_clutter_label(label):
-            continue
-        ids = [i for i in ids if i in indexed]
-        if len(ids) >= min_size:
-            out[label] = sorted(ids)
-    return out
-
-
 _GENERIC_WORDS = {"a", "an", "the", "of", "and", "head", "body", "face", "easy", "hard", "left", "right", "side"}
 
 

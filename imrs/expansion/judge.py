@@ -119,6 +119,20 @@ class Evidence:
         return ", ".join(parts)
 
 
+def labelled_classes(coll: Collection, min_size: int) -> dict[str, list[int]]:
+    """Indexed image ids of every labelled folder with at least ``min_size`` of them (clutter and
+    unlabelled images are no concept), ids sorted."""
+    indexed = set(coll.index.ids().tolist())
+    out = {}
+    for label, ids in coll.catalog.ids_by_label().items():
+        if is_clutter_label(label):
+            continue
+        ids = [i for i in ids if i in indexed]
+        if len(ids) >= min_size:
+            out[label] = sorted(ids)
+    return out
+
+
 class ClassContext:
     """What the judge needs of a collection beyond the answer: labels of images, how tight each
     folder is and, for backbones with an ImageNet classifier, each image's and each label's class
@@ -167,15 +181,10 @@ class ClassContext:
         the folder it lands in is: a diverse folder (ants in every pose) is found at lower cosines
         than a tight one (cars from the side) even when it holds the concept. Clutter, unlabelled
         and one-image folders get the typical value."""
-        by_label: dict[str, list[int]] = {}
-        for i in coll.index.ids().tolist():
-            label = self.label_of.get(int(i), "")
-            if label and not is_clutter_label(label):
-                by_label.setdefault(label, []).append(int(i))
         rng = np.random.default_rng(0)
         picks = {label: (ids if len(ids) <= self.TIGHTNESS_SAMPLE else
                          rng.choice(ids, self.TIGHTNESS_SAMPLE, replace=False).tolist())
-                 for label, ids in sorted(by_label.items()) if len(ids) >= 2}
+                 for label, ids in sorted(labelled_classes(coll, 2).items())}
         if not picks:
             return
         flat = np.asarray([i for ids in picks.values() for i in ids], np.int64)

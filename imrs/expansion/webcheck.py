@@ -54,11 +54,11 @@ def distinct_exemplars(exemplars: np.ndarray) -> np.ndarray:
 
 
 def web_evidence(ctx: ClassContext, exemplars: np.ndarray, score_rows: Sequence[Sequence[float]],
-                 id_rows: Sequence[Sequence[int]], top_label: str, query_vector: np.ndarray | None = None
-                 ) -> dict[str, float] | None:
+                 id_rows: Sequence[Sequence[int]], top_label: str, query_vector: np.ndarray | None = None,
+                 keep: np.ndarray | None = None) -> dict[str, float] | None:
     """What a handful of web images of the proposed term say, the same for a live check and for
     calibration. ``score_rows``/``id_rows``: each exemplar's best collection hits, best first.
-    None: too few distinct images.
+    None: too few distinct images (``keep``: their row numbers, when the caller already has them).
 
     - ``to_collection``: how well they find the collection (median best cosine);
     - ``to_each_other``: how well they find each other (median of each one's mean cosine to the others);
@@ -74,7 +74,7 @@ def web_evidence(ctx: ClassContext, exemplars: np.ndarray, score_rows: Sequence[
     - ``to_query`` (with ``query_vector``): median cosine of the query to the web images. A query
       much closer to the web images of its concept than to its best collection hit has found the
       concept outside the collection."""
-    keep = distinct_exemplars(exemplars)
+    keep = distinct_exemplars(exemplars) if keep is None else keep
     if len(keep) < WEB_MIN_EXEMPLARS:
         return None
     E = np.asarray(exemplars, np.float32)[keep]
@@ -149,10 +149,11 @@ def web_test(ctx: ClassContext, exemplars: np.ndarray, collection_scores: np.nda
     without a value the fitted check reads, e.g. no ``query_vector``), a fixed rule decides.
     ``collection_scores``/``collection_ids``: each exemplar's best collection hits;
     ``query_vector``: the query in the images' space (None for text on an image-only backbone)."""
-    ev = web_evidence(ctx, exemplars, collection_scores, collection_ids, top_label, query_vector)
+    keep = distinct_exemplars(exemplars)
+    ev = web_evidence(ctx, exemplars, collection_scores, collection_ids, top_label, query_vector, keep)
     if ev is None:
         return None
-    m = len(distinct_exemplars(exemplars))
+    m = len(keep)
     stage = model.web if model is not None else None
     if stage is not None and p1 is not None and all(f in ev for f in stage.features if f != "p1"):
         d = decide(stage, Evidence("web", {"p1": logit(p1), **ev}), precision, confidence)

@@ -136,6 +136,19 @@ def test_balanced_accuracy_interval_resamples_whole_folders() -> None:
     assert high == 1.0 and low < 0.875
 
 
+def test_best_possible_answered_sets_each_side_on_the_cases_themselves() -> None:
+    """Worked by hand: from the top, covered-side precision runs 1, 1, 2/3, 3/4...; from the
+    bottom, absent-side precision runs 1, 1/2, 2/3, 3/4...: at 80% two and one case qualify, at
+    75% four and four."""
+    from imrs.expansion.calibrate import best_possible_answered
+
+    q = np.asarray([0.9, 0.8, 0.7, 0.6, 0.4, 0.3, 0.2, 0.1])
+    y = np.asarray([1, 1, 0, 1, 0, 0, 1, 0])
+    assert best_possible_answered(q, y, 0.80) == 3 / 8
+    assert best_possible_answered(q, y, 0.75) == 1.0
+    assert best_possible_answered(q, 1 - y, 0.95) == 0.0
+
+
 def test_families_group_folders_of_one_concept() -> None:
     names = ["Faces", "Faces_easy", "cougar_body", "cougar_face", "chair", "windsor_chair", "sunflower",
              "crocodile", "crocodile_head", "watch"]

@@ -320,6 +320,24 @@ def outcome_metrics(said_covered: np.ndarray, said_absent: np.ndarray, forced_ok
             "absent_confident": float(said_absent[~covered].mean()) if (~covered).any() else 0.0}
 
 
+def best_possible_answered(q: np.ndarray, y: np.ndarray, precision: float) -> float:
+    """The share of queries thresholds chosen on these very cases could answer at ``precision``
+    (each side's plain precision, the most liberal cut that still meets it). No calibration can
+    know the folders it will be asked about, so this is an upper estimate: the gap to what the
+    calibrated thresholds answer is what not knowing them in advance costs."""
+    q, y = np.asarray(q, np.float64), np.asarray(y, int)
+    if not len(q):
+        return 0.0
+
+    def side(order: np.ndarray, wrong: np.ndarray) -> int:
+        prec = 1.0 - np.cumsum(wrong[order]) / np.arange(1, len(order) + 1)
+        ok = np.flatnonzero(prec >= precision - 1e-12)
+        return int(ok[-1]) + 1 if len(ok) else 0
+
+    n = side(np.argsort(-q, kind="stable"), y == 0) + side(np.argsort(q, kind="stable"), y == 1)
+    return min(n, len(q)) / len(q)
+
+
 def judge_metrics(p: np.ndarray, y: np.ndarray, cls: np.ndarray, t_low: float, t_high: float,
                   t_mid: float) -> dict[str, Any]:
     """Precision of the confident answers, the share that got one, and the forced decision."""
@@ -386,6 +404,7 @@ def fit_web(model: JudgeModel, train: Cases, report: Cases, precision: float, fo
         forced = np.where(asks, p2 >= web.t_mid, p1 >= model.t_mid)
         m = outcome_metrics(said_cov, said_abs, forced, y, report.cls[mask])
         m["asked_web"] = float(asks.mean()) if len(asks) else 0.0
+        m["best_possible_answered"] = best_possible_answered(np.where(asks, p2, p1), y, precision)
         # which folders the wrong confident answers came from (named by ``calibrate``): a few
         # concepts the backbone cannot tell from a neighbour usually account for most of them
         cls = report.cls[mask]

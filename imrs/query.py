@@ -134,8 +134,8 @@ def _class_size(coll: Collection, label: str) -> int | None:
 
 
 def answer(coll: Collection, query: Query, vector: np.ndarray, settings: Settings,
-           timings: dict[str, float] | None = None) -> tuple[list[SearchHit], Verdict]:
-    """The hits for ``query`` and the verdict on them (no growth)."""
+           timings: dict[str, float] | None = None, where: Where | None = None) -> tuple[list[SearchHit], Verdict]:
+    """The hits for ``query`` and the verdict on them (no growth); ``where``: its filter, resolved."""
     timings = timings if timings is not None else {}
     from .retrieval.stages import stages_for
 
@@ -149,7 +149,7 @@ def answer(coll: Collection, query: Query, vector: np.ndarray, settings: Setting
 
         depth = max(depth, HybridParams().visual_pool)
     t0 = time.perf_counter()
-    where = Where(query.where, coll.catalog) if query.where else None  # resolved once, for every use below
+    where = where or (Where(query.where, coll.catalog) if query.where else None)  # one resolution for all below
     hits = coll.search_vectors(vector, depth, qe=qe, where=where)[0]
     plain = hits if qe == 0 else coll.search_vectors(vector, depth, where=where)[0]  # judged without QE
     if stages.active:  # re-ranked in the improved space; scores stay the plain ones the verdict reads
@@ -420,7 +420,8 @@ def run_query(coll: Collection, query: Query, settings: Settings | None = None,
     t_all = t0 = time.perf_counter()
     vector = encode(coll, query)
     timings["encode"] = time.perf_counter() - t0
-    hits, verdict = answer(coll, query, vector, s, timings)
+    where = Where(query.where, coll.catalog) if query.where else None  # the search and the web check share it
+    hits, verdict = answer(coll, query, vector, s, timings, where)
     t0 = time.perf_counter()
     terms = propose_terms(coll, query, vector, hits, verdict)
     timings["terms"] = time.perf_counter() - t0
@@ -429,7 +430,7 @@ def run_query(coll: Collection, query: Query, settings: Settings | None = None,
     outcome = QueryOutcome(query, hits, verdict, terms, timings=timings, stages=stages_for(coll).names)
     ask = query.expand if query.ask_web is None else query.ask_web
     if ask and verdict.label == UNCERTAIN and (query.term or terms):
-        ask_web(coll, query, outcome, s, providers, vector=None if verdict.kind == "textmap" else vector)
+        ask_web(coll, query, outcome, s, providers, vector=None if verdict.kind == "textmap" else vector, where=where)
     if query.expand and outcome.verdict.weak:
         _grow(coll, query, vector, s, outcome, progress, providers)
     timings["total"] = time.perf_counter() - t_all
@@ -437,12 +438,12 @@ def run_query(coll: Collection, query: Query, settings: Settings | None = None,
 
 
 def ask_web(coll: Collection, query: Query, outcome: QueryOutcome, s: Settings, providers: Any = None,
-            n: int = WEB_CHECK_IMAGES, vector: np.ndarray | None = None) -> None:
+            n: int = WEB_CHECK_IMAGES, vector: np.ndarray | None = None, where: Where | None = None) -> None:
     """An uncertain verdict asks the web: a few images of the term (the confirmed one, else the best
-    proposed) are fetched with the growth's providers and download guard, embedded, compared with
-    the collection and the query ``vector`` (None for text on an image-only backbone) by
-    ``webcheck.web_test``, and deleted. A clear answer replaces "uncertain"; no network or too few
-    images leave the verdict as it was and say why. The time counts in the timings ("web_check")."""
+    proposed) are fetched with the growth's providers and download guard, embedded, compared with the
+    collection within the query's filter (``where``, as ``answer`` resolved it) and the query ``vector`` (None for
+    text on an image-only backbone) by ``webcheck.web_test``, and deleted. A clear answer replaces
+    "uncertain"; no network or too few images leave the verdict as it was and say why. Timed ("web_check")."""
     from .expansion.webcheck import web_test
     from .textsearch.web import exemplar_vectors
 
@@ -458,8 +459,7 @@ def ask_web(coll: Collection, query: Query, outcome: QueryOutcome, s: Settings, 
             v.reason += f"; web check of '{term}': {report.error}"
             return
         from .expansion.calibrate import load_judges
-        where = Where(query.where, coll.catalog) if query.where else None  # what it leaves out is not asked about
-        scores, ids = coll.index.search(np.asarray(vectors, np.float32), 10, where=where)
+        scores, ids = coll.index.search(np.asarray(vectors, np.float32), 10, where=where)  # the filter holds here too
 
         test = web_test(judge_context(coll), vectors, scores, ids, v.folder, term, model=load_judges(coll).get(v.kind),
                         p1=v.probability, precision=s.coverage_precision, confidence=s.coverage_confidence,

@@ -36,9 +36,10 @@ sys.path.insert(0, str(REPO))
 from imrs.bench.docblock import host_line, replace_block  # noqa: E402
 from imrs.collection import Collection  # noqa: E402
 from imrs.config import CALIBRATE_PER_CLASS, COVERAGE_CONFIDENCE, caltech_dir, shared_data_dir  # noqa: E402
-from imrs.expansion.calibrate import calibrate, outcome_metrics, save_calibration  # noqa: E402
+from imrs.expansion.calibrate import calibrate, save_calibration  # noqa: E402
 from imrs.expansion.cases import PHRASINGS, families  # noqa: E402
 from imrs.expansion.coverage import LIKELY, NO_MATCH, is_clutter_label  # noqa: E402
+from imrs.expansion.risk import outcome_metrics  # noqa: E402
 from imrs.expansion.terms import readable_label  # noqa: E402
 from imrs.query import Query, run_query  # noqa: E402
 

@@ -20,13 +20,8 @@ from imrs.config import Settings
 from imrs.expansion.calibrate import calibrate, load_judges
 from imrs.expansion.cases import families
 from imrs.expansion.coverage import LIKELY, NO_MATCH, UNCERTAIN, CoverageThresholds
-from imrs.expansion.judge import (
-    JudgeModel,
-    balanced_threshold,
-    fit_logistic,
-    min_answers,
-    precision_thresholds,
-)
+from imrs.expansion.judge import JudgeModel, fit_logistic
+from imrs.expansion.risk import balanced_threshold, min_answers, precision_thresholds
 from imrs.query import Query, Verdict, hit_confidence, run_query
 from tests.conftest import CALTECH, PHOTOS, REPO
 from tests.test_expansion import BACKBONE, encoder, make_base, sun_urls, web  # noqa: F401 - fixtures
@@ -124,7 +119,7 @@ def test_balanced_accuracy_interval_resamples_whole_folders() -> None:
     (all covered right, all absent wrong); a perfect one 1.0; one that is wrong on exactly one of
     four covered folders (two queries each) spans draws with that folder absent (1.0) and drawn
     twice or more (below its average of 0.875)."""
-    from imrs.expansion.calibrate import _ba_interval
+    from imrs.expansion.risk import _ba_interval
 
     covered = np.asarray([True] * 8 + [False] * 8)
     cls = np.asarray([n // 2 for n in range(16)])
@@ -140,7 +135,7 @@ def test_best_possible_answered_sets_each_side_on_the_cases_themselves() -> None
     """Worked by hand: from the top, covered-side precision runs 1, 1, 2/3, 3/4...; from the
     bottom, absent-side precision runs 1, 1/2, 2/3, 3/4...: at 80% two and one case qualify, at
     75% four and four."""
-    from imrs.expansion.calibrate import best_possible_answered
+    from imrs.expansion.risk import best_possible_answered
 
     q = np.asarray([0.9, 0.8, 0.7, 0.6, 0.4, 0.3, 0.2, 0.1])
     y = np.asarray([1, 1, 0, 1, 0, 0, 1, 0])

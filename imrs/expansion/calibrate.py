@@ -40,7 +40,6 @@ The result is stored per backbone in ``<state>/calibration.json`` and used by ev
 from __future__ import annotations
 
 import logging
-import math
 import random
 import time
 from collections.abc import Sequence
@@ -66,13 +65,19 @@ from .cases import (
 from .coverage import CoverageThresholds, builtin_thresholds
 from .judge import (
     JudgeModel,
-    balanced_threshold,
     fit_logistic,
-    folder_bootstrap,
     folds_of,
     labelled_classes,
     logit,
     out_of_fold,
+)
+from .risk import (
+    MIN_GROUPS,
+    balanced_accuracy,
+    balanced_threshold,
+    best_possible_answered,
+    judge_metrics,
+    outcome_metrics,
 )
 
 if TYPE_CHECKING:
@@ -228,13 +233,6 @@ def judge_ok(cases: Cases, t: CoverageThresholds) -> np.ndarray:
     return (best >= t.best_min) & (n_good >= need)
 
 
-def balanced_accuracy(ok: np.ndarray, covered: np.ndarray) -> tuple[float, float, float]:
-    """(balanced accuracy, covered judged ok, absent judged weak)."""
-    tpr = float(ok[covered].mean()) if covered.any() else 0.0
-    tnr = float((~ok[~covered]).mean()) if (~covered).any() else 0.0
-    return (tpr + tnr) / 2, tpr, tnr
-
-
 def fit_thresholds(cases: Cases, max_good: int = 6, grid: int = 48) -> tuple[CoverageThresholds, float]:
     """The (best_min, good_min, min_good) that maximise balanced accuracy on ``cases``."""
     finite = cases.scores[np.isfinite(cases.scores)]
@@ -270,80 +268,6 @@ def fit_thresholds(cases: Cases, max_good: int = 6, grid: int = 48) -> tuple[Cov
     return CoverageThresholds(best_min=b, good_min=g, min_good=m, keep_floor=floor), top[0]
 
 
-# ---------------------------------------------------------------------------------------------
-# Building the cases from the collection
-# ---------------------------------------------------------------------------------------------
-
-
-# ---------------------------------------------------------------------------------------------
-# Confidence intervals for the report
-# ---------------------------------------------------------------------------------------------
-
-
-def wilson(k: int, n: int, z: float = 1.645) -> tuple[float, float]:
-    """90% Wilson interval of a proportion."""
-    if n == 0:
-        return (0.0, 1.0)
-    p = k / n
-    d = 1 + z * z / n
-    mid = (p + z * z / (2 * n)) / d
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
-    return (max(0.0, mid - half), min(1.0, mid + half))
-
-
-def _ba_interval(ok: np.ndarray, covered: np.ndarray, cls: np.ndarray, reps: int = 400) -> tuple[float, float]:
-    """90% interval of balanced accuracy over the judge's bootstrap of whole folders
-    (``judge.folder_bootstrap``): queries of one folder are not independent."""
-    W = folder_bootstrap(cls, reps).astype(np.float64)
-    hit = ok.astype(np.float64)
-    tpr = (W * (hit * covered)).sum(axis=1) / np.maximum((W * covered).sum(axis=1), 1e-12)
-    tnr = (W * ((1.0 - hit) * ~covered)).sum(axis=1) / np.maximum((W * ~covered).sum(axis=1), 1e-12)
-    vals = (tpr + tnr) / 2  # a side no drawn folder has counts 0, as in ``balanced_accuracy``
-    return (float(np.quantile(vals, 0.05)), float(np.quantile(vals, 0.95)))
-
-
-def outcome_metrics(said_covered: np.ndarray, said_absent: np.ndarray, forced_ok: np.ndarray, y: np.ndarray,
-                    cls: np.ndarray) -> dict[str, Any]:
-    """Precision of the confident answers (``said_covered``/``said_absent``), the share that got
-    one, and the forced decision (``forced_ok``: judged covered), with 90% intervals."""
-    covered = y == 1
-    confident = said_covered | said_absent
-    right = int((said_covered & covered).sum() + (said_absent & ~covered).sum())
-    n_conf = int(confident.sum())
-    ba, tpr, tnr = balanced_accuracy(forced_ok, covered)
-    return {"queries": int(len(y)), "precision": right / n_conf if n_conf else 1.0,
-            "precision_ci": list(wilson(right, n_conf)), "answered": n_conf / len(y) if len(y) else 0.0,
-            "answered_ci": list(wilson(n_conf, int(len(y)))), "balanced_accuracy": ba,
-            "balanced_accuracy_ci": list(_ba_interval(forced_ok, covered, cls)),
-            "covered_judged_weak": 1.0 - tpr, "absent_judged_ok": 1.0 - tnr,
-            "covered_confident": float(said_covered[covered].mean()) if covered.any() else 0.0,
-            "absent_confident": float(said_absent[~covered].mean()) if (~covered).any() else 0.0}
-
-
-def best_possible_answered(q: np.ndarray, y: np.ndarray, precision: float) -> float:
-    """The share of queries thresholds chosen on these very cases could answer at ``precision``
-    (each side's plain precision, the most liberal cut that still meets it). No calibration can
-    know the folders it will be asked about, so this is an upper estimate: the gap to what the
-    calibrated thresholds answer is what not knowing them in advance costs."""
-    q, y = np.asarray(q, np.float64), np.asarray(y, int)
-    if not len(q):
-        return 0.0
-
-    def side(order: np.ndarray, wrong: np.ndarray) -> int:
-        prec = 1.0 - np.cumsum(wrong[order]) / np.arange(1, len(order) + 1)
-        ok = np.flatnonzero(prec >= precision - 1e-12)
-        return int(ok[-1]) + 1 if len(ok) else 0
-
-    n = side(np.argsort(-q, kind="stable"), y == 0) + side(np.argsort(q, kind="stable"), y == 1)
-    return min(n, len(q)) / len(q)
-
-
-def judge_metrics(p: np.ndarray, y: np.ndarray, cls: np.ndarray, t_low: float, t_high: float,
-                  t_mid: float) -> dict[str, Any]:
-    """Precision of the confident answers, the share that got one, and the forced decision."""
-    return outcome_metrics(p >= t_high, p <= t_low, p >= t_mid, y, cls)
-
-
 def _per_class(cls: np.ndarray) -> dict[int, int]:
     values, counts = np.unique(cls, return_counts=True)
     return {int(v): int(n) for v, n in zip(values.tolist(), counts.tolist(), strict=True)}
@@ -371,8 +295,6 @@ def fit_web(model: JudgeModel, train: Cases, report: Cases, precision: float, fo
     uncertain (the only ones that ask the web), or of all of them when those rest on too few
     folders. Returns the two-step report on ``report``: first-step confident answers stand, the
     rest are decided with the web check (``p_rep``: the first step's probabilities of ``report``)."""
-    from .judge import MIN_GROUPS
-
     if train.web is None or report.web is None or train.features is None or report.features is None:
         return None
     ok = ~np.isnan(train.web).any(axis=1)

@@ -23,15 +23,15 @@ is fitted is what runs. A judgement has three steps:
    ``imrs calibrate`` on the collection's own folders (``imrs.expansion.calibrate``).
 
 3. **Three outcomes**: covered, not covered, or uncertain. The two confident outcomes use
-   thresholds chosen so that, on the calibration cases, each meets the precision the person asks
-   for (``IMRS_COVERAGE_PRECISION``, default 95%) with a finite-sample guarantee: the thresholds
-   are scanned from the safest one outwards and accepted while a lower bound of their precision
-   (a bootstrap over whole folders) stays at the target (fixed-sequence testing, as in
-   Learn-then-Test risk control; it holds for concepts exchangeable with the calibration's folders
-   at the confidence the person asks for, ``IMRS_COVERAGE_CONFIDENCE``, default 95%). Everything
-   between asks. The forced decision (``weak``: should IMRS grow?) is the threshold of best
-   balanced accuracy among those that call at most a tenth of covered concepts weak (at 90%
-   confidence over the calibration's folders).
+   thresholds (``imrs.expansion.risk``) chosen so that, on the calibration cases, each meets the
+   precision the person asks for (``IMRS_COVERAGE_PRECISION``, default 95%) with a finite-sample
+   guarantee: the thresholds are scanned from the safest one outwards and accepted while a lower
+   bound of their precision (a bootstrap over whole folders) stays at the target (fixed-sequence
+   testing, as in Learn-then-Test risk control; it holds for concepts exchangeable with the
+   calibration's folders at the confidence the person asks for, ``IMRS_COVERAGE_CONFIDENCE``,
+   default 95%). Everything between asks. The forced decision (``weak``: should IMRS grow?) is the
+   threshold of best balanced accuracy among those that call at most a tenth of covered concepts
+   weak (at 90% confidence over the calibration's folders).
 
 4. **Asking the web** (``imrs.expansion.webcheck``), for answers that stay uncertain when growth was asked
    for (``imrs search --expand``, the page's grow button): a handful of web images of the proposed
@@ -59,24 +59,17 @@ import numpy as np
 from ..config import COVERAGE_CONFIDENCE
 from ..errors import IMRSError
 from .coverage import LIKELY, NO_MATCH, UNCERTAIN, is_clutter_label
+from .risk import precision_thresholds
 
 if TYPE_CHECKING:
     from ..collection import Collection
 
 log = logging.getLogger(__name__)
 
-#: 1 - the default confidence of the precision bound (the thresholds hold with probability 1 - DELTA).
-DELTA = 1.0 - COVERAGE_CONFIDENCE
-#: A confident side must rest on at least this many folders: a bound drawn from a handful of
-#: concepts says little about the next one.
-MIN_GROUPS = 8
 #: How many results the verdict looks at, whatever ``k`` was asked for.
 JUDGE_DEPTH = 20
 #: How many best judged results the label and ImageNet features look at.
 TOP = 10
-
-#: Thresholds tested per side when there are many calibration cases (see ``precision_thresholds``).
-GRID = 100
 
 COSINE_FEATURES = ("s1", "s5", "purity", "s_label", "margin")
 CLASSIFIER_FEATURES = ("agree", "agree_label")
@@ -328,121 +321,6 @@ def out_of_fold(X: np.ndarray, y: np.ndarray, fold: np.ndarray) -> np.ndarray:
         train, test = fold != f, fold == f
         p[test] = logistic_probs(X[test], *fit_logistic(X[train], y[train].astype(float)))
     return p
-
-
-def folder_bootstrap(groups: np.ndarray, reps: int) -> np.ndarray:
-    """(reps, cases) weights of a bootstrap that draws whole folders (``groups``) with replacement:
-    how often each case's folder was drawn in each replicate. Queries of one concept succeed or
-    fail together, so the precision bound and the forced decision's miss bar both resample folders,
-    with the same fixed seed."""
-    ug, inv = np.unique(np.asarray(groups), return_inverse=True)
-    rng = np.random.default_rng(0)
-    return np.stack([np.bincount(rng.integers(0, len(ug), len(ug)), minlength=len(ug))[inv] for _ in range(reps)])
-
-
-def min_answers(alpha: float, delta: float = DELTA) -> int:
-    """The fewest answers whose error bound can meet ``alpha`` at all (zero errors among them):
-    below this, a run of lucky answers would set a threshold nothing supports."""
-    return int(math.ceil(math.log(delta) / math.log(1.0 - alpha)))
-
-
-def _side(p: np.ndarray, wrong: np.ndarray, W: np.ndarray, precision: float, need: int, delta: float,
-          descending: bool, inv: np.ndarray | None = None) -> float | None:
-    """The most liberal threshold on one side whose bootstrap lower bound of precision stays at
-    ``precision``, scanning from the most conservative (fixed sequence); None: none qualifies."""
-    order = np.argsort(-p if descending else p, kind="stable")
-    ps = p[order]
-    Wo = W[:, order]
-    prec = 1.0 - np.cumsum(Wo * wrong[order], axis=1) / np.maximum(np.cumsum(Wo, axis=1), 1)
-    lower = np.quantile(prec, delta, axis=0)
-    best = None
-    # the tested thresholds: every answer count from ``need`` on, in steps of 1/GRID of the cases
-    # (a few hundred calibration cases are all tested; thousands are not tested one by one, where
-    # a single unlucky error among the very first would stop the scan)
-    # and the scan starts where a twentieth of the cases are answered (or ``need``, if more), a count
-    # that does not depend on the truth
-    step = max(1, len(ps) // GRID)
-    for j in range(max(need, len(ps) // 20) - 1, len(ps), step):
-        while j + 1 < len(ps) and ps[j + 1] == ps[j]:
-            j += 1  # a threshold selects every tie
-        if inv is not None and len(np.unique(inv[order[:j + 1]])) < min(MIN_GROUPS, len(np.unique(inv))):
-            continue
-        if lower[j] < precision:
-            break
-        best = float(ps[j])
-    return best
-
-
-def precision_thresholds(p: np.ndarray, y: np.ndarray, precision: float, groups: np.ndarray | None = None,
-                         delta: float = DELTA, reps: int = 300) -> tuple[float, float]:
-    """(t_low, t_high): "covered" when p >= t_high, "not covered" when p <= t_low, each with a
-    precision of at least ``precision`` at confidence ``1 - delta``.
-
-    Thresholds are tried in an order fixed without looking at the truth (from the one answering
-    a twentieth of the cases, or the fewest any bound could accept, ``min_answers``, to the most
-    liberal) and the scan
-    stops at the first that fails (fixed-sequence testing, as in Learn-then-Test risk control, so
-    no multiple-testing correction is needed). The bound is the ``delta`` quantile of precision
-    over a bootstrap that resamples whole ``groups`` (the folder a query came from): queries of
-    one concept succeed or fail together, and a bound that treated them as independent promised
-    95% and delivered 88% on folders it had not seen."""
-    p = np.asarray(p, np.float64)
-    y = np.asarray(y, int)
-    if not len(p):
-        return -math.inf, math.inf
-    groups = np.arange(len(p)) if groups is None else np.asarray(groups)
-    ug, inv = np.unique(groups, return_inverse=True)
-    W = folder_bootstrap(groups, reps)
-    # the scan never starts before the default confidence's start: a weaker promise then only
-    # loosens the bound at every tested threshold, so it answers at least as many
-    need = min_answers(1.0 - precision, min(delta, DELTA))
-    grouped = inv if len(ug) < len(p) else None
-    hi = _side(p, y == 0, W, precision, need, delta, descending=True, inv=grouped)
-    lo = _side(p, y == 1, W, precision, need, delta, descending=False, inv=grouped)
-    t_high = math.inf if hi is None else hi
-    t_low = -math.inf if lo is None else lo
-    if t_low >= t_high:  # both sides confident everywhere: split at the middle
-        t_low = t_high = (t_low + t_high) / 2
-    return t_low, t_high
-
-
-#: The no-regression bar of the forced decision: at most this share of covered concepts judged weak...
-MAX_MISS = 0.10
-#: ...with this confidence over the calibration's folders, when the cases' folders are known.
-MISS_CONFIDENCE = 0.90
-
-
-def balanced_threshold(p: np.ndarray, y: np.ndarray, max_miss: float = MAX_MISS, groups: np.ndarray | None = None,
-                       confidence: float = MISS_CONFIDENCE, reps: int = 300) -> float:
-    """The forced decision: the threshold of best balanced accuracy among those that call at most
-    ``max_miss`` of covered queries weak (growing a concept the collection has costs a download and
-    clutters it; missing an absent one only asks the person), else of best balanced accuracy.
-
-    With ``groups`` (the folder each case came from) the miss rate must stay under ``max_miss`` at
-    its ``confidence`` quantile over a bootstrap of whole folders, not just on average: a diverse
-    folder's queries are missed together, and a bar met only on average was missed on one held-out
-    draw in five."""
-    p = np.asarray(p, np.float64)
-    y = np.asarray(y, int)
-    pos, neg = np.sort(p[y == 1]), np.sort(p[y == 0])
-    cands = np.unique(p)
-    if not len(cands):
-        return 0.5
-    tpr = 1.0 - np.searchsorted(pos, cands, side="left") / max(len(pos), 1) if len(pos) else np.zeros(len(cands))
-    tnr = np.searchsorted(neg, cands, side="left") / len(neg) if len(neg) else np.zeros(len(cands))
-    miss = 1.0 - tpr
-    if groups is not None and len(pos):
-        # bootstrap weights of the covered cases, in the order of their probabilities
-        order = np.argsort(p[y == 1], kind="stable")
-        w = folder_bootstrap(groups, reps)[:, y == 1][:, order].astype(np.float64)
-        below = np.concatenate([np.zeros((reps, 1)), np.cumsum(w, axis=1)], axis=1)  # weight below the k-th
-        k = np.searchsorted(pos, cands, side="left")
-        miss = np.quantile(below[:, k] / np.maximum(below[:, -1:], 1.0), confidence, axis=0)
-    allowed = miss <= max_miss + 1e-12
-    ba = (tpr + tnr) / 2
-    pool = np.flatnonzero(allowed) if allowed.any() else np.arange(len(cands))
-    best = pool[np.lexsort((cands[pool], -ba[pool]))[0]]  # best balanced accuracy, then the lowest cut
-    return float(cands[best])
 
 
 @dataclass

@@ -25,6 +25,7 @@ import contextlib
 import hashlib
 import logging
 import os
+import time
 import uuid
 import zipfile
 from collections.abc import Iterable
@@ -51,6 +52,8 @@ SMALL_ROWS = 4096
 #: Deltas after which the small ones (all but the largest and those before it) are merged.
 MAX_DELTAS = 24
 _READ_ERRORS = (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile)
+#: How long a reader without the lock keeps retrying while writers keep replacing the manifest.
+CONSISTENT_READ_SECONDS = 30.0
 
 
 def sorted_unique(a: np.ndarray) -> np.ndarray:
@@ -196,18 +199,24 @@ class ShardStore:
     def _consistent(self, with_vectors: bool) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         """(manifest, live rows) read without the writer lock: a compaction may delete the deltas a
         manifest just read names, so a failed read is retried while the manifest keeps changing."""
-        for attempt in range(3):
+        deadline = time.monotonic() + CONSISTENT_READ_SECONDS
+        attempt = 0
+        while True:
             before = self.fingerprint()
             m = self.manifest()
             try:
                 deltas = [Delta(**d) for d in m["deltas"]]
                 return m, self._live(deltas, with_vectors)[0]
             except StoreError:
-                if attempt == 2 or self.fingerprint() == before:
+                # the manifest did not change: what it names is really missing or damaged. A busy
+                # writer (compactions back to back) can outrun a few quick retries, so they go on,
+                # a little slower each time, until the manifest holds still or time runs out.
+                if self.fingerprint() == before or time.monotonic() > deadline:
                     raise
             except TypeError as exc:
                 raise StoreError(f"{self.manifest_path}: not an IMRS store manifest ({exc})") from exc
-        raise AssertionError("unreachable")
+            attempt += 1
+            time.sleep(min(0.001 * 2 ** attempt, 0.05))
 
     def load_ids(self) -> np.ndarray:
         return self._consistent(with_vectors=False)[1]["ids"]

@@ -38,7 +38,8 @@ from imrs.collection import Collection  # noqa: E402
 from imrs.config import CALIBRATE_PER_CLASS, COVERAGE_CONFIDENCE, caltech_dir, shared_data_dir  # noqa: E402
 from imrs.expansion.calibrate import calibrate, save_calibration  # noqa: E402
 from imrs.expansion.cases import PHRASINGS, families  # noqa: E402
-from imrs.expansion.coverage import LIKELY, NO_MATCH, is_clutter_label  # noqa: E402
+from imrs.expansion.coverage import LIKELY, NO_MATCH  # noqa: E402
+from imrs.expansion.judge import labelled_classes  # noqa: E402
 from imrs.expansion.risk import outcome_metrics  # noqa: E402
 from imrs.expansion.terms import readable_label  # noqa: E402
 from imrs.query import Query, run_query  # noqa: E402
@@ -133,7 +134,7 @@ def main() -> int:
         text = next((k for k in r.results if k.kind in ("text", "textmap") and k.judge_report.get("fitted")), None)
         if text is not None and not args.no_live:
             save_calibration(coll, r)  # this seed's judges answer the live queries
-            names = sorted(n for n in coll.catalog.label_counts() if not is_clutter_label(n))
+            names = sorted(labelled_classes(coll, 2))  # the folders calibration draws from
             live[seed] = live_text(coll, text.judge_report["folders_report"], names)
             sim = live[seed]["calibration"] = text.judge_report["all"]
             print(f"seed {seed} live text: " + "; ".join(

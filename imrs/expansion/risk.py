@@ -172,8 +172,8 @@ def wilson(k: int, n: int, z: float = 1.645) -> tuple[float, float]:
 
 
 def _ba_interval(ok: np.ndarray, covered: np.ndarray, cls: np.ndarray, reps: int = 400) -> tuple[float, float]:
-    """90% interval of balanced accuracy over the judge's bootstrap of whole folders
-    (``judge.folder_bootstrap``): queries of one folder are not independent."""
+    """90% interval of balanced accuracy over the bootstrap of whole folders the thresholds use
+    (``folder_bootstrap``): queries of one folder are not independent."""
     W = folder_bootstrap(cls, reps).astype(np.float64)
     hit = ok.astype(np.float64)
     tpr = (W * (hit * covered)).sum(axis=1) / np.maximum((W * covered).sum(axis=1), 1e-12)

@@ -198,7 +198,7 @@ def test_lite_copied_home_busy_file_and_readers_never_rebuild(tmp_path: Path, ho
 
 
 # -- Ray: a real head, and every way of pointing at one wrongly ---------------------------------------------
-def _one_line_fast(rc: int, err: str, secs: float, *needles: str) -> None:
+def assert_one_line_fast(rc: int, err: str, secs: float, *needles: str) -> None:
     """One line, and within the 10 s target, start-up included. On a machine whose cores are
     shared past saturation (load average above the core count) every process runs that much slower,
     so the bound is scaled by that factor there; on a CI host of its own it is 10 s."""
@@ -223,7 +223,7 @@ def test_ray_misconfigured_fails_fast_in_one_line(tmp_path: Path) -> None:
                                 ("ray://127.0.0.1:10001", "is a Ray Client address")]:
             rc, _, err, secs = cli("index", root, "--home", home, "--engine", "ray", "--ray-address", address, "-q",
                                    "--weights", "random")
-            _one_line_fast(rc, err, secs, needle, address)
+            assert_one_line_fast(rc, err, secs, needle, address)
 
 
 @pytest.mark.slow
@@ -250,10 +250,10 @@ def test_ray_head_started_wrongly_fails_fast(tmp_path: Path) -> None:
         nohome.mkdir()
         rc, _, err, secs = cli(*args, "--ray-address", tok.address,
                                env={"RAY_AUTH_MODE": "", "RAY_AUTH_TOKEN": "", "HOME": str(nohome)})
-        _one_line_fast(rc, err, secs, "requires an auth token and this driver has none")
+        assert_one_line_fast(rc, err, secs, "requires an auth token and this driver has none")
         rc, _, err, secs = cli(*args, "--ray-address", tok.address,
                                env={"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "f" * 32})
-        _one_line_fast(rc, err, secs, "the token this driver has is not the cluster's")
+        assert_one_line_fast(rc, err, secs, "the token this driver has is not the cluster's")
         # the cluster's token at hand but token mode off (a token file, as `ray start` found it): used,
         # and the next check speaks (40 actors cannot fit one CPU): the auth probe passed
         rc, _, err, secs = cli(*args, "--ray-address", tok.address, "--ray-concurrency", "40",
@@ -261,7 +261,7 @@ def test_ray_head_started_wrongly_fails_fast(tmp_path: Path) -> None:
         assert rc == 2 and "requires an auth token: using this machine's" in err, err
         assert err.strip().splitlines()[-1].startswith("imrs: error: the Ray cluster at") and "too few" in err
         rc, _, err, secs = cli(*args, "--ray-address", rewritten.address)
-        _one_line_fast(rc, err, secs, "is not a node of the Ray cluster", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0")
+        assert_one_line_fast(rc, err, secs, "is not a node of the Ray cluster", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0")
     finally:
         for h in heads:
             h.stop(grace=5.0)
